@@ -1,0 +1,16 @@
+//! zdeploy's custom resources: `ZmqService` and `ChaosSchedule`, their defaults, their
+//! validation, and the CRDs generated from them. No I/O lives here.
+
+pub mod chaos;
+pub mod crd;
+pub mod duration;
+pub mod service;
+pub mod validate;
+pub mod weight;
+pub mod windows;
+
+pub use chaos::{ChaosSchedule, ChaosScheduleSpec, Fault};
+pub use duration::Duration;
+pub use service::{ZmqService, ZmqServiceSpec, ZmqServiceStatus};
+pub use weight::Weight;
+pub use windows::WindowsBuild;

@@ -1,0 +1,529 @@
+//! The `ZmqService` custom resource: one ZeroMQ service on a Windows pool and how it is released.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::{Duration, Weight, WindowsBuild};
+
+/// How many finished rollouts `status.history` keeps.
+pub const HISTORY_LIMIT: usize = 10;
+
+/// A ZeroMQ service deployed to a Windows node pool and released by canary.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, JsonSchema)]
+#[kube(
+    group = "zdeploy.io",
+    version = "v1alpha1",
+    kind = "ZmqService",
+    namespaced,
+    status = "ZmqServiceStatus",
+    shortname = "zs",
+    category = "zdeploy",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Weight","type":"integer","jsonPath":".status.canaryWeight","description":"canary weight in percent"}"#,
+    printcolumn = r#"{"name":"Step","type":"integer","jsonPath":".status.currentStep"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ZmqServiceSpec {
+    /// Pods of the stable revision.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0))]
+    pub replicas: i32,
+    /// The Windows nodes the service runs on.
+    pub windows: WindowsTarget,
+    /// The pod template of the service; its first container (or `zmq.container`) serves ZeroMQ.
+    pub template: PodTemplateSpec,
+    /// The ZeroMQ side: socket pattern, port, timeout and what counts as an error reply.
+    pub zmq: ZmqEndpoint,
+    /// How a new revision is released.
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// How to run one revision on a workstation (`zdeploy up`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<LocalRun>,
+    /// Runbooks for this service's alerts, shown on rollback.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub runbooks: Vec<RunbookLink>,
+}
+
+fn default_replicas() -> i32 {
+    2
+}
+
+/// The Windows Server build and scheduling of the service's pods.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WindowsTarget {
+    /// `2019`, `2022`, `2025` or the build number `10.0.NNNNN`; must match the image's base.
+    pub build: WindowsBuild,
+    /// CPU architecture of the nodes.
+    #[serde(default = "default_arch")]
+    pub arch: String,
+    /// A RuntimeClass whose `scheduling` selects and tolerates the Windows nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_class_name: Option<String>,
+}
+
+fn default_arch() -> String {
+    "amd64".into()
+}
+
+/// ZeroMQ socket pattern the service speaks.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum SocketPattern {
+    /// Clients REQ or DEALER, service REP.
+    ReqRep,
+    /// Clients DEALER, service ROUTER.
+    DealerRouter,
+    /// One-way PUSH to PULL.
+    PushPull,
+    /// One-way PUB to SUB.
+    PubSub,
+}
+
+/// The ZeroMQ endpoint of the service.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ZmqEndpoint {
+    /// Socket pattern.
+    #[serde(default = "default_pattern")]
+    pub pattern: SocketPattern,
+    /// TCP port the service binds in its pod.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: u32,
+    /// The container that serves ZeroMQ (default: the first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// A request without a reply after this long is answered with an error and counted as a timeout.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout: Duration,
+    /// What reply counts as an error (the ZeroMQ "5xx").
+    #[serde(default)]
+    pub error_classifier: ErrorClassifier,
+}
+
+fn default_pattern() -> SocketPattern {
+    SocketPattern::ReqRep
+}
+
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+/// Rules that mark a reply as an error; a reply matching either one is an error.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ErrorClassifier {
+    /// A reply whose first body frame starts with this text is an error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_prefix: Option<String>,
+    /// A reply whose body frame at `frame` is a decimal status at or above `errorAtOrAbove` is an error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_frame: Option<StatusFrame>,
+}
+
+impl Default for ErrorClassifier {
+    fn default() -> Self {
+        Self {
+            reply_prefix: Some("ERR".into()),
+            status_frame: None,
+        }
+    }
+}
+
+/// A status code carried in one frame of the reply.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StatusFrame {
+    /// Index of the frame in the reply body (0 is the first frame after the envelope).
+    #[serde(default)]
+    pub frame: u32,
+    /// Statuses at or above this value are errors.
+    #[serde(default = "default_error_status")]
+    pub error_at_or_above: u32,
+}
+
+fn default_error_status() -> u32 {
+    500
+}
+
+/// How traffic is split between stable and canary.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Router {
+    /// zgate splits every request by weight.
+    #[default]
+    Gateway,
+    /// Fallback: the replica ratio approximates the weight (per connection, coarse).
+    Replicas,
+}
+
+/// The release strategy.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Strategy {
+    /// Traffic router.
+    #[serde(default)]
+    pub router: Router,
+    /// A rollout that makes no progress for this long is rolled back.
+    #[serde(default = "default_progress_deadline")]
+    pub progress_deadline: Duration,
+    /// Canary steps and analysis.
+    #[serde(default)]
+    pub canary: Canary,
+}
+
+impl Default for Strategy {
+    fn default() -> Self {
+        Self {
+            router: Router::default(),
+            progress_deadline: default_progress_deadline(),
+            canary: Canary::default(),
+        }
+    }
+}
+
+fn default_progress_deadline() -> Duration {
+    Duration::from_secs(600)
+}
+
+/// The canary: steps run in order, analysis runs in the background throughout.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Canary {
+    /// Steps in order; after the last one the canary is promoted to 100%.
+    #[serde(default = "default_steps")]
+    pub steps: Vec<Step>,
+    /// Analysis run every `interval` while the canary takes traffic.
+    #[serde(default)]
+    pub analysis: Analysis,
+}
+
+impl Default for Canary {
+    fn default() -> Self {
+        Self {
+            steps: default_steps(),
+            analysis: Analysis::default(),
+        }
+    }
+}
+
+fn default_steps() -> Vec<Step> {
+    let w = |p| Step::SetWeight(Weight::new(p).expect("constant weight"));
+    let pause = || {
+        Step::Pause(Pause {
+            duration: Some(Duration::from_secs(60)),
+        })
+    };
+    vec![w(10), pause(), w(25), pause(), w(50), pause()]
+}
+
+/// One canary step.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Step {
+    /// Send this share of requests to the canary.
+    SetWeight(Weight),
+    /// Wait: for `duration`, or until promoted when no duration is given.
+    Pause(Pause),
+    /// Run the analysis now; the step passes only when every listed metric passes.
+    Analysis(StepAnalysis),
+}
+
+/// A pause step.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Pause {
+    /// How long to wait; absent means until `zdeploy promote`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<Duration>,
+}
+
+/// An analysis step.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StepAnalysis {
+    /// Names of the metrics to require (default: all of `strategy.canary.analysis.metrics`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics: Vec<String>,
+}
+
+/// Background analysis of the canary.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Analysis {
+    /// Time between two measurements.
+    #[serde(default = "default_interval")]
+    pub interval: Duration,
+    /// Failed measurements tolerated before rollback (0: the first failure rolls back).
+    #[serde(default)]
+    pub failure_limit: u32,
+    /// Consecutive inconclusive measurements tolerated before the rollout pauses.
+    #[serde(default = "default_inconclusive_limit")]
+    pub inconclusive_limit: u32,
+    /// Fewer canary requests than this in a metric's window make it inconclusive, never failed.
+    #[serde(default = "default_min_samples")]
+    pub min_samples: u64,
+    /// The metrics judged; defaults to error ratio above 1% over 5m and p99 above 800ms over 3m.
+    #[serde(default = "default_metrics")]
+    pub metrics: Vec<Metric>,
+}
+
+impl Default for Analysis {
+    fn default() -> Self {
+        Self {
+            interval: default_interval(),
+            failure_limit: 0,
+            inconclusive_limit: default_inconclusive_limit(),
+            min_samples: default_min_samples(),
+            metrics: default_metrics(),
+        }
+    }
+}
+
+fn default_interval() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_inconclusive_limit() -> u32 {
+    6
+}
+
+fn default_min_samples() -> u64 {
+    50
+}
+
+fn default_metrics() -> Vec<Metric> {
+    vec![
+        Metric {
+            name: "error-ratio".into(),
+            builtin: Some(Builtin::ErrorRatio),
+            query: None,
+            window: Duration::from_secs(300),
+            max: Some(0.01),
+            min: None,
+            relative: None,
+            min_samples: None,
+        },
+        Metric {
+            name: "latency-p99".into(),
+            builtin: Some(Builtin::LatencyP99),
+            query: None,
+            window: Duration::from_secs(180),
+            max: Some(0.8),
+            min: None,
+            relative: None,
+            min_samples: None,
+        },
+    ]
+}
+
+/// A measurement zdeploy knows how to take from zgate's metrics without any PromQL.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Builtin {
+    /// Share of requests that ended in error, timeout or unavailable (0..1).
+    ErrorRatio,
+    /// 99th percentile request latency through the gateway, in seconds.
+    LatencyP99,
+    /// Median request latency through the gateway, in seconds.
+    LatencyP50,
+}
+
+/// One metric of the analysis and its thresholds.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Metric {
+    /// Unique name, used in status and by analysis steps.
+    pub name: String,
+    /// A built-in measurement; give this or `query`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub builtin: Option<Builtin>,
+    /// A PromQL template; `{{service}}`, `{{namespace}}`, `{{pool}}` and `{{interval}}` are filled in, escaped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// Range of the rates behind the value (`{{interval}}` in a query).
+    #[serde(default = "default_window")]
+    pub window: Duration,
+    /// Fail when the value is above this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+    /// Fail when the value is below this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    /// Fail when the canary is worse than stable by more than this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relative: Option<Relative>,
+    /// Overrides `analysis.minSamples` for this metric.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_samples: Option<u64>,
+}
+
+fn default_window() -> Duration {
+    Duration::from_secs(300)
+}
+
+/// A comparison of the canary against stable.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Relative {
+    /// Canary may exceed stable by at most this much (absolute, e.g. 0.005 for half a point).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub margin: Option<f64>,
+    /// Canary may be at most this many times stable's value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub factor: Option<f64>,
+}
+
+/// How to run one revision of the service on a workstation.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LocalRun {
+    /// The program and its arguments; `{{revision}}`, `{{image}}`, `{{port}}` and `{{endpoint}}` are substituted.
+    pub command: Vec<String>,
+    /// Extra environment variables for the process.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Processes per revision.
+    #[serde(default = "default_local_replicas")]
+    #[schemars(range(min = 1, max = 16))]
+    pub replicas: u32,
+}
+
+fn default_local_replicas() -> u32 {
+    1
+}
+
+/// A runbook linked to this service.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RunbookLink {
+    /// The runbook's `id` in `runbooks/`.
+    pub id: String,
+    /// Alerts this runbook answers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alerts: Vec<String>,
+    /// Where the rendered page lives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+/// Where a ZmqService stands.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum Phase {
+    /// Stable takes all traffic; no rollout is running.
+    #[default]
+    Healthy,
+    /// A canary is taking traffic and being judged.
+    Progressing,
+    /// A canary is held at its weight until resumed or promoted.
+    Paused,
+    /// The last canary was rolled back; stable takes all traffic.
+    RolledBack,
+}
+
+/// Verdict of one measurement.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Verdict {
+    /// Within thresholds.
+    Pass,
+    /// A threshold was breached.
+    Fail,
+    /// Not enough data to judge; never a pass and never a failure.
+    Inconclusive,
+}
+
+/// One measurement, with the query that was actually run.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Measurement {
+    /// The metric's name.
+    pub metric: String,
+    /// The resolved query (or the built-in's description).
+    pub query: String,
+    /// The measured value, when there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    /// The verdict.
+    pub verdict: Verdict,
+    /// Why, in words.
+    pub reason: String,
+    /// When it was taken.
+    pub at: Time,
+}
+
+/// How a finished rollout ended.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Outcome {
+    /// The canary became stable.
+    Promoted,
+    /// The canary was rolled back by analysis, deadline or hand.
+    RolledBack,
+}
+
+/// A finished rollout.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutRecord {
+    /// The revision released.
+    pub revision: String,
+    /// The stable revision it was compared with.
+    pub stable_revision: String,
+    /// When the canary first took traffic.
+    pub started: Time,
+    /// When it ended.
+    pub ended: Time,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Why, in words.
+    pub reason: String,
+    /// The runbook shown at the time, as `id@version`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runbook: Option<String>,
+}
+
+/// The observed state of a ZmqService.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ZmqServiceStatus {
+    /// The spec generation this status reflects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Where the service stands.
+    #[serde(default)]
+    pub phase: Phase,
+    /// Index of the current canary step while a rollout runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_step: Option<u32>,
+    /// Share of requests the canary receives.
+    #[serde(default)]
+    pub canary_weight: Weight,
+    /// Weight of every pool, by pool name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub weights: BTreeMap<String, Weight>,
+    /// Revision (image) serving as stable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_revision: Option<String>,
+    /// Revision (image) under test, while a rollout runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_revision: Option<String>,
+    /// The last measurement of every metric.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub analysis: Vec<Measurement>,
+    /// Standard conditions (`Available`, `Progressing`, `RolledBack`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Past rollouts, newest first, at most `HISTORY_LIMIT`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<RolloutRecord>,
+    /// Human-readable summary of the current state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}

@@ -1,0 +1,254 @@
+//! The rules a schema cannot express: ordering of steps, cross-references, Windows pod rules.
+
+use std::collections::HashSet;
+
+use kube::ResourceExt;
+
+use super::{FieldPath, Problem};
+use crate::service::{Metric, Router, SocketPattern, Step};
+use crate::windows::forbidden_fields;
+use crate::{ChaosSchedule, Fault, ZmqService};
+
+/// Longest name that still leaves room for the `-canary` suffix in a DNS-1035 label.
+const MAX_NAME_LEN: usize = 56;
+
+fn spec() -> FieldPath {
+    FieldPath::default().key("spec")
+}
+
+fn problem(path: FieldPath, rule: impl Into<String>) -> Problem {
+    Problem::new(path, rule.into(), None)
+}
+
+fn valued(path: FieldPath, rule: impl Into<String>, value: impl serde::Serialize) -> Problem {
+    Problem::new(path, rule.into(), serde_json::to_value(value).ok().as_ref())
+}
+
+/// Rules for a ZmqService that passed the schema.
+pub fn zmq_service(svc: &ZmqService) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let name = svc.name_any();
+    let is_label = name.len() <= MAX_NAME_LEN
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && !name.ends_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !is_label {
+        out.push(valued(
+            FieldPath::default().key("metadata").key("name"),
+            format!("must be a DNS label: lowercase letters, digits and '-', starting with a letter, at most {MAX_NAME_LEN} characters (zdeploy appends -stable and -canary)"),
+            &name,
+        ));
+    }
+    workload(svc, &mut out);
+    steps(svc, &mut out);
+    let metrics_path = spec()
+        .key("strategy")
+        .key("canary")
+        .key("analysis")
+        .key("metrics");
+    metrics(
+        &svc.spec.strategy.canary.analysis.metrics,
+        &metrics_path,
+        &mut out,
+    );
+    let one_way = matches!(
+        svc.spec.zmq.pattern,
+        SocketPattern::PushPull | SocketPattern::PubSub
+    );
+    if one_way && svc.spec.strategy.router == Router::Gateway {
+        out.push(valued(
+            spec().key("zmq").key("pattern"),
+            "zgate routes request/reply traffic only: use strategy.router: replicas for one-way patterns",
+            svc.spec.zmq.pattern,
+        ));
+    }
+    if let Some(local) = &svc.spec.local
+        && local.command.first().is_none_or(|c| c.trim().is_empty())
+    {
+        out.push(problem(
+            spec().key("local").key("command"),
+            "must name the program to start, e.g. [python3, service.py, --port, \"{{port}}\"]",
+        ));
+    }
+    out
+}
+
+fn workload(svc: &ZmqService, out: &mut Vec<Problem>) {
+    let tpl = spec().key("template").key("spec");
+    let Some(pod) = &svc.spec.template.spec else {
+        out.push(problem(
+            tpl,
+            "is required: the pod spec with the service's container",
+        ));
+        return;
+    };
+    if let Some(os) = &pod.os
+        && os.name != "windows"
+    {
+        out.push(valued(
+            tpl.key("os").key("name"),
+            "must be windows (or left out: zdeploy sets it)",
+            &os.name,
+        ));
+    }
+    for f in forbidden_fields(pod) {
+        out.push(problem(
+            FieldPath::parse(&format!("{tpl}.{}", f.path)),
+            "is not allowed in a Windows pod (spec.os.name: windows): the API server rejects it; remove it (run as a user with securityContext.windowsOptions.runAsUserName)",
+        ));
+    }
+    let containers = tpl.key("containers");
+    if pod.containers.is_empty() {
+        out.push(problem(containers, "must list the service's container"));
+        return;
+    }
+    let main = match &svc.spec.zmq.container {
+        Some(wanted) => match pod.containers.iter().position(|c| &c.name == wanted) {
+            Some(i) => i,
+            None => {
+                out.push(valued(
+                    spec().key("zmq").key("container"),
+                    "names no container of spec.template.spec.containers",
+                    wanted,
+                ));
+                return;
+            }
+        },
+        None => 0,
+    };
+    let image = pod.containers[main].image.as_deref().unwrap_or_default();
+    if image.trim().is_empty() {
+        out.push(problem(
+            containers.index(main).key("image"),
+            "is required: the image of the revision to run, e.g. registry.example.com/echo:2.1",
+        ));
+    }
+}
+
+fn steps(svc: &ZmqService, out: &mut Vec<Problem>) {
+    let canary = &svc.spec.strategy.canary;
+    let path = spec().key("strategy").key("canary").key("steps");
+    let names: HashSet<&str> = canary
+        .analysis
+        .metrics
+        .iter()
+        .map(|m| m.name.as_str())
+        .collect();
+    let mut last: Option<(usize, u8)> = None;
+    for (i, step) in canary.steps.iter().enumerate() {
+        match step {
+            Step::SetWeight(w) => {
+                if let Some((at, prev)) = last
+                    && w.percent() < prev
+                {
+                    out.push(valued(
+                        path.index(i).key("setWeight"),
+                        format!("weights must not go down: steps[{at}] already set {prev}"),
+                        w.percent(),
+                    ));
+                }
+                last = Some((i, w.percent()));
+            }
+            Step::Analysis(a) => {
+                for (j, m) in a.metrics.iter().enumerate() {
+                    if !names.contains(m.as_str()) {
+                        out.push(valued(
+                            path.index(i).key("analysis").key("metrics").index(j),
+                            "names no metric of strategy.canary.analysis.metrics",
+                            m,
+                        ));
+                    }
+                }
+            }
+            Step::Pause(_) => {}
+        }
+    }
+}
+
+/// Rules shared by canary analysis and chaos steady-state metrics.
+fn metrics(metrics: &[Metric], path: &FieldPath, out: &mut Vec<Problem>) {
+    let mut seen = HashSet::new();
+    for (i, m) in metrics.iter().enumerate() {
+        let at = path.index(i);
+        if !seen.insert(m.name.as_str()) {
+            out.push(valued(at.key("name"), "must be unique", &m.name));
+        }
+        if m.builtin.is_some() == m.query.is_some() {
+            out.push(problem(
+                at.clone(),
+                "must set exactly one of builtin and query",
+            ));
+        }
+        if m.max.is_none() && m.min.is_none() && m.relative.is_none() {
+            out.push(problem(
+                at.clone(),
+                "must set a threshold: max, min or relative",
+            ));
+        }
+        if let Some(r) = &m.relative
+            && r.margin.is_none()
+            && r.factor.is_none()
+        {
+            out.push(problem(at.key("relative"), "must set margin or factor"));
+        }
+        if let (Some(lo), Some(hi)) = (m.min, m.max)
+            && lo > hi
+        {
+            out.push(valued(
+                at.key("min"),
+                format!("must not exceed max ({hi})"),
+                lo,
+            ));
+        }
+    }
+}
+
+/// Rules for a ChaosSchedule that passed the schema.
+pub fn chaos_schedule(cs: &ChaosSchedule) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let exp = spec().key("experiment");
+    let fault = exp.key("fault");
+    match &cs.spec.experiment.fault {
+        Fault::GatewayErrors { ratio } | Fault::GatewayDrop { ratio }
+            if !(0.0..=1.0).contains(ratio) =>
+        {
+            let kind = if matches!(cs.spec.experiment.fault, Fault::GatewayErrors { .. }) {
+                "gatewayErrors"
+            } else {
+                "gatewayDrop"
+            };
+            out.push(valued(
+                fault.key(kind).key("ratio"),
+                "must be between 0 and 1",
+                ratio,
+            ));
+        }
+        _ => {}
+    }
+    if cs.spec.schedule.split_whitespace().count() != 5 {
+        out.push(valued(
+            spec().key("schedule"),
+            "must be a cron expression of 5 fields (minute hour day month weekday), e.g. \"0 3 1 * *\"",
+            &cs.spec.schedule,
+        ));
+    }
+    for (i, w) in cs.spec.allowed_windows.iter().enumerate() {
+        if w.start_hour >= w.end_hour {
+            out.push(valued(
+                spec().key("allowedWindows").index(i).key("endHour"),
+                format!("must be after startHour ({})", w.start_hour),
+                w.end_hour,
+            ));
+        }
+    }
+    if let Some(ss) = &cs.spec.steady_state {
+        metrics(
+            &ss.metrics,
+            &spec().key("steadyState").key("metrics"),
+            &mut out,
+        );
+    }
+    out
+}

@@ -1,0 +1,175 @@
+//! Validation of ZmqService and ChaosSchedule documents: defaults, field paths, lines.
+
+use zdeploy_api::service::{Builtin, Step};
+use zdeploy_api::validate::{Resource, validate_str};
+use zdeploy_api::{Duration, WindowsBuild};
+
+const MINIMAL: &str = "\
+apiVersion: zdeploy.io/v1alpha1
+kind: ZmqService
+metadata:
+  name: quotes
+spec:
+  windows:
+    build: 10.0.17763
+  template:
+    spec:
+      containers:
+        - name: quotes
+          image: registry.example.com/quotes:1.0
+  zmq:
+    port: 7000
+";
+
+fn problems(text: &str) -> Vec<String> {
+    validate_str(text)
+        .expect("valid YAML")
+        .into_iter()
+        .flat_map(|d| d.problems)
+        .map(|p| p.to_string())
+        .collect()
+}
+
+#[test]
+fn defaults_come_from_the_production_alert_thresholds() {
+    let docs = validate_str(MINIMAL).unwrap();
+    let Some(Resource::ZmqService(svc)) = &docs[0].resource else {
+        panic!("minimal manifest refused: {:?}", docs[0].problems);
+    };
+    assert_eq!(svc.spec.windows.build, WindowsBuild::Ws2019);
+    assert_eq!(svc.spec.zmq.request_timeout, Duration::from_secs(2));
+    let metrics = &svc.spec.strategy.canary.analysis.metrics;
+    assert_eq!(metrics[0].builtin, Some(Builtin::ErrorRatio));
+    assert_eq!(
+        (metrics[0].max, metrics[0].window),
+        (Some(0.01), Duration::from_secs(300))
+    );
+    assert_eq!(metrics[1].builtin, Some(Builtin::LatencyP99));
+    assert_eq!(
+        (metrics[1].max, metrics[1].window),
+        (Some(0.8), Duration::from_secs(180))
+    );
+    assert!(matches!(svc.spec.strategy.canary.steps[0], Step::SetWeight(w) if w.percent() == 10));
+}
+
+#[test]
+fn a_step_must_be_exactly_one_kind() {
+    let text = MINIMAL.to_string()
+        + "  strategy:\n    canary:\n      steps:\n        - setWeight: 10\n          pause: {}\n";
+    let found = problems(&text);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].contains("spec.strategy.canary.steps[0]: must set exactly one of"),
+        "{found:?}"
+    );
+    assert!(found[0].starts_with("line 18:"), "{found:?}");
+}
+
+#[test]
+fn every_structural_problem_is_reported_at_once() {
+    let text = MINIMAL
+        .replace("port: 7000", "port: \"7000\"\n    patern: req-rep")
+        .replace("build: 10.0.17763", "build: 2019");
+    let found = problems(&text);
+    assert!(
+        found
+            .iter()
+            .any(|p| p
+                .contains("spec.windows.build: must be a string, not the number 2019: quote it")),
+        "{found:?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|p| p.contains("spec.zmq.port: must be a whole number")),
+        "{found:?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|p| p.contains("spec.zmq.patern: unknown field; did you mean \"pattern\"?")),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn analysis_rules_name_the_metric() {
+    let text = MINIMAL.to_string()
+        + "  strategy:\n    canary:\n      steps:\n        - analysis: {metrics: [nope]}\n      analysis:\n        metrics:\n          - name: a\n            builtin: errorRatio\n            query: up\n          - name: a\n            builtin: latencyP99\n";
+    let found = problems(&text);
+    assert!(
+        found
+            .iter()
+            .any(|p| p.contains("steps[0].analysis.metrics[0]: names no metric")),
+        "{found:?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|p| p.contains("metrics[0]: must set exactly one of builtin and query")),
+        "{found:?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|p| p.contains("metrics[1].name: must be unique")),
+        "{found:?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|p| p.contains("metrics[1]: must set a threshold")),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn documents_are_judged_one_by_one() {
+    let bad = MINIMAL.replace("name: quotes\nspec", "name: Quotes_Feed\nspec");
+    let docs = validate_str(&format!("{MINIMAL}---\n{bad}---\nkind: Deployment\n")).unwrap();
+    assert_eq!(docs.len(), 3);
+    assert!(docs[0].problems.is_empty());
+    assert_eq!(docs[1].problems[0].path.to_string(), "metadata.name");
+    assert_eq!(docs[1].problems[0].line, Some(19));
+    assert!(
+        docs[2]
+            .problems
+            .iter()
+            .any(|p| p.path.to_string() == "kind")
+    );
+}
+
+#[test]
+fn syntax_errors_are_reported_with_their_position() {
+    let err = validate_str("spec: [1, 2\n").unwrap_err();
+    assert!(err.to_string().contains("line"), "{err}");
+}
+
+#[test]
+fn chaos_schedule_validates_its_experiment() {
+    let text = "\
+apiVersion: zdeploy.io/v1alpha1
+kind: ChaosSchedule
+metadata: {name: drill}
+spec:
+  schedule: \"0 3 1 *\"
+  experiment:
+    service: echo
+    fault: {gatewayErrors: {ratio: 1.5}}
+    duration: 5m
+";
+    let found = problems(text);
+    assert!(
+        found
+            .iter()
+            .any(|p| p.contains("spec.schedule: must be a cron expression")),
+        "{found:?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|p| p
+                .contains("spec.experiment.fault.gatewayErrors.ratio: must be between 0 and 1")),
+        "{found:?}"
+    );
+}
