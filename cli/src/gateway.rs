@@ -1,0 +1,112 @@
+//! `zdeploy gateway`: runs zgate in the foreground until SIGINT or SIGTERM.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use zdeploy_api::Duration;
+use zdeploy_api::service::{ErrorClassifier, StatusFrame};
+use zdeploy_gateway::config::parse_weights;
+use zdeploy_gateway::{Gateway, GatewayConfig, PoolConfig};
+
+/// Arguments of `zdeploy gateway`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// ZeroMQ endpoint the ROUTER frontend binds (clients connect here); port * picks a free one.
+    #[arg(long)]
+    frontend: String,
+    /// A pool of backends: NAME=ENDPOINT[,ENDPOINT...]; repeat for each pool.
+    #[arg(long = "pool", required = true)]
+    pools: Vec<String>,
+    /// Initial weights, NAME=N,... (0-100); pools left out get 0. Default: the first pool takes all.
+    #[arg(long)]
+    weights: Option<String>,
+    /// A request without a reply after this long gets an error reply.
+    #[arg(long, default_value = "2s")]
+    timeout: Duration,
+    /// Keep each client on one pool (by its ZeroMQ identity) while weights stay the same.
+    #[arg(long)]
+    sticky: bool,
+    /// Service name put in the `service` label of every metric.
+    #[arg(long, default_value = "zgate")]
+    service: String,
+    /// Replies whose first frame starts with this text count as errors.
+    #[arg(long, default_value = "ERR")]
+    error_prefix: String,
+    /// Replies whose frame N holds a status >= 500 count as errors (frame index).
+    #[arg(long)]
+    error_status_frame: Option<u32>,
+    /// Queue bound per peer, in messages.
+    #[arg(long, default_value_t = 10_000)]
+    hwm: i32,
+    /// ZMTP heartbeat interval (0s turns heartbeats off).
+    #[arg(long, default_value = "1s")]
+    heartbeat: Duration,
+    /// Serve Prometheus metrics on this address (`/metrics`).
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
+    /// Serve the admin API (weights, faults) on this address.
+    #[arg(long)]
+    admin: Option<SocketAddr>,
+    /// File holding the bearer token the admin API requires (required off loopback).
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
+}
+
+impl Args {
+    fn config(&self) -> anyhow::Result<GatewayConfig> {
+        let pools = self
+            .pools
+            .iter()
+            .map(|p| PoolConfig::parse(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut config = GatewayConfig::new(&self.service, &self.frontend, pools);
+        if let Some(w) = &self.weights {
+            config.weights = parse_weights(w)?;
+        }
+        config.timeout = self.timeout;
+        config.sticky = self.sticky;
+        config.classifier = ErrorClassifier {
+            reply_prefix: Some(self.error_prefix.clone()).filter(|p| !p.is_empty()),
+            status_frame: self.error_status_frame.map(|frame| StatusFrame {
+                frame,
+                error_at_or_above: 500,
+            }),
+        };
+        config.hwm = self.hwm;
+        config.heartbeat = self.heartbeat;
+        config.metrics = self.metrics;
+        config.admin = self.admin;
+        if let Some(f) = &self.admin_token_file {
+            let token = std::fs::read_to_string(f)
+                .with_context(|| format!("reading --admin-token-file {}", f.display()))?;
+            let token = token.trim().to_string();
+            anyhow::ensure!(
+                !token.is_empty(),
+                "--admin-token-file {} is empty",
+                f.display()
+            );
+            config.admin_token = Some(token);
+        }
+        Ok(config)
+    }
+}
+
+/// Runs the gateway until a signal asks it to stop.
+pub async fn run(args: &Args) -> anyhow::Result<()> {
+    let gateway = Gateway::start(args.config()?).await?;
+    let mut line = format!("zgate ready: frontend {}", gateway.frontend());
+    if let Some(a) = gateway.metrics_addr() {
+        line.push_str(&format!(" metrics http://{a}/metrics"));
+    }
+    if let Some(a) = gateway.admin_addr() {
+        line.push_str(&format!(" admin http://{a}"));
+    }
+    println!("{line}");
+    std::io::stdout().flush()?;
+    crate::signals::wait_for_stop().await;
+    tracing::info!("stopping: answering pending requests");
+    gateway.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,203 @@
+//! The HTTP side of zgate: `/metrics` for Prometheus, and the admin API for weights and
+//! faults (bearer token when configured; the gateway refuses a non-loopback admin address
+//! without one).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{Path, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use serde::Serialize;
+use serde_json::json;
+use zdeploy_api::{Duration, Weight};
+
+use crate::config::check_weights;
+use crate::control::{ActiveFault, Control, FaultSpec};
+use crate::metrics::GatewayMetrics;
+
+/// The `/metrics` endpoint.
+pub fn metrics_router(metrics: Arc<GatewayMetrics>) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            let metrics = metrics.clone();
+            async move {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    metrics.encode(),
+                )
+            }
+        }),
+    )
+}
+
+/// The admin API: `GET|PUT /weights`, `GET /faults`, `PUT|DELETE /faults/{pool}`, `GET /healthz`.
+pub fn admin_router(control: Arc<Control>, token: Option<String>) -> Router {
+    let api = Router::new()
+        .route("/weights", get(get_weights).put(put_weights))
+        .route("/faults", get(get_faults))
+        .route("/faults/{pool}", put(put_fault).delete(delete_fault))
+        .with_state(control);
+    let api = match token {
+        Some(t) => api.layer(middleware::from_fn_with_state(Arc::new(t), require_token)),
+        None => api,
+    };
+    api.route("/healthz", get(|| async { "ok" }))
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+async fn require_token(State(token): State<Arc<String>>, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    // Constant-time comparison: the token must not leak through response timing.
+    let same = given.len() == token.len()
+        && given
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if !same {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token (Authorization: Bearer <token>)",
+        );
+    }
+    next.run(req).await
+}
+
+fn weights_json(control: &Control) -> BTreeMap<String, Weight> {
+    control
+        .pools()
+        .iter()
+        .cloned()
+        .zip(control.snapshot().weights)
+        .collect()
+}
+
+async fn get_weights(State(control): State<Arc<Control>>) -> Json<BTreeMap<String, Weight>> {
+    Json(weights_json(&control))
+}
+
+async fn put_weights(State(control): State<Arc<Control>>, body: axum::body::Bytes) -> Response {
+    let wanted: BTreeMap<String, i64> = match serde_json::from_slice(&body) {
+        Ok(w) => w,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("body must be a JSON object like {{\"stable\":90,\"canary\":10}}: {e}"),
+            );
+        }
+    };
+    let mut weights = BTreeMap::new();
+    for (pool, n) in wanted {
+        match Weight::new(n) {
+            Ok(w) => weights.insert(pool, w),
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("{pool}: {e}")),
+        };
+    }
+    if let Err(e) = check_weights(control.pools(), &weights) {
+        return error(StatusCode::BAD_REQUEST, e.to_string());
+    }
+    // Pools left out of the body go to 0: the body is the whole new split.
+    let ordered: Vec<Weight> = control
+        .pools()
+        .iter()
+        .map(|p| weights.get(p).copied().unwrap_or(Weight::ZERO))
+        .collect();
+    control.update(|s| s.weights = ordered);
+    tracing::info!(?weights, "weights changed");
+    Json(weights_json(&control)).into_response()
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct FaultOut {
+    #[serde(flatten)]
+    spec: FaultSpec,
+    remaining: Duration,
+}
+
+async fn get_faults(State(control): State<Arc<Control>>) -> Json<BTreeMap<String, FaultOut>> {
+    let now = Instant::now();
+    let faults = control.snapshot().faults;
+    let out = control
+        .pools()
+        .iter()
+        .zip(faults)
+        .filter_map(|(pool, f)| {
+            let f = f.filter(|f| f.until > now)?;
+            let remaining = Duration::from(f.until - now);
+            Some((
+                pool.clone(),
+                FaultOut {
+                    spec: f.spec,
+                    remaining,
+                },
+            ))
+        })
+        .collect();
+    Json(out)
+}
+
+async fn put_fault(
+    State(control): State<Arc<Control>>,
+    Path(pool): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Some(i) = control.pool_index(&pool) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no pool {pool:?}; pools are: {}",
+                control.pools().join(", ")
+            ),
+        );
+    };
+    let spec: FaultSpec = match serde_json::from_slice(&body) {
+        Ok(s) => s,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "body must be like {{\"latency\":\"200ms\",\"errorRatio\":0.1,\"dropRatio\":0,\"duration\":\"30s\"}}: {e}"
+                ),
+            );
+        }
+    };
+    if let Some(problem) = spec.problem() {
+        return error(StatusCode::BAD_REQUEST, problem);
+    }
+    let until = Instant::now() + spec.duration.get();
+    tracing::info!(pool, ?spec, "fault injected");
+    control.update(|s| {
+        s.faults[i] = Some(ActiveFault {
+            spec: spec.clone(),
+            until,
+        })
+    });
+    (StatusCode::OK, Json(json!({ "pool": pool, "fault": spec }))).into_response()
+}
+
+async fn delete_fault(State(control): State<Arc<Control>>, Path(pool): Path<String>) -> Response {
+    let Some(i) = control.pool_index(&pool) else {
+        return error(StatusCode::NOT_FOUND, format!("no pool {pool:?}"));
+    };
+    control.update(|s| s.faults[i] = None);
+    tracing::info!(pool, "fault removed");
+    StatusCode::NO_CONTENT.into_response()
+}

@@ -1,0 +1,205 @@
+//! What a gateway is told at start: its frontend, its pools, weights, timeout and limits.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use zdeploy_api::service::ErrorClassifier;
+use zdeploy_api::{Duration, Weight};
+
+/// A named pool of backend endpoints (e.g. `stable` = two Windows pods).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// The pool's name, used in weights, metrics and the admin API.
+    pub name: String,
+    /// ZeroMQ endpoints to connect to, e.g. `tcp://10.0.0.7:5555`.
+    pub endpoints: Vec<String>,
+}
+
+/// Everything a gateway needs to run.
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    /// The service this gateway fronts (the `service` label on every metric).
+    pub service: String,
+    /// Endpoint the ROUTER frontend binds, e.g. `tcp://0.0.0.0:5555`.
+    pub frontend: String,
+    /// The pools, in order.
+    pub pools: Vec<PoolConfig>,
+    /// Initial weight of each pool, by name; pools left out start at 0.
+    pub weights: BTreeMap<String, Weight>,
+    /// A request without a reply after this long is answered with a timeout error.
+    pub timeout: Duration,
+    /// Route a client to the same pool while weights stay the same.
+    pub sticky: bool,
+    /// Which replies count as errors.
+    pub classifier: ErrorClassifier,
+    /// Queue bound per peer, in messages, on every socket.
+    pub hwm: i32,
+    /// ZMTP heartbeat interval towards clients and backends (0 turns them off).
+    pub heartbeat: Duration,
+    /// Address of the `/metrics` HTTP listener, if any.
+    pub metrics: Option<SocketAddr>,
+    /// Address of the admin HTTP listener, if any.
+    pub admin: Option<SocketAddr>,
+    /// Bearer token the admin API requires; mandatory when `admin` is not loopback.
+    pub admin_token: Option<String>,
+}
+
+/// A gateway configuration that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// `--pool` was not `name=endpoint[,endpoint...]`.
+    #[error("--pool {0:?}: write name=tcp://host:port[,tcp://host:port...]")]
+    BadPool(String),
+    /// Two pools share a name.
+    #[error("--pool {0:?} is given twice")]
+    DuplicatePool(String),
+    /// `--weights` was not `name=N,...`.
+    #[error("--weights {0:?}: write name=N,name=N with N from 0 to 100")]
+    BadWeights(String),
+    /// A weight names no pool.
+    #[error("weight for unknown pool {0:?}; pools are: {1}")]
+    UnknownPool(String, String),
+    /// Every weight is zero.
+    #[error("at least one pool needs a weight above 0")]
+    AllZero,
+    /// No pool at all.
+    #[error("give at least one --pool")]
+    NoPools,
+    /// The admin API would be reachable from the network without a token.
+    #[error(
+        "--admin {0} is not a loopback address: give --admin-token-file so the admin API needs a bearer token"
+    )]
+    AdminWithoutToken(SocketAddr),
+}
+
+impl PoolConfig {
+    /// Parses `stable=tcp://127.0.0.1:6001,tcp://127.0.0.1:6002`.
+    pub fn parse(s: &str) -> Result<Self, ConfigError> {
+        let bad = || ConfigError::BadPool(s.to_string());
+        let (name, list) = s.split_once('=').ok_or_else(bad)?;
+        let endpoints: Vec<String> = list.split(',').map(str::trim).map(String::from).collect();
+        let well_formed = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            && endpoints.iter().all(|e| e.contains("://") && e.len() > 6);
+        if !well_formed {
+            return Err(bad());
+        }
+        Ok(Self {
+            name: name.to_string(),
+            endpoints,
+        })
+    }
+}
+
+/// Parses `stable=90,canary=10`.
+pub fn parse_weights(s: &str) -> Result<BTreeMap<String, Weight>, ConfigError> {
+    let bad = || ConfigError::BadWeights(s.to_string());
+    s.split(',')
+        .map(|part| {
+            let (name, n) = part.split_once('=').ok_or_else(bad)?;
+            let n: i64 = n.trim().parse().map_err(|_| bad())?;
+            Ok((name.trim().to_string(), Weight::new(n).map_err(|_| bad())?))
+        })
+        .collect()
+}
+
+/// Checks `weights` against the pool names: no unknown pool, not all zero.
+pub fn check_weights(
+    pools: &[String],
+    weights: &BTreeMap<String, Weight>,
+) -> Result<(), ConfigError> {
+    if let Some(unknown) = weights.keys().find(|k| !pools.contains(k)) {
+        return Err(ConfigError::UnknownPool(unknown.clone(), pools.join(", ")));
+    }
+    if weights.values().all(|w| *w == Weight::ZERO) {
+        return Err(ConfigError::AllZero);
+    }
+    Ok(())
+}
+
+impl GatewayConfig {
+    /// A configuration with zdeploy's defaults for everything but the frontend and pools.
+    pub fn new(service: &str, frontend: &str, pools: Vec<PoolConfig>) -> Self {
+        let weights = pools
+            .first()
+            .map(|p| (p.name.clone(), Weight::FULL))
+            .into_iter()
+            .collect();
+        Self {
+            service: service.to_string(),
+            frontend: frontend.to_string(),
+            pools,
+            weights,
+            timeout: Duration::from_secs(2),
+            sticky: false,
+            classifier: ErrorClassifier::default(),
+            hwm: 10_000,
+            heartbeat: Duration::from_secs(1),
+            metrics: None,
+            admin: None,
+            admin_token: None,
+        }
+    }
+
+    /// The pool names, in order.
+    pub fn pool_names(&self) -> Vec<String> {
+        self.pools.iter().map(|p| p.name.clone()).collect()
+    }
+
+    /// Refuses configurations that cannot work or would be unsafe.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.pools.is_empty() {
+            return Err(ConfigError::NoPools);
+        }
+        let names = self.pool_names();
+        for (i, n) in names.iter().enumerate() {
+            if names[..i].contains(n) {
+                return Err(ConfigError::DuplicatePool(n.clone()));
+            }
+        }
+        check_weights(&names, &self.weights)?;
+        if let Some(addr) = self.admin
+            && !addr.ip().is_loopback()
+            && self.admin_token.is_none()
+        {
+            return Err(ConfigError::AdminWithoutToken(addr));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_pools_and_weights() {
+        let p = PoolConfig::parse("stable=tcp://127.0.0.1:6001,tcp://127.0.0.1:6002").unwrap();
+        assert_eq!(p.name, "stable");
+        assert_eq!(p.endpoints.len(), 2);
+        assert!(PoolConfig::parse("stable").is_err());
+        assert!(PoolConfig::parse("st able=tcp://x:1").is_err());
+        let w = parse_weights("stable=90,canary=10").unwrap();
+        assert_eq!(w["canary"].percent(), 10);
+        assert!(parse_weights("stable=101").is_err());
+        assert!(parse_weights("stable").is_err());
+    }
+
+    #[test]
+    fn refuses_unsafe_or_impossible_setups() {
+        let pools = vec![PoolConfig::parse("stable=tcp://127.0.0.1:1").unwrap()];
+        let mut c = GatewayConfig::new("echo", "tcp://127.0.0.1:2", pools);
+        assert_eq!(c.check(), Ok(()));
+        c.weights = parse_weights("canary=10").unwrap();
+        assert!(matches!(c.check(), Err(ConfigError::UnknownPool(..))));
+        c.weights = parse_weights("stable=0").unwrap();
+        assert_eq!(c.check(), Err(ConfigError::AllZero));
+        c.weights = parse_weights("stable=100").unwrap();
+        c.admin = Some("0.0.0.0:9465".parse().unwrap());
+        assert!(matches!(c.check(), Err(ConfigError::AdminWithoutToken(_))));
+        c.admin_token = Some("secret".into());
+        assert_eq!(c.check(), Ok(()));
+    }
+}

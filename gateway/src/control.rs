@@ -1,0 +1,199 @@
+//! Settings the admin API changes while the data plane runs: weights and faults.
+//! The data plane reads them lock-free until the generation number moves.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use zdeploy_api::{Duration, Weight};
+
+/// A fault injected into one pool's traffic; it ends by itself at `until`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ActiveFault {
+    /// The fault as requested.
+    pub spec: FaultSpec,
+    /// When it stops applying, whatever else happens.
+    pub until: Instant,
+}
+
+/// A fault request, as the admin API takes it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FaultSpec {
+    /// Added delay before a request is forwarded.
+    #[serde(default)]
+    pub latency: Duration,
+    /// Share of requests answered with an injected error, 0..1.
+    #[serde(default)]
+    pub error_ratio: f64,
+    /// Share of requests never forwarded (the client gets a timeout error), 0..1.
+    #[serde(default)]
+    pub drop_ratio: f64,
+    /// How long the fault lasts; required so that no fault outlives its experiment.
+    pub duration: Duration,
+}
+
+impl FaultSpec {
+    /// Why the fault cannot be applied, if it cannot.
+    pub fn problem(&self) -> Option<String> {
+        let ratio_ok = |r: f64| (0.0..=1.0).contains(&r);
+        if !ratio_ok(self.error_ratio) {
+            return Some(format!(
+                "errorRatio must be between 0 and 1 (got {})",
+                self.error_ratio
+            ));
+        }
+        if !ratio_ok(self.drop_ratio) {
+            return Some(format!(
+                "dropRatio must be between 0 and 1 (got {})",
+                self.drop_ratio
+            ));
+        }
+        if self.duration.get().is_zero()
+            || self.duration.get() > std::time::Duration::from_secs(24 * 3600)
+        {
+            return Some(format!(
+                "duration must be above 0s and at most 24h (got {})",
+                self.duration
+            ));
+        }
+        None
+    }
+}
+
+/// What happens to one request under a fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultAction {
+    /// Forward it, after this much delay.
+    Forward(std::time::Duration),
+    /// Answer with an injected error.
+    Error,
+    /// Never forward it; it will time out.
+    Drop,
+}
+
+impl ActiveFault {
+    /// The action for a request at `now`, given two uniform draws in 0..1.
+    pub fn action(&self, now: Instant, error_draw: f64, drop_draw: f64) -> FaultAction {
+        if now >= self.until {
+            return FaultAction::Forward(std::time::Duration::ZERO);
+        }
+        if error_draw < self.spec.error_ratio {
+            FaultAction::Error
+        } else if drop_draw < self.spec.drop_ratio {
+            FaultAction::Drop
+        } else {
+            FaultAction::Forward(self.spec.latency.get())
+        }
+    }
+}
+
+/// The current settings, one entry per pool in pool order.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Weight of each pool.
+    pub weights: Vec<Weight>,
+    /// Fault of each pool, if any.
+    pub faults: Vec<Option<ActiveFault>>,
+}
+
+/// Settings shared between the admin API (writer) and the data plane (reader).
+#[derive(Debug)]
+pub struct Control {
+    pools: Vec<String>,
+    generation: AtomicU64,
+    settings: Mutex<Settings>,
+    shutdown: AtomicBool,
+}
+
+impl Control {
+    /// Control over `pools` starting from `settings`.
+    pub fn new(pools: Vec<String>, settings: Settings) -> Self {
+        Self {
+            pools,
+            generation: AtomicU64::new(0),
+            settings: Mutex::new(settings),
+            shutdown: AtomicBool::new(false),
+        }
+    }
+
+    /// The pool names, in order.
+    pub fn pools(&self) -> &[String] {
+        &self.pools
+    }
+
+    /// Index of a pool by name.
+    pub fn pool_index(&self, name: &str) -> Option<usize> {
+        self.pools.iter().position(|p| p == name)
+    }
+
+    /// A copy of the current settings.
+    pub fn snapshot(&self) -> Settings {
+        self.settings.lock().expect("settings lock").clone()
+    }
+
+    /// Changes the settings; the data plane picks them up before its next batch.
+    pub fn update(&self, change: impl FnOnce(&mut Settings)) {
+        change(&mut self.settings.lock().expect("settings lock"));
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Increases whenever the settings change.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Asks the data plane to answer what is pending and stop.
+    pub fn request_shutdown(&self) {
+        self.shutdown.store(true, Ordering::Release);
+    }
+
+    /// True once shutdown was requested.
+    pub fn shutting_down(&self) -> bool {
+        self.shutdown.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fault(latency_ms: u64, error: f64, drop: f64) -> ActiveFault {
+        ActiveFault {
+            spec: FaultSpec {
+                latency: Duration::from_millis(latency_ms),
+                error_ratio: error,
+                drop_ratio: drop,
+                duration: Duration::from_secs(1),
+            },
+            until: Instant::now() + std::time::Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn actions_follow_the_draws_and_expire() {
+        let now = Instant::now();
+        let f = fault(200, 0.1, 0.5);
+        assert_eq!(f.action(now, 0.05, 0.9), FaultAction::Error);
+        assert_eq!(f.action(now, 0.5, 0.2), FaultAction::Drop);
+        assert_eq!(
+            f.action(now, 0.5, 0.9),
+            FaultAction::Forward(std::time::Duration::from_millis(200))
+        );
+        let later = now + std::time::Duration::from_secs(2);
+        assert_eq!(
+            f.action(later, 0.0, 0.0),
+            FaultAction::Forward(std::time::Duration::ZERO)
+        );
+    }
+
+    #[test]
+    fn bad_faults_are_named() {
+        let mut f = fault(0, 1.5, 0.0).spec;
+        assert!(f.problem().unwrap().contains("errorRatio"));
+        f.error_ratio = 0.0;
+        f.duration = Duration::from_secs(0);
+        assert!(f.problem().unwrap().contains("duration"));
+    }
+}

@@ -1,0 +1,486 @@
+//! The data plane: one thread that owns every libzmq socket and runs a `zmq_poll` loop.
+//!
+//! A request arrives on the ROUTER frontend as `[client-id, hops..., "", body...]`. It goes
+//! to the chosen pool's DEALER as `[request-id, client-id, hops..., "", body...]`; the
+//! service answers with the envelope it was given, and the gateway pops the request id,
+//! checks it is still waiting, and sends `[client-id, hops..., "", reply...]` back. Every
+//! request gets exactly one reply: the service's, or a one-frame error
+//! `ERR zgate <code>: <detail>` (codes: timeout, unavailable, malformed, injected).
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use zdeploy_api::service::ErrorClassifier;
+
+use crate::classify::is_error_reply;
+use crate::config::GatewayConfig;
+use crate::control::{ActiveFault, Control, FaultAction};
+use crate::metrics::{GatewayMetrics, Outcome, PoolMetrics, Undeliverable};
+use crate::router::WeightedRoundRobin;
+
+/// Messages taken from one socket before the others get a turn.
+const BATCH: usize = 512;
+/// Longest sleep in `zmq_poll`, so settings and shutdown are seen without traffic.
+const MAX_POLL_MS: i64 = 50;
+
+/// Request ids are sequential: hashing them is a waste; a multiply spreads them enough.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, _: &[u8]) {
+        unreachable!("only u64 keys are hashed")
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+struct Pending {
+    envelope: Vec<Vec<u8>>,
+    pool: usize,
+    received: Instant,
+    /// Frames held back by a latency fault, to be sent at their due time.
+    held: Option<Vec<zmq::Message>>,
+    /// Counted in the pool's in-flight gauge (false when answered on arrival).
+    in_flight: bool,
+}
+
+struct Pool {
+    name: String,
+    socket: zmq::Socket,
+    monitor: zmq::Socket,
+    live: HashSet<Vec<u8>>,
+    metrics: PoolMetrics,
+}
+
+/// The sockets and state of a running data plane.
+pub struct DataPlane {
+    frontend: zmq::Socket,
+    pools: Vec<Pool>,
+    control: Arc<Control>,
+    metrics: Arc<GatewayMetrics>,
+    classifier: ErrorClassifier,
+    timeout: Duration,
+    sticky: bool,
+    generation: u64,
+    router: WeightedRoundRobin,
+    faults: Vec<Option<ActiveFault>>,
+    pending: HashMap<u64, Pending, BuildHasherDefault<IdHasher>>,
+    deadlines: VecDeque<(Instant, u64)>,
+    held: BinaryHeap<Reverse<(Instant, u64)>>,
+    next_id: u64,
+    // Dropped last: libzmq needs every socket closed before the context terminates.
+    _context: zmq::Context,
+}
+
+fn tune(s: &zmq::Socket, config: &GatewayConfig) -> zmq::Result<()> {
+    s.set_sndhwm(config.hwm)?;
+    s.set_rcvhwm(config.hwm)?;
+    s.set_linger(0)?;
+    let hb = config.heartbeat.get().as_millis() as i32;
+    if hb > 0 {
+        s.set_heartbeat_ivl(hb)?;
+        s.set_heartbeat_timeout(hb * 3)?;
+        s.set_heartbeat_ttl(hb * 3)?;
+    }
+    Ok(())
+}
+
+impl DataPlane {
+    /// Binds the frontend and connects every pool; returns the bound frontend endpoint.
+    pub fn bind(
+        config: &GatewayConfig,
+        control: Arc<Control>,
+        metrics: Arc<GatewayMetrics>,
+    ) -> Result<(Self, String), zmq::Error> {
+        let context = zmq::Context::new();
+        let frontend = context.socket(zmq::ROUTER)?;
+        tune(&frontend, config)?;
+        // Replies to gone or stalled clients fail fast instead of vanishing silently.
+        frontend.set_router_mandatory(true)?;
+        frontend.bind(&config.frontend)?;
+        let endpoint = frontend
+            .get_last_endpoint()?
+            .unwrap_or_else(|_| config.frontend.clone());
+        let mut pools = Vec::new();
+        for (i, p) in config.pools.iter().enumerate() {
+            let socket = context.socket(zmq::DEALER)?;
+            tune(&socket, config)?;
+            // Queue only to connected backends: nothing waits for a dead pod to come back.
+            socket.set_immediate(true)?;
+            socket.set_reconnect_ivl(100)?;
+            socket.set_reconnect_ivl_max(2000)?;
+            let addr = format!("inproc://zgate-monitor-{i}");
+            socket.monitor(
+                &addr,
+                (zmq::SocketEvent::CONNECTED as u16 | zmq::SocketEvent::DISCONNECTED as u16) as i32,
+            )?;
+            let monitor = context.socket(zmq::PAIR)?;
+            monitor.connect(&addr)?;
+            for e in &p.endpoints {
+                socket.connect(e)?;
+            }
+            pools.push(Pool {
+                name: p.name.clone(),
+                socket,
+                monitor,
+                live: HashSet::new(),
+                metrics: metrics.pools[i].clone(),
+            });
+        }
+        let settings = control.snapshot();
+        let plane = Self {
+            frontend,
+            pools,
+            classifier: config.classifier.clone(),
+            timeout: config.timeout.get(),
+            sticky: config.sticky,
+            generation: control.generation(),
+            router: WeightedRoundRobin::new(&settings.weights),
+            faults: settings.faults,
+            control,
+            metrics,
+            pending: HashMap::default(),
+            deadlines: VecDeque::new(),
+            held: BinaryHeap::new(),
+            next_id: 0,
+            _context: context,
+        };
+        plane.publish_weights(&settings.weights);
+        Ok((plane, endpoint))
+    }
+
+    /// Runs until shutdown is requested, then answers whatever is still pending.
+    pub fn run(mut self) {
+        while !self.control.shutting_down() {
+            self.reload_settings();
+            let ready = match self.poll() {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!("zmq_poll failed: {e}");
+                    break;
+                }
+            };
+            let n = self.pools.len();
+            if ready[0] {
+                self.drain_frontend();
+            }
+            for i in 0..n {
+                if ready[1 + i] {
+                    self.drain_pool(i);
+                }
+                if ready[1 + n + i] {
+                    self.drain_monitor(i);
+                }
+            }
+            let now = Instant::now();
+            self.send_held(now);
+            self.expire(now);
+        }
+        let ids: Vec<u64> = self.pending.keys().copied().collect();
+        for id in ids {
+            if let Some(p) = self.pending.remove(&id) {
+                let detail = "unavailable: gateway shutting down";
+                self.finish_with_error(p, Outcome::Unavailable, detail);
+            }
+        }
+        // Give the last replies a moment to leave before the sockets close.
+        let _ = self.frontend.set_linger(1000);
+    }
+
+    fn reload_settings(&mut self) {
+        let generation = self.control.generation();
+        if generation == self.generation {
+            return;
+        }
+        self.generation = generation;
+        let s = self.control.snapshot();
+        self.router = WeightedRoundRobin::new(&s.weights);
+        self.faults = s.faults;
+        self.publish_weights(&s.weights);
+    }
+
+    fn publish_weights(&self, weights: &[zdeploy_api::Weight]) {
+        for (pool, w) in self.pools.iter().zip(weights) {
+            pool.metrics.weight.set(i64::from(w.percent()));
+        }
+    }
+
+    fn poll(&self) -> zmq::Result<Vec<bool>> {
+        let now = Instant::now();
+        let mut wait = Duration::from_millis(MAX_POLL_MS as u64);
+        if let Some((deadline, _)) = self.deadlines.front() {
+            wait = wait.min(deadline.saturating_duration_since(now));
+        }
+        if let Some(Reverse((due, _))) = self.held.peek() {
+            wait = wait.min(due.saturating_duration_since(now));
+        }
+        let mut items = Vec::with_capacity(1 + 2 * self.pools.len());
+        items.push(self.frontend.as_poll_item(zmq::POLLIN));
+        items.extend(
+            self.pools
+                .iter()
+                .map(|p| p.socket.as_poll_item(zmq::POLLIN)),
+        );
+        items.extend(
+            self.pools
+                .iter()
+                .map(|p| p.monitor.as_poll_item(zmq::POLLIN)),
+        );
+        // Round up so a deadline 0.4 ms away does not spin.
+        let ms = wait.as_micros().div_ceil(1000) as i64;
+        zmq::poll(&mut items, ms)?;
+        Ok(items.iter().map(|i| i.is_readable()).collect())
+    }
+
+    fn drain_frontend(&mut self) {
+        for _ in 0..BATCH {
+            match recv_frames(&self.frontend) {
+                Some(frames) => self.on_request(frames),
+                None => break,
+            }
+        }
+    }
+
+    fn drain_pool(&mut self, i: usize) {
+        for _ in 0..BATCH {
+            match recv_frames(&self.pools[i].socket) {
+                Some(frames) => self.on_reply(i, frames),
+                None => break,
+            }
+        }
+    }
+
+    fn drain_monitor(&mut self, i: usize) {
+        let pool = &mut self.pools[i];
+        while let Some(frames) = recv_frames(&pool.monitor) {
+            let (Some(event), Some(addr)) = (frames.first(), frames.get(1)) else {
+                continue;
+            };
+            if event.len() < 2 {
+                continue;
+            }
+            let code = u16::from_le_bytes([event[0], event[1]]);
+            if code == zmq::SocketEvent::CONNECTED as u16 {
+                pool.live.insert(addr.to_vec());
+            } else if code == zmq::SocketEvent::DISCONNECTED as u16 {
+                pool.live.remove(&addr[..]);
+            }
+            pool.metrics.live_backends.set(pool.live.len() as i64);
+        }
+    }
+
+    fn on_request(&mut self, mut frames: Vec<zmq::Message>) {
+        let now = Instant::now();
+        let Some(delim) = frames
+            .iter()
+            .skip(1)
+            .position(|f| f.is_empty())
+            .map(|d| d + 1)
+        else {
+            self.metrics.malformed.inc();
+            let client = frames.swap_remove(0).to_vec();
+            self.reply_error(&[client], "malformed: request has no empty delimiter frame; REQ sockets add one, DEALER clients must send it");
+            return;
+        };
+        let envelope: Vec<Vec<u8>> = frames[..delim].iter().map(|f| f.to_vec()).collect();
+        let pool = if self.sticky {
+            self.router.pick_sticky(&envelope[0])
+        } else {
+            self.router.pick()
+        }
+        .unwrap_or(0);
+        let action = match &self.faults[pool] {
+            Some(f) => f.action(now, fastrand::f64(), fastrand::f64()),
+            None => FaultAction::Forward(Duration::ZERO),
+        };
+        let mut p = Pending {
+            envelope,
+            pool,
+            received: now,
+            held: None,
+            in_flight: false,
+        };
+        let id = self.next_id;
+        self.next_id += 1;
+        match action {
+            FaultAction::Error => {
+                let detail = format!(
+                    "injected: fault injected into pool {}",
+                    self.pools[pool].name
+                );
+                self.finish_with_error(p, Outcome::Error, &detail);
+                return;
+            }
+            FaultAction::Drop => {}
+            FaultAction::Forward(delay) if !delay.is_zero() => {
+                p.held = Some(frames);
+                self.held.push(Reverse((now + delay, id)));
+            }
+            FaultAction::Forward(_) => {
+                if !send_request(&self.pools[pool].socket, id, frames) {
+                    let detail = format!(
+                        "unavailable: no live backend in pool {}",
+                        self.pools[pool].name
+                    );
+                    self.finish_with_error(p, Outcome::Unavailable, &detail);
+                    return;
+                }
+            }
+        }
+        self.pools[pool].metrics.in_flight.inc();
+        p.in_flight = true;
+        self.pending.insert(id, p);
+        self.deadlines.push_back((now + self.timeout, id));
+    }
+
+    fn on_reply(&mut self, pool: usize, frames: Vec<zmq::Message>) {
+        let Some(id) = frames
+            .first()
+            .and_then(|f| <[u8; 8]>::try_from(&f[..]).ok())
+            .map(u64::from_le_bytes)
+        else {
+            tracing::warn!(pool = %self.pools[pool].name, "reply without a request id; dropped");
+            return;
+        };
+        let Some(p) = self.pending.remove(&id) else {
+            self.pools[pool].metrics.late_replies.inc();
+            return;
+        };
+        // The service echoes the envelope; the reply body starts after its empty delimiter.
+        let body_at = frames
+            .iter()
+            .skip(1)
+            .position(|f| f.is_empty())
+            .map_or(1, |d| d + 2);
+        let body = &frames[body_at.min(frames.len())..];
+        let outcome = if is_error_reply(&self.classifier, body) {
+            Outcome::Error
+        } else {
+            Outcome::Ok
+        };
+        self.deliver(&p.envelope, body.iter().map(|f| &f[..]));
+        self.count(&p, outcome);
+    }
+
+    fn send_held(&mut self, now: Instant) {
+        while let Some(Reverse((due, id))) = self.held.peek().copied() {
+            if due > now {
+                break;
+            }
+            self.held.pop();
+            let Some(frames) = self.pending.get_mut(&id).and_then(|p| p.held.take()) else {
+                continue;
+            };
+            let pool = self.pending[&id].pool;
+            if !send_request(&self.pools[pool].socket, id, frames) {
+                let p = self.pending.remove(&id).expect("checked above");
+                let detail = format!(
+                    "unavailable: no live backend in pool {}",
+                    self.pools[pool].name
+                );
+                self.finish_with_error(p, Outcome::Unavailable, &detail);
+            }
+        }
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while let Some(&(deadline, id)) = self.deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.deadlines.pop_front();
+            if let Some(p) = self.pending.remove(&id) {
+                let detail = format!(
+                    "timeout: no reply from pool {} within {}",
+                    self.pools[p.pool].name,
+                    zdeploy_api::Duration::from(self.timeout)
+                );
+                self.finish_with_error(p, Outcome::Timeout, &detail);
+            }
+        }
+    }
+
+    /// Answers a request that was counted in flight (or never forwarded) with an error.
+    fn finish_with_error(&mut self, p: Pending, outcome: Outcome, detail: &str) {
+        let text = format!("ERR zgate {detail}");
+        self.deliver(&p.envelope, std::iter::once(text.as_bytes()));
+        self.count(&p, outcome);
+    }
+
+    fn count(&self, p: &Pending, outcome: Outcome) {
+        let m = &self.pools[p.pool].metrics;
+        m.count(outcome, p.received.elapsed().as_secs_f64());
+        if p.in_flight {
+            m.in_flight.dec();
+        }
+    }
+
+    fn reply_error(&self, envelope: &[Vec<u8>], detail: &str) {
+        let text = format!("ERR zgate {detail}");
+        self.deliver(envelope, std::iter::once(text.as_bytes()));
+    }
+
+    fn deliver<'a>(&self, envelope: &[Vec<u8>], body: impl Iterator<Item = &'a [u8]>) {
+        let body: Vec<&[u8]> = body.collect();
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(envelope.len() + 1 + body.len());
+        parts.extend(envelope.iter().map(Vec::as_slice));
+        parts.push(b"");
+        parts.extend(body);
+        let last = parts.len() - 1;
+        for (i, part) in parts.iter().enumerate() {
+            let more = if i < last { zmq::SNDMORE } else { 0 };
+            if let Err(e) = self.frontend.send(*part, more | zmq::DONTWAIT) {
+                // Only the first frame can fail: libzmq sends a multipart message whole.
+                let why = if e == zmq::Error::EHOSTUNREACH {
+                    Undeliverable::ClientGone
+                } else {
+                    Undeliverable::ClientSlow
+                };
+                self.metrics.undeliverable(why);
+                return;
+            }
+        }
+    }
+}
+
+/// Receives one whole multipart message without blocking; `None` when nothing is queued.
+fn recv_frames(socket: &zmq::Socket) -> Option<Vec<zmq::Message>> {
+    let mut frames = Vec::with_capacity(4);
+    loop {
+        let flags = if frames.is_empty() { zmq::DONTWAIT } else { 0 };
+        let mut msg = zmq::Message::new();
+        if socket.recv(&mut msg, flags).is_err() {
+            return None;
+        }
+        let more = msg.get_more();
+        frames.push(msg);
+        if !more {
+            return Some(frames);
+        }
+    }
+}
+
+/// Sends `[id, frames...]` to a pool; false when no backend can take it now.
+fn send_request(socket: &zmq::Socket, id: u64, frames: Vec<zmq::Message>) -> bool {
+    if socket
+        .send(&id.to_le_bytes()[..], zmq::SNDMORE | zmq::DONTWAIT)
+        .is_err()
+    {
+        return false;
+    }
+    let last = frames.len() - 1;
+    for (i, f) in frames.into_iter().enumerate() {
+        let more = if i < last { zmq::SNDMORE } else { 0 };
+        // Cannot fail once the first frame is queued: the message goes whole.
+        let _ = socket.send(f, more | zmq::DONTWAIT);
+    }
+    true
+}

@@ -1,0 +1,165 @@
+//! zgate: a ZeroMQ gateway that sends each request to a pool chosen by weight, answers
+//! every request exactly once, and exports per-pool metrics. The data plane is libzmq on
+//! a dedicated thread; the admin API and `/metrics` are HTTP on tokio.
+
+pub mod admin;
+pub mod classify;
+pub mod config;
+pub mod control;
+mod dataplane;
+pub mod metrics;
+pub mod router;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+pub use config::{ConfigError, GatewayConfig, PoolConfig};
+pub use control::{Control, FaultSpec, Settings};
+
+use dataplane::DataPlane;
+use metrics::GatewayMetrics;
+
+/// Why a gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The configuration is refused.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// libzmq could not bind or connect.
+    #[error("zeromq: {0} (frontend {1})")]
+    Zmq(zmq::Error, String),
+    /// An HTTP listener could not bind.
+    #[error("cannot listen on {0}: {1}")]
+    Listen(SocketAddr, std::io::Error),
+}
+
+/// A running gateway.
+pub struct Gateway {
+    control: Arc<Control>,
+    metrics: Arc<GatewayMetrics>,
+    frontend: String,
+    metrics_addr: Option<SocketAddr>,
+    admin_addr: Option<SocketAddr>,
+    data_plane: Option<std::thread::JoinHandle<()>>,
+    http: Vec<JoinHandle<()>>,
+}
+
+async fn serve(
+    addr: SocketAddr,
+    router: axum::Router,
+) -> Result<(SocketAddr, JoinHandle<()>), GatewayError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| GatewayError::Listen(addr, e))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| GatewayError::Listen(addr, e))?;
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!("http server on {bound} stopped: {e}");
+        }
+    });
+    Ok((bound, task))
+}
+
+impl Gateway {
+    /// Checks the configuration, binds every socket and starts serving.
+    pub async fn start(config: GatewayConfig) -> Result<Self, GatewayError> {
+        config.check()?;
+        let pools = config.pool_names();
+        let weights = pools
+            .iter()
+            .map(|p| config.weights.get(p).copied().unwrap_or_default())
+            .collect();
+        let control = Arc::new(Control::new(
+            pools.clone(),
+            Settings {
+                weights,
+                faults: vec![None; pools.len()],
+            },
+        ));
+        let metrics = Arc::new(GatewayMetrics::new(&config.service, &pools));
+        let (plane, frontend) = DataPlane::bind(&config, control.clone(), metrics.clone())
+            .map_err(|e| GatewayError::Zmq(e, config.frontend.clone()))?;
+        let data_plane = std::thread::Builder::new()
+            .name("zgate-dataplane".into())
+            .spawn(move || plane.run())
+            .expect("spawning the data plane thread");
+        let mut gateway = Self {
+            control,
+            metrics,
+            frontend,
+            metrics_addr: None,
+            admin_addr: None,
+            data_plane: Some(data_plane),
+            http: Vec::new(),
+        };
+        if let Some(addr) = config.metrics {
+            let (bound, task) = serve(addr, admin::metrics_router(gateway.metrics.clone())).await?;
+            gateway.metrics_addr = Some(bound);
+            gateway.http.push(task);
+        }
+        if let Some(addr) = config.admin {
+            let (bound, task) = serve(
+                addr,
+                admin::admin_router(gateway.control.clone(), config.admin_token.clone()),
+            )
+            .await?;
+            gateway.admin_addr = Some(bound);
+            gateway.http.push(task);
+        }
+        Ok(gateway)
+    }
+
+    /// The endpoint the frontend is bound to (with the real port when `*` or 0 was asked).
+    pub fn frontend(&self) -> &str {
+        &self.frontend
+    }
+
+    /// The address `/metrics` is served on.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The address the admin API is served on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// The shared settings (weights and faults) of this gateway.
+    pub fn control(&self) -> &Arc<Control> {
+        &self.control
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn encode_metrics(&self) -> String {
+        self.metrics.encode()
+    }
+
+    /// Answers pending requests with an error, closes every socket and stops the HTTP side.
+    pub async fn shutdown(mut self) {
+        self.stop().await;
+    }
+
+    async fn stop(&mut self) {
+        self.control.request_shutdown();
+        for task in self.http.drain(..) {
+            task.abort();
+        }
+        if let Some(t) = self.data_plane.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.control.request_shutdown();
+        for task in &self.http {
+            task.abort();
+        }
+    }
+}

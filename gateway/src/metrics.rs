@@ -1,0 +1,235 @@
+//! zgate's Prometheus metrics. Every series exists at 0 from the start, so `rate()` works
+//! from the first scrape; the data plane holds pre-resolved handles (atomics, no lookups).
+
+use std::borrow::Cow;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// How a request ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The service replied and the reply is not an error.
+    Ok,
+    /// The reply matched the error classifier, or a fault injected an error.
+    Error,
+    /// No reply within the timeout.
+    Timeout,
+    /// The pool had no live backend (or its queues were full).
+    Unavailable,
+}
+
+impl Outcome {
+    /// Every outcome, in label order.
+    pub const ALL: [Outcome; 4] = [
+        Outcome::Ok,
+        Outcome::Error,
+        Outcome::Timeout,
+        Outcome::Unavailable,
+    ];
+
+    /// The `outcome` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Error => "error",
+            Outcome::Timeout => "timeout",
+            Outcome::Unavailable => "unavailable",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabels {
+    pool: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    pool: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+/// Handles for one pool's series.
+#[derive(Clone, Debug)]
+pub struct PoolMetrics {
+    requests: [Counter; 4],
+    /// Request latency as the client sees it through the gateway.
+    pub latency: Histogram,
+    /// Requests forwarded and not yet answered.
+    pub in_flight: Gauge,
+    /// Configured weight.
+    pub weight: Gauge,
+    /// Backends with a live connection.
+    pub live_backends: Gauge,
+    /// Replies that came after their request had timed out (dropped).
+    pub late_replies: Counter,
+}
+
+impl PoolMetrics {
+    /// Counts one finished request.
+    pub fn count(&self, outcome: Outcome, seconds: f64) {
+        self.requests[outcome as usize].inc();
+        self.latency.observe(seconds);
+    }
+}
+
+/// Reasons a reply could not reach its client.
+#[derive(Clone, Copy, Debug)]
+pub enum Undeliverable {
+    /// The client disconnected.
+    ClientGone,
+    /// The client's queue is full (it does not read).
+    ClientSlow,
+}
+
+/// All of zgate's metrics.
+#[derive(Debug)]
+pub struct GatewayMetrics {
+    /// The registry `/metrics` encodes.
+    pub registry: Registry,
+    /// One entry per pool, in pool order.
+    pub pools: Vec<PoolMetrics>,
+    /// Requests without an empty delimiter frame.
+    pub malformed: Counter,
+    undeliverable: [Counter; 2],
+}
+
+impl GatewayMetrics {
+    /// Registers every series for `service` and `pools`, all at 0.
+    pub fn new(service: &str, pools: &[String]) -> Self {
+        let labels = [(Cow::Borrowed("service"), Cow::Owned(service.to_string()))];
+        let mut registry = Registry::with_prefix_and_labels("zgate", labels.into_iter());
+        let requests = Family::<OutcomeLabels, Counter>::default();
+        let latency = Family::<PoolLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.8, 1.0, 2.5,
+                5.0, 10.0,
+            ])
+        });
+        let in_flight = Family::<PoolLabels, Gauge>::default();
+        let weight = Family::<PoolLabels, Gauge>::default();
+        let live = Family::<PoolLabels, Gauge>::default();
+        let late = Family::<PoolLabels, Counter>::default();
+        let undeliverable = Family::<ReasonLabels, Counter>::default();
+        let malformed = Counter::default();
+        registry.register(
+            "requests",
+            "Requests by pool and outcome (ok, error, timeout, unavailable)",
+            requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Request latency through the gateway, by pool",
+            latency.clone(),
+        );
+        registry.register(
+            "requests_in_flight",
+            "Requests forwarded and not yet answered, by pool",
+            in_flight.clone(),
+        );
+        registry.register(
+            "pool_weight",
+            "Configured weight of each pool, in percent",
+            weight.clone(),
+        );
+        registry.register(
+            "backends_live",
+            "Backends with a live connection, by pool",
+            live.clone(),
+        );
+        registry.register(
+            "late_replies",
+            "Replies that arrived after their request timed out, by pool",
+            late.clone(),
+        );
+        registry.register(
+            "malformed_requests",
+            "Requests without an empty delimiter frame",
+            malformed.clone(),
+        );
+        registry.register(
+            "replies_undeliverable",
+            "Replies dropped because the client was gone or not reading",
+            undeliverable.clone(),
+        );
+        let pools = pools
+            .iter()
+            .map(|name| {
+                let pl = PoolLabels { pool: name.clone() };
+                PoolMetrics {
+                    requests: Outcome::ALL.map(|o| {
+                        requests
+                            .get_or_create(&OutcomeLabels {
+                                pool: name.clone(),
+                                outcome: o.label().into(),
+                            })
+                            .clone()
+                    }),
+                    latency: latency.get_or_create(&pl).clone(),
+                    in_flight: in_flight.get_or_create(&pl).clone(),
+                    weight: weight.get_or_create(&pl).clone(),
+                    live_backends: live.get_or_create(&pl).clone(),
+                    late_replies: late.get_or_create(&pl).clone(),
+                }
+            })
+            .collect();
+        let undeliverable = ["client_gone", "client_slow"].map(|r| {
+            undeliverable
+                .get_or_create(&ReasonLabels { reason: r.into() })
+                .clone()
+        });
+        Self {
+            registry,
+            pools,
+            malformed,
+            undeliverable,
+        }
+    }
+
+    /// Counts a reply that could not be delivered.
+    pub fn undeliverable(&self, why: Undeliverable) {
+        self.undeliverable[why as usize].inc();
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("encoding to a String cannot fail");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_series_exists_at_zero() {
+        let m = GatewayMetrics::new("echo", &["stable".into(), "canary".into()]);
+        let text = m.encode();
+        for pool in ["stable", "canary"] {
+            for o in Outcome::ALL {
+                let series = format!(
+                    "zgate_requests_total{{service=\"echo\",pool=\"{pool}\",outcome=\"{}\"}} 0",
+                    o.label()
+                );
+                assert!(text.contains(&series), "missing {series} in\n{text}");
+            }
+            assert!(text.contains(&format!(
+                "zgate_request_duration_seconds_count{{service=\"echo\",pool=\"{pool}\"}} 0"
+            )));
+        }
+        assert!(text.contains("zgate_malformed_requests_total{service=\"echo\"} 0"));
+    }
+}

@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""Real libzmq peers (pyzmq) for zdeploy's tests: REP and ROUTER services, REQ and
+pipelined DEALER clients. Each prints one line "ready <endpoint>" when listening, and
+clients print a JSON summary on exit."""
+
+import argparse
+import json
+import os
+import random
+import signal
+import sys
+import time
+
+import zmq
+
+
+def heartbeat(sock, on):
+    if on:
+        sock.setsockopt(zmq.HEARTBEAT_IVL, 200)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 1000)
+        sock.setsockopt(zmq.HEARTBEAT_TTL, 1000)
+
+
+def answer(args, frames):
+    """The reply body for a request body: OK or ERR, the service name, then the request."""
+    if args.delay_ms:
+        time.sleep(args.delay_ms / 1000.0)
+    status = b"ERR" if random.random() < args.error_ratio else b"OK"
+    return [status + b" " + args.name.encode()] + frames
+
+
+def serve(args):
+    ctx = zmq.Context()
+    kind = zmq.REP if args.mode == "rep" else zmq.ROUTER
+    sock = ctx.socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    heartbeat(sock, args.heartbeat)
+    sock.bind(args.bind)
+    log = open(args.log, "a", buffering=1) if args.log else None
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    print("ready", sock.getsockopt_string(zmq.LAST_ENDPOINT), flush=True)
+    while True:
+        frames = sock.recv_multipart()
+        if kind == zmq.REP:
+            body = frames
+            envelope = []
+        else:
+            # ROUTER: [peer, envelope..., "", body...]; answer with the same envelope.
+            d = frames.index(b"", 1)
+            envelope, body = frames[: d + 1], frames[d + 1 :]
+        if log:
+            log.write(body[0][:64].decode("utf-8", "replace") + "\n")
+        sock.send_multipart(envelope + answer(args, body))
+
+
+def client(args):
+    ctx = zmq.Context()
+    kind = zmq.REQ if args.mode == "req" else zmq.DEALER
+    sock = ctx.socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, args.recv_timeout_ms)
+    heartbeat(sock, args.heartbeat)
+    sock.connect(args.connect)
+    payload = os.urandom(args.size) if args.size else b""
+    summary = {"sent": 0, "received": 0, "by_first_word": {}, "mismatched": 0, "lost": 0}
+
+    def account(reply):
+        body = reply[1:] if kind == zmq.DEALER else reply
+        summary["received"] += 1
+        word = body[0].split(b" ")[0].decode() + " " + (body[0].split(b" ") + [b""])[1].decode()
+        summary["by_first_word"][word] = summary["by_first_word"].get(word, 0) + 1
+        if body[0].startswith(b"OK") and args.size and body[-1] != payload:
+            summary["mismatched"] += 1
+
+    def request(i):
+        frames = [b"%d" % i] + [b"part%d" % k for k in range(args.parts - 1)]
+        if args.size:
+            frames.append(payload)
+        return ([b""] if kind == zmq.DEALER else []) + frames
+
+    if kind == zmq.REQ:
+        for i in range(args.count):
+            sock.send_multipart(request(i))
+            summary["sent"] += 1
+            try:
+                account(sock.recv_multipart())
+            except zmq.Again:
+                summary["lost"] += 1
+                break
+    else:
+        outstanding = 0
+        i = 0
+        while i < args.count or outstanding:
+            while i < args.count and outstanding < args.pipeline:
+                sock.send_multipart(request(i))
+                summary["sent"] += 1
+                outstanding += 1
+                i += 1
+            try:
+                account(sock.recv_multipart())
+                outstanding -= 1
+            except zmq.Again:
+                summary["lost"] = outstanding
+                break
+    print(json.dumps(summary), flush=True)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("mode", choices=["rep", "router", "req", "dealer"])
+    p.add_argument("--bind", default="tcp://127.0.0.1:*")
+    p.add_argument("--connect")
+    p.add_argument("--name", default="svc")
+    p.add_argument("--error-ratio", type=float, default=0.0)
+    p.add_argument("--delay-ms", type=float, default=0.0)
+    p.add_argument("--heartbeat", action="store_true")
+    p.add_argument("--log")
+    p.add_argument("--count", type=int, default=1)
+    p.add_argument("--pipeline", type=int, default=100)
+    p.add_argument("--size", type=int, default=0)
+    p.add_argument("--parts", type=int, default=1)
+    p.add_argument("--recv-timeout-ms", type=int, default=10000)
+    args = p.parse_args()
+    (serve if args.mode in ("rep", "router") else client)(args)
+
+
+if __name__ == "__main__":
+    main()
