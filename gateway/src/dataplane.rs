@@ -75,6 +75,8 @@ pub struct DataPlane {
     pending: HashMap<u64, Pending, BuildHasherDefault<IdHasher>>,
     deadlines: VecDeque<(Instant, u64)>,
     held: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// A request whose pool is connected but full: the frontend is not read until it leaves.
+    parked: Option<u64>,
     next_id: u64,
     // Dropped last: libzmq needs every socket closed before the context terminates.
     _context: zmq::Context,
@@ -150,6 +152,7 @@ impl DataPlane {
             pending: HashMap::default(),
             deadlines: VecDeque::new(),
             held: BinaryHeap::new(),
+            parked: None,
             next_id: 0,
             _context: context,
         };
@@ -160,7 +163,6 @@ impl DataPlane {
     /// Runs until shutdown is requested, then answers whatever is still pending.
     pub fn run(mut self) {
         while !self.control.shutting_down() {
-            self.reload_settings();
             let ready = match self.poll() {
                 Ok(r) => r,
                 Err(e) => {
@@ -168,6 +170,8 @@ impl DataPlane {
                     break;
                 }
             };
+            // After the poll, so a request that woke it is routed by the newest settings.
+            self.reload_settings();
             let n = self.pools.len();
             if ready[0] {
                 self.drain_frontend();
@@ -181,8 +185,9 @@ impl DataPlane {
                 }
             }
             let now = Instant::now();
-            self.send_held(now);
             self.expire(now);
+            self.retry_parked();
+            self.send_held(now);
         }
         let ids: Vec<u64> = self.pending.keys().copied().collect();
         for id in ids {
@@ -222,13 +227,26 @@ impl DataPlane {
         if let Some(Reverse((due, _))) = self.held.peek() {
             wait = wait.min(due.saturating_duration_since(now));
         }
+        let parked_pool = self
+            .parked
+            .and_then(|id| self.pending.get(&id))
+            .map(|p| p.pool);
         let mut items = Vec::with_capacity(1 + 2 * self.pools.len());
-        items.push(self.frontend.as_poll_item(zmq::POLLIN));
-        items.extend(
-            self.pools
-                .iter()
-                .map(|p| p.socket.as_poll_item(zmq::POLLIN)),
-        );
+        // Backpressure: while a request waits for room, clients wait in their own queues.
+        let front = if parked_pool.is_some() {
+            zmq::PollEvents::empty()
+        } else {
+            zmq::POLLIN
+        };
+        items.push(self.frontend.as_poll_item(front));
+        items.extend(self.pools.iter().enumerate().map(|(i, p)| {
+            let out = if parked_pool == Some(i) {
+                zmq::POLLOUT
+            } else {
+                zmq::PollEvents::empty()
+            };
+            p.socket.as_poll_item(zmq::POLLIN | out)
+        }));
         items.extend(
             self.pools
                 .iter()
@@ -242,6 +260,9 @@ impl DataPlane {
 
     fn drain_frontend(&mut self) {
         for _ in 0..BATCH {
+            if self.parked.is_some() {
+                break;
+            }
             match recv_frames(&self.frontend) {
                 Some(frames) => self.on_request(frames),
                 None => break,
@@ -306,39 +327,64 @@ impl DataPlane {
             pool,
             received: now,
             held: None,
-            in_flight: false,
+            in_flight: true,
         };
         let id = self.next_id;
         self.next_id += 1;
-        match action {
-            FaultAction::Error => {
-                let detail = format!(
-                    "injected: fault injected into pool {}",
-                    self.pools[pool].name
-                );
-                self.finish_with_error(p, Outcome::Error, &detail);
-                return;
-            }
-            FaultAction::Drop => {}
-            FaultAction::Forward(delay) if !delay.is_zero() => {
-                p.held = Some(frames);
-                self.held.push(Reverse((now + delay, id)));
-            }
-            FaultAction::Forward(_) => {
-                if !send_request(&self.pools[pool].socket, id, frames) {
-                    let detail = format!(
-                        "unavailable: no live backend in pool {}",
-                        self.pools[pool].name
-                    );
-                    self.finish_with_error(p, Outcome::Unavailable, &detail);
-                    return;
-                }
-            }
+        if action == FaultAction::Error {
+            p.in_flight = false;
+            let detail = format!(
+                "injected: fault injected into pool {}",
+                self.pools[pool].name
+            );
+            self.finish_with_error(p, Outcome::Error, &detail);
+            return;
         }
         self.pools[pool].metrics.in_flight.inc();
-        p.in_flight = true;
+        if action != FaultAction::Drop {
+            p.held = Some(frames);
+        }
         self.pending.insert(id, p);
         self.deadlines.push_back((now + self.timeout, id));
+        match action {
+            FaultAction::Forward(delay) if !delay.is_zero() => {
+                self.held.push(Reverse((now + delay, id)));
+            }
+            FaultAction::Forward(_) => self.dispatch(id),
+            _ => {}
+        }
+    }
+
+    /// Sends a pending request's frames to its pool: answered `unavailable` when the pool
+    /// has no live backend, parked when the pool is connected but its queues are full.
+    fn dispatch(&mut self, id: u64) {
+        let Some(p) = self.pending.get_mut(&id) else {
+            return;
+        };
+        let Some(frames) = p.held.take() else {
+            return;
+        };
+        let pool = p.pool;
+        let Err(frames) = send_request(&self.pools[pool].socket, id, frames) else {
+            return;
+        };
+        if self.pools[pool].live.is_empty() {
+            let p = self.pending.remove(&id).expect("looked up above");
+            let detail = format!(
+                "unavailable: no live backend in pool {}",
+                self.pools[pool].name
+            );
+            self.finish_with_error(p, Outcome::Unavailable, &detail);
+        } else {
+            self.pending.get_mut(&id).expect("looked up above").held = Some(frames);
+            self.parked = Some(id);
+        }
+    }
+
+    fn retry_parked(&mut self) {
+        if let Some(id) = self.parked.take() {
+            self.dispatch(id);
+        }
     }
 
     fn on_reply(&mut self, pool: usize, frames: Vec<zmq::Message>) {
@@ -372,22 +418,11 @@ impl DataPlane {
 
     fn send_held(&mut self, now: Instant) {
         while let Some(Reverse((due, id))) = self.held.peek().copied() {
-            if due > now {
+            if due > now || self.parked.is_some() {
                 break;
             }
             self.held.pop();
-            let Some(frames) = self.pending.get_mut(&id).and_then(|p| p.held.take()) else {
-                continue;
-            };
-            let pool = self.pending[&id].pool;
-            if !send_request(&self.pools[pool].socket, id, frames) {
-                let p = self.pending.remove(&id).expect("checked above");
-                let detail = format!(
-                    "unavailable: no live backend in pool {}",
-                    self.pools[pool].name
-                );
-                self.finish_with_error(p, Outcome::Unavailable, &detail);
-            }
+            self.dispatch(id);
         }
     }
 
@@ -468,13 +503,17 @@ fn recv_frames(socket: &zmq::Socket) -> Option<Vec<zmq::Message>> {
     }
 }
 
-/// Sends `[id, frames...]` to a pool; false when no backend can take it now.
-fn send_request(socket: &zmq::Socket, id: u64, frames: Vec<zmq::Message>) -> bool {
+/// Sends `[id, frames...]` to a pool; gives the frames back when no backend can take them now.
+fn send_request(
+    socket: &zmq::Socket,
+    id: u64,
+    frames: Vec<zmq::Message>,
+) -> Result<(), Vec<zmq::Message>> {
     if socket
         .send(&id.to_le_bytes()[..], zmq::SNDMORE | zmq::DONTWAIT)
         .is_err()
     {
-        return false;
+        return Err(frames);
     }
     let last = frames.len() - 1;
     for (i, f) in frames.into_iter().enumerate() {
@@ -482,5 +521,5 @@ fn send_request(socket: &zmq::Socket, id: u64, frames: Vec<zmq::Message>) -> boo
         // Cannot fail once the first frame is queued: the message goes whole.
         let _ = socket.send(f, more | zmq::DONTWAIT);
     }
-    true
+    Ok(())
 }

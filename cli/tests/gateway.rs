@@ -1,0 +1,630 @@
+//! zgate interop suite: the `zdeploy gateway` binary between real libzmq peers (pyzmq
+//! services and clients, and libzmq clients in this process), on 127.0.0.1.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{Gw, client, gateway, peer, zmq_client};
+
+fn first_word(reply: &[Vec<u8>]) -> String {
+    String::from_utf8_lossy(&reply[0])
+        .split(' ')
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Sends one request from a DEALER (which must add the empty delimiter itself).
+fn dealer_send(s: &zmq::Socket, body: &[u8]) {
+    s.send_multipart([&b""[..], body], 0).unwrap();
+}
+
+/// Receives one reply on a DEALER and strips the empty delimiter.
+fn dealer_recv(s: &zmq::Socket) -> Vec<Vec<u8>> {
+    let mut frames = s
+        .recv_multipart(0)
+        .expect("a reply within the receive timeout");
+    assert!(
+        frames[0].is_empty(),
+        "reply starts with the empty delimiter: {frames:?}"
+    );
+    frames.remove(0);
+    frames
+}
+
+fn ok_count(summary: &serde_json::Value, name: &str) -> u64 {
+    summary["by_first_word"][format!("OK {name}")]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+#[test]
+fn split_follows_weights_over_10000_pipelined_requests() {
+    let s1 = peer(&["rep", "--name", "stable", "--heartbeat"]);
+    let s2 = peer(&["rep", "--name", "stable", "--heartbeat"]);
+    let c1 = peer(&["rep", "--name", "canary", "--heartbeat"]);
+    let gw = gateway(&[
+        "--pool",
+        &format!("stable={},{}", s1.endpoint(), s2.endpoint()),
+        "--pool",
+        &format!("canary={}", c1.endpoint()),
+        "--weights",
+        "stable=90,canary=10",
+    ]);
+    gw.wait_live("stable", 2.0);
+    gw.wait_live("canary", 1.0);
+    let r = client(&[
+        "dealer",
+        "--connect",
+        &gw.frontend,
+        "--count",
+        "10000",
+        "--pipeline",
+        "200",
+        "--heartbeat",
+    ]);
+    assert_eq!(r["sent"], 10_000);
+    assert_eq!(r["received"], 10_000, "{r}");
+    let share = ok_count(&r, "canary") as f64 / 10_000.0;
+    assert!(
+        (share - 0.10).abs() <= 0.01,
+        "canary share {share} is not within 1 point of 10%: {r}"
+    );
+    assert_eq!(
+        gw.requests("canary", "ok") + gw.requests("stable", "ok"),
+        10_000.0
+    );
+}
+
+#[test]
+fn req_client_multipart_and_4_mib_round_trip_intact() {
+    let svc = peer(&["rep", "--name", "stable"]);
+    let gw = gateway(&["--pool", &format!("stable={}", svc.endpoint())]);
+    gw.wait_live("stable", 1.0);
+    let r = client(&[
+        "req",
+        "--connect",
+        &gw.frontend,
+        "--count",
+        "12",
+        "--parts",
+        "3",
+        "--size",
+        "4194304",
+    ]);
+    assert_eq!(
+        (r["sent"].as_u64(), r["received"].as_u64()),
+        (Some(12), Some(12)),
+        "{r}"
+    );
+    assert_eq!(r["mismatched"], 0, "a 4 MiB frame came back different: {r}");
+    assert_eq!(ok_count(&r, "stable"), 12);
+}
+
+#[test]
+fn weight_changes_apply_within_100ms_and_zero_means_nothing() {
+    let s = peer(&["rep", "--name", "stable"]);
+    let c = peer(&["rep", "--name", "canary"]);
+    let gw = gateway(&[
+        "--pool",
+        &format!("stable={}", s.endpoint()),
+        "--pool",
+        &format!("canary={}", c.endpoint()),
+        "--weights",
+        "stable=90,canary=10",
+    ]);
+    gw.wait_live("canary", 1.0);
+    let (status, body) = gw.put("/weights", r#"{"stable":50,"canary":50}"#);
+    assert_eq!(status, 200, "{body}");
+    std::thread::sleep(Duration::from_millis(100));
+    let r = client(&[
+        "dealer",
+        "--connect",
+        &gw.frontend,
+        "--count",
+        "1000",
+        "--pipeline",
+        "50",
+    ]);
+    assert_eq!(
+        (ok_count(&r, "stable"), ok_count(&r, "canary")),
+        (500, 500),
+        "{r}"
+    );
+
+    let canary_before = gw.requests("canary", "ok");
+    let (status, body) = gw.put("/weights", r#"{"stable":100}"#);
+    assert_eq!(
+        (status, body.as_str()),
+        (200, r#"{"canary":0,"stable":100}"#)
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    let r = client(&[
+        "dealer",
+        "--connect",
+        &gw.frontend,
+        "--count",
+        "2000",
+        "--pipeline",
+        "50",
+    ]);
+    assert_eq!(ok_count(&r, "stable"), 2000, "{r}");
+    assert_eq!(ok_count(&r, "canary"), 0, "{r}");
+    assert_eq!(gw.requests("canary", "ok"), canary_before);
+    assert_eq!(
+        gw.metric("zgate_pool_weight{service=\"zgate\",pool=\"canary\"}"),
+        0.0
+    );
+}
+
+#[test]
+fn heartbeats_on_both_sides_keep_idle_connections_alive() {
+    let s = peer(&["rep", "--name", "stable", "--heartbeat"]);
+    let gw = gateway(&[
+        "--pool",
+        &format!("stable={}", s.endpoint()),
+        "--heartbeat",
+        "200ms",
+    ]);
+    gw.wait_live("stable", 1.0);
+    let ctx = zmq::Context::new();
+    let req = ctx.socket(zmq::REQ).unwrap();
+    req.set_heartbeat_ivl(200).unwrap();
+    req.set_heartbeat_timeout(1000).unwrap();
+    req.set_heartbeat_ttl(1000).unwrap();
+    req.set_rcvtimeo(5000).unwrap();
+    req.set_linger(0).unwrap();
+    req.connect(&gw.frontend).unwrap();
+    req.send("before", 0).unwrap();
+    assert_eq!(first_word(&req.recv_multipart(0).unwrap()), "OK stable");
+    // Idle for several heartbeat timeouts: PINGs and PONGs must be understood, not break the link.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        gw.metric("zgate_backends_live{service=\"zgate\",pool=\"stable\"}"),
+        1.0
+    );
+    for i in 0..10 {
+        req.send(format!("after-{i}").as_str(), 0).unwrap();
+        let reply = req.recv_multipart(0).expect("reply after idle period");
+        assert_eq!(first_word(&reply), "OK stable");
+        assert_eq!(reply[1], format!("after-{i}").into_bytes());
+    }
+}
+
+#[test]
+fn a_restarted_backend_receives_no_stale_request() {
+    let dir = tempdir();
+    let old_log = dir.join("old.log");
+    let new_log = dir.join("new.log");
+    let mut svc = peer(&[
+        "rep",
+        "--name",
+        "stable",
+        "--log",
+        old_log.to_str().unwrap(),
+    ]);
+    let endpoint = svc.endpoint();
+    let gw = gateway(&[
+        "--pool",
+        &format!("stable={endpoint}"),
+        "--timeout",
+        "500ms",
+    ]);
+    gw.wait_live("stable", 1.0);
+    let ctx = zmq::Context::new();
+    let c = zmq_client(&ctx, zmq::DEALER, &gw.frontend);
+    let mut sent = 0;
+    let mut replies = Vec::new();
+    for i in 0..20 {
+        dealer_send(&c, format!("old-{i}").as_bytes());
+        sent += 1;
+        replies.push(dealer_recv(&c));
+    }
+    // The backend hangs with requests in its queue, then dies: those requests time out.
+    svc.signal("STOP");
+    for i in 0..10 {
+        dealer_send(&c, format!("stale-{i}").as_bytes());
+        sent += 1;
+    }
+    for _ in 0..10 {
+        let r = dealer_recv(&c);
+        assert!(
+            r[0].starts_with(b"ERR zgate timeout"),
+            "{:?}",
+            String::from_utf8_lossy(&r[0])
+        );
+        replies.push(r);
+    }
+    svc.signal("KILL");
+    svc.wait_exit(Duration::from_secs(5));
+    gw.wait_live("stable", 0.0);
+    for i in 0..5 {
+        dealer_send(&c, format!("dead-{i}").as_bytes());
+        sent += 1;
+        let r = dealer_recv(&c);
+        assert!(
+            r[0].starts_with(b"ERR zgate unavailable"),
+            "{:?}",
+            String::from_utf8_lossy(&r[0])
+        );
+        replies.push(r);
+    }
+    let _svc2 = peer(&[
+        "rep",
+        "--name",
+        "stable",
+        "--bind",
+        &endpoint,
+        "--log",
+        new_log.to_str().unwrap(),
+    ]);
+    gw.wait_live("stable", 1.0);
+    for i in 0..20 {
+        dealer_send(&c, format!("new-{i}").as_bytes());
+        sent += 1;
+        let r = dealer_recv(&c);
+        assert_eq!(first_word(&r), "OK stable");
+        assert_eq!(r[1], format!("new-{i}").into_bytes());
+        replies.push(r);
+    }
+    assert_eq!(replies.len(), sent);
+    let seen = std::fs::read_to_string(&new_log).unwrap();
+    let lines: Vec<&str> = seen.lines().collect();
+    assert_eq!(lines.len(), 20, "restarted backend saw: {lines:?}");
+    assert!(
+        lines.iter().all(|l| l.starts_with("new-")),
+        "stale request delivered after restart: {lines:?}"
+    );
+    assert_eq!(gw.requests("stable", "timeout"), 10.0);
+    assert_eq!(gw.requests("stable", "unavailable"), 5.0);
+}
+
+#[test]
+fn every_request_gets_one_reply_through_weight_changes_and_a_backend_restart() {
+    let s = peer(&["rep", "--name", "stable"]);
+    let mut c = peer(&["rep", "--name", "canary"]);
+    let canary_ep = c.endpoint();
+    let gw = gateway(&[
+        "--pool",
+        &format!("stable={}", s.endpoint()),
+        "--pool",
+        &format!("canary={canary_ep}"),
+        "--weights",
+        "stable=50,canary=50",
+        "--timeout",
+        "500ms",
+    ]);
+    gw.wait_live("canary", 1.0);
+    let frontend = gw.frontend.clone();
+    // A paced, pipelined client: 3000 requests over about 3 seconds.
+    let load = std::thread::spawn(move || {
+        let ctx = zmq::Context::new();
+        let sock = zmq_client(&ctx, zmq::DEALER, &frontend);
+        let (mut sent, mut received, mut errors) = (0u64, 0u64, 0u64);
+        let start = Instant::now();
+        while sent < 3000 || received < sent {
+            let due = (start.elapsed().as_millis() as u64).min(3000);
+            while sent < due {
+                dealer_send(&sock, format!("{sent}").as_bytes());
+                sent += 1;
+            }
+            if sock.poll(zmq::POLLIN, 5).unwrap() > 0 {
+                let r = dealer_recv(&sock);
+                received += 1;
+                errors += u64::from(r[0].starts_with(b"ERR"));
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "replies stopped: {received} of {sent}"
+            );
+        }
+        (sent, received, errors)
+    });
+    for w in [
+        r#"{"stable":90,"canary":10}"#,
+        r#"{"stable":0,"canary":100}"#,
+        r#"{"stable":100}"#,
+    ] {
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(gw.put("/weights", w).0, 200);
+    }
+    gw.put("/weights", r#"{"stable":50,"canary":50}"#);
+    std::thread::sleep(Duration::from_millis(300));
+    c.signal("KILL");
+    c.wait_exit(Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(300));
+    let _c2 = peer(&["rep", "--name", "canary", "--bind", &canary_ep]);
+    let (sent, received, errors) = load.join().unwrap();
+    assert_eq!(sent, 3000);
+    assert_eq!(received, sent, "requests sent must equal replies received");
+    let counted: f64 = ["stable", "canary"]
+        .iter()
+        .flat_map(|p| ["ok", "error", "timeout", "unavailable"].map(|o| gw.requests(p, o)))
+        .sum();
+    assert_eq!(counted, 3000.0, "every request is counted once");
+    eprintln!("3000 sent, 3000 answered, {errors} error replies while the canary was down");
+}
+
+#[test]
+fn a_client_that_never_reads_is_bounded_and_does_not_slow_others() {
+    let svc = peer(&["rep", "--name", "stable"]);
+    let gw = gateway(&[
+        "--pool",
+        &format!("stable={}", svc.endpoint()),
+        "--hwm",
+        "200",
+    ]);
+    gw.wait_live("stable", 1.0);
+    let ctx = zmq::Context::new();
+    let slow = ctx.socket(zmq::DEALER).unwrap();
+    slow.set_rcvhwm(100).unwrap();
+    slow.set_linger(0).unwrap();
+    slow.connect(&gw.frontend).unwrap();
+    let payload = vec![7u8; 16 * 1024];
+    for _ in 0..4000 {
+        slow.send_multipart([&b""[..], &payload[..]], 0).unwrap();
+    }
+    let fast = zmq_client(&ctx, zmq::REQ, &gw.frontend);
+    fast.set_rcvtimeo(2000).unwrap();
+    let mut worst = Duration::ZERO;
+    for i in 0..200 {
+        let t = Instant::now();
+        fast.send(format!("fast-{i}").as_str(), 0).unwrap();
+        let r = fast
+            .recv_multipart(0)
+            .expect("the fast client is served while the slow one stalls");
+        assert_eq!(first_word(&r), "OK stable");
+        worst = worst.max(t.elapsed());
+    }
+    // Every request is answered: by the service, or `unavailable` when the pool's queue is full.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while gw.requests("stable", "ok") + gw.requests("stable", "unavailable") < 4200.0 {
+        assert!(Instant::now() < deadline, "not every request was answered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let rss_mib = gw.proc.rss_kib() / 1024;
+    let slow_dropped =
+        gw.metric("zgate_replies_undeliverable_total{service=\"zgate\",reason=\"client_slow\"}");
+    eprintln!(
+        "fast client worst round trip {worst:?}; gateway RSS {rss_mib} MiB; {slow_dropped} replies dropped for the slow client"
+    );
+    assert!(
+        worst < Duration::from_secs(1),
+        "fast client slowed to {worst:?}"
+    );
+    assert!(slow_dropped > 0.0, "the slow client's queue never filled");
+    assert!(rss_mib < 200, "gateway memory grew to {rss_mib} MiB");
+}
+
+#[test]
+fn a_request_without_delimiter_gets_an_error_reply() {
+    let svc = peer(&["rep", "--name", "stable"]);
+    let gw = gateway(&["--pool", &format!("stable={}", svc.endpoint())]);
+    let ctx = zmq::Context::new();
+    let c = zmq_client(&ctx, zmq::DEALER, &gw.frontend);
+    c.send("no delimiter", 0).unwrap();
+    let r = dealer_recv(&c);
+    assert!(
+        r[0].starts_with(b"ERR zgate malformed:"),
+        "{:?}",
+        String::from_utf8_lossy(&r[0])
+    );
+    assert_eq!(
+        gw.metric("zgate_malformed_requests_total{service=\"zgate\"}"),
+        1.0
+    );
+}
+
+#[test]
+fn a_client_that_disconnects_mid_request_is_counted_and_harmless() {
+    let svc = peer(&["rep", "--name", "stable", "--delay-ms", "300"]);
+    let gw = gateway(&["--pool", &format!("stable={}", svc.endpoint())]);
+    gw.wait_live("stable", 1.0);
+    let ctx = zmq::Context::new();
+    {
+        let gone = zmq_client(&ctx, zmq::DEALER, &gw.frontend);
+        dealer_send(&gone, b"bye");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(600));
+    let gone =
+        gw.metric("zgate_replies_undeliverable_total{service=\"zgate\",reason=\"client_gone\"}");
+    assert_eq!(gone, 1.0);
+    let c = zmq_client(&ctx, zmq::REQ, &gw.frontend);
+    c.send("still here", 0).unwrap();
+    assert_eq!(first_word(&c.recv_multipart(0).unwrap()), "OK stable");
+}
+
+#[test]
+fn router_services_timeouts_and_late_replies() {
+    let router = peer(&["router", "--name", "fast"]);
+    let slow = peer(&["rep", "--name", "slow", "--delay-ms", "800"]);
+    let gw = gateway(&[
+        "--pool",
+        &format!("fast={}", router.endpoint()),
+        "--pool",
+        &format!("slow={}", slow.endpoint()),
+        "--weights",
+        "fast=100",
+        "--timeout",
+        "300ms",
+    ]);
+    gw.wait_live("slow", 1.0);
+    let r = client(&[
+        "req",
+        "--connect",
+        &gw.frontend,
+        "--count",
+        "50",
+        "--parts",
+        "2",
+    ]);
+    assert_eq!(ok_count(&r, "fast"), 50, "{r}");
+    gw.put("/weights", r#"{"slow":100}"#);
+    let ctx = zmq::Context::new();
+    let c = zmq_client(&ctx, zmq::REQ, &gw.frontend);
+    let t = Instant::now();
+    c.send("hurry", 0).unwrap();
+    let reply = c.recv_multipart(0).unwrap();
+    assert!(
+        reply[0].starts_with(b"ERR zgate timeout: no reply from pool slow within 300ms"),
+        "{reply:?}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_millis(700),
+        "timeout reply took {:?}",
+        t.elapsed()
+    );
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(
+        gw.metric("zgate_late_replies_total{service=\"zgate\",pool=\"slow\"}"),
+        1.0
+    );
+    assert_eq!(gw.requests("slow", "timeout"), 1.0);
+}
+
+#[test]
+fn a_pool_without_live_backend_answers_unavailable_at_once() {
+    let nobody = free_port();
+    let gw = gateway(&["--pool", &format!("canary=tcp://127.0.0.1:{nobody}")]);
+    let ctx = zmq::Context::new();
+    let c = zmq_client(&ctx, zmq::REQ, &gw.frontend);
+    let t = Instant::now();
+    c.send("anyone?", 0).unwrap();
+    let reply = c.recv_multipart(0).unwrap();
+    assert_eq!(
+        reply[0],
+        b"ERR zgate unavailable: no live backend in pool canary"
+    );
+    assert!(t.elapsed() < Duration::from_millis(200));
+    assert_eq!(gw.requests("canary", "unavailable"), 1.0);
+}
+
+#[test]
+fn admin_api_token_validation_and_expiring_faults() {
+    let dir = tempdir();
+    let token = dir.join("token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    let svc = peer(&["rep", "--name", "stable"]);
+    let gw = gateway(&[
+        "--pool",
+        &format!("stable={}", svc.endpoint()),
+        "--admin-token-file",
+        token.to_str().unwrap(),
+    ]);
+    gw.wait_live("stable", 1.0);
+    let http = reqwest::blocking::Client::new();
+    let url = format!("{}/weights", gw.admin);
+    assert_eq!(http.get(&url).send().unwrap().status(), 401);
+    assert_eq!(
+        http.get(&url)
+            .bearer_auth("wrong!")
+            .send()
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        http.get(&url)
+            .bearer_auth("s3cret")
+            .send()
+            .unwrap()
+            .text()
+            .unwrap(),
+        r#"{"stable":100}"#
+    );
+    let bad = http
+        .put(&url)
+        .bearer_auth("s3cret")
+        .body(r#"{"stable":120}"#)
+        .send()
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    assert!(
+        bad.text()
+            .unwrap()
+            .contains("stable: weight must be between 0 and 100 (got 120)")
+    );
+    let fault = http
+        .put(format!("{}/faults/stable", gw.admin))
+        .bearer_auth("s3cret")
+        .body(r#"{"errorRatio":1.0,"duration":"1s"}"#)
+        .send()
+        .unwrap();
+    assert_eq!(fault.status(), 200);
+    let ctx = zmq::Context::new();
+    let c = zmq_client(&ctx, zmq::REQ, &gw.frontend);
+    c.send("x", 0).unwrap();
+    assert!(c.recv_multipart(0).unwrap()[0].starts_with(b"ERR zgate injected"));
+    // The fault carries its own expiry: nobody has to remove it.
+    std::thread::sleep(Duration::from_millis(1200));
+    c.send("y", 0).unwrap();
+    assert_eq!(first_word(&c.recv_multipart(0).unwrap()), "OK stable");
+    assert_eq!(gw.requests("stable", "error"), 1.0);
+}
+
+#[test]
+fn an_admin_api_off_loopback_without_token_is_refused() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_zdeploy"))
+        .args([
+            "gateway",
+            "--frontend",
+            "tcp://127.0.0.1:*",
+            "--pool",
+            "a=tcp://127.0.0.1:9",
+            "--admin",
+            "0.0.0.0:0",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--admin-token-file"));
+}
+
+#[test]
+fn sigterm_answers_pending_requests_before_exit() {
+    let svc = peer(&["rep", "--name", "stable", "--delay-ms", "3000"]);
+    let mut gw: Gw = gateway(&[
+        "--pool",
+        &format!("stable={}", svc.endpoint()),
+        "--timeout",
+        "10s",
+    ]);
+    gw.wait_live("stable", 1.0);
+    let ctx = zmq::Context::new();
+    let c = zmq_client(&ctx, zmq::REQ, &gw.frontend);
+    c.send("slow one", 0).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    gw.proc.signal("TERM");
+    let reply = c
+        .recv_multipart(0)
+        .expect("an answer before the gateway exits");
+    assert_eq!(reply[0], b"ERR zgate unavailable: gateway shutting down");
+    assert_eq!(gw.proc.wait_exit(Duration::from_secs(5)), Some(0));
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn tempdir() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "zdeploy-test-{}-{}",
+        std::process::id(),
+        fastish_id()
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn fastish_id() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}

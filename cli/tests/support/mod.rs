@@ -1,0 +1,244 @@
+//! Test support: real child processes (zdeploy, pyzmq peers) that stop when dropped,
+//! their "ready" lines, and small HTTP and metrics helpers. Servers bind 127.0.0.1 only.
+
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The Python with pyzmq that `tests/run` installs; the tests fail, not skip, without it.
+pub fn python() -> PathBuf {
+    let p = std::env::var_os("ZDEPLOY_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".venv/bin/python"));
+    assert!(
+        p.exists(),
+        "{} not found: run ./tests/run, which creates the venv with pyzmq",
+        p.display()
+    );
+    p
+}
+
+/// A child process that is killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    /// The first stdout line that started with the ready word.
+    pub ready: String,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Proc {
+    /// Starts `cmd` and waits (at most 20 s) for a stdout line starting with `ready_word`.
+    pub fn start(mut cmd: Command, ready_word: &str) -> Proc {
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .stdin(Stdio::null());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+        let out = child.stdout.take().expect("stdout is piped");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut p = Proc {
+            child,
+            ready: String::new(),
+            lines,
+        };
+        p.ready = p.wait_line(ready_word, Duration::from_secs(20));
+        p
+    }
+
+    /// The next stdout line starting with `word`, waiting at most `limit`.
+    pub fn wait_line(&mut self, word: &str, limit: Duration) -> String {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.starts_with(word) => return l,
+                Ok(_) => continue,
+                Err(e) => panic!("no {word:?} line from the child within {limit:?}: {e}"),
+            }
+        }
+    }
+
+    /// Sends a signal (e.g. "TERM", "STOP", "KILL").
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits for exit, at most `limit`; returns the exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "child did not exit within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Resident memory in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc status")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A pyzmq peer from tests/peers/zmq_peer.py; `.endpoint()` is where it listens.
+pub fn peer(args: &[&str]) -> Proc {
+    let mut cmd = Command::new(python());
+    cmd.arg(root().join("tests/peers/zmq_peer.py")).args(args);
+    Proc::start(cmd, "ready ")
+}
+
+impl Proc {
+    /// The endpoint from a "ready <endpoint>" line.
+    pub fn endpoint(&self) -> String {
+        self.ready
+            .split_whitespace()
+            .nth(1)
+            .expect("ready line has an endpoint")
+            .to_string()
+    }
+}
+
+/// Runs a pyzmq client to completion and returns its JSON summary.
+pub fn client(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(python())
+        .arg(root().join("tests/peers/zmq_peer.py"))
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("client runs");
+    assert!(out.status.success(), "client {args:?} failed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("client output {text:?}: {e}"))
+}
+
+/// A running `zdeploy gateway` and its addresses.
+pub struct Gw {
+    pub proc: Proc,
+    pub frontend: String,
+    pub metrics: String,
+    pub admin: String,
+}
+
+/// Starts `zdeploy gateway` on free loopback ports with the extra `args`.
+pub fn gateway(args: &[&str]) -> Gw {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_zdeploy"));
+    cmd.args([
+        "gateway",
+        "--frontend",
+        "tcp://127.0.0.1:*",
+        "--metrics",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+    ]);
+    cmd.args(args);
+    let proc = Proc::start(cmd, "zgate ready:");
+    let word = |w: &str| {
+        let mut it = proc.ready.split_whitespace();
+        it.find(|x| *x == w)
+            .and(it.next())
+            .expect("ready line field")
+            .to_string()
+    };
+    Gw {
+        frontend: word("frontend"),
+        metrics: word("metrics"),
+        admin: word("admin"),
+        proc,
+    }
+}
+
+impl Gw {
+    /// The current `/metrics` text.
+    pub fn scrape(&self) -> String {
+        reqwest::blocking::get(&self.metrics)
+            .unwrap()
+            .text()
+            .unwrap()
+    }
+
+    /// The value of one series, e.g. `zgate_requests_total{service="zgate",pool="canary",outcome="ok"}`.
+    pub fn metric(&self, series: &str) -> f64 {
+        let text = self.scrape();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
+    }
+
+    /// Requests counted for a pool and outcome.
+    pub fn requests(&self, pool: &str, outcome: &str) -> f64 {
+        self.metric(&format!(
+            "zgate_requests_total{{service=\"zgate\",pool=\"{pool}\",outcome=\"{outcome}\"}}"
+        ))
+    }
+
+    /// Waits until a pool has `n` live backends (at most 10 s).
+    pub fn wait_live(&self, pool: &str, n: f64) {
+        let series = format!("zgate_backends_live{{service=\"zgate\",pool=\"{pool}\"}}");
+        for _ in 0..200 {
+            if self.metric(&series) == n {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("pool {pool} never reached {n} live backends");
+    }
+
+    /// PUT a JSON body to the admin API; returns status and body.
+    pub fn put(&self, path: &str, body: &str) -> (u16, String) {
+        let r = reqwest::blocking::Client::new()
+            .put(format!("{}{path}", self.admin))
+            .body(body.to_string())
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    }
+}
+
+/// A libzmq client socket in this process (the zmq crate), connected to `endpoint`.
+pub fn zmq_client(ctx: &zmq::Context, kind: zmq::SocketType, endpoint: &str) -> zmq::Socket {
+    let s = ctx.socket(kind).unwrap();
+    s.set_linger(0).unwrap();
+    s.set_rcvtimeo(10_000).unwrap();
+    s.connect(endpoint).unwrap();
+    s
+}
