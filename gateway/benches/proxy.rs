@@ -1,1 +1,200 @@
-fn main() {}
+//! zgate against libzmq's own `zmq_proxy` and a direct connection, side by side in one run.
+//!
+//! `cargo bench -p zdeploy-gateway --bench proxy` prints messages/s and p50/p99 latency
+//! for pipelined 64-byte messages (DEALER client, 1000 in flight) and for REQ round trips,
+//! each path measured in alternating rounds, and the ratio zgate / zmq_proxy.
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use zdeploy_gateway::{Gateway, GatewayConfig, PoolConfig};
+
+const PIPELINED: usize = 200_000;
+const WINDOW: usize = 1_000;
+const ROUND_TRIPS: usize = 20_000;
+const ROUNDS: usize = 5;
+
+/// A ROUTER that echoes every message whole: the fastest possible service.
+fn echo_server(ctx: &zmq::Context) -> String {
+    let s = ctx.socket(zmq::ROUTER).unwrap();
+    s.set_sndhwm(0).unwrap();
+    s.set_rcvhwm(0).unwrap();
+    s.bind("tcp://127.0.0.1:*").unwrap();
+    let ep = s.get_last_endpoint().unwrap().unwrap();
+    thread::spawn(move || {
+        loop {
+            let mut frames = Vec::new();
+            loop {
+                let mut m = zmq::Message::new();
+                if s.recv(&mut m, 0).is_err() {
+                    return;
+                }
+                let more = m.get_more();
+                frames.push(m);
+                if !more {
+                    break;
+                }
+            }
+            let last = frames.len() - 1;
+            for (i, f) in frames.into_iter().enumerate() {
+                let _ = s.send(f, if i < last { zmq::SNDMORE } else { 0 });
+            }
+        }
+    });
+    ep
+}
+
+/// libzmq's `zmq_proxy` in a context of its own, as zgate has (as separate processes would).
+fn zmq_proxy(backend: &str) -> String {
+    let ctx = zmq::Context::new();
+    let front = ctx.socket(zmq::ROUTER).unwrap();
+    let back = ctx.socket(zmq::DEALER).unwrap();
+    // Unbounded like the clients: with the default 1000, a ROUTER drops replies silently.
+    for s in [&front, &back] {
+        s.set_sndhwm(0).unwrap();
+        s.set_rcvhwm(0).unwrap();
+    }
+    front.bind("tcp://127.0.0.1:*").unwrap();
+    back.connect(backend).unwrap();
+    let ep = front.get_last_endpoint().unwrap().unwrap();
+    thread::spawn(move || {
+        let _keep = ctx;
+        let _ = zmq::proxy(&front, &back);
+    });
+    ep
+}
+
+struct Result {
+    rate: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+fn percentiles(mut lat: Vec<Duration>, elapsed: Duration, n: usize) -> Result {
+    lat.sort_unstable();
+    Result {
+        rate: n as f64 / elapsed.as_secs_f64(),
+        p50: lat[lat.len() / 2],
+        p99: lat[lat.len() * 99 / 100],
+    }
+}
+
+fn pipelined(ctx: &zmq::Context, endpoint: &str) -> Result {
+    let s = ctx.socket(zmq::DEALER).unwrap();
+    s.set_sndhwm(0).unwrap();
+    s.set_rcvhwm(0).unwrap();
+    s.set_rcvtimeo(10_000).unwrap();
+    s.set_linger(0).unwrap();
+    s.connect(endpoint).unwrap();
+    let origin = Instant::now();
+    let mut payload = [0u8; 64];
+    let mut lat = Vec::with_capacity(PIPELINED);
+    let (mut sent, mut outstanding) = (0, 0);
+    let start = Instant::now();
+    while lat.len() < PIPELINED {
+        while sent < PIPELINED && outstanding < WINDOW {
+            payload[..8].copy_from_slice(&(origin.elapsed().as_nanos() as u64).to_le_bytes());
+            s.send(&b""[..], zmq::SNDMORE).unwrap();
+            s.send(&payload[..], 0).unwrap();
+            sent += 1;
+            outstanding += 1;
+        }
+        let reply = s
+            .recv_multipart(0)
+            .unwrap_or_else(|e| panic!("{endpoint}: no reply after {} of {sent}: {e}", lat.len()));
+        let body = reply.last().unwrap();
+        let t = u64::from_le_bytes(body[..8].try_into().unwrap());
+        lat.push(origin.elapsed() - Duration::from_nanos(t));
+        outstanding -= 1;
+    }
+    percentiles(lat, start.elapsed(), PIPELINED)
+}
+
+fn round_trips(ctx: &zmq::Context, endpoint: &str) -> Result {
+    let s = ctx.socket(zmq::REQ).unwrap();
+    s.set_rcvtimeo(10_000).unwrap();
+    s.set_linger(0).unwrap();
+    s.connect(endpoint).unwrap();
+    let payload = [1u8; 64];
+    let mut lat = Vec::with_capacity(ROUND_TRIPS);
+    let start = Instant::now();
+    for _ in 0..ROUND_TRIPS {
+        let t = Instant::now();
+        s.send(&payload[..], 0).unwrap();
+        s.recv_multipart(0).unwrap();
+        lat.push(t.elapsed());
+    }
+    percentiles(lat, start.elapsed(), ROUND_TRIPS)
+}
+
+fn median_by_rate(mut rs: Vec<Result>) -> Result {
+    rs.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+    rs.swap_remove(rs.len() / 2)
+}
+
+fn main() {
+    // `cargo bench` passes --bench; `cargo test --benches` passes nothing else we need.
+    let ctx = zmq::Context::new();
+    let backend = echo_server(&ctx);
+    let proxy = zmq_proxy(&backend);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut config = GatewayConfig::new(
+        "bench",
+        "tcp://127.0.0.1:*",
+        vec![PoolConfig {
+            name: "stable".into(),
+            endpoints: vec![backend.clone()],
+        }],
+    );
+    config.metrics = Some("127.0.0.1:0".parse().unwrap());
+    config.hwm = 0;
+    let gateway = rt.block_on(Gateway::start(config)).expect("zgate starts");
+    let zgate = gateway.frontend().to_string();
+    thread::sleep(Duration::from_millis(300));
+
+    let paths = [
+        ("direct", backend.as_str()),
+        ("zmq_proxy", proxy.as_str()),
+        ("zgate", zgate.as_str()),
+    ];
+    println!("zgate benchmark: {ROUNDS} alternating rounds per path, median round shown");
+    for (name, run) in [
+        (
+            "pipelined 64 B, 1000 in flight",
+            pipelined as fn(&zmq::Context, &str) -> Result,
+        ),
+        ("REQ round trips, 64 B", round_trips),
+    ] {
+        let mut results: Vec<Vec<Result>> = paths.iter().map(|_| Vec::new()).collect();
+        for _ in 0..ROUNDS {
+            for (i, (path, ep)) in paths.iter().enumerate() {
+                eprint!("  {name}: {path}...\r");
+                results[i].push(run(&ctx, ep));
+            }
+        }
+        let medians: Vec<Result> = results.into_iter().map(median_by_rate).collect();
+        println!("\n{name}");
+        println!(
+            "  {:<10} {:>12} {:>10} {:>10}",
+            "path", "msg/s", "p50", "p99"
+        );
+        for ((p, _), r) in paths.iter().zip(&medians) {
+            println!(
+                "  {:<10} {:>12.0} {:>10.1?} {:>10.1?}",
+                p, r.rate, r.p50, r.p99
+            );
+        }
+        println!(
+            "  ratio zgate / zmq_proxy: {:.2}",
+            medians[2].rate / medians[1].rate
+        );
+    }
+    let text = gateway.encode_metrics();
+    let ok = text
+        .lines()
+        .find(|l| l.starts_with("zgate_requests_total") && l.contains("outcome=\"ok\""))
+        .unwrap_or_default()
+        .to_string();
+    println!("\nzgate counted (metrics on): {ok}");
+    rt.block_on(gateway.shutdown());
+}

@@ -1,15 +1,15 @@
 //! The data plane: one thread that owns every libzmq socket and runs a `zmq_poll` loop.
 //!
-//! A request arrives on the ROUTER frontend as `[client-id, hops..., "", body...]`. It goes
-//! to the chosen pool's DEALER as `[request-id, client-id, hops..., "", body...]`; the
-//! service answers with the envelope it was given, and the gateway pops the request id,
-//! checks it is still waiting, and sends `[client-id, hops..., "", reply...]` back. Every
+//! A request arrives on the ROUTER frontend as `[client-id, hops..., "", body...]`. The
+//! gateway keeps the envelope `[client-id, hops...]` and sends `[request-id, "", body...]`
+//! to the chosen pool's DEALER; the service answers with the envelope it was given, the
+//! gateway pops the request id, checks the request is still waiting, and sends
+//! `[client-id, hops..., "", reply...]` back. Frames move, they are never copied. Every
 //! request gets exactly one reply: the service's, or a one-frame error
 //! `ERR zgate <code>: <detail>` (codes: timeout, unavailable, malformed, injected).
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::{BinaryHeap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,35 +19,21 @@ use crate::classify::is_error_reply;
 use crate::config::GatewayConfig;
 use crate::control::{ActiveFault, Control, FaultAction};
 use crate::metrics::{GatewayMetrics, Outcome, PoolMetrics, Undeliverable};
+use crate::pending::PendingRing;
 use crate::router::WeightedRoundRobin;
 
 /// Messages taken from one socket before the others get a turn.
-const BATCH: usize = 512;
+const BATCH: usize = 1000;
 /// Longest sleep in `zmq_poll`, so settings and shutdown are seen without traffic.
 const MAX_POLL_MS: i64 = 50;
 
-/// Request ids are sequential: hashing them is a waste; a multiply spreads them enough.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, _: &[u8]) {
-        unreachable!("only u64 keys are hashed")
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
 struct Pending {
-    envelope: Vec<Vec<u8>>,
+    /// The envelope, followed by `["", body...]` until the request is sent to its pool.
+    frames: Vec<zmq::Message>,
+    /// Number of envelope frames at the front of `frames`.
+    envelope: usize,
     pool: usize,
     received: Instant,
-    /// Frames held back by a latency fault, to be sent at their due time.
-    held: Option<Vec<zmq::Message>>,
     /// Counted in the pool's in-flight gauge (false when answered on arrival).
     in_flight: bool,
 }
@@ -72,12 +58,10 @@ pub struct DataPlane {
     generation: u64,
     router: WeightedRoundRobin,
     faults: Vec<Option<ActiveFault>>,
-    pending: HashMap<u64, Pending, BuildHasherDefault<IdHasher>>,
-    deadlines: VecDeque<(Instant, u64)>,
+    pending: PendingRing<Pending>,
     held: BinaryHeap<Reverse<(Instant, u64)>>,
     /// A request whose pool is connected but full: the frontend is not read until it leaves.
     parked: Option<u64>,
-    next_id: u64,
     // Dropped last: libzmq needs every socket closed before the context terminates.
     _context: zmq::Context,
 }
@@ -149,11 +133,9 @@ impl DataPlane {
             faults: settings.faults,
             control,
             metrics,
-            pending: HashMap::default(),
-            deadlines: VecDeque::new(),
+            pending: PendingRing::default(),
             held: BinaryHeap::new(),
             parked: None,
-            next_id: 0,
             _context: context,
         };
         plane.publish_weights(&settings.weights);
@@ -189,9 +171,8 @@ impl DataPlane {
             self.retry_parked();
             self.send_held(now);
         }
-        let ids: Vec<u64> = self.pending.keys().copied().collect();
-        for id in ids {
-            if let Some(p) = self.pending.remove(&id) {
+        while let Some((id, _)) = self.pending.oldest() {
+            if let Some(p) = self.pending.remove(id) {
                 let detail = "unavailable: gateway shutting down";
                 self.finish_with_error(p, Outcome::Unavailable, detail);
             }
@@ -221,15 +202,15 @@ impl DataPlane {
     fn poll(&self) -> zmq::Result<Vec<bool>> {
         let now = Instant::now();
         let mut wait = Duration::from_millis(MAX_POLL_MS as u64);
-        if let Some((deadline, _)) = self.deadlines.front() {
-            wait = wait.min(deadline.saturating_duration_since(now));
+        if let Some((_, p)) = self.pending.oldest() {
+            wait = wait.min((p.received + self.timeout).saturating_duration_since(now));
         }
         if let Some(Reverse((due, _))) = self.held.peek() {
             wait = wait.min(due.saturating_duration_since(now));
         }
         let parked_pool = self
             .parked
-            .and_then(|id| self.pending.get(&id))
+            .and_then(|id| self.pending.get(id))
             .map(|p| p.pool);
         let mut items = Vec::with_capacity(1 + 2 * self.pools.len());
         // Backpressure: while a request waits for room, clients wait in their own queues.
@@ -307,13 +288,13 @@ impl DataPlane {
             .map(|d| d + 1)
         else {
             self.metrics.malformed.inc();
-            let client = frames.swap_remove(0).to_vec();
-            self.reply_error(&[client], "malformed: request has no empty delimiter frame; REQ sockets add one, DEALER clients must send it");
+            frames.truncate(1);
+            let text = "ERR zgate malformed: request has no empty delimiter frame; REQ sockets add one, DEALER clients must send it";
+            self.deliver(frames, [zmq::Message::from(text)]);
             return;
         };
-        let envelope: Vec<Vec<u8>> = frames[..delim].iter().map(|f| f.to_vec()).collect();
         let pool = if self.sticky {
-            self.router.pick_sticky(&envelope[0])
+            self.router.pick_sticky(&frames[0])
         } else {
             self.router.pick()
         }
@@ -323,14 +304,12 @@ impl DataPlane {
             None => FaultAction::Forward(Duration::ZERO),
         };
         let mut p = Pending {
-            envelope,
+            frames,
+            envelope: delim,
             pool,
             received: now,
-            held: None,
             in_flight: true,
         };
-        let id = self.next_id;
-        self.next_id += 1;
         if action == FaultAction::Error {
             p.in_flight = false;
             let detail = format!(
@@ -340,12 +319,11 @@ impl DataPlane {
             self.finish_with_error(p, Outcome::Error, &detail);
             return;
         }
-        self.pools[pool].metrics.in_flight.inc();
-        if action != FaultAction::Drop {
-            p.held = Some(frames);
+        if action == FaultAction::Drop {
+            p.frames.truncate(delim);
         }
-        self.pending.insert(id, p);
-        self.deadlines.push_back((now + self.timeout, id));
+        self.pools[pool].metrics.in_flight.inc();
+        let id = self.pending.push(p);
         match action {
             FaultAction::Forward(delay) if !delay.is_zero() => {
                 self.held.push(Reverse((now + delay, id)));
@@ -355,28 +333,27 @@ impl DataPlane {
         }
     }
 
-    /// Sends a pending request's frames to its pool: answered `unavailable` when the pool
+    /// Sends a pending request's body to its pool: answered `unavailable` when the pool
     /// has no live backend, parked when the pool is connected but its queues are full.
     fn dispatch(&mut self, id: u64) {
-        let Some(p) = self.pending.get_mut(&id) else {
+        let Some(p) = self.pending.get_mut(id) else {
             return;
         };
-        let Some(frames) = p.held.take() else {
+        if p.frames.len() <= p.envelope {
             return;
-        };
+        }
         let pool = p.pool;
-        let Err(frames) = send_request(&self.pools[pool].socket, id, frames) else {
+        if send_request(&self.pools[pool].socket, id, &mut p.frames, p.envelope) {
             return;
-        };
+        }
         if self.pools[pool].live.is_empty() {
-            let p = self.pending.remove(&id).expect("looked up above");
+            let p = self.pending.remove(id).expect("looked up above");
             let detail = format!(
                 "unavailable: no live backend in pool {}",
                 self.pools[pool].name
             );
             self.finish_with_error(p, Outcome::Unavailable, &detail);
         } else {
-            self.pending.get_mut(&id).expect("looked up above").held = Some(frames);
             self.parked = Some(id);
         }
     }
@@ -387,7 +364,7 @@ impl DataPlane {
         }
     }
 
-    fn on_reply(&mut self, pool: usize, frames: Vec<zmq::Message>) {
+    fn on_reply(&mut self, pool: usize, mut frames: Vec<zmq::Message>) {
         let Some(id) = frames
             .first()
             .and_then(|f| <[u8; 8]>::try_from(&f[..]).ok())
@@ -396,23 +373,25 @@ impl DataPlane {
             tracing::warn!(pool = %self.pools[pool].name, "reply without a request id; dropped");
             return;
         };
-        let Some(p) = self.pending.remove(&id) else {
+        let Some(mut p) = self.pending.remove(id) else {
             self.pools[pool].metrics.late_replies.inc();
             return;
         };
-        // The service echoes the envelope; the reply body starts after its empty delimiter.
+        // The service echoes `[id, ""]`; the reply body starts after that delimiter.
         let body_at = frames
             .iter()
             .skip(1)
             .position(|f| f.is_empty())
             .map_or(1, |d| d + 2);
-        let body = &frames[body_at.min(frames.len())..];
-        let outcome = if is_error_reply(&self.classifier, body) {
+        let body_at = body_at.min(frames.len());
+        let outcome = if is_error_reply(&self.classifier, &frames[body_at..]) {
             Outcome::Error
         } else {
             Outcome::Ok
         };
-        self.deliver(&p.envelope, body.iter().map(|f| &f[..]));
+        p.frames.truncate(p.envelope);
+        let envelope = std::mem::take(&mut p.frames);
+        self.deliver(envelope, frames.drain(body_at..));
         self.count(&p, outcome);
     }
 
@@ -427,26 +406,28 @@ impl DataPlane {
     }
 
     fn expire(&mut self, now: Instant) {
-        while let Some(&(deadline, id)) = self.deadlines.front() {
-            if deadline > now {
+        while let Some((id, p)) = self.pending.oldest() {
+            if p.received + self.timeout > now {
                 break;
             }
-            self.deadlines.pop_front();
-            if let Some(p) = self.pending.remove(&id) {
-                let detail = format!(
-                    "timeout: no reply from pool {} within {}",
-                    self.pools[p.pool].name,
-                    zdeploy_api::Duration::from(self.timeout)
-                );
-                self.finish_with_error(p, Outcome::Timeout, &detail);
-            }
+            let p = self.pending.remove(id).expect("the oldest is waiting");
+            let detail = format!(
+                "timeout: no reply from pool {} within {}",
+                self.pools[p.pool].name,
+                zdeploy_api::Duration::from(self.timeout)
+            );
+            self.finish_with_error(p, Outcome::Timeout, &detail);
         }
     }
 
-    /// Answers a request that was counted in flight (or never forwarded) with an error.
-    fn finish_with_error(&mut self, p: Pending, outcome: Outcome, detail: &str) {
-        let text = format!("ERR zgate {detail}");
-        self.deliver(&p.envelope, std::iter::once(text.as_bytes()));
+    /// Answers a request with a one-frame error reply and counts it.
+    fn finish_with_error(&mut self, mut p: Pending, outcome: Outcome, detail: &str) {
+        p.frames.truncate(p.envelope);
+        let envelope = std::mem::take(&mut p.frames);
+        self.deliver(
+            envelope,
+            [zmq::Message::from(format!("ERR zgate {detail}").as_str())],
+        );
         self.count(&p, outcome);
     }
 
@@ -458,22 +439,23 @@ impl DataPlane {
         }
     }
 
-    fn reply_error(&self, envelope: &[Vec<u8>], detail: &str) {
-        let text = format!("ERR zgate {detail}");
-        self.deliver(envelope, std::iter::once(text.as_bytes()));
-    }
-
-    fn deliver<'a>(&self, envelope: &[Vec<u8>], body: impl Iterator<Item = &'a [u8]>) {
-        let body: Vec<&[u8]> = body.collect();
-        let mut parts: Vec<&[u8]> = Vec::with_capacity(envelope.len() + 1 + body.len());
-        parts.extend(envelope.iter().map(Vec::as_slice));
-        parts.push(b"");
-        parts.extend(body);
-        let last = parts.len() - 1;
-        for (i, part) in parts.iter().enumerate() {
-            let more = if i < last { zmq::SNDMORE } else { 0 };
-            if let Err(e) = self.frontend.send(*part, more | zmq::DONTWAIT) {
+    /// Sends `[envelope..., "", body...]` to the client; counts it when the client is gone or full.
+    fn deliver(&self, envelope: Vec<zmq::Message>, body: impl IntoIterator<Item = zmq::Message>) {
+        let frames = envelope
+            .into_iter()
+            .chain(std::iter::once(zmq::Message::new()))
+            .chain(body);
+        let mut frames = frames.peekable();
+        let mut first = true;
+        while let Some(f) = frames.next() {
+            let more = if frames.peek().is_some() {
+                zmq::SNDMORE
+            } else {
+                0
+            };
+            if let Err(e) = self.frontend.send(f, more | zmq::DONTWAIT) {
                 // Only the first frame can fail: libzmq sends a multipart message whole.
+                debug_assert!(first);
                 let why = if e == zmq::Error::EHOSTUNREACH {
                     Undeliverable::ClientGone
                 } else {
@@ -482,6 +464,7 @@ impl DataPlane {
                 self.metrics.undeliverable(why);
                 return;
             }
+            first = false;
         }
     }
 }
@@ -503,23 +486,25 @@ fn recv_frames(socket: &zmq::Socket) -> Option<Vec<zmq::Message>> {
     }
 }
 
-/// Sends `[id, frames...]` to a pool; gives the frames back when no backend can take them now.
+/// Sends `[id, frames[from..]...]` to a pool, moving those frames out of `frames`;
+/// false (and nothing moved) when no backend can take the request now.
 fn send_request(
     socket: &zmq::Socket,
     id: u64,
-    frames: Vec<zmq::Message>,
-) -> Result<(), Vec<zmq::Message>> {
+    frames: &mut Vec<zmq::Message>,
+    from: usize,
+) -> bool {
     if socket
         .send(&id.to_le_bytes()[..], zmq::SNDMORE | zmq::DONTWAIT)
         .is_err()
     {
-        return Err(frames);
+        return false;
     }
-    let last = frames.len() - 1;
-    for (i, f) in frames.into_iter().enumerate() {
+    let last = frames.len() - from - 1;
+    for (i, f) in frames.drain(from..).enumerate() {
         let more = if i < last { zmq::SNDMORE } else { 0 };
         // Cannot fail once the first frame is queued: the message goes whole.
         let _ = socket.send(f, more | zmq::DONTWAIT);
     }
-    Ok(())
+    true
 }

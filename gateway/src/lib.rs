@@ -8,6 +8,7 @@ pub mod config;
 pub mod control;
 mod dataplane;
 pub mod metrics;
+mod pending;
 pub mod router;
 
 use std::net::SocketAddr;

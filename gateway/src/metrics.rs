@@ -2,12 +2,14 @@
 //! from the first scrape; the data plane holds pre-resolved handles (atomics, no lookups).
 
 use std::borrow::Cow;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 /// How a request ended.
@@ -43,6 +45,61 @@ impl Outcome {
     }
 }
 
+/// Upper bounds of the latency buckets, in seconds (800 ms is the default p99 gate).
+const LATENCY_BOUNDS: [f64; 15] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.8, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A latency histogram with one writer, the data plane: it updates buckets with plain
+/// relaxed loads and stores (no lock, no locked instruction) while `/metrics` reads them.
+#[derive(Clone, Debug, Default)]
+pub struct LatencyHistogram {
+    inner: Arc<HistogramCells>,
+}
+
+#[derive(Debug, Default)]
+struct HistogramCells {
+    /// Per-bucket counts; the last one is +Inf.
+    buckets: [AtomicU64; LATENCY_BOUNDS.len() + 1],
+    sum_bits: AtomicU64,
+}
+
+impl LatencyHistogram {
+    /// Records one observation. Only the data plane thread may call this.
+    pub fn observe(&self, seconds: f64) {
+        let c = &self.inner;
+        let i = LATENCY_BOUNDS.partition_point(|b| *b < seconds);
+        let bucket = &c.buckets[i];
+        bucket.store(bucket.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        let sum = f64::from_bits(c.sum_bits.load(Ordering::Relaxed)) + seconds;
+        c.sum_bits.store(sum.to_bits(), Ordering::Relaxed);
+    }
+}
+
+impl TypedMetric for LatencyHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for LatencyHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let c = &self.inner;
+        let buckets: Vec<(f64, u64)> = LATENCY_BOUNDS
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(c.buckets.iter().map(|b| b.load(Ordering::Relaxed)))
+            .collect();
+        // The count is the buckets' total, so `+Inf` and `_count` always agree.
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        let sum = f64::from_bits(c.sum_bits.load(Ordering::Relaxed));
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PoolLabels {
     pool: String,
@@ -64,7 +121,7 @@ struct ReasonLabels {
 pub struct PoolMetrics {
     requests: [Counter; 4],
     /// Request latency as the client sees it through the gateway.
-    pub latency: Histogram,
+    pub latency: LatencyHistogram,
     /// Requests forwarded and not yet answered.
     pub in_flight: Gauge,
     /// Configured weight.
@@ -110,12 +167,7 @@ impl GatewayMetrics {
         let labels = [(Cow::Borrowed("service"), Cow::Owned(service.to_string()))];
         let mut registry = Registry::with_prefix_and_labels("zgate", labels.into_iter());
         let requests = Family::<OutcomeLabels, Counter>::default();
-        let latency = Family::<PoolLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new([
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.8, 1.0, 2.5,
-                5.0, 10.0,
-            ])
-        });
+        let latency = Family::<PoolLabels, LatencyHistogram>::default();
         let in_flight = Family::<PoolLabels, Gauge>::default();
         let weight = Family::<PoolLabels, Gauge>::default();
         let live = Family::<PoolLabels, Gauge>::default();
@@ -231,5 +283,37 @@ mod tests {
             )));
         }
         assert!(text.contains("zgate_malformed_requests_total{service=\"echo\"} 0"));
+    }
+
+    #[test]
+    fn latency_histogram_counts_into_the_right_buckets() {
+        let m = GatewayMetrics::new("echo", &["stable".into()]);
+        for s in [0.0001, 0.0009, 0.7, 0.9, 20.0] {
+            m.pools[0].latency.observe(s);
+        }
+        let text = m.encode();
+        let line = |le: &str| {
+            format!(
+                "zgate_request_duration_seconds_bucket{{service=\"echo\",le=\"{le}\",pool=\"stable\"}}"
+            )
+        };
+        for (le, n) in [
+            ("0.0005", 1),
+            ("0.001", 2),
+            ("0.8", 3),
+            ("1.0", 4),
+            ("10.0", 4),
+            ("+Inf", 5),
+        ] {
+            assert!(
+                text.contains(&format!("{} {n}", line(le))),
+                "bucket {le} is not {n}:\n{text}"
+            );
+        }
+        assert!(
+            text.contains(
+                "zgate_request_duration_seconds_count{service=\"echo\",pool=\"stable\"} 5"
+            )
+        );
     }
 }
