@@ -514,7 +514,7 @@ fn admin_api_token_validation_and_expiring_faults() {
         token.to_str().unwrap(),
     ]);
     gw.wait_live("stable", 1.0);
-    let http = reqwest::blocking::Client::new();
+    let http = support::http();
     let url = format!("{}/weights", gw.admin);
     assert_eq!(http.get(&url).send().unwrap().status(), 401);
     assert_eq!(

@@ -150,6 +150,12 @@ pub fn client(args: &[&str]) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("client output {text:?}: {e}"))
 }
 
+/// An HTTP client for tests (ring as the TLS provider, as in the binary).
+pub fn http() -> reqwest::blocking::Client {
+    zdeploy_controller::tls::install_ring_provider();
+    reqwest::blocking::Client::new()
+}
+
 /// A running `zdeploy gateway` and its addresses.
 pub struct Gw {
     pub proc: Proc,
@@ -190,10 +196,7 @@ pub fn gateway(args: &[&str]) -> Gw {
 impl Gw {
     /// The current `/metrics` text.
     pub fn scrape(&self) -> String {
-        reqwest::blocking::get(&self.metrics)
-            .unwrap()
-            .text()
-            .unwrap()
+        http().get(&self.metrics).send().unwrap().text().unwrap()
     }
 
     /// The value of one series, e.g. `zgate_requests_total{service="zgate",pool="canary",outcome="ok"}`.
@@ -225,7 +228,7 @@ impl Gw {
 
     /// PUT a JSON body to the admin API; returns status and body.
     pub fn put(&self, path: &str, body: &str) -> (u16, String) {
-        let r = reqwest::blocking::Client::new()
+        let r = http()
             .put(format!("{}{path}", self.admin))
             .body(body.to_string())
             .send()

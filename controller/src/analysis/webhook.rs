@@ -1,0 +1,138 @@
+//! The push path: an Alertmanager webhook receiver. A firing alert whose labels name the
+//! service and the canary pool lands in the inbox at once and wakes the rollout.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::routing::post;
+use serde::Deserialize;
+use tokio::sync::Notify;
+
+/// A firing alert received by the webhook.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PushedAlert {
+    /// `alertname`.
+    pub name: String,
+    /// All labels.
+    pub labels: BTreeMap<String, String>,
+    /// `runbook_url`, when the rule gives one.
+    pub runbook_url: Option<String>,
+}
+
+/// Alerts pushed by Alertmanager, waiting to be taken by the rollout driver.
+#[derive(Debug, Default)]
+pub struct AlertInbox {
+    alerts: Mutex<Vec<PushedAlert>>,
+    /// Woken on every new firing alert.
+    pub notify: Notify,
+}
+
+impl AlertInbox {
+    /// Firing alerts for `service` (and `namespace`, when given) on the `pool` pool, taken out.
+    pub fn take_matching(
+        &self,
+        service: &str,
+        namespace: Option<&str>,
+        pool: &str,
+    ) -> Vec<PushedAlert> {
+        let mut all = self.alerts.lock().expect("inbox lock");
+        let (hit, keep): (Vec<_>, Vec<_>) = all
+            .drain(..)
+            .partition(|a| labels_match(&a.labels, service, namespace, pool));
+        *all = keep;
+        hit
+    }
+
+    fn push(&self, alert: PushedAlert) {
+        self.alerts.lock().expect("inbox lock").push(alert);
+        self.notify.notify_waiters();
+    }
+}
+
+/// True when alert labels name this service and pool (a namespace label must agree if present).
+pub fn labels_match(
+    labels: &BTreeMap<String, String>,
+    service: &str,
+    namespace: Option<&str>,
+    pool: &str,
+) -> bool {
+    labels.get("service").map(String::as_str) == Some(service)
+        && labels.get("pool").map(String::as_str) == Some(pool)
+        && match (namespace, labels.get("namespace")) {
+            (Some(ns), Some(l)) => ns == l,
+            _ => true,
+        }
+}
+
+#[derive(Deserialize)]
+struct Payload {
+    alerts: Vec<WebhookAlert>,
+}
+
+#[derive(Deserialize)]
+struct WebhookAlert {
+    status: String,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
+}
+
+struct Shared {
+    inbox: Arc<AlertInbox>,
+    token: String,
+}
+
+/// `POST /alertmanager`: Alertmanager's webhook (version 4), bearer token required.
+pub fn router(inbox: Arc<AlertInbox>, token: String) -> Router {
+    Router::new()
+        .route("/alertmanager", post(receive))
+        .with_state(Arc::new(Shared { inbox, token }))
+}
+
+async fn receive(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> (StatusCode, String) {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    let same = given.len() == shared.token.len()
+        && given
+            .bytes()
+            .zip(shared.token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if !same {
+        return (
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token\n".into(),
+        );
+    }
+    let payload: Payload = match serde_json::from_slice(&body) {
+        Ok(p) => p,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("not an Alertmanager webhook payload: {e}\n"),
+            );
+        }
+    };
+    let mut firing = 0;
+    for a in payload.alerts.into_iter().filter(|a| a.status == "firing") {
+        firing += 1;
+        shared.inbox.push(PushedAlert {
+            name: a.labels.get("alertname").cloned().unwrap_or_default(),
+            runbook_url: a.annotations.get("runbook_url").cloned(),
+            labels: a.labels,
+        });
+    }
+    tracing::info!(firing, "alertmanager webhook received");
+    (StatusCode::OK, format!("{firing} firing alerts received\n"))
+}

@@ -1,0 +1,5 @@
+//! The controller side of zdeploy: the sans-IO rollout engine, canary analysis, and the
+//! platforms a revision runs on.
+
+pub mod analysis;
+pub mod tls;
