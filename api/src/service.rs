@@ -489,6 +489,33 @@ pub struct RolloutRecord {
     pub runbook: Option<String>,
 }
 
+/// Where the rollout under way stands: everything the engine needs to resume it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutState {
+    /// When the canary was started.
+    pub started: Time,
+    /// When the current step began.
+    pub step_started: Time,
+    /// When the rollout last moved forward (for the progress deadline).
+    pub last_progress: Time,
+    /// The weight given with `--canary`, applied before the manifest's steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_weight: Option<Weight>,
+    /// Failed analyses so far.
+    #[serde(default)]
+    pub failures: u32,
+    /// Inconclusive analyses in a row.
+    #[serde(default)]
+    pub inconclusive_streak: u32,
+    /// Held by `zdeploy pause` (or too many inconclusive results) until resumed.
+    #[serde(default)]
+    pub paused: bool,
+    /// Why it is paused, when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_reason: Option<String>,
+}
+
 /// The observed state of a ZmqService.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -520,6 +547,9 @@ pub struct ZmqServiceStatus {
     /// Standard conditions (`Available`, `Progressing`, `RolledBack`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// Progress of the rollout under way, recorded so that a restart resumes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutState>,
     /// Past rollouts, newest first, at most `HISTORY_LIMIT`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<RolloutRecord>,

@@ -2,4 +2,5 @@
 //! platforms a revision runs on.
 
 pub mod analysis;
+pub mod engine;
 pub mod tls;

@@ -1,0 +1,520 @@
+//! The rollout engine: a pure function of (spec, status, input, now) that returns the next
+//! status and the actions to carry out, in order. No clock, no network, no Kubernetes:
+//! the platform drivers feed it time and measurements and execute what it asks.
+//!
+//! Invariants (property-tested): the canary weight never exceeds the weight of the last
+//! step reached; an analysis step is passed only by a passing analysis that began after
+//! the step did; an inconclusive result never moves a rollout forward; a breach (failed
+//! analysis or firing alert) wins over any pause; a rollback sets the canary weight to 0
+//! before it scales the canary down.
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use zdeploy_api::Weight;
+use zdeploy_api::service::{
+    HISTORY_LIMIT, Measurement, Outcome, Phase, RolloutRecord, RolloutState, Step, Verdict,
+    ZmqServiceSpec, ZmqServiceStatus,
+};
+
+/// Something that happened: time passed, a measurement came in, or a person asked.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Input {
+    /// Time passed; move on if a step is done.
+    Tick,
+    /// A background analysis finished; `started` is when its measurements began.
+    Analysis {
+        /// The overall verdict.
+        verdict: Verdict,
+        /// Each measurement.
+        measurements: Vec<Measurement>,
+        /// When the analysis began (an analysis step only counts runs begun after it).
+        started: Timestamp,
+    },
+    /// An alert for the canary fired (pushed by Alertmanager): an immediate failure.
+    Alert {
+        /// `alertname`.
+        name: String,
+        /// Its runbook link, when the rule has one.
+        runbook: Option<String>,
+    },
+    /// A command from the CLI.
+    Command(Command),
+}
+
+/// What a person can ask.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Command {
+    /// Release `revision`; `canary` sets the first weight before the manifest's steps.
+    Rollout {
+        /// The new revision (image).
+        revision: String,
+        /// Start at this weight.
+        canary: Option<Weight>,
+    },
+    /// Skip the current pause (`full`: finish the rollout now).
+    Promote {
+        /// Promote all the way.
+        full: bool,
+    },
+    /// Roll back now.
+    Abort {
+        /// Why, in words.
+        reason: String,
+    },
+    /// Start the last rolled-back revision again.
+    Retry,
+    /// Hold the rollout where it is (analysis still runs; a breach still rolls back).
+    Pause,
+    /// Continue a held rollout.
+    Resume,
+}
+
+/// What the platform must do, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Start the canary pool with this revision and wait until it is ready.
+    StartCanary {
+        /// The revision to run.
+        revision: String,
+    },
+    /// Route this share of requests to the canary (the rest to stable).
+    SetCanaryWeight(Weight),
+    /// Run `revision` in the stable pool and wait until it is ready.
+    DeployStable {
+        /// The revision to run.
+        revision: String,
+    },
+    /// Stop the canary pool.
+    StopCanary,
+    /// Tell people (Kubernetes Event, CLI output).
+    Event {
+        /// Warning (true) or normal.
+        warning: bool,
+        /// Short CamelCase reason.
+        reason: String,
+        /// What happened.
+        message: String,
+    },
+}
+
+/// The engine's answer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    /// The status to record before carrying out the actions.
+    pub status: ZmqServiceStatus,
+    /// The actions, in order.
+    pub actions: Vec<Action>,
+    /// Why a command was refused, if it was.
+    pub refused: Option<String>,
+}
+
+fn time(t: Timestamp) -> Time {
+    Time(t)
+}
+
+fn elapsed(since: &Time, now: Timestamp) -> std::time::Duration {
+    let d: SignedDuration = now.duration_since(since.0);
+    d.try_into().unwrap_or_default()
+}
+
+fn event(warning: bool, reason: &str, message: String) -> Action {
+    Action::Event {
+        warning,
+        reason: reason.into(),
+        message,
+    }
+}
+
+/// Computes the next status and actions. Feeding the same inputs gives the same outputs.
+pub fn step(
+    spec: &ZmqServiceSpec,
+    status: &ZmqServiceStatus,
+    input: &Input,
+    now: Timestamp,
+) -> Decision {
+    let mut d = Decision {
+        status: status.clone(),
+        actions: Vec::new(),
+        refused: None,
+    };
+    match input {
+        Input::Tick => advance(spec, &mut d, now),
+        Input::Analysis {
+            verdict,
+            measurements,
+            started,
+        } => {
+            analysis(spec, &mut d, *verdict, measurements, *started, now);
+        }
+        Input::Alert { name, runbook } => {
+            if d.status.rollout.is_some() {
+                let reason = format!("alert {name} fired for the canary");
+                rollback(
+                    spec,
+                    &mut d,
+                    &reason,
+                    runbook.clone().or_else(|| runbook_for(spec, name)),
+                    now,
+                );
+            }
+        }
+        Input::Command(c) => command(spec, &mut d, c, now),
+    }
+    d
+}
+
+fn command(spec: &ZmqServiceSpec, d: &mut Decision, c: &Command, now: Timestamp) {
+    let in_rollout = d.status.rollout.is_some();
+    match c {
+        Command::Rollout { revision, canary } => {
+            if in_rollout {
+                let current = d.status.canary_revision.clone().unwrap_or_default();
+                d.refused = Some(format!(
+                    "a rollout of {current} is in progress: promote or roll it back first"
+                ));
+            } else if d.status.stable_revision.as_deref() == Some(revision.as_str()) {
+                d.refused = Some(format!("{revision} is already the stable revision"));
+            } else {
+                start(d, revision.clone(), *canary, now);
+                advance(spec, d, now);
+            }
+        }
+        Command::Retry => match (in_rollout, d.status.history.first()) {
+            (false, Some(last)) if last.outcome == Outcome::RolledBack => {
+                start(d, last.revision.clone(), None, now);
+                advance(spec, d, now);
+            }
+            _ => {
+                d.refused =
+                    Some("nothing to retry: retry restarts the last rolled-back revision".into())
+            }
+        },
+        _ if !in_rollout => d.refused = Some("no rollout in progress".into()),
+        Command::Abort { reason } => {
+            let runbook = spec.runbooks.first().map(|r| r.id.clone());
+            rollback(
+                spec,
+                d,
+                &format!("rolled back by hand: {reason}"),
+                runbook,
+                now,
+            );
+        }
+        Command::Pause => {
+            let r = d.status.rollout.as_mut().expect("in rollout");
+            r.paused = true;
+            r.pause_reason = Some("paused by zdeploy pause".into());
+            d.status.phase = Phase::Paused;
+            d.actions
+                .push(event(false, "Paused", "rollout paused by hand".into()));
+        }
+        Command::Resume => {
+            let r = d.status.rollout.as_mut().expect("in rollout");
+            r.paused = false;
+            r.pause_reason = None;
+            r.inconclusive_streak = 0;
+            r.last_progress = time(now);
+            d.status.phase = Phase::Progressing;
+            d.actions
+                .push(event(false, "Resumed", "rollout resumed".into()));
+            advance(spec, d, now);
+        }
+        Command::Promote { full: true } => complete(spec, d, "promoted by hand (--full)", now),
+        Command::Promote { full: false } => {
+            let i = d.status.current_step.unwrap_or(0) as usize;
+            match spec.strategy.canary.steps.get(i) {
+                Some(Step::Analysis(_)) => {
+                    d.refused = Some("the current step is an analysis: it passes only on a passing analysis (promote --full overrides)".into());
+                }
+                _ => {
+                    let r = d.status.rollout.as_mut().expect("in rollout");
+                    r.paused = false;
+                    r.pause_reason = None;
+                    d.status.phase = Phase::Progressing;
+                    next_step(d, now);
+                    advance(spec, d, now);
+                }
+            }
+        }
+    }
+}
+
+fn start(d: &mut Decision, revision: String, canary: Option<Weight>, now: Timestamp) {
+    d.status.canary_revision = Some(revision.clone());
+    d.status.phase = Phase::Progressing;
+    d.status.current_step = Some(0);
+    d.status.canary_weight = Weight::ZERO;
+    d.status.analysis.clear();
+    d.status.message = Some(format!("starting canary {revision}"));
+    d.status.rollout = Some(RolloutState {
+        started: time(now),
+        step_started: time(now),
+        last_progress: time(now),
+        initial_weight: canary,
+        failures: 0,
+        inconclusive_streak: 0,
+        paused: false,
+        pause_reason: None,
+    });
+    d.actions.push(Action::StartCanary {
+        revision: revision.clone(),
+    });
+    d.actions.push(event(
+        false,
+        "RolloutStarted",
+        format!("canary {revision} started"),
+    ));
+}
+
+fn next_step(d: &mut Decision, now: Timestamp) {
+    d.status.current_step = Some(d.status.current_step.unwrap_or(0) + 1);
+    let r = d.status.rollout.as_mut().expect("in rollout");
+    r.step_started = time(now);
+    r.last_progress = time(now);
+}
+
+fn set_weight(d: &mut Decision, w: Weight) {
+    if d.status.canary_weight != w {
+        d.status.canary_weight = w;
+        d.actions.push(Action::SetCanaryWeight(w));
+    }
+}
+
+/// Moves through every step that is done at `now`.
+fn advance(spec: &ZmqServiceSpec, d: &mut Decision, now: Timestamp) {
+    let Some(r) = d.status.rollout.clone() else {
+        return;
+    };
+    if r.paused {
+        return;
+    }
+    if elapsed(&r.last_progress, now) > spec.strategy.progress_deadline.get() {
+        let reason = format!(
+            "no progress for {}: the progress deadline",
+            spec.strategy.progress_deadline
+        );
+        rollback(
+            spec,
+            d,
+            &reason,
+            spec.runbooks.first().map(|r| r.id.clone()),
+            now,
+        );
+        return;
+    }
+    // `--canary N` applies first, then the steps after the last setWeight at or below N.
+    if let Some(initial) = r.initial_weight {
+        let steps = &spec.strategy.canary.steps;
+        let skip_to = steps
+            .iter()
+            .rposition(|s| matches!(s, Step::SetWeight(w) if *w <= initial))
+            .map_or(0, |i| i + 1);
+        set_weight(d, initial);
+        d.status.current_step = Some(skip_to as u32);
+        d.status
+            .rollout
+            .as_mut()
+            .expect("in rollout")
+            .initial_weight = None;
+    }
+    loop {
+        let i = d.status.current_step.unwrap_or(0) as usize;
+        let r = d.status.rollout.as_ref().expect("in rollout");
+        match spec.strategy.canary.steps.get(i) {
+            // An inconclusive or failed analysis never promotes: the last one must pass.
+            None if !last_analysis_passed(&d.status) => {
+                d.status.message =
+                    Some("all steps done: waiting for a passing analysis to promote".into());
+                return;
+            }
+            None => return complete(spec, d, "all steps passed", now),
+            Some(Step::SetWeight(w)) => {
+                set_weight(d, *w);
+                d.status.message = Some(format!("step {i}: canary at {w}%"));
+                next_step(d, now);
+            }
+            Some(Step::Pause(p)) => match p.duration {
+                Some(len) if elapsed(&r.step_started, now) >= len.get() => next_step(d, now),
+                Some(len) => {
+                    d.status.message = Some(format!(
+                        "step {i}: pausing {len} at {}%",
+                        d.status.canary_weight
+                    ));
+                    return;
+                }
+                None => {
+                    d.status.phase = Phase::Paused;
+                    d.status.message = Some(format!(
+                        "step {i}: paused at {}% until `zdeploy promote`",
+                        d.status.canary_weight
+                    ));
+                    return;
+                }
+            },
+            Some(Step::Analysis(_)) => {
+                d.status.message = Some(format!("step {i}: waiting for a passing analysis"));
+                return;
+            }
+        }
+    }
+}
+
+fn analysis(
+    spec: &ZmqServiceSpec,
+    d: &mut Decision,
+    verdict: Verdict,
+    measurements: &[Measurement],
+    started: Timestamp,
+    now: Timestamp,
+) {
+    let Some(r) = d.status.rollout.as_mut() else {
+        return;
+    };
+    d.status.analysis = measurements.to_vec();
+    let limits = &spec.strategy.canary.analysis;
+    match verdict {
+        Verdict::Fail => {
+            r.failures += 1;
+            if r.failures > limits.failure_limit {
+                let failed: Vec<String> = measurements
+                    .iter()
+                    .filter(|m| m.verdict == Verdict::Fail)
+                    .map(|m| format!("{}: {}", m.metric, m.reason))
+                    .collect();
+                let runbook = measurements
+                    .iter()
+                    .find_map(|m| {
+                        m.metric
+                            .strip_prefix("alert:")
+                            .and_then(|a| runbook_for(spec, a))
+                    })
+                    .or_else(|| spec.runbooks.first().map(|r| r.id.clone()));
+                rollback(
+                    spec,
+                    d,
+                    &format!("analysis failed: {}", failed.join("; ")),
+                    runbook,
+                    now,
+                );
+            }
+        }
+        Verdict::Inconclusive => {
+            r.inconclusive_streak += 1;
+            if r.inconclusive_streak > limits.inconclusive_limit && !r.paused {
+                r.paused = true;
+                r.pause_reason = Some(format!(
+                    "{} inconclusive analyses in a row",
+                    r.inconclusive_streak
+                ));
+                d.status.phase = Phase::Paused;
+                d.actions.push(event(true, "AnalysisInconclusive", format!("rollout paused: {} inconclusive analyses in a row; check the canary has traffic, then `zdeploy resume`", r.inconclusive_streak)));
+            }
+        }
+        Verdict::Pass => {
+            r.inconclusive_streak = 0;
+            let i = d.status.current_step.unwrap_or(0) as usize;
+            if let Some(Step::Analysis(a)) = spec.strategy.canary.steps.get(i) {
+                let began_after_step = started >= r.step_started.0;
+                let required: Vec<&String> = if a.metrics.is_empty() {
+                    limits.metrics.iter().map(|m| &m.name).collect()
+                } else {
+                    a.metrics.iter().collect()
+                };
+                let all_passed = required.iter().all(|name| {
+                    measurements
+                        .iter()
+                        .any(|m| &m.metric == *name && m.verdict == Verdict::Pass)
+                });
+                if began_after_step && all_passed && !r.paused {
+                    next_step(d, now);
+                    advance(spec, d, now);
+                }
+            }
+        }
+    }
+}
+
+fn last_analysis_passed(status: &ZmqServiceStatus) -> bool {
+    !status.analysis.is_empty() && status.analysis.iter().all(|m| m.verdict == Verdict::Pass)
+}
+
+fn runbook_for(spec: &ZmqServiceSpec, alert: &str) -> Option<String> {
+    spec.runbooks
+        .iter()
+        .find(|r| r.alerts.iter().any(|a| a == alert))
+        .map(|r| r.id.clone())
+}
+
+fn finish(
+    d: &mut Decision,
+    outcome: Outcome,
+    reason: &str,
+    runbook: Option<String>,
+    now: Timestamp,
+) {
+    let r = d.status.rollout.take().expect("in rollout");
+    let record = RolloutRecord {
+        revision: d.status.canary_revision.take().unwrap_or_default(),
+        stable_revision: d.status.stable_revision.clone().unwrap_or_default(),
+        started: r.started,
+        ended: time(now),
+        outcome,
+        reason: reason.to_string(),
+        runbook,
+    };
+    d.status.history.insert(0, record);
+    d.status.history.truncate(HISTORY_LIMIT);
+    d.status.current_step = None;
+    d.status.message = Some(reason.to_string());
+}
+
+/// Rolls back: the canary weight goes to 0 first, then the canary is stopped.
+fn rollback(
+    _spec: &ZmqServiceSpec,
+    d: &mut Decision,
+    reason: &str,
+    runbook: Option<String>,
+    now: Timestamp,
+) {
+    if d.status.rollout.is_none() {
+        return;
+    }
+    let revision = d.status.canary_revision.clone().unwrap_or_default();
+    d.status.canary_weight = Weight::ZERO;
+    d.actions.push(Action::SetCanaryWeight(Weight::ZERO));
+    d.actions.push(Action::StopCanary);
+    let see = runbook
+        .as_ref()
+        .map(|r| format!(" (runbook: {r})"))
+        .unwrap_or_default();
+    d.actions.push(event(
+        true,
+        "RolledBack",
+        format!("canary {revision} rolled back: {reason}{see}"),
+    ));
+    d.status.phase = Phase::RolledBack;
+    finish(d, Outcome::RolledBack, reason, runbook, now);
+}
+
+/// Makes the canary the new stable: all traffic to it, stable pool updated, traffic back.
+fn complete(_spec: &ZmqServiceSpec, d: &mut Decision, reason: &str, now: Timestamp) {
+    let revision = d.status.canary_revision.clone().unwrap_or_default();
+    set_weight(d, Weight::FULL);
+    d.actions.push(Action::DeployStable {
+        revision: revision.clone(),
+    });
+    d.status.canary_weight = Weight::ZERO;
+    d.actions.push(Action::SetCanaryWeight(Weight::ZERO));
+    d.actions.push(Action::StopCanary);
+    d.actions.push(event(
+        false,
+        "Promoted",
+        format!("{revision} is now stable: {reason}"),
+    ));
+    d.status.phase = Phase::Healthy;
+    finish(d, Outcome::Promoted, reason, None, now);
+    d.status.stable_revision = Some(revision);
+}
+
+#[cfg(test)]
+mod tests;

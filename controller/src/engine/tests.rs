@@ -1,0 +1,454 @@
+//! Engine scenarios, one per test, and property tests of its invariants.
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use proptest::prelude::*;
+use zdeploy_api::Weight;
+use zdeploy_api::service::{
+    Measurement, Outcome, Phase, Step, Verdict, ZmqServiceSpec, ZmqServiceStatus,
+};
+
+use super::*;
+
+const MANIFEST: &str = "\
+apiVersion: zdeploy.io/v1alpha1
+kind: ZmqService
+metadata: {name: echo}
+spec:
+  windows: {build: \"2022\"}
+  template: {spec: {containers: [{name: echo, image: echo:1}]}}
+  zmq: {port: 5555}
+  strategy:
+    progressDeadline: 5m
+    canary:
+      steps:
+        - setWeight: 10
+        - pause: {duration: 30s}
+        - analysis: {}
+        - setWeight: 50
+        - pause: {}
+      analysis:
+        failureLimit: 1
+        inconclusiveLimit: 2
+        metrics:
+          - {name: error-ratio, builtin: errorRatio, max: 0.01}
+  runbooks:
+    - {id: canary-error-ratio-high, alerts: [CanaryErrorRateHigh]}
+";
+
+fn spec() -> ZmqServiceSpec {
+    // Validation builds the CRD schema: do it once, not once per property-test case.
+    static SPEC: std::sync::OnceLock<ZmqServiceSpec> = std::sync::OnceLock::new();
+    SPEC.get_or_init(|| {
+        let mut svcs = zdeploy_api::validate::load_services(MANIFEST).expect("valid manifest");
+        svcs.remove(0).spec
+    })
+    .clone()
+}
+
+fn t0() -> Timestamp {
+    "2026-11-25T10:00:00Z".parse().unwrap()
+}
+
+fn at(secs: i64) -> Timestamp {
+    t0() + SignedDuration::from_secs(secs)
+}
+
+fn stable() -> ZmqServiceStatus {
+    ZmqServiceStatus {
+        stable_revision: Some("echo:1".into()),
+        ..Default::default()
+    }
+}
+
+fn cmd(c: Command) -> Input {
+    Input::Command(c)
+}
+
+fn rollout(canary: Option<u8>) -> Input {
+    cmd(Command::Rollout {
+        revision: "echo:2".into(),
+        canary: canary.map(|w| Weight::new(w.into()).unwrap()),
+    })
+}
+
+fn measured(verdict: Verdict, started: Timestamp) -> Input {
+    Input::Analysis {
+        verdict,
+        measurements: vec![Measurement {
+            metric: "error-ratio".into(),
+            query: "q".into(),
+            value: Some(0.0),
+            verdict,
+            reason: "r".into(),
+            at: Time(started),
+        }],
+        started,
+    }
+}
+
+/// Runs inputs in order, returning the last decision and every action.
+fn run(status: ZmqServiceStatus, inputs: &[(i64, Input)]) -> (Decision, Vec<Action>) {
+    let spec = spec();
+    let mut s = status;
+    let mut all = Vec::new();
+    let mut last = None;
+    for (secs, input) in inputs {
+        let d = step(&spec, &s, input, at(*secs));
+        s = d.status.clone();
+        all.extend(d.actions.clone());
+        last = Some(d);
+    }
+    (last.expect("at least one input"), all)
+}
+
+#[test]
+fn a_rollout_starts_the_canary_then_sets_the_first_weight() {
+    let (d, actions) = run(stable(), &[(0, rollout(None))]);
+    assert_eq!(
+        actions[0],
+        Action::StartCanary {
+            revision: "echo:2".into()
+        }
+    );
+    assert!(actions.contains(&Action::SetCanaryWeight(Weight::new(10).unwrap())));
+    assert_eq!(d.status.phase, Phase::Progressing);
+    assert_eq!(d.status.current_step, Some(1));
+}
+
+#[test]
+fn a_timed_pause_ends_on_time() {
+    let (d, _) = run(stable(), &[(0, rollout(None)), (29, Input::Tick)]);
+    assert_eq!(d.status.current_step, Some(1));
+    let (d, _) = run(stable(), &[(0, rollout(None)), (30, Input::Tick)]);
+    assert_eq!(d.status.current_step, Some(2), "on to the analysis step");
+}
+
+#[test]
+fn an_analysis_step_needs_a_pass_that_began_after_it() {
+    let base = [(0, rollout(None)), (30, Input::Tick)];
+    let mut early = base.to_vec();
+    early.push((31, measured(Verdict::Pass, at(29))));
+    assert_eq!(run(stable(), &early).0.status.current_step, Some(2));
+    let mut late = base.to_vec();
+    late.push((32, measured(Verdict::Pass, at(31))));
+    let (d, actions) = run(stable(), &late);
+    assert_eq!(
+        d.status.current_step,
+        Some(4),
+        "passed, set 50%, now at the indefinite pause"
+    );
+    assert_eq!(d.status.phase, Phase::Paused);
+    assert!(actions.contains(&Action::SetCanaryWeight(Weight::new(50).unwrap())));
+}
+
+#[test]
+fn canary_flag_sets_the_first_weight_then_follows_the_steps() {
+    let (d, actions) = run(stable(), &[(0, rollout(Some(30)))]);
+    assert_eq!(
+        actions
+            .iter()
+            .filter(|a| matches!(a, Action::SetCanaryWeight(_)))
+            .count(),
+        1
+    );
+    assert!(actions.contains(&Action::SetCanaryWeight(Weight::new(30).unwrap())));
+    assert_eq!(
+        d.status.current_step,
+        Some(1),
+        "continues after setWeight 10, at the pause"
+    );
+}
+
+#[test]
+fn a_breach_during_a_pause_rolls_back_weight_first() {
+    let (d, actions) = run(
+        stable(),
+        &[
+            (0, rollout(None)),
+            (5, measured(Verdict::Fail, at(4))),
+            (6, measured(Verdict::Fail, at(5))),
+        ],
+    );
+    assert_eq!(d.status.phase, Phase::RolledBack);
+    assert_eq!(d.status.canary_weight, Weight::ZERO);
+    let zero = actions
+        .iter()
+        .rposition(|a| *a == Action::SetCanaryWeight(Weight::ZERO))
+        .unwrap();
+    let stop = actions
+        .iter()
+        .position(|a| *a == Action::StopCanary)
+        .unwrap();
+    assert!(
+        zero < stop,
+        "weight 0 must come before the canary stops: {actions:?}"
+    );
+    let record = &d.status.history[0];
+    assert_eq!(
+        (record.outcome, record.revision.as_str()),
+        (Outcome::RolledBack, "echo:2")
+    );
+    assert_eq!(record.runbook.as_deref(), Some("canary-error-ratio-high"));
+}
+
+#[test]
+fn failures_within_the_limit_are_tolerated() {
+    let (d, _) = run(
+        stable(),
+        &[(0, rollout(None)), (5, measured(Verdict::Fail, at(4)))],
+    );
+    assert_eq!(d.status.phase, Phase::Progressing);
+    assert_eq!(d.status.rollout.unwrap().failures, 1);
+}
+
+#[test]
+fn a_pushed_alert_rolls_back_at_once_even_when_paused() {
+    let (d, actions) = run(
+        stable(),
+        &[
+            (0, rollout(None)),
+            (1, cmd(Command::Pause)),
+            (
+                2,
+                Input::Alert {
+                    name: "CanaryErrorRateHigh".into(),
+                    runbook: None,
+                },
+            ),
+        ],
+    );
+    assert_eq!(d.status.phase, Phase::RolledBack);
+    assert!(actions.contains(&Action::StopCanary));
+    assert_eq!(
+        d.status.history[0].runbook.as_deref(),
+        Some("canary-error-ratio-high")
+    );
+}
+
+#[test]
+fn inconclusive_results_pause_and_never_promote() {
+    let mut inputs = vec![(0, rollout(None)), (30, Input::Tick)];
+    for i in 0..3 {
+        inputs.push((31 + i, measured(Verdict::Inconclusive, at(31 + i))));
+    }
+    let (d, _) = run(stable(), &inputs);
+    assert_eq!(d.status.current_step, Some(2));
+    assert_eq!(d.status.phase, Phase::Paused);
+    assert!(
+        d.status
+            .rollout
+            .unwrap()
+            .pause_reason
+            .unwrap()
+            .contains("inconclusive")
+    );
+}
+
+#[test]
+fn the_progress_deadline_rolls_back() {
+    let (d, _) = run(
+        stable(),
+        &[(0, rollout(None)), (30, Input::Tick), (331, Input::Tick)],
+    );
+    assert_eq!(d.status.phase, Phase::RolledBack);
+    assert!(d.status.history[0].reason.contains("progress deadline"));
+}
+
+#[test]
+fn promote_skips_a_pause_but_not_an_analysis() {
+    let (d, _) = run(
+        stable(),
+        &[
+            (0, rollout(None)),
+            (1, cmd(Command::Promote { full: false })),
+        ],
+    );
+    assert_eq!(d.status.current_step, Some(2));
+    let (d, _) = run(
+        stable(),
+        &[
+            (0, rollout(None)),
+            (1, cmd(Command::Promote { full: false })),
+            (2, cmd(Command::Promote { full: false })),
+        ],
+    );
+    assert!(d.refused.unwrap().contains("analysis"));
+}
+
+#[test]
+fn promote_full_makes_the_canary_stable() {
+    let (d, actions) = run(
+        stable(),
+        &[
+            (0, rollout(None)),
+            (1, cmd(Command::Promote { full: true })),
+        ],
+    );
+    assert_eq!(d.status.phase, Phase::Healthy);
+    assert_eq!(d.status.stable_revision.as_deref(), Some("echo:2"));
+    let full = actions
+        .iter()
+        .position(|a| *a == Action::SetCanaryWeight(Weight::FULL))
+        .unwrap();
+    let deploy = actions
+        .iter()
+        .position(|a| matches!(a, Action::DeployStable { .. }))
+        .unwrap();
+    let back = actions
+        .iter()
+        .rposition(|a| *a == Action::SetCanaryWeight(Weight::ZERO))
+        .unwrap();
+    assert!(full < deploy && deploy < back, "{actions:?}");
+}
+
+#[test]
+fn the_last_step_promotes_only_after_a_passing_analysis() {
+    let inputs = [
+        (0, rollout(None)),
+        (30, Input::Tick),
+        (32, measured(Verdict::Pass, at(31))),
+        (40, cmd(Command::Promote { full: false })),
+    ];
+    let (d, _) = run(stable(), &inputs);
+    assert_eq!(d.status.phase, Phase::Healthy, "{:?}", d.status.message);
+    assert_eq!(d.status.history[0].outcome, Outcome::Promoted);
+}
+
+#[test]
+fn pause_holds_and_resume_continues() {
+    let (d, _) = run(
+        stable(),
+        &[
+            (0, rollout(None)),
+            (1, cmd(Command::Pause)),
+            (60, Input::Tick),
+        ],
+    );
+    assert_eq!(
+        (d.status.phase, d.status.current_step),
+        (Phase::Paused, Some(1))
+    );
+    let (d, _) = run(
+        stable(),
+        &[
+            (0, rollout(None)),
+            (1, cmd(Command::Pause)),
+            (60, cmd(Command::Resume)),
+            (95, Input::Tick),
+        ],
+    );
+    assert_eq!(d.status.current_step, Some(2));
+}
+
+#[test]
+fn retry_restarts_the_rolled_back_revision_and_rollout_is_refused_midway() {
+    let (d, _) = run(stable(), &[(0, rollout(None)), (1, rollout(None))]);
+    assert!(d.refused.unwrap().contains("in progress"));
+    let (d, actions) = run(
+        stable(),
+        &[
+            (0, rollout(None)),
+            (
+                1,
+                cmd(Command::Abort {
+                    reason: "test".into(),
+                }),
+            ),
+            (2, cmd(Command::Retry)),
+        ],
+    );
+    assert_eq!(d.status.canary_revision.as_deref(), Some("echo:2"));
+    assert_eq!(d.status.phase, Phase::Progressing);
+    assert_eq!(
+        actions
+            .iter()
+            .filter(|a| matches!(a, Action::StartCanary { .. }))
+            .count(),
+        2
+    );
+}
+
+#[test]
+fn a_restart_resumes_from_the_recorded_status() {
+    let inputs = [
+        (0, rollout(None)),
+        (30, Input::Tick),
+        (32, measured(Verdict::Pass, at(31))),
+        (33, Input::Tick),
+    ];
+    let (straight, _) = run(stable(), &inputs);
+    let (half, _) = run(stable(), &inputs[..2]);
+    let recorded = serde_json::to_string(&half.status).unwrap();
+    let restored: ZmqServiceStatus = serde_json::from_str(&recorded).unwrap();
+    let (resumed, _) = run(restored, &inputs[2..]);
+    assert_eq!(resumed.status, straight.status);
+}
+
+fn any_input() -> impl Strategy<Value = Input> {
+    let verdict = prop_oneof![
+        Just(Verdict::Pass),
+        Just(Verdict::Fail),
+        Just(Verdict::Inconclusive)
+    ];
+    prop_oneof![
+        4 => Just(Input::Tick),
+        4 => verdict.prop_map(|v| measured(v, t0())),
+        1 => Just(Input::Alert { name: "CanaryErrorRateHigh".into(), runbook: None }),
+        1 => (proptest::option::of(0u8..=100)).prop_map(rollout),
+        1 => any::<bool>().prop_map(|full| cmd(Command::Promote { full })),
+        1 => Just(cmd(Command::Abort { reason: "p".into() })),
+        1 => Just(cmd(Command::Retry)),
+        1 => Just(cmd(Command::Pause)),
+        1 => Just(cmd(Command::Resume)),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn invariants_hold_for_any_sequence(inputs in proptest::collection::vec((0i64..40, any_input()), 1..60)) {
+        let spec = spec();
+        let mut status = stable();
+        let mut now = 0i64;
+        let mut cap = Weight::ZERO;
+        for (dt, input) in inputs {
+            now += dt;
+            let mut stamped = input.clone();
+            if let Input::Analysis { started, measurements, .. } = &mut stamped {
+                *started = at(now);
+                measurements[0].at = Time(at(now));
+            }
+            let d = step(&spec, &status, &stamped, at(now));
+            // Same inputs, same outputs.
+            prop_assert_eq!(&d, &step(&spec, &status, &stamped, at(now)));
+            if let Input::Command(Command::Rollout { canary: Some(w), .. }) = &stamped {
+                cap = cap.max(*w);
+            }
+            if d.status.rollout.is_some() {
+                let reached = d.status.current_step.unwrap_or(0) as usize;
+                for s in &spec.strategy.canary.steps[..reached.min(spec.strategy.canary.steps.len())] {
+                    if let Step::SetWeight(w) = s { cap = cap.max(*w); }
+                }
+                prop_assert!(d.status.canary_weight <= cap, "weight {} above the step's {}", d.status.canary_weight, cap);
+            } else {
+                prop_assert_eq!(d.status.canary_weight, Weight::ZERO);
+                cap = Weight::ZERO;
+            }
+            if let Input::Analysis { verdict: Verdict::Inconclusive, .. } = stamped {
+                prop_assert!(d.status.current_step <= status.current_step || status.rollout.is_none());
+                prop_assert!(!(status.rollout.is_some() && d.status.phase == Phase::Healthy), "inconclusive promoted");
+            }
+            let promoted_now = status.rollout.is_some() && d.status.rollout.is_none() && d.status.phase == Phase::Healthy;
+            if promoted_now && !matches!(stamped, Input::Command(Command::Promote { full: true })) {
+                prop_assert!(d.status.history[0].outcome == Outcome::Promoted);
+                prop_assert!(status.analysis.iter().chain(d.status.analysis.iter()).all(|m| m.verdict == Verdict::Pass) && !d.status.analysis.is_empty(),
+                    "promoted without a passing analysis");
+            }
+            if let Some(stop) = d.actions.iter().position(|a| *a == Action::StopCanary) {
+                let zero = d.actions.iter().position(|a| *a == Action::SetCanaryWeight(Weight::ZERO));
+                prop_assert!(zero.is_some_and(|z| z < stop), "canary stopped before its weight was 0: {:?}", d.actions);
+            }
+            status = d.status;
+        }
+    }
+}
