@@ -1,12 +1,17 @@
-//! `zdeploy`: one binary for every role (CLI verbs, gateway, controller).
+//! `zdeploy`: one binary for every role (CLI verbs, local runtime, gateway, demo).
 
+mod demo;
 mod gateway;
+mod local;
 mod signals;
 mod validate;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use zdeploy_api::Weight;
+
+use local::{StateArgs, Verb};
 
 /// Deploy ZeroMQ services to Windows node pools and release them safely by canary.
 #[derive(Parser)]
@@ -26,8 +31,125 @@ pub enum Output {
     Json,
 }
 
+fn weight(s: &str) -> Result<Weight, String> {
+    let n: i64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a whole number"))?;
+    Weight::new(n).map_err(|e| e.to_string())
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Run the whole job on this machine: a bad build rolls back by itself, a good one is promoted.
+    #[command(after_help = "Examples:\n  zdeploy demo\n  zdeploy demo -o json")]
+    Demo(demo::Args),
+    /// Run a service locally from its manifest (stable, canary, zgate, analysis) in the foreground.
+    #[command(
+        after_help = "Example:\n  zdeploy up -f manifests/examples/echo-local.yaml\n  # in another terminal:\n  zdeploy rollout echo --canary 10 --image registry.example.com/echo:2.1"
+    )]
+    Up(Box<local::UpArgs>),
+    /// Start releasing a new revision as a canary.
+    #[command(
+        after_help = "Examples:\n  zdeploy rollout echo --canary 10 --image registry.example.com/echo:2.1\n  zdeploy rollout echo            # the image in the manifest"
+    )]
+    Rollout {
+        /// The ZmqService.
+        name: String,
+        /// Start at this canary weight (0-100), then follow the manifest's steps.
+        #[arg(long, value_parser = weight)]
+        canary: Option<Weight>,
+        /// The image to release (default: the manifest's).
+        #[arg(long)]
+        image: Option<String>,
+        #[command(flatten)]
+        state: StateArgs,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Move past the current pause step (--full: make the canary stable now).
+    Promote {
+        /// The ZmqService.
+        name: String,
+        /// Skip every remaining step and analysis.
+        #[arg(long)]
+        full: bool,
+        #[command(flatten)]
+        state: StateArgs,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Send all traffic back to stable now and stop the canary.
+    #[command(after_help = "Example:\n  zdeploy rollback echo --reason \"paged: latency\"")]
+    Rollback {
+        /// The ZmqService.
+        name: String,
+        /// Why, for the history.
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        state: StateArgs,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Start the last rolled-back revision again.
+    Retry {
+        /// The ZmqService.
+        name: String,
+        #[command(flatten)]
+        state: StateArgs,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Hold a rollout at its current weight (a breach still rolls back).
+    Pause {
+        /// The ZmqService.
+        name: String,
+        #[command(flatten)]
+        state: StateArgs,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Continue a held rollout.
+    Resume {
+        /// The ZmqService.
+        name: String,
+        #[command(flatten)]
+        state: StateArgs,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Show where a service's rollout stands.
+    #[command(
+        after_help = "Examples:\n  zdeploy status echo\n  zdeploy status echo --watch\n  zdeploy status echo -o json"
+    )]
+    Status {
+        /// The ZmqService.
+        name: String,
+        /// Refresh every second until interrupted.
+        #[arg(short, long)]
+        watch: bool,
+        #[command(flatten)]
+        state: StateArgs,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// List a service's past rollouts, newest first.
+    History {
+        /// The ZmqService.
+        name: String,
+        #[command(flatten)]
+        state: StateArgs,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
     /// Check ZmqService and ChaosSchedule manifests; exit 0 when valid, 1 when not.
     #[command(
         after_help = "Examples:\n  zdeploy validate -f manifests/examples/echo.yaml\n  zdeploy validate -f manifests/examples/\n  cat echo.yaml | zdeploy validate -f - -o json"
@@ -41,6 +163,15 @@ enum Command {
     /// Print the CustomResourceDefinitions generated from zdeploy's types.
     #[command(after_help = "Example:\n  zdeploy crds | kubectl apply -f -")]
     Crds,
+    /// The example service and load generator the demo uses.
+    #[command(subcommand)]
+    Example(Example),
+}
+
+#[derive(Subcommand)]
+enum Example {
+    /// An echo service (REP); its version's `+errors=R` or `+latency=D` make a bad build.
+    Echo(demo::echo::Args),
 }
 
 fn main() -> ExitCode {
@@ -49,18 +180,80 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
+    let ok = |r: anyhow::Result<()>| r.map(|()| ExitCode::SUCCESS);
     let result = match cli.command {
-        Command::Gateway(args) => runtime()
-            .block_on(gateway::run(&args))
-            .map(|()| ExitCode::SUCCESS),
+        Command::Demo(args) => runtime().block_on(demo::run(&args)),
+        Command::Up(args) => ok(runtime().block_on(local::up(&args))),
+        Command::Rollout {
+            name,
+            canary,
+            image,
+            state,
+            output,
+        } => runtime().block_on(local::run_verb(
+            &state,
+            &name,
+            Verb::Rollout { image, canary },
+            output,
+        )),
+        Command::Promote {
+            name,
+            full,
+            state,
+            output,
+        } => runtime().block_on(local::run_verb(
+            &state,
+            &name,
+            Verb::Promote { full },
+            output,
+        )),
+        Command::Rollback {
+            name,
+            reason,
+            state,
+            output,
+        } => runtime().block_on(local::run_verb(
+            &state,
+            &name,
+            Verb::Rollback { reason },
+            output,
+        )),
+        Command::Retry {
+            name,
+            state,
+            output,
+        } => runtime().block_on(local::run_verb(&state, &name, Verb::Retry, output)),
+        Command::Pause {
+            name,
+            state,
+            output,
+        } => runtime().block_on(local::run_verb(&state, &name, Verb::Pause, output)),
+        Command::Resume {
+            name,
+            state,
+            output,
+        } => runtime().block_on(local::run_verb(&state, &name, Verb::Resume, output)),
+        Command::Status {
+            name,
+            watch,
+            state,
+            output,
+        } => ok(runtime().block_on(local::status(&state, &name, watch, output))),
+        Command::History {
+            name,
+            state,
+            output,
+        } => ok(runtime().block_on(local::history(&state, &name, output))),
+        Command::Gateway(args) => ok(runtime().block_on(gateway::run(&args))),
         Command::Validate(args) => validate::run(&args),
         Command::Crds => {
             print!("{}", zdeploy_api::crd::crds_yaml());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Example(Example::Echo(args)) => ok(demo::echo::run(&args)),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");

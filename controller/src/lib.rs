@@ -3,4 +3,5 @@
 
 pub mod analysis;
 pub mod engine;
+pub mod platforms;
 pub mod tls;

@@ -102,7 +102,7 @@ impl DataPlane {
             // Queue only to connected backends: nothing waits for a dead pod to come back.
             socket.set_immediate(true)?;
             socket.set_reconnect_ivl(100)?;
-            socket.set_reconnect_ivl_max(2000)?;
+            socket.set_reconnect_ivl_max(1000)?;
             let addr = format!("inproc://zgate-monitor-{i}");
             socket.monitor(
                 &addr,

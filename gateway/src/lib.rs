@@ -135,6 +135,13 @@ impl Gateway {
         &self.control
     }
 
+    /// Backends of `pool` with a live connection right now.
+    pub fn live_backends(&self, pool: &str) -> usize {
+        self.control.pool_index(pool).map_or(0, |i| {
+            self.metrics.pools[i].live_backends.get().max(0) as usize
+        })
+    }
+
     /// The metrics in the Prometheus text format.
     pub fn encode_metrics(&self) -> String {
         self.metrics.encode()

@@ -185,7 +185,10 @@ impl Analyzer {
                 (q, r)
             }
             Source::Scrape { url, history, .. } => {
-                let since = Instant::now() - window.get();
+                // Scrapes are exact: the window starts when the canary did, if that is later.
+                let span = m.window.get().min(canary_age);
+                let window = zdeploy_api::Duration::from(span);
+                let since = Instant::now() - span;
                 let Some(b) = m.builtin else {
                     let r = Reading { error: Some("PromQL metrics need --prometheus; the embedded scrape measures built-ins only".into()), ..Reading::default() };
                     return record(

@@ -1,0 +1,176 @@
+//! The loopback admin API of `zdeploy up`, which the CLI verbs talk to. Every call needs
+//! the bearer token from the state directory.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch};
+use zdeploy_api::{Weight, ZmqServiceStatus};
+
+use crate::engine::Command;
+
+/// A command as the CLI sends it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "camelCase")]
+pub enum CommandRequest {
+    /// Release an image (the manifest's when none is given).
+    Rollout {
+        /// The image to release.
+        #[serde(default)]
+        image: Option<String>,
+        /// Start at this weight.
+        #[serde(default)]
+        canary: Option<Weight>,
+    },
+    /// Skip the current pause, or finish the rollout with `full`.
+    Promote {
+        /// Promote all the way.
+        #[serde(default)]
+        full: bool,
+    },
+    /// Roll back now.
+    Rollback {
+        /// Why.
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    /// Restart the last rolled-back revision.
+    Retry,
+    /// Hold the rollout.
+    Pause,
+    /// Continue it.
+    Resume,
+}
+
+/// The answer to a command: the status after it, or why it was refused.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CommandReply {
+    /// Why the command was refused, if it was.
+    pub refused: Option<String>,
+    /// The status after the command.
+    pub status: ZmqServiceStatus,
+}
+
+/// What `GET /v1/status` returns.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StatusView {
+    /// The service.
+    pub name: String,
+    /// The ZeroMQ endpoint clients connect to (zgate's frontend).
+    pub frontend: String,
+    /// zgate's metrics URL.
+    pub metrics: String,
+    /// The status.
+    pub status: ZmqServiceStatus,
+}
+
+/// A command waiting for the driver, with the channel for its answer.
+pub type Queued = (Command, oneshot::Sender<CommandReply>);
+
+struct Shared {
+    token: String,
+    view: watch::Receiver<StatusView>,
+    commands: mpsc::Sender<Queued>,
+    manifest_image: String,
+}
+
+/// The admin API router.
+pub fn router(
+    token: String,
+    view: watch::Receiver<StatusView>,
+    commands: mpsc::Sender<Queued>,
+    manifest_image: String,
+) -> Router {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/commands", post(command))
+        .with_state(Arc::new(Shared {
+            token,
+            view,
+            commands,
+            manifest_image,
+        }))
+}
+
+fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    given.len() == shared.token.len()
+        && given
+            .bytes()
+            .zip(shared.token.bytes())
+            .fold(0u8, |a, (x, y)| a | (x ^ y))
+            == 0
+}
+
+fn unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        Json(serde_json::json!({"error": "missing or wrong bearer token"})),
+    )
+        .into_response()
+}
+
+async fn status(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if !authorized(&shared, &headers) {
+        return unauthorized();
+    }
+    Json(shared.view.borrow().clone()).into_response()
+}
+
+async fn command(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if !authorized(&shared, &headers) {
+        return unauthorized();
+    }
+    let req: CommandRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(serde_json::json!({"error": e.to_string()})),
+            )
+                .into_response();
+        }
+    };
+    let cmd = match req {
+        CommandRequest::Rollout { image, canary } => Command::Rollout {
+            revision: image.unwrap_or_else(|| shared.manifest_image.clone()),
+            canary,
+        },
+        CommandRequest::Promote { full } => Command::Promote { full },
+        CommandRequest::Rollback { reason } => Command::Abort {
+            reason: reason.unwrap_or_else(|| "zdeploy rollback".into()),
+        },
+        CommandRequest::Retry => Command::Retry,
+        CommandRequest::Pause => Command::Pause,
+        CommandRequest::Resume => Command::Resume,
+    };
+    let (tx, rx) = oneshot::channel();
+    if shared.commands.send((cmd, tx)).await.is_err() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"error": "zdeploy up is stopping"})),
+        )
+            .into_response();
+    }
+    match rx.await {
+        Ok(reply) => Json(reply).into_response(),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"error": "zdeploy up is stopping"})),
+        )
+            .into_response(),
+    }
+}

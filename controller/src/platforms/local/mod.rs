@@ -1,0 +1,462 @@
+//! The local platform: `zdeploy up`. The stable and canary revisions run as child
+//! processes from the manifest's `local` section behind an embedded zgate; the rollout
+//! engine decides, analysis judges (embedded scrape or Prometheus), and every status is
+//! recorded in the state directory before its actions run, so a restart resumes.
+
+pub mod api;
+pub mod process;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use kube::ResourceExt;
+use tokio::sync::{broadcast, mpsc, watch};
+use zdeploy_api::service::LocalRun;
+use zdeploy_api::{Weight, ZmqService, ZmqServiceStatus};
+use zdeploy_gateway::{Gateway, GatewayConfig, PoolConfig};
+
+use crate::analysis::promql::Target;
+use crate::analysis::webhook::AlertInbox;
+use crate::analysis::{AnalysisRun, Analyzer, Source};
+use crate::engine::{self, Action, Command, Input};
+use api::{CommandReply, Queued, StatusView};
+use process::Pool;
+use state::{Ports, StateDir};
+
+/// How often the engine is given the time.
+const TICK: Duration = Duration::from_millis(100);
+/// How often the embedded scrape samples zgate between analyses.
+const SCRAPE_EVERY: Duration = Duration::from_millis(250);
+
+/// How to run `zdeploy up`.
+pub struct UpConfig {
+    /// The service, as validated from the manifest.
+    pub service: ZmqService,
+    /// Root of the state directories.
+    pub state_root: PathBuf,
+    /// ZeroMQ endpoint zgate binds for the service's clients.
+    pub frontend: String,
+    /// Judge with this Prometheus instead of the embedded scrape.
+    pub prometheus: Option<String>,
+    /// Serve the admin API here (loopback; port 0 picks one).
+    pub admin: SocketAddr,
+    /// Serve the Alertmanager webhook here (same bearer token as the admin API).
+    pub webhook: Option<SocketAddr>,
+}
+
+/// Something the runtime did, for live views (`zdeploy demo`) and logs.
+#[derive(Clone, Debug)]
+pub enum RuntimeEvent {
+    /// The recorded status changed.
+    Status(Box<ZmqServiceStatus>),
+    /// zgate now sends this share to the canary, since `at`.
+    Weight {
+        /// Canary weight.
+        canary: Weight,
+        /// When it was applied.
+        at: Instant,
+    },
+    /// An analysis finished.
+    Analysis(Box<AnalysisRun>),
+    /// A line for the operator.
+    Note(String),
+}
+
+/// A running `zdeploy up`.
+pub struct Runtime {
+    name: String,
+    spec: zdeploy_api::ZmqServiceSpec,
+    local: LocalRun,
+    state: StateDir,
+    status: ZmqServiceStatus,
+    gateway: Gateway,
+    stable: Pool,
+    canary: Pool,
+    analyzer: Analyzer,
+    canary_since: Option<Instant>,
+    events: broadcast::Sender<RuntimeEvent>,
+    view: watch::Sender<StatusView>,
+    commands: mpsc::Receiver<Queued>,
+    /// Where the admin API listens.
+    pub admin_url: String,
+}
+
+fn image_of(svc: &ZmqService) -> String {
+    let pod = svc.spec.template.spec.as_ref();
+    let containers = pod.map(|p| p.containers.as_slice()).unwrap_or_default();
+    let main = svc
+        .spec
+        .zmq
+        .container
+        .as_ref()
+        .and_then(|n| containers.iter().find(|c| &c.name == n))
+        .or(containers.first());
+    main.and_then(|c| c.image.clone()).unwrap_or_default()
+}
+
+/// Waits until zgate holds a connection to every process of `pool`, so that no request
+/// meets a pool that is running but not yet connected.
+async fn wait_live(gateway: &Gateway, pool: &str, n: usize) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gateway.live_backends(pool) < n {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "zgate did not connect to the {pool} processes within 10s"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl Runtime {
+    /// Starts everything the recorded status calls for and serves the admin API.
+    pub async fn start(
+        config: UpConfig,
+    ) -> Result<(Self, broadcast::Receiver<RuntimeEvent>), String> {
+        let svc = config.service;
+        let name = svc.name_any();
+        let local = svc.spec.local.clone().ok_or_else(|| {
+            format!("{name}: spec.local is missing: add the command that starts one revision, e.g.\n  local:\n    command: [python3, service.py, --bind, \"{{{{endpoint}}}}\"]")
+        })?;
+        let state = StateDir::open(&config.state_root, &name)
+            .map_err(|e| format!("state directory: {e}"))?;
+        let manifest_image = image_of(&svc);
+        let mut status = state
+            .load_status()
+            .map_err(|e| format!("reading recorded status: {e}"))?
+            .unwrap_or_default();
+        let resumed = status.stable_revision.is_some();
+        status
+            .stable_revision
+            .get_or_insert_with(|| manifest_image.clone());
+        let n = local.replicas as usize;
+        let ports = match state
+            .load_ports()
+            .filter(|p| p.stable.len() == n && p.canary.len() == n)
+        {
+            Some(p) => p,
+            None => {
+                let mut all = Vec::new();
+                for _ in 0..2 * n {
+                    all.push(free_port().map_err(|e| format!("finding a free port: {e}"))?);
+                }
+                let p = Ports {
+                    stable: all[..n].to_vec(),
+                    canary: all[n..].to_vec(),
+                };
+                state.save_ports(&p).map_err(|e| e.to_string())?;
+                p
+            }
+        };
+        let logs = |pool: &str| (0..n).map(|i| state.log_path(pool, i)).collect();
+        let mut stable = Pool::new("stable", ports.stable.clone(), logs("stable"));
+        let mut canary = Pool::new("canary", ports.canary.clone(), logs("canary"));
+
+        let mut gw = GatewayConfig::new(
+            &name,
+            &config.frontend,
+            vec![
+                PoolConfig {
+                    name: "stable".into(),
+                    endpoints: stable.endpoints(),
+                },
+                PoolConfig {
+                    name: "canary".into(),
+                    endpoints: canary.endpoints(),
+                },
+            ],
+        );
+        // A restarted runtime never sends more to the canary than the recorded weight.
+        let w = status.canary_weight;
+        gw.weights = [
+            ("stable".to_string(), w.complement()),
+            ("canary".to_string(), w),
+        ]
+        .into_iter()
+        .collect();
+        gw.timeout = svc.spec.zmq.request_timeout;
+        gw.classifier = svc.spec.zmq.error_classifier.clone();
+        gw.metrics = Some("127.0.0.1:0".parse().expect("loopback address"));
+        let gateway = Gateway::start(gw)
+            .await
+            .map_err(|e| format!("starting zgate: {e}"))?;
+        let metrics_url = format!(
+            "http://{}/metrics",
+            gateway.metrics_addr().expect("metrics listener")
+        );
+
+        let (events, rx) = broadcast::channel(1024);
+        let note = |s: String| {
+            tracing::info!("{s}");
+            let _ = events.send(RuntimeEvent::Note(s));
+        };
+        let stable_image = status.stable_revision.clone().expect("set above");
+        stable.start(&local, &stable_image).await?;
+        wait_live(&gateway, "stable", n).await?;
+        note(format!(
+            "stable {stable_image} running on {}",
+            stable.endpoints().join(", ")
+        ));
+        let mut canary_since = None;
+        if status.rollout.is_some()
+            && let Some(image) = status.canary_revision.clone()
+        {
+            canary.start(&local, &image).await?;
+            wait_live(&gateway, "canary", n).await?;
+            canary_since = Some(Instant::now());
+            note(format!(
+                "resumed the rollout of {image} at step {} ({}%)",
+                status.current_step.unwrap_or(0),
+                status.canary_weight
+            ));
+        } else if resumed {
+            note(format!(
+                "resumed: {} is stable, no rollout in progress",
+                stable_image
+            ));
+        }
+
+        let inbox = config.webhook.map(|_| Arc::new(AlertInbox::default()));
+        let source = match &config.prometheus {
+            Some(url) => Source::prometheus(url),
+            None => Source::scrape(&metrics_url),
+        };
+        let target = Target {
+            service: name.clone(),
+            namespace: None,
+            pool: "canary".into(),
+        };
+        let analyzer = Analyzer::new(
+            source,
+            target,
+            svc.spec.strategy.canary.analysis.clone(),
+            inbox.clone(),
+        );
+
+        let token = state.token().map_err(|e| format!("admin token: {e}"))?;
+        let (cmd_tx, commands) = mpsc::channel(16);
+        let view = StatusView {
+            name: name.clone(),
+            frontend: gateway.frontend().to_string(),
+            metrics: metrics_url,
+            status: status.clone(),
+        };
+        let (view_tx, view_rx) = watch::channel(view);
+        let router = api::router(token.clone(), view_rx, cmd_tx, manifest_image);
+        let listener = tokio::net::TcpListener::bind(config.admin)
+            .await
+            .map_err(|e| format!("admin API on {}: {e}", config.admin))?;
+        let admin_url = format!(
+            "http://{}",
+            listener.local_addr().map_err(|e| e.to_string())?
+        );
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        if let (Some(addr), Some(inbox)) = (config.webhook, inbox) {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("webhook on {addr}: {e}"))?;
+            let router = crate::analysis::webhook::router(inbox, token);
+            tokio::spawn(async move {
+                let _ = axum::serve(listener, router).await;
+            });
+        }
+        state.save_endpoint(&admin_url).map_err(|e| e.to_string())?;
+        state.save_status(&status).map_err(|e| e.to_string())?;
+        let runtime = Self {
+            name,
+            spec: svc.spec,
+            local,
+            state,
+            status,
+            gateway,
+            stable,
+            canary,
+            analyzer,
+            canary_since,
+            events,
+            view: view_tx,
+            commands,
+            admin_url,
+        };
+        Ok((runtime, rx))
+    }
+
+    /// zgate's frontend endpoint.
+    pub fn frontend(&self) -> &str {
+        self.gateway.frontend()
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> &std::path::Path {
+        self.state.path()
+    }
+
+    /// Runs until `stop` turns true, then stops every process and the gateway.
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(TICK);
+        let mut analysis = tokio::time::interval(
+            self.spec
+                .strategy
+                .canary
+                .analysis
+                .interval
+                .get()
+                .max(Duration::from_millis(100)),
+        );
+        let mut scrape = tokio::time::interval(SCRAPE_EVERY);
+        for t in [&mut tick, &mut analysis, &mut scrape] {
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        }
+        let inbox = self.analyzer.inbox().cloned();
+        loop {
+            let notified = async {
+                match &inbox {
+                    Some(i) => i.notify.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = tick.tick() => {
+                    for note in self.stable.restart_exited(&self.local).into_iter().chain(self.canary.restart_exited(&self.local)) {
+                        self.note(note);
+                    }
+                    self.feed(Input::Tick).await;
+                }
+                _ = scrape.tick(), if self.canary_since.is_some() => {
+                    if let Err(e) = self.analyzer.observe().await {
+                        tracing::warn!("{e}");
+                    }
+                }
+                _ = analysis.tick(), if self.status.rollout.is_some() => self.analyse().await,
+                _ = notified => self.analyse().await,
+                Some((cmd, reply)) = self.commands.recv() => {
+                    let refused = self.feed(Input::Command(cmd)).await;
+                    let _ = reply.send(CommandReply { refused, status: self.status.clone() });
+                }
+                _ = stop.changed() => break,
+            }
+        }
+        self.note("stopping: processes and gateway".into());
+        self.canary.stop().await;
+        self.stable.stop().await;
+        self.gateway.shutdown().await;
+    }
+
+    async fn analyse(&mut self) {
+        let Some(since) = self.canary_since else {
+            return;
+        };
+        let started = Timestamp::now();
+        let run = self.analyzer.run(&[], since.elapsed()).await;
+        let _ = self
+            .events
+            .send(RuntimeEvent::Analysis(Box::new(run.clone())));
+        let input = Input::Analysis {
+            verdict: run.verdict,
+            measurements: run.measurements,
+            started,
+        };
+        self.feed(input).await;
+    }
+
+    fn note(&self, s: String) {
+        tracing::info!("{s}");
+        let _ = self.events.send(RuntimeEvent::Note(s));
+    }
+
+    /// Runs the engine on one input; records the status, then carries out the actions.
+    async fn feed(&mut self, input: Input) -> Option<String> {
+        let mut queue = vec![input];
+        let mut refused = None;
+        while let Some(input) = queue.pop() {
+            let d = engine::step(&self.spec, &self.status, &input, Timestamp::now());
+            if let (Input::Command(_), Some(r)) = (&input, &d.refused) {
+                refused = Some(r.clone());
+            }
+            if d.status != self.status {
+                if let Err(e) = self.state.save_status(&d.status) {
+                    self.note(format!("could not record the status: {e}"));
+                }
+                self.status = d.status;
+                self.view.send_modify(|v| v.status = self.status.clone());
+                let _ = self
+                    .events
+                    .send(RuntimeEvent::Status(Box::new(self.status.clone())));
+            }
+            for action in d.actions {
+                if let Err(reason) = self.apply(action).await {
+                    // A canary that cannot start is rolled back like any other failure.
+                    queue.push(Input::Command(Command::Abort { reason }));
+                    break;
+                }
+            }
+        }
+        refused
+    }
+
+    async fn apply(&mut self, action: Action) -> Result<(), String> {
+        match action {
+            Action::StartCanary { revision } => {
+                self.canary
+                    .start(&self.local, &revision)
+                    .await
+                    .map_err(|e| format!("canary did not start: {e}"))?;
+                wait_live(&self.gateway, "canary", self.local.replicas as usize).await?;
+                self.canary_since = Some(Instant::now());
+                self.note(format!(
+                    "canary {revision} running on {}",
+                    self.canary.endpoints().join(", ")
+                ));
+            }
+            Action::SetCanaryWeight(w) => {
+                self.gateway
+                    .control()
+                    .update(|s| s.weights = vec![w.complement(), w]);
+                let _ = self.events.send(RuntimeEvent::Weight {
+                    canary: w,
+                    at: Instant::now(),
+                });
+                self.note(format!("weights: stable {}%, canary {w}%", w.complement()));
+            }
+            Action::DeployStable { revision } => {
+                self.stable
+                    .start(&self.local, &revision)
+                    .await
+                    .map_err(|e| format!("new stable did not start: {e}"))?;
+                wait_live(&self.gateway, "stable", self.local.replicas as usize).await?;
+                self.note(format!("stable now runs {revision}"));
+            }
+            Action::StopCanary => {
+                self.canary.stop().await;
+                self.canary_since = None;
+            }
+            Action::Event {
+                warning,
+                reason,
+                message,
+            } => {
+                let level = if warning { "Warning" } else { "Normal" };
+                self.note(format!("{level} {reason}: {message}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The service name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}

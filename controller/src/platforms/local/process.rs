@@ -1,0 +1,199 @@
+//! The processes of one pool (stable or canary): started from the manifest's `local`
+//! command with the revision substituted, checked for readiness, stopped with SIGTERM.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::process::{Child, Command};
+use zdeploy_api::service::LocalRun;
+
+/// How long a process has to accept connections on its port.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a process has to exit after SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+
+/// One pool of processes on fixed ports.
+pub struct Pool {
+    /// `stable` or `canary`.
+    pub name: String,
+    ports: Vec<u16>,
+    children: Vec<Option<Child>>,
+    /// The revision (image) running, if any.
+    pub revision: Option<String>,
+    logs: Vec<PathBuf>,
+}
+
+/// The tag of an image reference (`registry:5000/echo:2.1` gives `2.1`), or the whole of it.
+pub fn tag_of(image: &str) -> &str {
+    let name_start = image.rfind('/').map_or(0, |i| i + 1);
+    match image[name_start..].rfind(':') {
+        Some(i) => &image[name_start + i + 1..],
+        None => image,
+    }
+}
+
+impl Pool {
+    /// A stopped pool on `ports`, logging to `logs`.
+    pub fn new(name: &str, ports: Vec<u16>, logs: Vec<PathBuf>) -> Self {
+        let children = ports.iter().map(|_| None).collect();
+        Self {
+            name: name.to_string(),
+            ports,
+            children,
+            revision: None,
+            logs,
+        }
+    }
+
+    /// The ZeroMQ endpoints of the pool's processes.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|p| format!("tcp://127.0.0.1:{p}"))
+            .collect()
+    }
+
+    fn command(&self, local: &LocalRun, image: &str, port: u16) -> Result<Command, String> {
+        let fill = |arg: &str| {
+            arg.replace("{{revision}}", tag_of(image))
+                .replace("{{image}}", image)
+                .replace("{{port}}", &port.to_string())
+                .replace("{{endpoint}}", &format!("tcp://127.0.0.1:{port}"))
+        };
+        let program = local.command.first().ok_or("spec.local.command is empty")?;
+        // `zdeploy` means this very binary, wherever it is installed.
+        let program = if program == "zdeploy" {
+            std::env::current_exe().map_err(|e| format!("locating zdeploy: {e}"))?
+        } else {
+            PathBuf::from(fill(program))
+        };
+        let mut cmd = Command::new(program);
+        cmd.args(local.command[1..].iter().map(|a| fill(a)));
+        cmd.envs(local.env.iter().map(|(k, v)| (k, fill(v))));
+        cmd.env("ZDEPLOY_POOL", &self.name)
+            .env("ZDEPLOY_REVISION", tag_of(image));
+        Ok(cmd)
+    }
+
+    /// Starts every process with `image` and waits until each accepts connections.
+    pub async fn start(&mut self, local: &LocalRun, image: &str) -> Result<(), String> {
+        self.stop().await;
+        for i in 0..self.ports.len() {
+            self.spawn(local, image, i)?;
+        }
+        self.revision = Some(image.to_string());
+        let deadline = Instant::now() + READY_TIMEOUT;
+        for i in 0..self.ports.len() {
+            loop {
+                if let Some(Some(c)) = self.children.get_mut(i)
+                    && let Ok(Some(status)) = c.try_wait()
+                {
+                    let log = self.logs[i].display();
+                    return Err(format!(
+                        "{} process {i} ({image}) exited with {status} before it was ready; see {log}",
+                        self.name
+                    ));
+                }
+                if tokio::net::TcpStream::connect(("127.0.0.1", self.ports[i]))
+                    .await
+                    .is_ok()
+                {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(format!(
+                        "{} process {i} ({image}) did not listen on port {} within {READY_TIMEOUT:?}",
+                        self.name, self.ports[i]
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Ok(())
+    }
+
+    fn spawn(&mut self, local: &LocalRun, image: &str, i: usize) -> Result<(), String> {
+        let mut cmd = self.command(local, image, self.ports[i])?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.logs[i])
+            .map_err(|e| format!("opening {}: {e}", self.logs[i].display()))?;
+        let err = log.try_clone().map_err(|e| e.to_string())?;
+        cmd.stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .kill_on_drop(true);
+        // If zdeploy itself dies (even by SIGKILL), the kernel stops its children too.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("starting {:?}: {e}", local.command))?;
+        self.children[i] = Some(child);
+        Ok(())
+    }
+
+    /// Restarts processes that exited on their own; returns a line per restart.
+    pub fn restart_exited(&mut self, local: &LocalRun) -> Vec<String> {
+        let Some(image) = self.revision.clone() else {
+            return Vec::new();
+        };
+        let mut notes = Vec::new();
+        for i in 0..self.children.len() {
+            let exited = match self.children[i].as_mut() {
+                Some(c) => c.try_wait().ok().flatten(),
+                None => None,
+            };
+            if let Some(status) = exited {
+                let outcome = match self.spawn(local, &image, i) {
+                    Ok(()) => "restarted".to_string(),
+                    Err(e) => format!("could not restart: {e}"),
+                };
+                notes.push(format!(
+                    "{} process {i} ({image}) exited with {status}; {outcome}",
+                    self.name
+                ));
+            }
+        }
+        notes
+    }
+
+    /// Stops every process: SIGTERM, then SIGKILL after a grace period.
+    pub async fn stop(&mut self) {
+        for c in self.children.iter().flatten() {
+            if let Some(pid) = c.id() {
+                // SAFETY: kill(2) on a pid of our own child.
+                unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            }
+        }
+        for slot in &mut self.children {
+            if let Some(mut c) = slot.take()
+                && tokio::time::timeout(STOP_GRACE, c.wait()).await.is_err()
+            {
+                let _ = c.kill().await;
+            }
+        }
+        self.revision = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags() {
+        assert_eq!(tag_of("registry.example.com:5000/trading/echo:2.1"), "2.1");
+        assert_eq!(tag_of("echo"), "echo");
+        assert_eq!(tag_of("localhost:5000/echo"), "localhost:5000/echo");
+        assert_eq!(tag_of("echo:1.1+errors=0.2"), "1.1+errors=0.2");
+    }
+}

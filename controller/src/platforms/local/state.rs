@@ -1,0 +1,119 @@
+//! The local state directory of one service: its recorded status (so a restarted
+//! `zdeploy up` resumes), its ports, the admin API address and the token that guards it.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use zdeploy_api::ZmqServiceStatus;
+
+/// Ports given to one service's processes; kept so a restart reuses them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ports {
+    /// One port per stable process.
+    pub stable: Vec<u16>,
+    /// One port per canary process.
+    pub canary: Vec<u16>,
+}
+
+/// `<root>/<service>/`: status.json, ports.json, token, endpoint, logs/.
+#[derive(Clone, Debug)]
+pub struct StateDir {
+    dir: PathBuf,
+}
+
+fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    // Rename is atomic: a crash leaves the old file or the new one, never half of one.
+    std::fs::rename(tmp, path)
+}
+
+impl StateDir {
+    /// The state directory of `service` under `root`, created private to this user.
+    pub fn open(root: &Path, service: &str) -> std::io::Result<Self> {
+        let dir = root.join(service);
+        std::fs::create_dir_all(dir.join("logs"))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        Ok(Self { dir })
+    }
+
+    /// The state directory of `service`, only if `zdeploy up` created it.
+    pub fn existing(root: &Path, service: &str) -> Option<Self> {
+        let dir = root.join(service);
+        dir.join("status.json").exists().then_some(Self { dir })
+    }
+
+    /// The directory itself.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The recorded status, if any.
+    pub fn load_status(&self) -> std::io::Result<Option<ZmqServiceStatus>> {
+        match std::fs::read(self.dir.join("status.json")) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(std::io::Error::other),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Records the status (atomically).
+    pub fn save_status(&self, status: &ZmqServiceStatus) -> std::io::Result<()> {
+        let bytes = serde_json::to_vec_pretty(status).map_err(std::io::Error::other)?;
+        write_atomic(&self.dir.join("status.json"), &bytes, 0o600)
+    }
+
+    /// The recorded ports, if any.
+    pub fn load_ports(&self) -> Option<Ports> {
+        serde_json::from_slice(&std::fs::read(self.dir.join("ports.json")).ok()?).ok()
+    }
+
+    /// Records the ports.
+    pub fn save_ports(&self, ports: &Ports) -> std::io::Result<()> {
+        let bytes = serde_json::to_vec(ports).map_err(std::io::Error::other)?;
+        write_atomic(&self.dir.join("ports.json"), &bytes, 0o600)
+    }
+
+    /// The admin token, created (32 random bytes, hex, mode 0600) on first use.
+    pub fn token(&self) -> std::io::Result<String> {
+        let path = self.dir.join("token");
+        if let Ok(t) = std::fs::read_to_string(&path) {
+            return Ok(t.trim().to_string());
+        }
+        let mut raw = [0u8; 32];
+        std::fs::File::open("/dev/urandom")?.read_exact(&mut raw)?;
+        let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        write_atomic(&path, token.as_bytes(), 0o600)?;
+        Ok(token)
+    }
+
+    /// Records where the admin API listens.
+    pub fn save_endpoint(&self, url: &str) -> std::io::Result<()> {
+        write_atomic(&self.dir.join("endpoint"), url.as_bytes(), 0o600)
+    }
+
+    /// Where the admin API listens, if `zdeploy up` recorded it.
+    pub fn endpoint(&self) -> Option<String> {
+        std::fs::read_to_string(self.dir.join("endpoint"))
+            .ok()
+            .map(|s| s.trim().to_string())
+    }
+
+    /// The log file of one process.
+    pub fn log_path(&self, pool: &str, index: usize) -> PathBuf {
+        self.dir.join("logs").join(format!("{pool}-{index}.log"))
+    }
+}
