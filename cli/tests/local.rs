@@ -1,0 +1,146 @@
+//! `zdeploy up` with a service that is not the bundled one (a pyzmq script), driven by the
+//! CLI verbs from other processes; and a restart in the middle of a rollout.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use support::{Proc, client, python, root};
+
+fn manifest(dir: &Path, name: &str, steps: &str) -> PathBuf {
+    let text = format!(
+        "apiVersion: zdeploy.io/v1alpha1
+kind: ZmqService
+metadata: {{name: {name}}}
+spec:
+  windows: {{build: \"2022\"}}
+  template: {{spec: {{containers: [{{name: svc, image: \"example.com/quotes:v1\"}}]}}}}
+  zmq: {{port: 7000, requestTimeout: 2s}}
+  strategy:
+    canary:
+      steps: {steps}
+      analysis:
+        interval: 500ms
+        minSamples: 1000000
+        inconclusiveLimit: 1000000
+  local:
+    command: [\"{python}\", \"{peer}\", rep, --bind, \"{{{{endpoint}}}}\", --name, \"{{{{revision}}}}\"]
+",
+        python = python().display(),
+        peer = root().join("tests/peers/zmq_peer.py").display(),
+    );
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn tempdir(tag: &str) -> PathBuf {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let d = std::env::temp_dir().join(format!("zdeploy-{tag}-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+struct Up {
+    proc: Proc,
+    frontend: String,
+}
+
+fn up(file: &Path, state: &Path) -> Up {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_zdeploy"));
+    cmd.args(["up", "-f", file.to_str().unwrap(), "--frontend", "tcp://127.0.0.1:*", "--state-dir", state.to_str().unwrap()]);
+    let proc = Proc::start(cmd, "zdeploy up:");
+    let frontend = proc.ready.split_whitespace().skip_while(|w| *w != "frontend").nth(1).unwrap().to_string();
+    Up { proc, frontend }
+}
+
+/// Runs a CLI verb as its own process; returns exit code and stdout.
+fn zdeploy(state: &Path, args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_zdeploy")).args(args).args(["--state-dir", state.to_str().unwrap()]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !stderr.is_empty() {
+        eprintln!("zdeploy {args:?}: {stderr}");
+    }
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn status(state: &Path, name: &str) -> serde_json::Value {
+    let (code, out) = zdeploy(state, &["status", name, "-o", "json"]);
+    assert_eq!(code, 0, "{out}");
+    serde_json::from_str(&out).unwrap()
+}
+
+fn replies_by_revision(frontend: &str, n: u32) -> serde_json::Value {
+    let r = client(&["dealer", "--connect", frontend, "--count", &n.to_string(), "--pipeline", "20"]);
+    assert_eq!(r["received"], n, "{r}");
+    r["by_first_word"].clone()
+}
+
+#[test]
+fn rollout_then_rollback_from_other_processes() {
+    let dir = tempdir("up");
+    let file = manifest(&dir, "quotes", "[{setWeight: 20}, {pause: {}}]");
+    let state = dir.join("state");
+    let up = up(&file, &state);
+    assert_eq!(replies_by_revision(&up.frontend, 200)["OK v1"], 200);
+
+    let (code, out) = zdeploy(&state, &["rollout", "quotes", "--image", "example.com/quotes:v2"]);
+    assert_eq!(code, 0, "{out}");
+    let s = status(&state, "quotes");
+    assert_eq!(s["status"]["phase"], "Paused", "{s}");
+    assert_eq!(s["status"]["canaryWeight"], 20);
+    assert_eq!(s["status"]["canaryRevision"], "example.com/quotes:v2");
+    let split = replies_by_revision(&up.frontend, 1000);
+    assert_eq!((split["OK v1"].as_u64(), split["OK v2"].as_u64()), (Some(800), Some(200)), "{split}");
+
+    // A second rollout while one is under way is refused, with the reason.
+    let (code, _) = zdeploy(&state, &["rollout", "quotes", "--image", "example.com/quotes:v3"]);
+    assert_eq!(code, 1);
+
+    let (code, out) = zdeploy(&state, &["rollback", "quotes", "--reason", "on-call says no"]);
+    assert_eq!(code, 0, "{out}");
+    let s = status(&state, "quotes");
+    assert_eq!(s["status"]["phase"], "RolledBack");
+    assert_eq!(s["status"]["canaryWeight"], 0);
+    assert_eq!(replies_by_revision(&up.frontend, 300)["OK v1"], 300, "all traffic back on stable");
+
+    let (code, out) = zdeploy(&state, &["history", "quotes", "-o", "json"]);
+    assert_eq!(code, 0);
+    let history: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(history[0]["revision"], "example.com/quotes:v2");
+    assert_eq!(history[0]["outcome"], "RolledBack");
+    assert!(history[0]["reason"].as_str().unwrap().contains("on-call says no"));
+    drop(up);
+}
+
+#[test]
+fn a_killed_zdeploy_up_resumes_the_same_step() {
+    let dir = tempdir("resume");
+    let file = manifest(&dir, "ticks", "[{setWeight: 30}, {pause: {}}, {setWeight: 60}]");
+    let state = dir.join("state");
+    let mut first = up(&file, &state);
+    let (code, out) = zdeploy(&state, &["rollout", "ticks", "--image", "example.com/ticks:v2"]);
+    assert_eq!(code, 0, "{out}");
+    let before = status(&state, "ticks")["status"].clone();
+    assert_eq!(before["currentStep"], 1);
+
+    first.proc.signal("KILL");
+    first.proc.wait_exit(Duration::from_secs(5));
+    drop(first);
+    // Its children die with it (PR_SET_PDEATHSIG), freeing their ports for the restart.
+    let second = up(&file, &state);
+    let after = status(&state, "ticks")["status"].clone();
+    assert_eq!(after["currentStep"], before["currentStep"]);
+    assert_eq!(after["phase"], "Paused");
+    assert_eq!(after["canaryWeight"], 30);
+    assert_eq!(after["canaryRevision"], "example.com/ticks:v2");
+    let split = replies_by_revision(&second.frontend, 1000);
+    assert_eq!((split["OK v1"].as_u64(), split["OK v2"].as_u64()), (Some(700), Some(300)), "{split}");
+
+    // And it goes on from there: promote moves to the next step.
+    let (code, out) = zdeploy(&state, &["promote", "ticks"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(status(&state, "ticks")["status"]["canaryWeight"], 60);
+}
