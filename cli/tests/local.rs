@@ -37,7 +37,10 @@ spec:
 }
 
 fn tempdir(tag: &str) -> PathBuf {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
     let d = std::env::temp_dir().join(format!("zdeploy-{tag}-{}-{nanos}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
     d
@@ -50,20 +53,41 @@ struct Up {
 
 fn up(file: &Path, state: &Path) -> Up {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_zdeploy"));
-    cmd.args(["up", "-f", file.to_str().unwrap(), "--frontend", "tcp://127.0.0.1:*", "--state-dir", state.to_str().unwrap()]);
+    cmd.args([
+        "up",
+        "-f",
+        file.to_str().unwrap(),
+        "--frontend",
+        "tcp://127.0.0.1:*",
+        "--state-dir",
+        state.to_str().unwrap(),
+    ]);
     let proc = Proc::start(cmd, "zdeploy up:");
-    let frontend = proc.ready.split_whitespace().skip_while(|w| *w != "frontend").nth(1).unwrap().to_string();
+    let frontend = proc
+        .ready
+        .split_whitespace()
+        .skip_while(|w| *w != "frontend")
+        .nth(1)
+        .unwrap()
+        .to_string();
     Up { proc, frontend }
 }
 
 /// Runs a CLI verb as its own process; returns exit code and stdout.
 fn zdeploy(state: &Path, args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_zdeploy")).args(args).args(["--state-dir", state.to_str().unwrap()]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_zdeploy"))
+        .args(args)
+        .args(["--state-dir", state.to_str().unwrap()])
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !stderr.is_empty() {
         eprintln!("zdeploy {args:?}: {stderr}");
     }
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
 
 fn status(state: &Path, name: &str) -> serde_json::Value {
@@ -73,7 +97,15 @@ fn status(state: &Path, name: &str) -> serde_json::Value {
 }
 
 fn replies_by_revision(frontend: &str, n: u32) -> serde_json::Value {
-    let r = client(&["dealer", "--connect", frontend, "--count", &n.to_string(), "--pipeline", "20"]);
+    let r = client(&[
+        "dealer",
+        "--connect",
+        frontend,
+        "--count",
+        &n.to_string(),
+        "--pipeline",
+        "20",
+    ]);
     assert_eq!(r["received"], n, "{r}");
     r["by_first_word"].clone()
 }
@@ -86,42 +118,71 @@ fn rollout_then_rollback_from_other_processes() {
     let up = up(&file, &state);
     assert_eq!(replies_by_revision(&up.frontend, 200)["OK v1"], 200);
 
-    let (code, out) = zdeploy(&state, &["rollout", "quotes", "--image", "example.com/quotes:v2"]);
+    let (code, out) = zdeploy(
+        &state,
+        &["rollout", "quotes", "--image", "example.com/quotes:v2"],
+    );
     assert_eq!(code, 0, "{out}");
     let s = status(&state, "quotes");
     assert_eq!(s["status"]["phase"], "Paused", "{s}");
     assert_eq!(s["status"]["canaryWeight"], 20);
     assert_eq!(s["status"]["canaryRevision"], "example.com/quotes:v2");
     let split = replies_by_revision(&up.frontend, 1000);
-    assert_eq!((split["OK v1"].as_u64(), split["OK v2"].as_u64()), (Some(800), Some(200)), "{split}");
+    assert_eq!(
+        (split["OK v1"].as_u64(), split["OK v2"].as_u64()),
+        (Some(800), Some(200)),
+        "{split}"
+    );
 
     // A second rollout while one is under way is refused, with the reason.
-    let (code, _) = zdeploy(&state, &["rollout", "quotes", "--image", "example.com/quotes:v3"]);
+    let (code, _) = zdeploy(
+        &state,
+        &["rollout", "quotes", "--image", "example.com/quotes:v3"],
+    );
     assert_eq!(code, 1);
 
-    let (code, out) = zdeploy(&state, &["rollback", "quotes", "--reason", "on-call says no"]);
+    let (code, out) = zdeploy(
+        &state,
+        &["rollback", "quotes", "--reason", "on-call says no"],
+    );
     assert_eq!(code, 0, "{out}");
     let s = status(&state, "quotes");
     assert_eq!(s["status"]["phase"], "RolledBack");
     assert_eq!(s["status"]["canaryWeight"], 0);
-    assert_eq!(replies_by_revision(&up.frontend, 300)["OK v1"], 300, "all traffic back on stable");
+    assert_eq!(
+        replies_by_revision(&up.frontend, 300)["OK v1"],
+        300,
+        "all traffic back on stable"
+    );
 
     let (code, out) = zdeploy(&state, &["history", "quotes", "-o", "json"]);
     assert_eq!(code, 0);
     let history: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(history[0]["revision"], "example.com/quotes:v2");
     assert_eq!(history[0]["outcome"], "RolledBack");
-    assert!(history[0]["reason"].as_str().unwrap().contains("on-call says no"));
+    assert!(
+        history[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("on-call says no")
+    );
     drop(up);
 }
 
 #[test]
 fn a_killed_zdeploy_up_resumes_the_same_step() {
     let dir = tempdir("resume");
-    let file = manifest(&dir, "ticks", "[{setWeight: 30}, {pause: {}}, {setWeight: 60}]");
+    let file = manifest(
+        &dir,
+        "ticks",
+        "[{setWeight: 30}, {pause: {}}, {setWeight: 60}]",
+    );
     let state = dir.join("state");
     let mut first = up(&file, &state);
-    let (code, out) = zdeploy(&state, &["rollout", "ticks", "--image", "example.com/ticks:v2"]);
+    let (code, out) = zdeploy(
+        &state,
+        &["rollout", "ticks", "--image", "example.com/ticks:v2"],
+    );
     assert_eq!(code, 0, "{out}");
     let before = status(&state, "ticks")["status"].clone();
     assert_eq!(before["currentStep"], 1);
@@ -137,7 +198,11 @@ fn a_killed_zdeploy_up_resumes_the_same_step() {
     assert_eq!(after["canaryWeight"], 30);
     assert_eq!(after["canaryRevision"], "example.com/ticks:v2");
     let split = replies_by_revision(&second.frontend, 1000);
-    assert_eq!((split["OK v1"].as_u64(), split["OK v2"].as_u64()), (Some(700), Some(300)), "{split}");
+    assert_eq!(
+        (split["OK v1"].as_u64(), split["OK v2"].as_u64()),
+        (Some(700), Some(300)),
+        "{split}"
+    );
 
     // And it goes on from there: promote moves to the next step.
     let (code, out) = zdeploy(&state, &["promote", "ticks"]);

@@ -1,0 +1,303 @@
+//! Canary analysis against real Prometheus and Alertmanager processes, with zgate's real
+//! metrics as the scrape target.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::{Alertmanager, Prometheus, Target, analysis};
+use zdeploy_api::service::Verdict;
+use zdeploy_controller::analysis::promql::Target as Who;
+use zdeploy_controller::analysis::webhook::AlertInbox;
+use zdeploy_controller::analysis::{AnalysisRun, Analyzer, Source};
+
+const AGE: Duration = Duration::from_secs(3600);
+
+fn canary(service: &str) -> Who {
+    Who {
+        service: service.into(),
+        namespace: None,
+        pool: "canary".into(),
+    }
+}
+
+/// Runs the analysis until it gives `want` (at most `limit`); returns the last run.
+async fn until(a: &mut Analyzer, want: Verdict, limit: Duration) -> AnalysisRun {
+    let deadline = Instant::now() + limit;
+    loop {
+        let run = a.run(&[], AGE).await;
+        if run.verdict == want || Instant::now() > deadline {
+            return run;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn reasons(run: &AnalysisRun) -> String {
+    run.measurements
+        .iter()
+        .map(|m| format!("{} {:?}: {} [{}]", m.metric, m.verdict, m.reason, m.query))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_healthy_canary_passes_and_the_query_is_shown() {
+    let target = Target::start("echo").await;
+    let _load = target.traffic(1, 100, 0, 0.002);
+    let prom = Prometheus::start(&target.addr, None, None).await;
+    prom.wait_scraped().await;
+    let mut a = Analyzer::new(
+        Source::prometheus(&prom.url),
+        canary("echo"),
+        analysis(20),
+        None,
+    );
+    let run = until(&mut a, Verdict::Pass, Duration::from_secs(20)).await;
+    assert_eq!(run.verdict, Verdict::Pass, "{}", reasons(&run));
+    let m = &run.measurements[0];
+    assert!(
+        m.query.contains(
+            "zgate_requests_total{service=\"echo\",pool=\"canary\",outcome!=\"ok\"}[10s]"
+        ),
+        "{}",
+        m.query
+    );
+    assert_eq!(m.value, Some(0.0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_canary_with_errors_fails() {
+    let target = Target::start("echo").await;
+    let _load = target.traffic(1, 80, 20, 0.002);
+    let prom = Prometheus::start(&target.addr, None, None).await;
+    prom.wait_scraped().await;
+    let mut a = Analyzer::new(
+        Source::prometheus(&prom.url),
+        canary("echo"),
+        analysis(20),
+        None,
+    );
+    let run = until(&mut a, Verdict::Fail, Duration::from_secs(20)).await;
+    assert_eq!(run.verdict, Verdict::Fail, "{}", reasons(&run));
+    let ratio = run.measurements[0].value.unwrap();
+    assert!((0.15..0.25).contains(&ratio), "error ratio {ratio}");
+    assert!(
+        run.measurements[0]
+            .reason
+            .contains("above the maximum 0.01")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn too_few_requests_and_no_series_are_inconclusive_not_failures() {
+    let target = Target::start("echo").await;
+    // One request in two seconds, all errors: far too few to judge.
+    let _trickle = target.traffic(1, 0, 1, 0.002);
+    let prom = Prometheus::start(&target.addr, None, None).await;
+    prom.wait_scraped().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut a = Analyzer::new(
+        Source::prometheus(&prom.url),
+        canary("echo"),
+        analysis(20),
+        None,
+    );
+    let run = a.run(&[], AGE).await;
+    assert_eq!(run.verdict, Verdict::Inconclusive, "{}", reasons(&run));
+    assert!(
+        run.measurements[0]
+            .reason
+            .contains("canary requests in the window, 20 needed"),
+        "{}",
+        reasons(&run)
+    );
+
+    let mut none = Analyzer::new(
+        Source::prometheus(&prom.url),
+        canary("no-such-service"),
+        analysis(0),
+        None,
+    );
+    let run = none.run(&[], AGE).await;
+    assert_eq!(run.verdict, Verdict::Inconclusive, "{}", reasons(&run));
+    assert!(
+        run.measurements[0].reason.contains("no data"),
+        "{}",
+        reasons(&run)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_firing_alert_for_the_canary_fails_the_analysis() {
+    let target = Target::start("echo").await;
+    let _load = target.traffic(1, 50, 50, 0.002);
+    let rules = "groups:\n  - name: fast\n    rules:\n      - alert: CanaryErrorsNow\n        expr: sum by (service, pool) (rate(zgate_requests_total{pool=\"canary\",outcome!=\"ok\"}[4s])) > 0\n        annotations: {runbook_url: 'https://example.com/runbooks/canary-error-ratio-high.md'}\n";
+    let prom = Prometheus::start(&target.addr, Some(rules), None).await;
+    prom.wait_scraped().await;
+    // Only the alert can fail this analysis: the thresholds are out of reach.
+    let mut lenient = analysis(0);
+    lenient.metrics.iter_mut().for_each(|m| m.max = Some(1e9));
+    let mut a = Analyzer::new(Source::prometheus(&prom.url), canary("echo"), lenient, None);
+    let run = until(&mut a, Verdict::Fail, Duration::from_secs(20)).await;
+    assert_eq!(run.verdict, Verdict::Fail, "{}", reasons(&run));
+    let alert = run
+        .measurements
+        .iter()
+        .find(|m| m.metric == "alert:CanaryErrorsNow")
+        .expect("alert measurement");
+    assert!(
+        alert
+            .reason
+            .contains("runbook https://example.com/runbooks/canary-error-ratio-high.md")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_alertmanager_webhook_fails_the_analysis() {
+    let target = Target::start("echo").await;
+    let _load = target.traffic(1, 50, 50, 0.002);
+    let inbox = Arc::new(AlertInbox::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/alertmanager", listener.local_addr().unwrap());
+    let router = zdeploy_controller::analysis::webhook::router(inbox.clone(), "hook-token".into());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let am = Alertmanager::start(&hook, "hook-token").await;
+    let rules = "groups:\n  - name: fast\n    rules:\n      - alert: CanaryErrorsNow\n        expr: sum by (service, pool) (rate(zgate_requests_total{pool=\"canary\",outcome!=\"ok\"}[4s])) > 0\n";
+    let prom = Prometheus::start(&target.addr, Some(rules), Some(&am.addr)).await;
+    prom.wait_scraped().await;
+    tokio::time::timeout(Duration::from_secs(30), inbox.notify.notified())
+        .await
+        .expect("Alertmanager called the webhook");
+    // The analysis here scrapes nothing that could fail: only the pushed alert can.
+    let mut a = Analyzer::new(
+        Source::scrape(&format!("http://{}/metrics", target.addr)),
+        canary("echo"),
+        analysis(1_000_000),
+        Some(inbox),
+    );
+    let run = a.run(&[], AGE).await;
+    assert_eq!(run.verdict, Verdict::Fail, "{}", reasons(&run));
+    let pushed = run
+        .measurements
+        .iter()
+        .find(|m| m.metric == "alert:CanaryErrorsNow")
+        .expect("pushed alert");
+    assert_eq!(pushed.query, "Alertmanager webhook");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_webhook_refuses_a_wrong_token() {
+    let inbox = Arc::new(AlertInbox::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/alertmanager", listener.local_addr().unwrap());
+    let router = zdeploy_controller::analysis::webhook::router(inbox.clone(), "right".into());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    zdeploy_controller::tls::install_ring_provider();
+    let body = r#"{"alerts":[{"status":"firing","labels":{"alertname":"X","service":"echo","pool":"canary"}}]}"#;
+    let http = reqwest::Client::new();
+    let wrong = http
+        .post(&url)
+        .bearer_auth("wrong")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    assert!(inbox.take_matching("echo", None, "canary").is_empty());
+    let right = http
+        .post(&url)
+        .bearer_auth("right")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(right.status(), 200);
+    assert_eq!(inbox.take_matching("echo", None, "canary").len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_source_that_fails_is_inconclusive_never_a_pass() {
+    let down = format!("http://127.0.0.1:{}", support::free_port());
+    let mut a = Analyzer::new(Source::prometheus(&down), canary("echo"), analysis(0), None);
+    let run = a.run(&[], AGE).await;
+    assert_eq!(run.verdict, Verdict::Inconclusive, "{}", reasons(&run));
+    assert!(
+        run.measurements[0].reason.contains("unreachable"),
+        "{}",
+        reasons(&run)
+    );
+
+    // Something that answers, but not Prometheus' API (HTML, 500s): also inconclusive.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let router = axum::Router::new()
+        .route(
+            "/api/v1/query",
+            axum::routing::get(|| async { "<html>login</html>" }),
+        )
+        .route(
+            "/metrics",
+            axum::routing::get(|| async {
+                (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "boom")
+            }),
+        );
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let mut garbage = Analyzer::new(Source::prometheus(&url), canary("echo"), analysis(0), None);
+    let run = garbage.run(&[], AGE).await;
+    assert_eq!(run.verdict, Verdict::Inconclusive, "{}", reasons(&run));
+    assert!(
+        run.measurements[0].reason.contains("not its API"),
+        "{}",
+        reasons(&run)
+    );
+    let mut scrape = Analyzer::new(
+        Source::scrape(&format!("{url}/metrics")),
+        canary("echo"),
+        analysis(0),
+        None,
+    );
+    let run = scrape.run(&[], AGE).await;
+    assert_eq!(run.verdict, Verdict::Inconclusive, "{}", reasons(&run));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hostile_service_name_cannot_inject_promql() {
+    let target = Target::start("echo").await;
+    let prom = Prometheus::start(&target.addr, None, None).await;
+    prom.wait_scraped().await;
+    let hostile = "echo\"} or vector(1) or up{x=\"";
+    // Unescaped, this name would turn the query into one that always returns 1.
+    let raw = format!("sum(up{{service=\"{hostile}\"}})");
+    let client = zdeploy_controller::analysis::prometheus::Prometheus::new(
+        &prom.url,
+        Duration::from_secs(5),
+    );
+    let attacked = client.query(&raw).await.unwrap();
+    assert!(
+        attacked.is_some_and(|v| v >= 1.0),
+        "unescaped, the name injects a series: {attacked:?}"
+    );
+    let mut spec = analysis(0);
+    spec.metrics.truncate(1);
+    spec.metrics[0].builtin = None;
+    spec.metrics[0].query = Some("sum(up{service=\"{{service}}\"})".into());
+    spec.metrics[0].max = Some(0.5);
+    let mut a = Analyzer::new(Source::prometheus(&prom.url), canary(hostile), spec, None);
+    let run = a.run(&[], AGE).await;
+    let m = &run.measurements[0];
+    assert!(
+        m.query
+            .contains("service=\"echo\\\"} or vector(1) or up{x=\\\"\""),
+        "{}",
+        m.query
+    );
+    assert_eq!(
+        m.value,
+        None,
+        "the injected vector(1) was evaluated: {}",
+        reasons(&run)
+    );
+    assert_eq!(m.verdict, Verdict::Inconclusive);
+}
