@@ -68,17 +68,16 @@ impl Exposition {
     }
 
     /// Samples named `name` whose labels include every pair in `matching`.
-    pub fn select<'a>(
-        &'a self,
-        name: &'a str,
-        matching: &'a [(&'a str, &'a str)],
-    ) -> impl Iterator<Item = &'a Sample> + 'a {
-        self.samples.iter().filter(move |s| {
-            s.name == name
-                && matching
-                    .iter()
-                    .all(|(k, v)| s.labels.get(*k).is_some_and(|x| x == v))
-        })
+    pub fn select(&self, name: &str, matching: &[(&str, &str)]) -> Vec<&Sample> {
+        self.samples
+            .iter()
+            .filter(|s| {
+                s.name == name
+                    && matching
+                        .iter()
+                        .all(|(k, v)| s.labels.get(*k).is_some_and(|x| x == v))
+            })
+            .collect()
     }
 }
 

@@ -43,7 +43,7 @@ impl ScrapeHistory {
         let increase = |name: &str, extra: Option<(&str, &str)>| -> f64 {
             let mut m = labels.clone();
             m.extend(extra);
-            let total = |e: &Exposition| e.select(name, &m).map(|s| s.value).sum::<f64>();
+            let total = |e: &Exposition| e.select(name, &m).iter().map(|s| s.value).sum::<f64>();
             let (a, b) = (total(first), total(last));
             // A counter that went down was reset (gateway restart): count from zero.
             if b < a { b } else { b - a }
@@ -88,6 +88,7 @@ fn bucket_increases(
     let name = "zgate_request_duration_seconds_bucket";
     let mut out: Vec<(f64, f64)> = last
         .select(name, labels)
+        .into_iter()
         .filter_map(|s| {
             let le = s.labels.get("le")?;
             let bound = if le == "+Inf" {
@@ -97,6 +98,7 @@ fn bucket_increases(
             };
             let before = first
                 .select(name, labels)
+                .into_iter()
                 .find(|p| p.labels.get("le") == Some(le))
                 .map_or(0.0, |p| p.value);
             let inc = if s.value < before {
