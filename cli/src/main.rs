@@ -1,5 +1,6 @@
 //! `zdeploy`: one binary for every role (CLI verbs, local runtime, gateway, demo).
 
+mod analyze;
 mod demo;
 mod gateway;
 mod local;
@@ -150,6 +151,11 @@ enum Command {
         #[arg(short, long, value_enum, default_value_t)]
         output: Output,
     },
+    /// Run a service's canary analysis once and show every query, value and verdict.
+    #[command(
+        after_help = "Exit status: 0 pass, 1 fail, 2 inconclusive (or no answer from the source).\n\nExamples:\n  zdeploy analyze -f manifests/examples/echo.yaml --prometheus http://prometheus:9090 -n trading\n  zdeploy analyze -f manifests/examples/echo.yaml --scrape http://127.0.0.1:9464/metrics -o json"
+    )]
+    Analyze(analyze::Args),
     /// Check ZmqService and ChaosSchedule manifests; exit 0 when valid, 1 when not.
     #[command(
         after_help = "Examples:\n  zdeploy validate -f manifests/examples/echo.yaml\n  zdeploy validate -f manifests/examples/\n  cat echo.yaml | zdeploy validate -f - -o json"
@@ -249,6 +255,7 @@ fn main() -> ExitCode {
         } => ok(runtime().block_on(local::history(&state, &name, output))),
         Command::Gateway(args) => ok(runtime().block_on(gateway::run(&args))),
         Command::Validate(args) => validate::run(&args),
+        Command::Analyze(args) => runtime().block_on(analyze::run(&args)),
         Command::Crds => {
             print!("{}", zdeploy_api::crd::crds_yaml());
             Ok(ExitCode::SUCCESS)

@@ -1,0 +1,99 @@
+//! `zdeploy analyze`: runs a service's analysis once, now, and shows every measurement
+//! with the query that was actually run. Exit 0 pass, 1 fail, 2 inconclusive.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use zdeploy_api::service::Verdict;
+use zdeploy_controller::analysis::promql::Target;
+use zdeploy_controller::analysis::{Analyzer, Source};
+
+use crate::Output;
+
+/// Arguments of `zdeploy analyze`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The ZmqService manifest whose analysis to run.
+    #[arg(short = 'f', long = "filename")]
+    file: PathBuf,
+    /// Query this Prometheus (built-in and PromQL metrics, firing alerts).
+    #[arg(long, conflicts_with = "scrape", required_unless_present = "scrape")]
+    prometheus: Option<String>,
+    /// Scrape this zgate `/metrics` URL twice, `--over` apart (built-in metrics only).
+    #[arg(long)]
+    scrape: Option<String>,
+    /// Time between the two scrapes.
+    #[arg(long, default_value = "5s")]
+    over: zdeploy_api::Duration,
+    /// Namespace label to select (leave out when zgate's metrics carry none).
+    #[arg(short, long)]
+    namespace: Option<String>,
+    /// Pool to judge.
+    #[arg(long, default_value = "canary")]
+    pool: String,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t)]
+    output: Output,
+}
+
+/// Runs the analysis once.
+pub async fn run(args: &Args) -> anyhow::Result<ExitCode> {
+    let svc = crate::local::load_service(&args.file)?;
+    let name = kube::ResourceExt::name_any(&svc);
+    let target = Target {
+        service: name,
+        namespace: args.namespace.clone(),
+        pool: args.pool.clone(),
+    };
+    let spec = svc.spec.strategy.canary.analysis.clone();
+    let (source, age) = match (&args.prometheus, &args.scrape) {
+        (Some(url), _) => (
+            Source::prometheus(url),
+            Duration::from_secs(365 * 24 * 3600),
+        ),
+        (None, Some(url)) => (
+            Source::scrape(url),
+            args.over.get() + Duration::from_millis(100),
+        ),
+        (None, None) => unreachable!("clap requires one source"),
+    };
+    let mut analyzer = Analyzer::new(source, target, spec, None);
+    if args.scrape.is_some() {
+        if let Err(e) = analyzer.observe().await {
+            anyhow::bail!("{e}");
+        }
+        eprintln!("scraped once; measuring again in {}", args.over);
+        tokio::time::sleep(args.over.get()).await;
+    }
+    let run = analyzer.run(&[], age).await;
+    match args.output {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"verdict": run.verdict, "measurements": run.measurements})
+            )?
+        ),
+        Output::Text => {
+            for m in &run.measurements {
+                let value = m
+                    .value
+                    .map(|v| format!("{v:.6}"))
+                    .unwrap_or_else(|| "-".into());
+                println!(
+                    "{:<16} {:<13} value {value}\n  query:  {}\n  reason: {}",
+                    m.metric,
+                    format!("{:?}", m.verdict).to_lowercase(),
+                    m.query,
+                    m.reason
+                );
+            }
+            println!("verdict: {}", format!("{:?}", run.verdict).to_lowercase());
+        }
+    }
+    Ok(ExitCode::from(match run.verdict {
+        Verdict::Pass => 0,
+        Verdict::Fail => 1,
+        Verdict::Inconclusive => 2,
+    }))
+}
