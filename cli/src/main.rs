@@ -4,6 +4,7 @@ mod analyze;
 mod demo;
 mod gateway;
 mod local;
+mod runbook;
 mod signals;
 mod validate;
 
@@ -169,7 +170,10 @@ enum Command {
     /// Print the CustomResourceDefinitions generated from zdeploy's types.
     #[command(after_help = "Example:\n  zdeploy crds | kubectl apply -f -")]
     Crds,
-    /// The example service and load generator the demo uses.
+    /// On-call runbooks: list, show, lint, run a step.
+    #[command(subcommand)]
+    Runbook(runbook::RunbookCommand),
+    /// The example service the demo uses.
     #[command(subcommand)]
     Example(Example),
 }
@@ -261,6 +265,7 @@ fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }
         Command::Example(Example::Echo(args)) => ok(demo::echo::run(&args)),
+        Command::Runbook(cmd) => runbook::run(&cmd),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");

@@ -25,6 +25,8 @@ spec:
         interval: 500ms
         minSamples: 1000000
         inconclusiveLimit: 1000000
+  runbooks:
+    - {{id: canary-error-ratio-high, alerts: [CanaryErrorRateHigh]}}
   local:
     command: [\"{python}\", \"{peer}\", rep, --bind, \"{{{{endpoint}}}}\", --name, \"{{{{revision}}}}\"]
 ",

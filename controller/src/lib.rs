@@ -4,4 +4,5 @@
 pub mod analysis;
 pub mod engine;
 pub mod platforms;
+pub mod runbooks;
 pub mod tls;

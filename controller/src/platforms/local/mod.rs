@@ -382,7 +382,8 @@ impl Runtime {
         let mut queue = vec![input];
         let mut refused = None;
         while let Some(input) = queue.pop() {
-            let d = engine::step(&self.spec, &self.status, &input, Timestamp::now());
+            let mut d = engine::step(&self.spec, &self.status, &input, Timestamp::now());
+            crate::runbooks::pin_in(&mut d.status, &mut d.actions);
             if let (Input::Command(_), Some(r)) = (&input, &d.refused) {
                 refused = Some(r.clone());
             }
