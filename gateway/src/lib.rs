@@ -142,6 +142,13 @@ impl Gateway {
         })
     }
 
+    /// Requests forwarded to `pool` and not answered yet.
+    pub fn in_flight(&self, pool: &str) -> i64 {
+        self.control
+            .pool_index(pool)
+            .map_or(0, |i| self.metrics.pools[i].in_flight.get())
+    }
+
     /// The metrics in the Prometheus text format.
     pub fn encode_metrics(&self) -> String {
         self.metrics.encode()

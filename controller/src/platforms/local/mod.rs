@@ -433,6 +433,7 @@ impl Runtime {
                 self.note(format!("weights: stable {}%, canary {w}%", w.complement()));
             }
             Action::DeployStable { revision } => {
+                self.drain("stable").await;
                 self.stable
                     .start(&self.local, &revision)
                     .await
@@ -441,6 +442,7 @@ impl Runtime {
                 self.note(format!("stable now runs {revision}"));
             }
             Action::StopCanary => {
+                self.drain("canary").await;
                 self.canary.stop().await;
                 self.canary_since = None;
             }
@@ -454,6 +456,17 @@ impl Runtime {
             }
         }
         Ok(())
+    }
+
+    /// Waits until requests already sent to `pool` are answered (at most the request
+    /// timeout), so stopping its processes loses none and no late timeout is counted
+    /// against the next canary.
+    async fn drain(&self, pool: &str) {
+        let deadline =
+            Instant::now() + self.spec.zmq.request_timeout.get() + Duration::from_millis(200);
+        while self.gateway.in_flight(pool) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// The service name.
