@@ -4,6 +4,7 @@ mod analyze;
 mod demo;
 mod gateway;
 mod local;
+mod render;
 mod runbook;
 mod signals;
 mod validate;
@@ -167,6 +168,11 @@ enum Command {
         after_help = "Example:\n  zdeploy gateway --frontend tcp://127.0.0.1:5555 \\\n    --pool stable=tcp://127.0.0.1:6001,tcp://127.0.0.1:6002 --pool canary=tcp://127.0.0.1:6003 \\\n    --weights stable=90,canary=10 --timeout 2s --metrics 127.0.0.1:9464 --admin 127.0.0.1:9465\n\nChange weights at run time:\n  curl -X PUT -d '{\"stable\":50,\"canary\":50}' http://127.0.0.1:9465/weights"
     )]
     Gateway(Box<gateway::Args>),
+    /// Print the Kubernetes objects a ZmqService becomes (Windows pools, zgate, Services...).
+    #[command(
+        after_help = "Example:\n  zdeploy render -f manifests/examples/echo.yaml | kubectl apply --dry-run=server -f -"
+    )]
+    Render(render::Args),
     /// Print the CustomResourceDefinitions generated from zdeploy's types.
     #[command(after_help = "Example:\n  zdeploy crds | kubectl apply -f -")]
     Crds,
@@ -266,6 +272,7 @@ fn main() -> ExitCode {
         }
         Command::Example(Example::Echo(args)) => ok(demo::echo::run(&args)),
         Command::Runbook(cmd) => runbook::run(&cmd),
+        Command::Render(args) => ok(render::run(&args)),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");

@@ -1,0 +1,3 @@
+//! The Kubernetes platform: what a ZmqService becomes in a cluster.
+
+pub mod render;

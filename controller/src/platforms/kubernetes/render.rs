@@ -1,0 +1,484 @@
+//! Rendering a ZmqService into the objects that run it: stable and canary Deployments on
+//! the Windows pool, a headless Service per pool, the zgate Deployment on the Linux pool
+//! with the Service clients use, the weights ConfigMap, PodDisruptionBudgets and
+//! ServiceAccounts, all labelled and owned by the ZmqService. Pure: no API calls.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, ContainerPort, PodOS, PodSecurityContext, PodSpec, PodTemplateSpec,
+    Probe, Service, ServiceAccount, ServicePort, ServiceSpec, TCPSocketAction, Toleration,
+    WindowsSecurityContextOptions,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use zdeploy_api::service::Router;
+use zdeploy_api::{Weight, ZmqService};
+
+use crate::platforms::local::process::tag_of;
+
+/// The image zgate runs (this release of zdeploy).
+pub const ZGATE_IMAGE: &str = concat!("ghcr.io/zdeploy/zdeploy:", env!("CARGO_PKG_VERSION"));
+/// zgate's metrics port.
+pub const METRICS_PORT: i32 = 9464;
+
+/// Everything a ZmqService becomes.
+#[derive(Clone, Debug, Default)]
+pub struct Rendered {
+    /// Stable, canary and zgate Deployments.
+    pub deployments: Vec<Deployment>,
+    /// Per-pool headless Services and the Service clients use.
+    pub services: Vec<Service>,
+    /// The weights ConfigMap.
+    pub config_maps: Vec<ConfigMap>,
+    /// Disruption budgets for stable and zgate.
+    pub pdbs: Vec<PodDisruptionBudget>,
+    /// Identities for the service pods and zgate.
+    pub service_accounts: Vec<ServiceAccount>,
+}
+
+impl Rendered {
+    /// Every object as multi-document YAML, in apply order.
+    pub fn to_yaml(&self) -> String {
+        fn doc<T: Serialize>(out: &mut String, o: &T) {
+            out.push_str("---\n");
+            out.push_str(&serde_saphyr::to_string(o).expect("objects serialize"));
+        }
+        let mut out = String::new();
+        self.service_accounts.iter().for_each(|o| doc(&mut out, o));
+        self.config_maps.iter().for_each(|o| doc(&mut out, o));
+        self.services.iter().for_each(|o| doc(&mut out, o));
+        self.deployments.iter().for_each(|o| doc(&mut out, o));
+        self.pdbs.iter().for_each(|o| doc(&mut out, o));
+        out
+    }
+}
+
+fn labels(svc: &ZmqService, component: &str, pool: Option<&str>) -> BTreeMap<String, String> {
+    let mut l = BTreeMap::from([
+        ("app.kubernetes.io/name".to_string(), svc.name_any()),
+        ("app.kubernetes.io/instance".to_string(), svc.name_any()),
+        (
+            "app.kubernetes.io/component".to_string(),
+            component.to_string(),
+        ),
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            "zdeploy".to_string(),
+        ),
+    ]);
+    if let Some(p) = pool {
+        l.insert("zdeploy.io/pool".into(), p.into());
+    }
+    l
+}
+
+fn meta(svc: &ZmqService, name: String, labels: BTreeMap<String, String>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: svc.namespace(),
+        labels: Some(labels),
+        owner_references: owner(svc).map(|o| vec![o]),
+        ..Default::default()
+    }
+}
+
+/// An owner reference to the ZmqService (only once it has a uid, i.e. exists in a cluster).
+fn owner(svc: &ZmqService) -> Option<OwnerReference> {
+    svc.controller_owner_ref(&())
+}
+
+fn selector(labels: &BTreeMap<String, String>) -> LabelSelector {
+    LabelSelector {
+        match_labels: Some(labels.clone()),
+        ..Default::default()
+    }
+}
+
+/// The pod template of one pool: the user's template made right for the Windows pool.
+fn windows_pod(svc: &ZmqService, pool: &str, image: &str) -> PodTemplateSpec {
+    let spec = &svc.spec;
+    let mut tpl = spec.template.clone();
+    let mut tpl_meta = tpl.metadata.take().unwrap_or_default();
+    let mut l = tpl_meta.labels.take().unwrap_or_default();
+    l.extend(labels(svc, "service", Some(pool)));
+    l.insert(
+        "app.kubernetes.io/version".into(),
+        tag_of(image).chars().take(63).collect(),
+    );
+    tpl_meta.labels = Some(l);
+    let mut pod: PodSpec = tpl.spec.take().unwrap_or_default();
+    pod.os = Some(PodOS {
+        name: "windows".into(),
+    });
+    pod.service_account_name = Some(format!("{}-service", svc.name_any()));
+    pod.termination_grace_period_seconds.get_or_insert(30);
+    match &spec.windows.runtime_class_name {
+        // The RuntimeClass's `scheduling` carries node selector and tolerations.
+        Some(rc) => pod.runtime_class_name = Some(rc.clone()),
+        None => {
+            let ns = pod.node_selector.get_or_insert_with(BTreeMap::new);
+            ns.insert("kubernetes.io/os".into(), "windows".into());
+            ns.insert("kubernetes.io/arch".into(), spec.windows.arch.clone());
+            ns.insert(
+                "node.kubernetes.io/windows-build".into(),
+                spec.windows.build.node_label().into(),
+            );
+            let tolerations = pod.tolerations.get_or_insert_with(Vec::new);
+            for key in ["os", "node.kubernetes.io/os"] {
+                if !tolerations.iter().any(|t| t.key.as_deref() == Some(key)) {
+                    tolerations.push(Toleration {
+                        key: Some(key.into()),
+                        operator: Some("Exists".into()),
+                        effect: Some("NoSchedule".into()),
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+    }
+    let sc = pod
+        .security_context
+        .get_or_insert_with(PodSecurityContext::default);
+    let win = sc
+        .windows_options
+        .get_or_insert_with(WindowsSecurityContextOptions::default);
+    win.run_as_user_name
+        .get_or_insert_with(|| "ContainerUser".into());
+    let main = spec
+        .zmq
+        .container
+        .as_ref()
+        .and_then(|n| pod.containers.iter().position(|c| &c.name == n))
+        .unwrap_or(0);
+    if let Some(c) = pod.containers.get_mut(main) {
+        zmq_container(c, spec.zmq.port as i32, image);
+    }
+    PodTemplateSpec {
+        metadata: Some(tpl_meta),
+        spec: Some(pod),
+    }
+}
+
+fn zmq_container(c: &mut Container, port: i32, image: &str) {
+    c.image = Some(image.to_string());
+    let ports = c.ports.get_or_insert_with(Vec::new);
+    if !ports.iter().any(|p| p.container_port == port) {
+        ports.push(ContainerPort {
+            name: Some("zmq".into()),
+            container_port: port,
+            ..Default::default()
+        });
+    }
+    // tcpSocket works on Windows and needs nothing inside the image.
+    let tcp = || Probe {
+        tcp_socket: Some(TCPSocketAction {
+            port: IntOrString::Int(port),
+            ..Default::default()
+        }),
+        period_seconds: Some(5),
+        ..Default::default()
+    };
+    c.readiness_probe.get_or_insert_with(tcp);
+    c.liveness_probe.get_or_insert_with(|| Probe {
+        initial_delay_seconds: Some(15),
+        ..tcp()
+    });
+}
+
+fn deployment(
+    svc: &ZmqService,
+    name: String,
+    pool_labels: BTreeMap<String, String>,
+    replicas: i32,
+    template: PodTemplateSpec,
+) -> Deployment {
+    Deployment {
+        metadata: meta(svc, name, pool_labels.clone()),
+        spec: Some(DeploymentSpec {
+            replicas: Some(replicas),
+            selector: selector(&pool_labels),
+            template,
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_unavailable: Some(IntOrString::Int(0)),
+                    max_surge: Some(IntOrString::Int(1)),
+                }),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn service(
+    svc: &ZmqService,
+    name: String,
+    select: BTreeMap<String, String>,
+    headless: bool,
+    ports: Vec<ServicePort>,
+) -> Service {
+    Service {
+        metadata: meta(svc, name, select.clone()),
+        spec: Some(ServiceSpec {
+            cluster_ip: headless.then(|| "None".into()),
+            selector: Some(select),
+            ports: Some(ports),
+            publish_not_ready_addresses: headless.then_some(false),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn zmq_port(port: i32) -> ServicePort {
+    ServicePort {
+        name: Some("zmq".into()),
+        port,
+        target_port: Some(IntOrString::Int(port)),
+        protocol: Some("TCP".into()),
+        ..Default::default()
+    }
+}
+
+/// Replicas of the canary pool: none without a rollout; with the replica router, the
+/// share of `replicas` that approximates the weight (at least one).
+fn canary_replicas(svc: &ZmqService, weight: Weight, in_rollout: bool) -> i32 {
+    if !in_rollout {
+        return 0;
+    }
+    match svc.spec.strategy.router {
+        Router::Gateway => svc.spec.replicas.max(1),
+        Router::Replicas => {
+            ((svc.spec.replicas as f64 * f64::from(weight.percent()) / 100.0).ceil() as i32).max(1)
+        }
+    }
+}
+
+/// Renders the service for its recorded status (stable and canary revisions, weight).
+pub fn render(svc: &ZmqService) -> Rendered {
+    let name = svc.name_any();
+    let ns = svc.namespace().unwrap_or_else(|| "default".into());
+    let status = svc.status.clone().unwrap_or_default();
+    let manifest_image = svc
+        .spec
+        .template
+        .spec
+        .as_ref()
+        .and_then(|p| p.containers.first())
+        .and_then(|c| c.image.clone())
+        .unwrap_or_default();
+    let stable_image = status.stable_revision.clone().unwrap_or(manifest_image);
+    let canary_image = status
+        .canary_revision
+        .clone()
+        .unwrap_or_else(|| stable_image.clone());
+    let in_rollout = status.rollout.is_some();
+    let weight = status.canary_weight;
+    let port = svc.spec.zmq.port as i32;
+    let mut r = Rendered::default();
+
+    let pool = |p: &str| labels(svc, "service", Some(p));
+    let stable_replicas = match svc.spec.strategy.router {
+        Router::Replicas if in_rollout => {
+            (svc.spec.replicas - canary_replicas(svc, weight, true)).max(1)
+        }
+        _ => svc.spec.replicas,
+    };
+    r.deployments.push(deployment(
+        svc,
+        format!("{name}-stable"),
+        pool("stable"),
+        stable_replicas,
+        windows_pod(svc, "stable", &stable_image),
+    ));
+    r.deployments.push(deployment(
+        svc,
+        format!("{name}-canary"),
+        pool("canary"),
+        canary_replicas(svc, weight, in_rollout),
+        windows_pod(svc, "canary", &canary_image),
+    ));
+    r.service_accounts.push(ServiceAccount {
+        metadata: meta(svc, format!("{name}-service"), labels(svc, "service", None)),
+        automount_service_account_token: Some(false),
+        ..Default::default()
+    });
+    r.pdbs.push(PodDisruptionBudget {
+        metadata: meta(svc, format!("{name}-stable"), pool("stable")),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(selector(&pool("stable"))),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    for p in ["stable", "canary"] {
+        r.services.push(service(
+            svc,
+            format!("{name}-{p}"),
+            pool(p),
+            true,
+            vec![zmq_port(port)],
+        ));
+    }
+    match svc.spec.strategy.router {
+        Router::Replicas => {
+            // No gateway: the client Service spans both pools; the replica ratio is the split.
+            r.services.push(service(
+                svc,
+                name.clone(),
+                labels(svc, "service", None),
+                false,
+                vec![zmq_port(port)],
+            ));
+        }
+        Router::Gateway => render_gateway(svc, &name, &ns, port, weight, &mut r),
+    }
+    r
+}
+
+fn render_gateway(
+    svc: &ZmqService,
+    name: &str,
+    ns: &str,
+    port: i32,
+    weight: Weight,
+    r: &mut Rendered,
+) {
+    let gw = labels(svc, "gateway", None);
+    let weights = format!(
+        "{{\"stable\":{},\"canary\":{}}}",
+        weight.complement(),
+        weight
+    );
+    r.config_maps.push(ConfigMap {
+        metadata: meta(svc, format!("{name}-weights"), gw.clone()),
+        data: Some(BTreeMap::from([("weights.json".to_string(), weights)])),
+        ..Default::default()
+    });
+    let endpoint = |p: &str| format!("tcp://{name}-{p}.{ns}.svc.cluster.local:{port}");
+    let args = vec![
+        "gateway".to_string(),
+        "--service".into(),
+        name.to_string(),
+        "--frontend".into(),
+        format!("tcp://*:{port}"),
+        "--pool".into(),
+        format!("stable={}", endpoint("stable")),
+        "--pool".into(),
+        format!("canary={}", endpoint("canary")),
+        "--weights".into(),
+        format!("stable={},canary={}", weight.complement(), weight),
+        "--timeout".into(),
+        svc.spec.zmq.request_timeout.to_string(),
+        "--metrics".into(),
+        format!("0.0.0.0:{METRICS_PORT}"),
+    ];
+    let container = Container {
+        name: "zgate".into(),
+        image: Some(ZGATE_IMAGE.into()),
+        args: Some(args),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("zmq".into()),
+                container_port: port,
+                ..Default::default()
+            },
+            ContainerPort {
+                name: Some("metrics".into()),
+                container_port: METRICS_PORT,
+                ..Default::default()
+            },
+        ]),
+        readiness_probe: Some(Probe {
+            tcp_socket: Some(TCPSocketAction {
+                port: IntOrString::Int(port),
+                ..Default::default()
+            }),
+            period_seconds: Some(2),
+            ..Default::default()
+        }),
+        security_context: Some(k8s_openapi::api::core::v1::SecurityContext {
+            run_as_non_root: Some(true),
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(k8s_openapi::api::core::v1::Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut pod_labels = gw.clone();
+    pod_labels.insert(
+        "app.kubernetes.io/version".into(),
+        env!("CARGO_PKG_VERSION").into(),
+    );
+    let pod = PodSpec {
+        containers: vec![container],
+        service_account_name: Some(format!("{name}-zgate")),
+        automount_service_account_token: Some(false),
+        node_selector: Some(BTreeMap::from([(
+            "kubernetes.io/os".to_string(),
+            "linux".to_string(),
+        )])),
+        termination_grace_period_seconds: Some(30),
+        ..Default::default()
+    };
+    let template = PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(pod_labels),
+            annotations: Some(BTreeMap::from([
+                ("prometheus.io/scrape".to_string(), "true".to_string()),
+                ("prometheus.io/port".to_string(), METRICS_PORT.to_string()),
+            ])),
+            ..Default::default()
+        }),
+        spec: Some(pod),
+    };
+    r.deployments.push(deployment(
+        svc,
+        format!("{name}-zgate"),
+        gw.clone(),
+        2,
+        template,
+    ));
+    r.service_accounts.push(ServiceAccount {
+        metadata: meta(svc, format!("{name}-zgate"), gw.clone()),
+        automount_service_account_token: Some(false),
+        ..Default::default()
+    });
+    r.pdbs.push(PodDisruptionBudget {
+        metadata: meta(svc, format!("{name}-zgate"), gw.clone()),
+        spec: Some(PodDisruptionBudgetSpec {
+            min_available: Some(IntOrString::Int(1)),
+            selector: Some(selector(&gw)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let metrics = ServicePort {
+        name: Some("metrics".into()),
+        port: METRICS_PORT,
+        target_port: Some(IntOrString::Int(METRICS_PORT)),
+        protocol: Some("TCP".into()),
+        ..Default::default()
+    };
+    // Clients keep using the service's own name: it now resolves to zgate.
+    r.services.push(service(
+        svc,
+        name.to_string(),
+        gw,
+        false,
+        vec![zmq_port(port), metrics],
+    ));
+}
