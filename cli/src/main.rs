@@ -179,7 +179,7 @@ enum Command {
     /// On-call runbooks: list, show, lint, run a step.
     #[command(subcommand)]
     Runbook(runbook::RunbookCommand),
-    /// The example service the demo uses.
+    /// The example service and load generator the demo uses.
     #[command(subcommand)]
     Example(Example),
 }
@@ -188,6 +188,11 @@ enum Command {
 enum Example {
     /// An echo service (REP); its version's `+errors=R` or `+latency=D` make a bad build.
     Echo(demo::echo::Args),
+    /// A paced load generator (DEALER); prints replies by kind and requests left unanswered.
+    #[command(
+        after_help = "Example:\n  zdeploy example load --connect tcp://127.0.0.1:5555 --rate 500 --duration 30s"
+    )]
+    Load(demo::load::Args),
 }
 
 fn main() -> ExitCode {
@@ -271,6 +276,7 @@ fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }
         Command::Example(Example::Echo(args)) => ok(demo::echo::run(&args)),
+        Command::Example(Example::Load(args)) => demo::load::run(&args),
         Command::Runbook(cmd) => runbook::run(&cmd),
         Command::Render(args) => ok(render::run(&args)),
     };

@@ -628,3 +628,41 @@ fn fastish_id() -> u128 {
         .unwrap()
         .as_nanos()
 }
+
+#[test]
+fn sticky_routing_keeps_each_client_on_one_pool() {
+    let s = peer(&["rep", "--name", "stable"]);
+    let c = peer(&["rep", "--name", "canary"]);
+    let gw = gateway(&[
+        "--pool",
+        &format!("stable={}", s.endpoint()),
+        "--pool",
+        &format!("canary={}", c.endpoint()),
+        "--weights",
+        "stable=50,canary=50",
+        "--sticky",
+    ]);
+    gw.wait_live("canary", 1.0);
+    let ctx = zmq::Context::new();
+    let mut pools_seen = std::collections::BTreeSet::new();
+    for client in 0..20 {
+        let sock = ctx.socket(zmq::DEALER).unwrap();
+        sock.set_identity(format!("client-{client}").as_bytes())
+            .unwrap();
+        sock.set_linger(0).unwrap();
+        sock.set_rcvtimeo(5000).unwrap();
+        sock.connect(&gw.frontend).unwrap();
+        let mut names = std::collections::BTreeSet::new();
+        for i in 0..20 {
+            dealer_send(&sock, format!("{i}").as_bytes());
+            names.insert(first_word(&dealer_recv(&sock)));
+        }
+        assert_eq!(names.len(), 1, "client-{client} was served by {names:?}");
+        pools_seen.extend(names);
+    }
+    assert_eq!(
+        pools_seen.len(),
+        2,
+        "20 identities all hashed to one pool: {pools_seen:?}"
+    );
+}

@@ -1,4 +1,4 @@
-//! A load generator for ZeroMQ request/reply services: paced, pipelined requests from one
+//! `zdeploy example load`, and the demo's load: a load generator for ZeroMQ request/reply services: paced, pipelined requests from one
 //! DEALER, counting every reply by its first word and version, and the requests that
 //! never got one.
 
@@ -9,6 +9,33 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+
+/// Arguments of `zdeploy example load`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Endpoint to connect to (zgate's frontend, or a service directly).
+    #[arg(long)]
+    connect: String,
+    /// Requests per second.
+    #[arg(long, default_value_t = 200)]
+    rate: u32,
+    /// How long to send.
+    #[arg(long, default_value = "10s")]
+    duration: zdeploy_api::Duration,
+}
+
+/// Sends load for the duration, then prints the counts as JSON (exit 1 if any request had no reply).
+pub fn run(args: &Args) -> anyhow::Result<std::process::ExitCode> {
+    let load = Load::start(&args.connect, args.rate)?;
+    std::thread::sleep(args.duration.get());
+    let stats = load.finish();
+    println!("{}", serde_json::to_string_pretty(&stats)?);
+    Ok(if stats.unanswered == 0 {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::from(1)
+    })
+}
 
 /// Counts so far.
 #[derive(Clone, Debug, Default, Serialize)]
