@@ -61,6 +61,29 @@ pub fn load_service(file: &PathBuf) -> anyhow::Result<zdeploy_api::ZmqService> {
         .with_context(|| format!("{} holds no ZmqService", file.display()))
 }
 
+/// Loads every ChaosSchedule of a manifest file, with every problem named.
+pub fn load_chaos(file: &PathBuf) -> anyhow::Result<Vec<zdeploy_api::ChaosSchedule>> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let docs = zdeploy_api::validate::validate_str(&text)?;
+    let mut out = Vec::new();
+    let mut problems = Vec::new();
+    for d in docs {
+        problems.extend(d.problems.iter().map(|p| p.to_string()));
+        if let Some(zdeploy_api::validate::Resource::ChaosSchedule(cs)) = d.resource {
+            zdeploy_chaos::schedule::check(&cs.spec)?;
+            out.push(*cs);
+        }
+    }
+    anyhow::ensure!(
+        problems.is_empty(),
+        "{}:\n{}",
+        file.display(),
+        problems.join("\n")
+    );
+    Ok(out)
+}
+
 /// Runs `zdeploy up` in the foreground until SIGINT or SIGTERM.
 pub async fn up(args: &UpArgs) -> anyhow::Result<()> {
     if !args.admin.ip().is_loopback() {
@@ -70,6 +93,11 @@ pub async fn up(args: &UpArgs) -> anyhow::Result<()> {
         );
     }
     let service = load_service(&args.file)?;
+    let name = kube::ResourceExt::name_any(&service);
+    let chaos = load_chaos(&args.file)?
+        .into_iter()
+        .filter(|c| c.spec.experiment.service == name)
+        .collect();
     let config = UpConfig {
         service,
         state_root: args.state.state_dir.clone(),
@@ -77,6 +105,7 @@ pub async fn up(args: &UpArgs) -> anyhow::Result<()> {
         prometheus: args.prometheus.clone(),
         admin: args.admin,
         webhook: args.alertmanager_webhook,
+        chaos,
     };
     let (runtime, mut events) = Runtime::start(config).await.map_err(anyhow::Error::msg)?;
     println!(
@@ -139,6 +168,34 @@ impl LocalClient {
             )
         })?;
         Ok(r.error_for_status()?.json().await?)
+    }
+
+    /// Sends a chaos request and returns the answer.
+    pub async fn chaos(
+        &self,
+        req: &zdeploy_controller::platforms::local::api::ChaosRequest,
+    ) -> anyhow::Result<zdeploy_controller::platforms::local::api::ChaosReply> {
+        let r = self
+            .http
+            .post(format!("{}/v1/chaos", self.url))
+            .bearer_auth(&self.token)
+            .json(req)
+            .send()
+            .await;
+        let r = r.with_context(|| {
+            format!(
+                "zdeploy up is not answering at {} (is it running?)",
+                self.url
+            )
+        })?;
+        let status = r.status();
+        if !status.is_success() {
+            bail!(
+                "zdeploy up refused the request ({status}): {}",
+                r.text().await.unwrap_or_default()
+            );
+        }
+        Ok(r.json().await?)
     }
 
     /// Sends a command and returns the answer.

@@ -1,6 +1,7 @@
 //! `zdeploy`: one binary for every role (CLI verbs, local runtime, gateway, demo).
 
 mod analyze;
+mod chaos;
 mod demo;
 mod gateway;
 mod local;
@@ -176,6 +177,9 @@ enum Command {
     /// Print the CustomResourceDefinitions generated from zdeploy's types.
     #[command(after_help = "Example:\n  zdeploy crds | kubectl apply -f -")]
     Crds,
+    /// Chaos experiments on the local runtime: run one now, list, history, pause, resume.
+    #[command(subcommand)]
+    Chaos(chaos::ChaosCommand),
     /// On-call runbooks: list, show, lint, run a step.
     #[command(subcommand)]
     Runbook(runbook::RunbookCommand),
@@ -278,6 +282,7 @@ fn main() -> ExitCode {
         Command::Example(Example::Echo(args)) => ok(demo::echo::run(&args)),
         Command::Example(Example::Load(args)) => demo::load::run(&args),
         Command::Runbook(cmd) => runbook::run(&cmd),
+        Command::Chaos(cmd) => runtime().block_on(chaos::run(&cmd)),
         Command::Render(args) => ok(render::run(&args)),
     };
     result.unwrap_or_else(|e| {

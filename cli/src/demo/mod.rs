@@ -171,6 +171,7 @@ pub async fn run(args: &Args) -> anyhow::Result<std::process::ExitCode> {
         prometheus: None,
         admin: "127.0.0.1:0".parse().expect("loopback"),
         webhook: None,
+        chaos: Vec::new(),
     };
     let (runtime, mut events) = Runtime::start(config).await.map_err(anyhow::Error::msg)?;
     let frontend = runtime.frontend().to_string();

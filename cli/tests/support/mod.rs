@@ -62,6 +62,22 @@ impl Proc {
         p
     }
 
+    /// Starts `cmd` without waiting for any line (its output is discarded).
+    pub fn start_silent(mut cmd: Command) -> Proc {
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .stdin(Stdio::null());
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+        let (_, lines) = mpsc::channel();
+        Proc {
+            child,
+            ready: String::new(),
+            lines,
+        }
+    }
+
     /// The next stdout line starting with `word`, waiting at most `limit`.
     pub fn wait_line(&mut self, word: &str, limit: Duration) -> String {
         let deadline = std::time::Instant::now() + limit;

@@ -72,10 +72,54 @@ pub struct StatusView {
 /// A command waiting for the driver, with the channel for its answer.
 pub type Queued = (Command, oneshot::Sender<CommandReply>);
 
+/// A chaos request from the CLI.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "request", rename_all = "camelCase")]
+pub enum ChaosRequest {
+    /// Run this experiment now (`dryRun`: only say what it would hit).
+    Run {
+        /// The experiment, as a ChaosSchedule.
+        schedule: Box<zdeploy_api::ChaosSchedule>,
+        /// Change nothing.
+        #[serde(default)]
+        dry_run: bool,
+    },
+    /// The schedules and their history.
+    List,
+    /// Suspend (true) or resume (false) a schedule.
+    Suspend {
+        /// The schedule.
+        name: String,
+        /// Suspend it.
+        suspend: bool,
+    },
+}
+
+/// The answer to a chaos request.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ChaosReply {
+    /// The finished run, for `Run`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<zdeploy_api::chaos::ChaosRun>,
+    /// What a dry run would do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
+    /// The schedules the runtime knows.
+    #[serde(default)]
+    pub schedules: Vec<super::chaos::Scheduled>,
+    /// Why the request was refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A chaos request waiting for the driver, with the channel for its answer.
+pub type ChaosQueued = (ChaosRequest, oneshot::Sender<ChaosReply>);
+
 struct Shared {
     token: String,
     view: watch::Receiver<StatusView>,
     commands: mpsc::Sender<Queued>,
+    chaos: mpsc::Sender<ChaosQueued>,
     manifest_image: String,
 }
 
@@ -84,17 +128,56 @@ pub fn router(
     token: String,
     view: watch::Receiver<StatusView>,
     commands: mpsc::Sender<Queued>,
+    chaos: mpsc::Sender<ChaosQueued>,
     manifest_image: String,
 ) -> Router {
     Router::new()
         .route("/v1/status", get(status))
         .route("/v1/commands", post(command))
+        .route("/v1/chaos", post(chaos_request))
         .with_state(Arc::new(Shared {
             token,
             view,
             commands,
+            chaos,
             manifest_image,
         }))
+}
+
+async fn chaos_request(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if !authorized(&shared, &headers) {
+        return unauthorized();
+    }
+    let req: ChaosRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(serde_json::json!({"error": e.to_string()})),
+            )
+                .into_response();
+        }
+    };
+    let (tx, rx) = oneshot::channel();
+    if shared.chaos.send((req, tx)).await.is_err() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"error": "zdeploy up is stopping"})),
+        )
+            .into_response();
+    }
+    match rx.await {
+        Ok(reply) => Json(reply).into_response(),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"error": "zdeploy up is stopping"})),
+        )
+            .into_response(),
+    }
 }
 
 fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {

@@ -4,6 +4,7 @@
 //! recorded in the state directory before its actions run, so a restart resumes.
 
 pub mod api;
+pub mod chaos;
 pub mod process;
 pub mod state;
 
@@ -23,14 +24,20 @@ use crate::analysis::promql::Target;
 use crate::analysis::webhook::AlertInbox;
 use crate::analysis::{AnalysisRun, Analyzer, Source};
 use crate::engine::{self, Action, Command, Input};
-use api::{CommandReply, Queued, StatusView};
+use api::{ChaosQueued, ChaosReply, ChaosRequest, CommandReply, Queued, StatusView};
+use chaos::{Experiment, Scheduled, Step};
 use process::Pool;
 use state::{Ports, StateDir};
+use zdeploy_api::ChaosSchedule;
+use zdeploy_api::chaos::ChaosRun;
+use zdeploy_gateway::control::ActiveFault;
 
 /// How often the engine is given the time.
 const TICK: Duration = Duration::from_millis(100);
 /// How often the embedded scrape samples zgate between analyses.
 const SCRAPE_EVERY: Duration = Duration::from_millis(250);
+/// How often chaos schedules are planned and a running experiment advanced.
+const CHAOS_EVERY: Duration = Duration::from_millis(100);
 
 /// How to run `zdeploy up`.
 pub struct UpConfig {
@@ -46,6 +53,8 @@ pub struct UpConfig {
     pub admin: SocketAddr,
     /// Serve the Alertmanager webhook here (same bearer token as the admin API).
     pub webhook: Option<SocketAddr>,
+    /// Chaos schedules to run against this service.
+    pub chaos: Vec<ChaosSchedule>,
 }
 
 /// Something the runtime did, for live views (`zdeploy demo`) and logs.
@@ -81,6 +90,10 @@ pub struct Runtime {
     events: broadcast::Sender<RuntimeEvent>,
     view: watch::Sender<StatusView>,
     commands: mpsc::Receiver<Queued>,
+    chaos_requests: mpsc::Receiver<ChaosQueued>,
+    schedules: Vec<Scheduled>,
+    experiment: Option<(Experiment, Option<tokio::sync::oneshot::Sender<ChaosReply>>)>,
+    metrics_url: String,
     /// Where the admin API listens.
     pub admin_url: String,
 }
@@ -246,14 +259,27 @@ impl Runtime {
 
         let token = state.token().map_err(|e| format!("admin token: {e}"))?;
         let (cmd_tx, commands) = mpsc::channel(16);
+        let (chaos_tx, chaos_requests) = mpsc::channel(16);
+        let mut schedules = state.load_chaos();
+        for cs in config.chaos {
+            let name = cs.name_any();
+            match schedules.iter_mut().find(|s| s.schedule.name_any() == name) {
+                Some(known) => known.schedule = cs,
+                None => schedules.push(Scheduled {
+                    schedule: cs,
+                    status: Default::default(),
+                    since: Timestamp::now(),
+                }),
+            }
+        }
         let view = StatusView {
             name: name.clone(),
             frontend: gateway.frontend().to_string(),
-            metrics: metrics_url,
+            metrics: metrics_url.clone(),
             status: status.clone(),
         };
         let (view_tx, view_rx) = watch::channel(view);
-        let router = api::router(token.clone(), view_rx, cmd_tx, manifest_image);
+        let router = api::router(token.clone(), view_rx, cmd_tx, chaos_tx, manifest_image);
         let listener = tokio::net::TcpListener::bind(config.admin)
             .await
             .map_err(|e| format!("admin API on {}: {e}", config.admin))?;
@@ -289,6 +315,10 @@ impl Runtime {
             events,
             view: view_tx,
             commands,
+            chaos_requests,
+            schedules,
+            experiment: None,
+            metrics_url,
             admin_url,
         };
         Ok((runtime, rx))
@@ -317,7 +347,8 @@ impl Runtime {
                 .max(Duration::from_millis(100)),
         );
         let mut scrape = tokio::time::interval(SCRAPE_EVERY);
-        for t in [&mut tick, &mut analysis, &mut scrape] {
+        let mut chaos = tokio::time::interval(CHAOS_EVERY);
+        for t in [&mut tick, &mut analysis, &mut scrape, &mut chaos] {
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
         let inbox = self.analyzer.inbox().cloned();
@@ -346,8 +377,14 @@ impl Runtime {
                     let refused = self.feed(Input::Command(cmd)).await;
                     let _ = reply.send(CommandReply { refused, status: self.status.clone() });
                 }
+                Some((req, reply)) = self.chaos_requests.recv() => self.chaos_request(req, reply).await,
+                _ = chaos.tick() => self.chaos_tick().await,
                 _ = stop.changed() => break,
             }
+        }
+        if let Some((e, reply)) = self.experiment.take() {
+            let run = e.abort("zdeploy up is stopping");
+            self.finish_experiment(&e, run, reply);
         }
         self.note("stopping: processes and gateway".into());
         self.canary.stop().await;
@@ -456,6 +493,286 @@ impl Runtime {
             }
         }
         Ok(())
+    }
+
+    fn set_faults(&self, pools: &[&str], fault: Option<ActiveFault>) {
+        let indexes: Vec<usize> = pools
+            .iter()
+            .filter_map(|p| self.gateway.control().pool_index(p))
+            .collect();
+        self.gateway.control().update(|s| {
+            for i in &indexes {
+                s.faults[*i] = fault.clone();
+            }
+        });
+    }
+
+    fn record_chaos(&mut self, name: &str, run: ChaosRun) {
+        let level = if matches!(
+            run.verdict,
+            zdeploy_api::chaos::RunVerdict::Held | zdeploy_api::chaos::RunVerdict::Skipped
+        ) {
+            "Normal"
+        } else {
+            "Warning"
+        };
+        self.note(format!(
+            "{level} Chaos{:?}: {name}: {}",
+            run.verdict, run.reason
+        ));
+        if let Some(s) = self
+            .schedules
+            .iter_mut()
+            .find(|s| s.schedule.name_any() == name)
+        {
+            s.status.history.insert(0, run);
+            s.status
+                .history
+                .truncate(s.schedule.spec.history_limit as usize);
+        }
+        if let Err(e) = self.state.save_chaos(&self.schedules) {
+            self.note(format!("could not record chaos history: {e}"));
+        }
+    }
+
+    fn finish_experiment(
+        &mut self,
+        e: &Experiment,
+        run: ChaosRun,
+        reply: Option<tokio::sync::oneshot::Sender<ChaosReply>>,
+    ) {
+        // Revert first: nothing else happens while a fault might still be in place.
+        self.set_faults(&chaos::pools(e.spec().experiment.pool), None);
+        self.record_chaos(&e.name, run.clone());
+        if let Some(r) = reply {
+            let _ = r.send(ChaosReply {
+                run: Some(run),
+                schedules: self.schedules.clone(),
+                ..Default::default()
+            });
+        }
+    }
+
+    async fn chaos_request(
+        &mut self,
+        req: ChaosRequest,
+        reply: tokio::sync::oneshot::Sender<ChaosReply>,
+    ) {
+        match req {
+            ChaosRequest::List => {
+                let _ = reply.send(ChaosReply {
+                    schedules: self.schedules.clone(),
+                    ..Default::default()
+                });
+            }
+            ChaosRequest::Suspend { name, suspend } => {
+                let found = self
+                    .schedules
+                    .iter_mut()
+                    .find(|s| s.schedule.name_any() == name)
+                    .map(|s| s.schedule.spec.suspend = suspend);
+                let error = found
+                    .is_none()
+                    .then(|| format!("no chaos schedule {name:?} in this runtime"));
+                let _ = self.state.save_chaos(&self.schedules);
+                let _ = reply.send(ChaosReply {
+                    schedules: self.schedules.clone(),
+                    error,
+                    ..Default::default()
+                });
+            }
+            ChaosRequest::Run { schedule, dry_run } => {
+                let cs = *schedule;
+                if cs.spec.experiment.service != self.name {
+                    let error = Some(format!(
+                        "this runtime runs {}, not {}",
+                        self.name, cs.spec.experiment.service
+                    ));
+                    let _ = reply.send(ChaosReply {
+                        error,
+                        ..Default::default()
+                    });
+                    return;
+                }
+                if dry_run {
+                    let plan = self.describe_targets(&cs);
+                    let _ = reply.send(ChaosReply {
+                        plan: Some(plan),
+                        ..Default::default()
+                    });
+                    return;
+                }
+                let name = cs.name_any();
+                match self
+                    .schedules
+                    .iter_mut()
+                    .find(|s| s.schedule.name_any() == name)
+                {
+                    Some(s) => s.schedule = cs.clone(),
+                    None => self.schedules.push(Scheduled {
+                        schedule: cs.clone(),
+                        status: Default::default(),
+                        since: Timestamp::now(),
+                    }),
+                }
+                self.start_experiment(cs, Timestamp::now(), Some(reply))
+                    .await;
+            }
+        }
+    }
+
+    fn describe_targets(&self, cs: &ChaosSchedule) -> String {
+        let e = &cs.spec.experiment;
+        let mut lines = Vec::new();
+        for pool in chaos::pools(e.pool) {
+            match chaos::gateway_fault(&e.fault, e.duration) {
+                Some(f) => lines.push(format!(
+                    "zgate pool {pool}: latency {}, error ratio {}, drop ratio {} for {}",
+                    f.latency, f.error_ratio, f.drop_ratio, f.duration
+                )),
+                None => {
+                    let p = if pool == "stable" {
+                        &self.stable
+                    } else {
+                        &self.canary
+                    };
+                    let n = chaos::count(e.mode, e.value, e.max_targets, p.size());
+                    lines.push(format!(
+                        "kill {n} of {} {pool} processes (restarted like any crashed process)",
+                        p.size()
+                    ));
+                }
+            }
+        }
+        format!("dry run, nothing changed: would hit {}", lines.join("; "))
+    }
+
+    async fn start_experiment(
+        &mut self,
+        cs: ChaosSchedule,
+        scheduled: Timestamp,
+        reply: Option<tokio::sync::oneshot::Sender<ChaosReply>>,
+    ) {
+        let name = cs.name_any();
+        let refuse = |reason: String| chaos::skipped(scheduled, reason);
+        let skip = if self.experiment.is_some() {
+            Some(refuse("another experiment is running".into()))
+        } else if let Some(rev) = self
+            .status
+            .rollout
+            .as_ref()
+            .and(self.status.canary_revision.clone())
+        {
+            Some(refuse(format!(
+                "a rollout of {} ({rev}) is in progress",
+                self.name
+            )))
+        } else {
+            None
+        };
+        let prepared = match skip {
+            Some(run) => Err(run),
+            None => Experiment::prepare(&cs, scheduled, &self.metrics_url)
+                .await
+                .map_err(refuse),
+        };
+        let mut e = match prepared {
+            Ok(e) => e,
+            Err(run) => {
+                self.record_chaos(&name, run.clone());
+                if let Some(r) = reply {
+                    let _ = r.send(ChaosReply {
+                        run: Some(run),
+                        ..Default::default()
+                    });
+                }
+                return;
+            }
+        };
+        let x = &cs.spec.experiment;
+        let pools = chaos::pools(x.pool);
+        match chaos::gateway_fault(&x.fault, x.duration) {
+            Some(spec) => {
+                // The fault carries its own expiry inside zgate: a crash here cannot leave it behind.
+                let until = Instant::now() + spec.duration.get();
+                self.set_faults(&pools, Some(ActiveFault { spec, until }));
+                e.targets = pools.iter().map(|p| format!("zgate pool {p}")).collect();
+            }
+            None => {
+                for pool in &pools {
+                    let p = if *pool == "stable" {
+                        &mut self.stable
+                    } else {
+                        &mut self.canary
+                    };
+                    let n = chaos::count(x.mode, x.value, x.max_targets, p.size());
+                    e.targets.extend(p.kill_some(n));
+                }
+            }
+        }
+        self.note(format!(
+            "chaos {name}: injected into {}",
+            e.targets.join(", ")
+        ));
+        self.experiment = Some((e, reply));
+    }
+
+    async fn chaos_tick(&mut self) {
+        if let Some((mut e, reply)) = self.experiment.take() {
+            if self.status.rollout.is_some() {
+                let run = e.abort("a rollout of the service started");
+                self.finish_experiment(&e, run, reply);
+                return;
+            }
+            match e.advance().await {
+                Step::Wait => self.experiment = Some((e, reply)),
+                Step::Revert(pools) => {
+                    self.set_faults(&pools, None);
+                    self.experiment = Some((e, reply));
+                }
+                Step::Done(run) => self.finish_experiment(&e, run, reply),
+            }
+            return;
+        }
+        let guards = zdeploy_chaos::schedule::Guards {
+            rollout_in_progress: self
+                .status
+                .rollout
+                .as_ref()
+                .and(self.status.canary_revision.clone()),
+            alert_firing: None,
+        };
+        let now = Timestamp::now();
+        let mut due = Vec::new();
+        for s in &mut self.schedules {
+            let last = s
+                .status
+                .last_schedule_time
+                .as_ref()
+                .map_or(s.since, |t| t.0);
+            match zdeploy_chaos::schedule::plan(&s.schedule.spec, last, false, &guards, now) {
+                Ok(plan) => {
+                    if let Some(t) = plan.last_schedule_time {
+                        s.status.last_schedule_time =
+                            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(t));
+                    }
+                    for d in plan.decisions {
+                        due.push((s.schedule.clone(), d));
+                    }
+                }
+                Err(e) => tracing::warn!("chaos schedule {}: {e}", s.schedule.name_any()),
+            }
+        }
+        for (cs, d) in due {
+            match d {
+                zdeploy_chaos::schedule::Decision::Skip { scheduled, reason } => {
+                    self.record_chaos(&cs.name_any(), chaos::skipped(scheduled, reason))
+                }
+                zdeploy_chaos::schedule::Decision::Run { scheduled, .. } => {
+                    self.start_experiment(cs, scheduled, None).await
+                }
+            }
+        }
     }
 
     /// Waits until requests already sent to `pool` are answered (at most the request

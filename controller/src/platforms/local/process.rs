@@ -166,6 +166,29 @@ impl Pool {
         notes
     }
 
+    /// Kills up to `n` running processes at once (SIGKILL), as a chaos fault; they are
+    /// restarted like any process that died. Returns what was hit.
+    pub fn kill_some(&mut self, n: usize) -> Vec<String> {
+        let mut hit = Vec::new();
+        for (i, c) in self.children.iter_mut().enumerate() {
+            if hit.len() >= n {
+                break;
+            }
+            if let Some(c) = c
+                && let Some(pid) = c.id()
+                && c.start_kill().is_ok()
+            {
+                hit.push(format!("{} process {i} (pid {pid})", self.name));
+            }
+        }
+        hit
+    }
+
+    /// Number of processes the pool runs.
+    pub fn size(&self) -> usize {
+        self.ports.len()
+    }
+
     /// Stops every process: SIGTERM, then SIGKILL after a grace period.
     pub async fn stop(&mut self) {
         for c in self.children.iter().flatten() {

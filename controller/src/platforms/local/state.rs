@@ -112,6 +112,20 @@ impl StateDir {
             .map(|s| s.trim().to_string())
     }
 
+    /// The chaos schedules and their history, if any were recorded.
+    pub fn load_chaos(&self) -> Vec<super::chaos::Scheduled> {
+        std::fs::read(self.dir.join("chaos.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// Records the chaos schedules and their history (atomically).
+    pub fn save_chaos(&self, chaos: &[super::chaos::Scheduled]) -> std::io::Result<()> {
+        let bytes = serde_json::to_vec_pretty(chaos).map_err(std::io::Error::other)?;
+        write_atomic(&self.dir.join("chaos.json"), &bytes, 0o600)
+    }
+
     /// The log file of one process.
     pub fn log_path(&self, pool: &str, index: usize) -> PathBuf {
         self.dir.join("logs").join(format!("{pool}-{index}.log"))

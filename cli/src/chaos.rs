@@ -1,0 +1,212 @@
+//! `zdeploy chaos run|list|history|pause|resume` against the local runtime.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use kube::ResourceExt;
+use zdeploy_api::chaos::RunVerdict;
+use zdeploy_controller::platforms::local::api::ChaosRequest;
+use zdeploy_controller::platforms::local::chaos::Scheduled;
+
+use crate::Output;
+use crate::local::{LocalClient, StateArgs};
+
+/// `zdeploy chaos ...`.
+#[derive(clap::Subcommand)]
+pub enum ChaosCommand {
+    /// Run the experiment of a ChaosSchedule once, now, and wait for its verdict.
+    #[command(
+        after_help = "Exit status: 0 held, 1 broken or aborted, 2 skipped or refused.\n\nExamples:\n  zdeploy chaos run -f manifests/examples/echo-chaos.yaml --dry-run\n  zdeploy chaos run -f manifests/examples/echo-chaos.yaml"
+    )]
+    Run {
+        /// The ChaosSchedule manifest.
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        /// Show what would be hit and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        state: StateArgs,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// List the schedules the local runtimes know, with their last run.
+    List {
+        #[command(flatten)]
+        state: StateArgs,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Show the runs of one schedule, newest first.
+    History {
+        /// The ChaosSchedule.
+        name: String,
+        #[command(flatten)]
+        state: StateArgs,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Stop a schedule from starting runs.
+    Pause {
+        /// The ChaosSchedule.
+        name: String,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// Let a paused schedule start runs again.
+    Resume {
+        /// The ChaosSchedule.
+        name: String,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+}
+
+/// Every running local runtime, by service name.
+fn runtimes(state: &StateArgs) -> Vec<(String, LocalClient)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&state.state_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Ok(c) = LocalClient::connect(state, &name) {
+            out.push((name, c));
+        }
+    }
+    out
+}
+
+async fn all_schedules(state: &StateArgs) -> Vec<(String, Scheduled)> {
+    let mut out = Vec::new();
+    for (service, client) in runtimes(state) {
+        if let Ok(reply) = client.chaos(&ChaosRequest::List).await {
+            out.extend(reply.schedules.into_iter().map(|s| (service.clone(), s)));
+        }
+    }
+    out
+}
+
+/// Runs a chaos subcommand.
+pub async fn run(cmd: &ChaosCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        ChaosCommand::Run {
+            file,
+            dry_run,
+            state,
+            output,
+        } => {
+            let schedules = crate::local::load_chaos(file)?;
+            let cs = schedules
+                .into_iter()
+                .next()
+                .with_context(|| format!("{} holds no ChaosSchedule", file.display()))?;
+            let client = LocalClient::connect(state, &cs.spec.experiment.service)?;
+            let name = cs.name_any();
+            let reply = client
+                .chaos(&ChaosRequest::Run {
+                    schedule: Box::new(cs),
+                    dry_run: *dry_run,
+                })
+                .await?;
+            if let Some(e) = reply.error {
+                bail!(e);
+            }
+            if let Some(plan) = reply.plan {
+                println!("{plan}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let run = reply.run.context("the runtime gave no result")?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&run)?),
+                Output::Text => println!(
+                    "{name}: {:?}: {}\ntargets: {}",
+                    run.verdict,
+                    run.reason,
+                    run.targets.join(", ")
+                ),
+            }
+            Ok(ExitCode::from(match run.verdict {
+                RunVerdict::Held => 0,
+                RunVerdict::Broken | RunVerdict::Aborted => 1,
+                RunVerdict::Skipped => 2,
+            }))
+        }
+        ChaosCommand::List { state, output } => {
+            let all = all_schedules(state).await;
+            if *output == Output::Json {
+                let items: Vec<_> = all.iter().map(|(svc, s)| serde_json::json!({"service": svc, "schedule": s.schedule, "status": s.status})).collect();
+                println!("{}", serde_json::to_string_pretty(&items)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!(
+                "{:<24} {:<16} {:<16} {:<9} LAST RUN",
+                "NAME", "SERVICE", "SCHEDULE", "SUSPENDED"
+            );
+            for (svc, s) in all {
+                let last = s
+                    .status
+                    .history
+                    .first()
+                    .map(|r| format!("{:?} at {}", r.verdict, r.scheduled.0))
+                    .unwrap_or_else(|| "-".into());
+                println!(
+                    "{:<24} {:<16} {:<16} {:<9} {last}",
+                    s.schedule.name_any(),
+                    svc,
+                    s.schedule.spec.schedule,
+                    s.schedule.spec.suspend
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ChaosCommand::History {
+            name,
+            state,
+            output,
+        } => {
+            let all = all_schedules(state).await;
+            let (_, s) = all
+                .into_iter()
+                .find(|(_, s)| &s.schedule.name_any() == name)
+                .with_context(|| {
+                    format!("no chaos schedule {name:?} in any running `zdeploy up`")
+                })?;
+            if *output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&s.status.history)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            for r in &s.status.history {
+                println!(
+                    "{}  {:<8?} {}  [{}]",
+                    r.scheduled.0,
+                    r.verdict,
+                    r.reason,
+                    r.targets.join(", ")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ChaosCommand::Pause { name, state } | ChaosCommand::Resume { name, state } => {
+            let suspend = matches!(cmd, ChaosCommand::Pause { .. });
+            for (_, client) in runtimes(state) {
+                let reply = client
+                    .chaos(&ChaosRequest::Suspend {
+                        name: name.clone(),
+                        suspend,
+                    })
+                    .await?;
+                if reply.error.is_none() {
+                    println!("{name}: {}", if suspend { "paused" } else { "resumed" });
+                    return Ok(ExitCode::SUCCESS);
+                }
+            }
+            bail!("no chaos schedule {name:?} in any running `zdeploy up`")
+        }
+    }
+}

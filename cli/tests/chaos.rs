@@ -1,0 +1,244 @@
+//! Chaos on the local platform, end to end with the example service and real processes.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::{Proc, zmq_client};
+
+const SERVICE: &str = "apiVersion: zdeploy.io/v1alpha1
+kind: ZmqService
+metadata: {name: drill}
+spec:
+  windows: {build: \"2022\"}
+  template: {spec: {containers: [{name: echo, image: \"example.com/echo:1.0\"}]}}
+  zmq: {port: 5555, requestTimeout: 2s}
+  strategy:
+    canary:
+      steps: [{setWeight: 10}, {pause: {}}]
+      analysis: {minSamples: 1000000, inconclusiveLimit: 1000000}
+  local:
+    command: [zdeploy, example, echo, --bind, \"{{endpoint}}\", --version, \"{{revision}}\"]
+    replicas: 2
+";
+
+fn experiment(fault: &str, duration: &str, metric: &str) -> String {
+    format!(
+        "apiVersion: zdeploy.io/v1alpha1
+kind: ChaosSchedule
+metadata: {{name: drill-now}}
+spec:
+  schedule: \"0 3 1 * *\"
+  experiment:
+    service: drill
+    pool: stable
+    fault: {fault}
+    mode: one
+    duration: {duration}
+  steadyState:
+    interval: 250ms
+    recoveryDeadline: 10s
+    metrics:
+      - {metric}
+"
+    )
+}
+
+fn tempdir() -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let d = std::env::temp_dir().join(format!("zdeploy-chaos-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+struct Setup {
+    dir: PathBuf,
+    up: Proc,
+    frontend: String,
+    _load: Proc,
+}
+
+fn setup() -> Setup {
+    let dir = tempdir();
+    std::fs::write(dir.join("drill.yaml"), SERVICE).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_zdeploy"));
+    cmd.args([
+        "up",
+        "-f",
+        dir.join("drill.yaml").to_str().unwrap(),
+        "--frontend",
+        "tcp://127.0.0.1:*",
+        "--state-dir",
+        dir.join("state").to_str().unwrap(),
+    ]);
+    let up = Proc::start(cmd, "zdeploy up:");
+    let frontend = up
+        .ready
+        .split_whitespace()
+        .skip_while(|w| *w != "frontend")
+        .nth(1)
+        .unwrap()
+        .to_string();
+    // Steady background load, pipelined, so every check has samples.
+    let mut load = Command::new(env!("CARGO_BIN_EXE_zdeploy"));
+    load.args([
+        "example",
+        "load",
+        "--connect",
+        &frontend,
+        "--rate",
+        "200",
+        "--duration",
+        "120s",
+    ]);
+    let load = Proc::start_silent(load);
+    Setup {
+        dir,
+        up,
+        frontend,
+        _load: load,
+    }
+}
+
+fn chaos(dir: &Path, args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_zdeploy"))
+        .args(["chaos"])
+        .args(args)
+        .args(["--state-dir", dir.join("state").to_str().unwrap()])
+        .output()
+        .unwrap();
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+fn run(dir: &Path, file: &str, body: &str) -> (i32, serde_json::Value) {
+    let path = dir.join(file);
+    std::fs::write(&path, body).unwrap();
+    let (code, out) = chaos(dir, &["run", "-f", path.to_str().unwrap(), "-o", "json"]);
+    (
+        code,
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}")),
+    )
+}
+
+#[test]
+fn a_latency_fault_that_breaks_the_steady_state_is_removed_at_once() {
+    let s = setup();
+    std::thread::sleep(Duration::from_secs(2));
+    let body = experiment(
+        "{gatewayLatency: {latency: 300ms}}",
+        "30s",
+        "{name: p99, builtin: latencyP99, window: 1m, max: 0.1, minSamples: 10}",
+    );
+    let (code, run) = run(&s.dir, "latency.yaml", &body);
+    let done = Instant::now();
+    assert_eq!(code, 1, "{run}");
+    assert_eq!(run["verdict"], "broken", "{run}");
+    assert!(
+        run["reason"].as_str().unwrap().contains("reverted at once"),
+        "{run}"
+    );
+    // The first request sent after the verdict is answered without the 300 ms delay.
+    let ctx = zmq::Context::new();
+    let probe = zmq_client(&ctx, zmq::REQ, &s.frontend);
+    let t = Instant::now();
+    probe.send("after", 0).unwrap();
+    probe.recv_multipart(0).unwrap();
+    let rtt = t.elapsed();
+    eprintln!(
+        "{}; fault gone: first request after the verdict took {rtt:?}, answered {:?} after the verdict",
+        run["reason"],
+        done.elapsed()
+    );
+    assert!(
+        rtt < Duration::from_millis(300),
+        "the delay is still there: {rtt:?}"
+    );
+    assert!(
+        done.elapsed() < Duration::from_secs(1),
+        "fault still in place after {:?}",
+        done.elapsed()
+    );
+    drop(s.up);
+}
+
+#[test]
+fn a_killed_process_is_restarted_and_the_after_check_passes() {
+    let s = setup();
+    std::thread::sleep(Duration::from_secs(2));
+    let body = experiment(
+        "{processKill: {}}",
+        "2s",
+        "{name: errors, builtin: errorRatio, window: 1m, max: 0.2, minSamples: 10}",
+    );
+    let (code, run) = run(&s.dir, "kill.yaml", &body);
+    assert_eq!(code, 0, "{run}");
+    assert_eq!(run["verdict"], "held", "{run}");
+    let targets = run["targets"].to_string();
+    assert!(
+        targets.contains("stable process") && targets.matches("pid").count() == 1,
+        "mode one hits one process: {targets}"
+    );
+    assert!(
+        run["reason"].as_str().unwrap().contains("recovered"),
+        "{run}"
+    );
+}
+
+#[test]
+fn an_experiment_during_a_rollout_is_skipped_and_recorded() {
+    let s = setup();
+    let out = Command::new(env!("CARGO_BIN_EXE_zdeploy"))
+        .args([
+            "rollout",
+            "drill",
+            "--image",
+            "example.com/echo:1.1",
+            "--state-dir",
+            s.dir.join("state").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let body = experiment(
+        "{gatewayErrors: {ratio: 0.5}}",
+        "10s",
+        "{name: errors, builtin: errorRatio, max: 0.01}",
+    );
+    let (code, run) = run(&s.dir, "during.yaml", &body);
+    assert_eq!(code, 2, "{run}");
+    assert_eq!(run["verdict"], "skipped");
+    assert!(
+        run["reason"]
+            .as_str()
+            .unwrap()
+            .contains("rollout of drill (example.com/echo:1.1) is in progress"),
+        "{run}"
+    );
+    let (code, history) = chaos(&s.dir, &["history", "drill-now", "-o", "json"]);
+    assert_eq!(code, 0);
+    let history: serde_json::Value = serde_json::from_str(&history).unwrap();
+    assert_eq!(history[0]["verdict"], "skipped");
+    // A dry run names what would be hit and changes nothing.
+    let path = s.dir.join("during.yaml");
+    let (code, out) = chaos(&s.dir, &["run", "-f", path.to_str().unwrap(), "--dry-run"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains(
+            "dry run, nothing changed: would hit zgate pool stable: latency 0s, error ratio 0.5"
+        ),
+        "{out}"
+    );
+}

@@ -1,0 +1,324 @@
+//! Chaos experiments on the local platform. An experiment is a small state machine the
+//! runtime advances on its ticks: check the steady state, inject (a zgate fault with its
+//! own expiry, or killed processes), check during (a breach reverts the fault at once),
+//! then require recovery within the deadline. Verdicts: held, broken, aborted, skipped.
+
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+use serde::{Deserialize, Serialize};
+use zdeploy_api::chaos::{
+    ChaosRun, ChaosSchedule, ChaosScheduleStatus, Fault, RunVerdict, SelectionMode, SteadyState,
+    TargetPool,
+};
+use zdeploy_api::service::{Analysis, Verdict};
+use zdeploy_gateway::FaultSpec;
+
+use crate::analysis::promql::Target;
+use crate::analysis::{AnalysisRun, Analyzer, Source};
+
+/// A schedule the runtime runs, with its recorded status.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Scheduled {
+    /// The ChaosSchedule.
+    pub schedule: ChaosSchedule,
+    /// Its status: last schedule time and history.
+    pub status: ChaosScheduleStatus,
+    /// When the runtime first saw it (the start of its schedule).
+    pub since: Timestamp,
+}
+
+/// Pools a target names.
+pub fn pools(pool: TargetPool) -> Vec<&'static str> {
+    match pool {
+        TargetPool::Stable => vec!["stable"],
+        TargetPool::Canary => vec!["canary"],
+        TargetPool::All => vec!["stable", "canary"],
+    }
+}
+
+/// How many of `size` processes the selection hits.
+pub fn count(mode: SelectionMode, value: Option<u32>, max_targets: u32, size: usize) -> usize {
+    let wanted = match mode {
+        SelectionMode::One => 1,
+        SelectionMode::Fixed => value.unwrap_or(1) as usize,
+        SelectionMode::Percent => (size * value.unwrap_or(100) as usize).div_ceil(100),
+    };
+    wanted.min(max_targets as usize).min(size)
+}
+
+/// The zgate fault for a gateway experiment, if it is one.
+pub fn gateway_fault(f: &Fault, duration: zdeploy_api::Duration) -> Option<FaultSpec> {
+    let base = FaultSpec {
+        latency: zdeploy_api::Duration::default(),
+        error_ratio: 0.0,
+        drop_ratio: 0.0,
+        duration,
+    };
+    match f {
+        Fault::GatewayLatency { latency } => Some(FaultSpec {
+            latency: *latency,
+            ..base
+        }),
+        Fault::GatewayErrors { ratio } => Some(FaultSpec {
+            error_ratio: *ratio,
+            ..base
+        }),
+        Fault::GatewayDrop { ratio } => Some(FaultSpec {
+            drop_ratio: *ratio,
+            ..base
+        }),
+        Fault::PodKill {} | Fault::ProcessKill {} => None,
+    }
+}
+
+/// Where a running experiment stands.
+#[derive(Debug)]
+enum Stage {
+    /// The fault is in place until `until`.
+    Injected { since: Instant, until: Instant },
+    /// The fault is gone; the steady state must come back before `deadline`.
+    Recovering { since: Instant, deadline: Instant },
+}
+
+/// An experiment in progress.
+pub struct Experiment {
+    /// Name of its ChaosSchedule.
+    pub name: String,
+    spec: zdeploy_api::chaos::ChaosScheduleSpec,
+    scheduled: Timestamp,
+    started: Timestamp,
+    /// What was hit.
+    pub targets: Vec<String>,
+    stage: Stage,
+    next_check: Instant,
+    analyzer: Option<Analyzer>,
+    notes: Vec<String>,
+}
+
+/// What the runtime must do for an experiment now.
+pub enum Step {
+    /// Nothing yet.
+    Wait,
+    /// Remove the zgate faults of these pools now.
+    Revert(Vec<&'static str>),
+    /// The experiment is over: record this run (after reverting its faults).
+    Done(ChaosRun),
+}
+
+fn steady_analysis(ss: &SteadyState) -> Analysis {
+    Analysis {
+        interval: ss.interval,
+        failure_limit: 0,
+        inconclusive_limit: u32::MAX,
+        min_samples: 10,
+        metrics: ss.metrics.clone(),
+    }
+}
+
+fn summary(run: &AnalysisRun) -> String {
+    run.measurements
+        .iter()
+        .map(|m| {
+            let v = m
+                .value
+                .map(|v| format!("{v:.4}"))
+                .unwrap_or_else(|| "-".into());
+            format!("{} {v} {:?}: {}", m.metric, m.verdict, m.reason)
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// A finished run that never started.
+pub fn skipped(scheduled: Timestamp, reason: String) -> ChaosRun {
+    ChaosRun {
+        scheduled: Time(scheduled),
+        started: None,
+        ended: None,
+        targets: Vec::new(),
+        verdict: RunVerdict::Skipped,
+        reason,
+    }
+}
+
+impl Experiment {
+    /// Checks the steady state before anything is injected; `Err` is the skip reason.
+    pub async fn prepare(
+        cs: &ChaosSchedule,
+        scheduled: Timestamp,
+        metrics_url: &str,
+    ) -> Result<Self, String> {
+        let spec = cs.spec.clone();
+        let pool = pools(spec.experiment.pool)[0];
+        let mut analyzer = spec.steady_state.as_ref().map(|ss| {
+            let target = Target {
+                service: spec.experiment.service.clone(),
+                namespace: None,
+                pool: pool.into(),
+            };
+            Analyzer::new(
+                Source::scrape(metrics_url),
+                target,
+                steady_analysis(ss),
+                None,
+            )
+        });
+        if let Some(a) = analyzer.as_mut() {
+            a.observe().await?;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            // The window reaches back past the first scrape, one second ago.
+            let before = a.run(&[], Duration::from_millis(1500)).await;
+            if before.verdict != Verdict::Pass {
+                return Err(format!(
+                    "not steady before the experiment: {}",
+                    summary(&before)
+                ));
+            }
+        }
+        let now = Instant::now();
+        Ok(Self {
+            name: cs.name_any(),
+            scheduled,
+            started: Timestamp::now(),
+            targets: Vec::new(),
+            stage: Stage::Injected {
+                since: now,
+                until: now + spec.experiment.duration.get(),
+            },
+            next_check: now,
+            analyzer,
+            notes: Vec::new(),
+            spec,
+        })
+    }
+
+    /// The experiment's spec.
+    pub fn spec(&self) -> &zdeploy_api::chaos::ChaosScheduleSpec {
+        &self.spec
+    }
+
+    fn run(&self, verdict: RunVerdict, reason: String) -> ChaosRun {
+        let mut reason = reason;
+        if !self.notes.is_empty() {
+            reason.push_str(&format!(" ({})", self.notes.join("; ")));
+        }
+        ChaosRun {
+            scheduled: Time(self.scheduled),
+            started: Some(Time(self.started)),
+            ended: Some(Time(Timestamp::now())),
+            targets: self.targets.clone(),
+            verdict,
+            reason,
+        }
+    }
+
+    /// Stops the experiment at once (a rollout started, or a person asked).
+    pub fn abort(&self, why: &str) -> ChaosRun {
+        self.run(RunVerdict::Aborted, format!("aborted: {why}"))
+    }
+
+    /// Advances the experiment: checks the steady state when one is due.
+    pub async fn advance(&mut self) -> Step {
+        let now = Instant::now();
+        match self.stage {
+            Stage::Injected { since, until } => {
+                if now >= until {
+                    let deadline = now
+                        + self
+                            .spec
+                            .steady_state
+                            .as_ref()
+                            .map_or(Duration::ZERO, |s| s.recovery_deadline.get());
+                    self.stage = Stage::Recovering {
+                        since: now,
+                        deadline,
+                    };
+                    self.next_check = now;
+                    return Step::Revert(pools(self.spec.experiment.pool));
+                }
+                if now < self.next_check {
+                    return Step::Wait;
+                }
+                let Some(a) = self.analyzer.as_mut() else {
+                    return Step::Wait;
+                };
+                self.next_check = now
+                    + self
+                        .spec
+                        .steady_state
+                        .as_ref()
+                        .map_or(Duration::from_secs(1), |s| s.interval.get());
+                let during = a.run(&[], since.elapsed()).await;
+                if during.verdict == Verdict::Fail {
+                    let seen = since.elapsed();
+                    return Step::Done(self.run(
+                        RunVerdict::Broken,
+                        format!("the steady state broke {:.2}s into the fault, which was reverted at once: {}", seen.as_secs_f64(), summary(&during)),
+                    ));
+                }
+                Step::Wait
+            }
+            Stage::Recovering { since, deadline } => {
+                let Some(a) = self.analyzer.as_mut() else {
+                    return Step::Done(self.run(
+                        RunVerdict::Held,
+                        "no steady-state hypothesis: the fault ran its course".into(),
+                    ));
+                };
+                if now < self.next_check {
+                    return Step::Wait;
+                }
+                self.next_check = now
+                    + self
+                        .spec
+                        .steady_state
+                        .as_ref()
+                        .map_or(Duration::from_secs(1), |s| s.interval.get());
+                let after = a.run(&[], since.elapsed()).await;
+                if after.verdict == Verdict::Pass {
+                    return Step::Done(self.run(
+                        RunVerdict::Held,
+                        format!(
+                            "recovered {:.2}s after the fault: {}",
+                            since.elapsed().as_secs_f64(),
+                            summary(&after)
+                        ),
+                    ));
+                }
+                if now >= deadline {
+                    return Step::Done(self.run(
+                        RunVerdict::Broken,
+                        format!(
+                            "did not recover within {}: {}",
+                            zdeploy_api::Duration::from(deadline - since),
+                            summary(&after)
+                        ),
+                    ));
+                }
+                Step::Wait
+            }
+        }
+    }
+
+    /// Adds a line to the record (e.g. what recovery looked like).
+    pub fn note(&mut self, line: String) {
+        self.notes.push(line);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selection_obeys_mode_and_max_targets() {
+        assert_eq!(count(SelectionMode::One, None, 5, 4), 1);
+        assert_eq!(count(SelectionMode::Fixed, Some(3), 2, 4), 2);
+        assert_eq!(count(SelectionMode::Fixed, Some(9), 9, 4), 4);
+        assert_eq!(count(SelectionMode::Percent, Some(50), 10, 3), 2);
+        assert_eq!(count(SelectionMode::Percent, Some(10), 10, 3), 1);
+    }
+}
