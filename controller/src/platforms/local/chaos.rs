@@ -10,8 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use serde::{Deserialize, Serialize};
 use zdeploy_api::chaos::{
-    ChaosRun, ChaosSchedule, ChaosScheduleStatus, Fault, RunVerdict, SelectionMode, SteadyState,
-    TargetPool,
+    ChaosRun, ChaosSchedule, ChaosScheduleStatus, Fault, RunVerdict, SteadyState,
 };
 use zdeploy_api::service::{Analysis, Verdict};
 use zdeploy_gateway::FaultSpec;
@@ -30,24 +29,7 @@ pub struct Scheduled {
     pub since: Timestamp,
 }
 
-/// Pools a target names.
-pub fn pools(pool: TargetPool) -> Vec<&'static str> {
-    match pool {
-        TargetPool::Stable => vec!["stable"],
-        TargetPool::Canary => vec!["canary"],
-        TargetPool::All => vec!["stable", "canary"],
-    }
-}
-
-/// How many of `size` processes the selection hits.
-pub fn count(mode: SelectionMode, value: Option<u32>, max_targets: u32, size: usize) -> usize {
-    let wanted = match mode {
-        SelectionMode::One => 1,
-        SelectionMode::Fixed => value.unwrap_or(1) as usize,
-        SelectionMode::Percent => (size * value.unwrap_or(100) as usize).div_ceil(100),
-    };
-    wanted.min(max_targets as usize).min(size)
-}
+pub use zdeploy_chaos::target::{count, pools};
 
 /// The zgate fault for a gateway experiment, if it is one.
 pub fn gateway_fault(f: &Fault, duration: zdeploy_api::Duration) -> Option<FaultSpec> {
@@ -306,19 +288,5 @@ impl Experiment {
     /// Adds a line to the record (e.g. what recovery looked like).
     pub fn note(&mut self, line: String) {
         self.notes.push(line);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn selection_obeys_mode_and_max_targets() {
-        assert_eq!(count(SelectionMode::One, None, 5, 4), 1);
-        assert_eq!(count(SelectionMode::Fixed, Some(3), 2, 4), 2);
-        assert_eq!(count(SelectionMode::Fixed, Some(9), 9, 4), 4);
-        assert_eq!(count(SelectionMode::Percent, Some(50), 10, 3), 2);
-        assert_eq!(count(SelectionMode::Percent, Some(10), 10, 3), 1);
     }
 }
