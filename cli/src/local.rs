@@ -8,7 +8,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use zdeploy_api::service::{Outcome, Verdict};
 use zdeploy_api::{Weight, ZmqServiceStatus};
-use zdeploy_controller::platforms::local::api::{CommandReply, CommandRequest, StatusView};
+use zdeploy_controller::platforms::local::api::{
+    ChaosReply, ChaosRequest, CommandReply, CommandRequest, StatusView,
+};
 use zdeploy_controller::platforms::local::state::StateDir;
 use zdeploy_controller::platforms::local::{Runtime, RuntimeEvent, UpConfig};
 
@@ -170,14 +172,14 @@ impl LocalClient {
         Ok(r.error_for_status()?.json().await?)
     }
 
-    /// Sends a chaos request and returns the answer.
-    pub async fn chaos(
+    async fn post<Req: serde::Serialize, Reply: serde::de::DeserializeOwned>(
         &self,
-        req: &zdeploy_controller::platforms::local::api::ChaosRequest,
-    ) -> anyhow::Result<zdeploy_controller::platforms::local::api::ChaosReply> {
+        path: &str,
+        req: &Req,
+    ) -> anyhow::Result<Reply> {
         let r = self
             .http
-            .post(format!("{}/v1/chaos", self.url))
+            .post(format!("{}{path}", self.url))
             .bearer_auth(&self.token)
             .json(req)
             .send()
@@ -198,29 +200,14 @@ impl LocalClient {
         Ok(r.json().await?)
     }
 
+    /// Sends a chaos request and returns the answer.
+    pub async fn chaos(&self, req: &ChaosRequest) -> anyhow::Result<ChaosReply> {
+        self.post("/v1/chaos", req).await
+    }
+
     /// Sends a command and returns the answer.
     pub async fn command(&self, req: &CommandRequest) -> anyhow::Result<CommandReply> {
-        let r = self
-            .http
-            .post(format!("{}/v1/commands", self.url))
-            .bearer_auth(&self.token)
-            .json(req)
-            .send()
-            .await;
-        let r = r.with_context(|| {
-            format!(
-                "zdeploy up is not answering at {} (is it running?)",
-                self.url
-            )
-        })?;
-        let status = r.status();
-        if !status.is_success() {
-            bail!(
-                "zdeploy up refused the request ({status}): {}",
-                r.text().await.unwrap_or_default()
-            );
-        }
-        Ok(r.json().await?)
+        self.post("/v1/commands", req).await
     }
 }
 

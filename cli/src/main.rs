@@ -42,6 +42,18 @@ fn weight(s: &str) -> Result<Weight, String> {
     Weight::new(n).map_err(|e| e.to_string())
 }
 
+/// The service a verb acts on, where its runtime keeps state, and the output format.
+#[derive(clap::Args)]
+struct On {
+    /// The ZmqService.
+    name: String,
+    #[command(flatten)]
+    state: StateArgs,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t)]
+    output: Output,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the whole job on this machine: a bad build rolls back by itself, a good one is promoted.
@@ -57,102 +69,62 @@ enum Command {
         after_help = "Examples:\n  zdeploy rollout echo --canary 10 --image registry.example.com/echo:2.1\n  zdeploy rollout echo            # the image in the manifest"
     )]
     Rollout {
-        /// The ZmqService.
-        name: String,
+        #[command(flatten)]
+        on: On,
         /// Start at this canary weight (0-100), then follow the manifest's steps.
         #[arg(long, value_parser = weight)]
         canary: Option<Weight>,
         /// The image to release (default: the manifest's).
         #[arg(long)]
         image: Option<String>,
-        #[command(flatten)]
-        state: StateArgs,
-        /// Output format.
-        #[arg(short, long, value_enum, default_value_t)]
-        output: Output,
     },
     /// Move past the current pause step (--full: make the canary stable now).
     Promote {
-        /// The ZmqService.
-        name: String,
+        #[command(flatten)]
+        on: On,
         /// Skip every remaining step and analysis.
         #[arg(long)]
         full: bool,
-        #[command(flatten)]
-        state: StateArgs,
-        /// Output format.
-        #[arg(short, long, value_enum, default_value_t)]
-        output: Output,
     },
     /// Send all traffic back to stable now and stop the canary.
     #[command(after_help = "Example:\n  zdeploy rollback echo --reason \"paged: latency\"")]
     Rollback {
-        /// The ZmqService.
-        name: String,
+        #[command(flatten)]
+        on: On,
         /// Why, for the history.
         #[arg(long)]
         reason: Option<String>,
-        #[command(flatten)]
-        state: StateArgs,
-        /// Output format.
-        #[arg(short, long, value_enum, default_value_t)]
-        output: Output,
     },
     /// Start the last rolled-back revision again.
     Retry {
-        /// The ZmqService.
-        name: String,
         #[command(flatten)]
-        state: StateArgs,
-        /// Output format.
-        #[arg(short, long, value_enum, default_value_t)]
-        output: Output,
+        on: On,
     },
     /// Hold a rollout at its current weight (a breach still rolls back).
     Pause {
-        /// The ZmqService.
-        name: String,
         #[command(flatten)]
-        state: StateArgs,
-        /// Output format.
-        #[arg(short, long, value_enum, default_value_t)]
-        output: Output,
+        on: On,
     },
     /// Continue a held rollout.
     Resume {
-        /// The ZmqService.
-        name: String,
         #[command(flatten)]
-        state: StateArgs,
-        /// Output format.
-        #[arg(short, long, value_enum, default_value_t)]
-        output: Output,
+        on: On,
     },
     /// Show where a service's rollout stands.
     #[command(
         after_help = "Examples:\n  zdeploy status echo\n  zdeploy status echo --watch\n  zdeploy status echo -o json"
     )]
     Status {
-        /// The ZmqService.
-        name: String,
+        #[command(flatten)]
+        on: On,
         /// Refresh every second until interrupted.
         #[arg(short, long)]
         watch: bool,
-        #[command(flatten)]
-        state: StateArgs,
-        /// Output format.
-        #[arg(short, long, value_enum, default_value_t)]
-        output: Output,
     },
     /// List a service's past rollouts, newest first.
     History {
-        /// The ZmqService.
-        name: String,
         #[command(flatten)]
-        state: StateArgs,
-        /// Output format.
-        #[arg(short, long, value_enum, default_value_t)]
-        output: Output,
+        on: On,
     },
     /// Run a service's canary analysis once and show every query, value and verdict.
     #[command(
@@ -212,66 +184,18 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(args) => runtime().block_on(demo::run(&args)),
         Command::Up(args) => ok(runtime().block_on(local::up(&args))),
-        Command::Rollout {
-            name,
-            canary,
-            image,
-            state,
-            output,
-        } => runtime().block_on(local::run_verb(
-            &state,
-            &name,
-            Verb::Rollout { image, canary },
-            output,
-        )),
-        Command::Promote {
-            name,
-            full,
-            state,
-            output,
-        } => runtime().block_on(local::run_verb(
-            &state,
-            &name,
-            Verb::Promote { full },
-            output,
-        )),
-        Command::Rollback {
-            name,
-            reason,
-            state,
-            output,
-        } => runtime().block_on(local::run_verb(
-            &state,
-            &name,
-            Verb::Rollback { reason },
-            output,
-        )),
-        Command::Retry {
-            name,
-            state,
-            output,
-        } => runtime().block_on(local::run_verb(&state, &name, Verb::Retry, output)),
-        Command::Pause {
-            name,
-            state,
-            output,
-        } => runtime().block_on(local::run_verb(&state, &name, Verb::Pause, output)),
-        Command::Resume {
-            name,
-            state,
-            output,
-        } => runtime().block_on(local::run_verb(&state, &name, Verb::Resume, output)),
-        Command::Status {
-            name,
-            watch,
-            state,
-            output,
-        } => ok(runtime().block_on(local::status(&state, &name, watch, output))),
-        Command::History {
-            name,
-            state,
-            output,
-        } => ok(runtime().block_on(local::history(&state, &name, output))),
+        Command::Rollout { on, canary, image } => verb(on, Verb::Rollout { image, canary }),
+        Command::Promote { on, full } => verb(on, Verb::Promote { full }),
+        Command::Rollback { on, reason } => verb(on, Verb::Rollback { reason }),
+        Command::Retry { on } => verb(on, Verb::Retry),
+        Command::Pause { on } => verb(on, Verb::Pause),
+        Command::Resume { on } => verb(on, Verb::Resume),
+        Command::Status { on, watch } => {
+            ok(runtime().block_on(local::status(&on.state, &on.name, watch, on.output)))
+        }
+        Command::History { on } => {
+            ok(runtime().block_on(local::history(&on.state, &on.name, on.output)))
+        }
         Command::Gateway(args) => ok(runtime().block_on(gateway::run(&args))),
         Command::Validate(args) => validate::run(&args),
         Command::Analyze(args) => runtime().block_on(analyze::run(&args)),
@@ -289,6 +213,10 @@ fn main() -> ExitCode {
         eprintln!("error: {e:#}");
         ExitCode::from(2)
     })
+}
+
+fn verb(on: On, v: Verb) -> anyhow::Result<ExitCode> {
+    runtime().block_on(local::run_verb(&on.state, &on.name, v, on.output))
 }
 
 fn runtime() -> tokio::runtime::Runtime {

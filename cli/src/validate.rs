@@ -41,25 +41,34 @@ struct ProblemOut {
     line: Option<usize>,
 }
 
+impl Report {
+    /// A report for a file that could not be read as documents at all.
+    fn file_problem(file: &str, rule: String) -> Self {
+        Report {
+            file: file.to_string(),
+            document: 0,
+            kind: String::new(),
+            name: String::new(),
+            valid: false,
+            problems: vec![ProblemOut {
+                path: "(file)".into(),
+                rule,
+                value: None,
+                line: None,
+            }],
+        }
+    }
+}
+
 /// Runs the command: exit 0 when every document is valid, 1 otherwise.
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let mut reports = Vec::new();
     for f in &args.files {
         for (name, text) in read_inputs(f)? {
             match validate_str(&text) {
-                Ok(docs) if docs.is_empty() => reports.push(Report {
-                    file: name.clone(),
-                    document: 0,
-                    kind: String::new(),
-                    name: String::new(),
-                    valid: false,
-                    problems: vec![ProblemOut {
-                        path: "(file)".into(),
-                        rule: "holds no YAML document".into(),
-                        value: None,
-                        line: None,
-                    }],
-                }),
+                Ok(docs) if docs.is_empty() => {
+                    reports.push(Report::file_problem(&name, "holds no YAML document".into()))
+                }
                 Ok(docs) => reports.extend(docs.into_iter().map(|d| {
                     Report {
                         file: name.clone(),
@@ -79,19 +88,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
                             .collect(),
                     }
                 })),
-                Err(e) => reports.push(Report {
-                    file: name.clone(),
-                    document: 0,
-                    kind: String::new(),
-                    name: String::new(),
-                    valid: false,
-                    problems: vec![ProblemOut {
-                        path: "(file)".into(),
-                        rule: e.to_string(),
-                        value: None,
-                        line: None,
-                    }],
-                }),
+                Err(e) => reports.push(Report::file_problem(&name, e.to_string())),
             }
         }
     }

@@ -57,21 +57,24 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
 
-async fn require_token(State(token): State<Arc<String>>, req: Request, next: Next) -> Response {
-    let given = req
-        .headers()
+/// True when the request carries `Authorization: Bearer <token>` (compared in constant
+/// time, so the token does not leak through response timing).
+pub fn bearer_matches(headers: &axum::http::HeaderMap, token: &str) -> bool {
+    let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
-    // Constant-time comparison: the token must not leak through response timing.
-    let same = given.len() == token.len()
+    given.len() == token.len()
         && given
             .bytes()
             .zip(token.bytes())
             .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    if !same {
+            == 0
+}
+
+async fn require_token(State(token): State<Arc<String>>, req: Request, next: Next) -> Response {
+    if !bearer_matches(req.headers(), &token) {
         return error(
             StatusCode::UNAUTHORIZED,
             "missing or wrong bearer token (Authorization: Bearer <token>)",

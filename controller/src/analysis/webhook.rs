@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use serde::Deserialize;
 use tokio::sync::Notify;
@@ -98,18 +98,7 @@ async fn receive(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> (StatusCode, String) {
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    let same = given.len() == shared.token.len()
-        && given
-            .bytes()
-            .zip(shared.token.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    if !same {
+    if !zdeploy_gateway::admin::bearer_matches(&headers, &shared.token) {
         return (
             StatusCode::UNAUTHORIZED,
             "missing or wrong bearer token\n".into(),

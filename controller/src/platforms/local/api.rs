@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -144,54 +144,53 @@ pub fn router(
         }))
 }
 
+fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    (
+        status,
+        Json(serde_json::json!({"error": message.to_string()})),
+    )
+        .into_response()
+}
+
+/// Checks the token, parses the body, hands the request to the driver and waits for its answer.
+async fn forward<Req, Item, Reply>(
+    shared: &Shared,
+    headers: &HeaderMap,
+    body: &[u8],
+    queue: &mpsc::Sender<(Item, oneshot::Sender<Reply>)>,
+    convert: impl FnOnce(Req) -> Item,
+) -> Response
+where
+    Req: serde::de::DeserializeOwned,
+    Reply: Serialize,
+{
+    if !authorized(shared, headers) {
+        return unauthorized();
+    }
+    let req: Req = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let (tx, rx) = oneshot::channel();
+    if queue.send((convert(req), tx)).await.is_err() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "zdeploy up is stopping");
+    }
+    match rx.await {
+        Ok(reply) => Json(reply).into_response(),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "zdeploy up is stopping"),
+    }
+}
+
 async fn chaos_request(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if !authorized(&shared, &headers) {
-        return unauthorized();
-    }
-    let req: ChaosRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                Json(serde_json::json!({"error": e.to_string()})),
-            )
-                .into_response();
-        }
-    };
-    let (tx, rx) = oneshot::channel();
-    if shared.chaos.send((req, tx)).await.is_err() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({"error": "zdeploy up is stopping"})),
-        )
-            .into_response();
-    }
-    match rx.await {
-        Ok(reply) => Json(reply).into_response(),
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({"error": "zdeploy up is stopping"})),
-        )
-            .into_response(),
-    }
+    forward(&shared, &headers, &body, &shared.chaos, |r: ChaosRequest| r).await
 }
 
 fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    given.len() == shared.token.len()
-        && given
-            .bytes()
-            .zip(shared.token.bytes())
-            .fold(0u8, |a, (x, y)| a | (x ^ y))
-            == 0
+    zdeploy_gateway::admin::bearer_matches(headers, &shared.token)
 }
 
 fn unauthorized() -> Response {
@@ -214,46 +213,28 @@ async fn command(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if !authorized(&shared, &headers) {
-        return unauthorized();
-    }
-    let req: CommandRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                Json(serde_json::json!({"error": e.to_string()})),
-            )
-                .into_response();
-        }
-    };
-    let cmd = match req {
-        CommandRequest::Rollout { image, canary } => Command::Rollout {
-            revision: image.unwrap_or_else(|| shared.manifest_image.clone()),
-            canary,
+    let image = shared.manifest_image.clone();
+    forward(
+        &shared,
+        &headers,
+        &body,
+        &shared.commands,
+        move |req: CommandRequest| match req {
+            CommandRequest::Rollout {
+                image: given,
+                canary,
+            } => Command::Rollout {
+                revision: given.unwrap_or(image),
+                canary,
+            },
+            CommandRequest::Promote { full } => Command::Promote { full },
+            CommandRequest::Rollback { reason } => Command::Abort {
+                reason: reason.unwrap_or_else(|| "zdeploy rollback".into()),
+            },
+            CommandRequest::Retry => Command::Retry,
+            CommandRequest::Pause => Command::Pause,
+            CommandRequest::Resume => Command::Resume,
         },
-        CommandRequest::Promote { full } => Command::Promote { full },
-        CommandRequest::Rollback { reason } => Command::Abort {
-            reason: reason.unwrap_or_else(|| "zdeploy rollback".into()),
-        },
-        CommandRequest::Retry => Command::Retry,
-        CommandRequest::Pause => Command::Pause,
-        CommandRequest::Resume => Command::Resume,
-    };
-    let (tx, rx) = oneshot::channel();
-    if shared.commands.send((cmd, tx)).await.is_err() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({"error": "zdeploy up is stopping"})),
-        )
-            .into_response();
-    }
-    match rx.await {
-        Ok(reply) => Json(reply).into_response(),
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({"error": "zdeploy up is stopping"})),
-        )
-            .into_response(),
-    }
+    )
+    .await
 }

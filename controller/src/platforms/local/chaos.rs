@@ -77,7 +77,6 @@ pub struct Experiment {
     stage: Stage,
     next_check: Instant,
     analyzer: Option<Analyzer>,
-    notes: Vec<String>,
 }
 
 /// What the runtime must do for an experiment now.
@@ -172,7 +171,6 @@ impl Experiment {
             },
             next_check: now,
             analyzer,
-            notes: Vec::new(),
             spec,
         })
     }
@@ -183,10 +181,6 @@ impl Experiment {
     }
 
     fn run(&self, verdict: RunVerdict, reason: String) -> ChaosRun {
-        let mut reason = reason;
-        if !self.notes.is_empty() {
-            reason.push_str(&format!(" ({})", self.notes.join("; ")));
-        }
         ChaosRun {
             scheduled: Time(self.scheduled),
             started: Some(Time(self.started)),
@@ -205,6 +199,7 @@ impl Experiment {
     /// Advances the experiment: checks the steady state when one is due.
     pub async fn advance(&mut self) -> Step {
         let now = Instant::now();
+        let every = self.check_interval();
         match self.stage {
             Stage::Injected { since, until } => {
                 if now >= until {
@@ -227,12 +222,7 @@ impl Experiment {
                 let Some(a) = self.analyzer.as_mut() else {
                     return Step::Wait;
                 };
-                self.next_check = now
-                    + self
-                        .spec
-                        .steady_state
-                        .as_ref()
-                        .map_or(Duration::from_secs(1), |s| s.interval.get());
+                self.next_check = now + every;
                 let during = a.run(&[], since.elapsed()).await;
                 if during.verdict == Verdict::Fail {
                     let seen = since.elapsed();
@@ -253,12 +243,7 @@ impl Experiment {
                 if now < self.next_check {
                     return Step::Wait;
                 }
-                self.next_check = now
-                    + self
-                        .spec
-                        .steady_state
-                        .as_ref()
-                        .map_or(Duration::from_secs(1), |s| s.interval.get());
+                self.next_check = now + every;
                 let after = a.run(&[], since.elapsed()).await;
                 if after.verdict == Verdict::Pass {
                     return Step::Done(self.run(
@@ -285,8 +270,10 @@ impl Experiment {
         }
     }
 
-    /// Adds a line to the record (e.g. what recovery looked like).
-    pub fn note(&mut self, line: String) {
-        self.notes.push(line);
+    fn check_interval(&self) -> Duration {
+        self.spec
+            .steady_state
+            .as_ref()
+            .map_or(Duration::from_secs(1), |s| s.interval.get())
     }
 }
