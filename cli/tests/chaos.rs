@@ -46,16 +46,6 @@ spec:
     )
 }
 
-fn tempdir() -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let d = std::env::temp_dir().join(format!("zdeploy-chaos-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 struct Setup {
     dir: PathBuf,
     up: Proc,
@@ -64,7 +54,7 @@ struct Setup {
 }
 
 fn setup() -> Setup {
-    let dir = tempdir();
+    let dir = support::tempdir("chaos");
     std::fs::write(dir.join("drill.yaml"), SERVICE).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_zdeploy"));
     cmd.args([

@@ -194,7 +194,7 @@ fn heartbeats_on_both_sides_keep_idle_connections_alive() {
 
 #[test]
 fn a_restarted_backend_receives_no_stale_request() {
-    let dir = tempdir();
+    let dir = support::tempdir("gateway");
     let old_log = dir.join("old.log");
     let new_log = dir.join("new.log");
     let mut svc = peer(&[
@@ -503,7 +503,7 @@ fn a_pool_without_live_backend_answers_unavailable_at_once() {
 
 #[test]
 fn admin_api_token_validation_and_expiring_faults() {
-    let dir = tempdir();
+    let dir = support::tempdir("gateway");
     let token = dir.join("token");
     std::fs::write(&token, "s3cret\n").unwrap();
     let svc = peer(&["rep", "--name", "stable"]);
@@ -610,23 +610,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-fn tempdir() -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "zdeploy-test-{}-{}",
-        std::process::id(),
-        fastish_id()
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn fastish_id() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos()
 }
 
 #[test]
