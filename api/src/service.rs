@@ -556,4 +556,7 @@ pub struct ZmqServiceStatus {
     /// Human-readable summary of the current state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Id of the last `zdeploy.io/command` annotation carried out (each runs once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_command: Option<String>,
 }

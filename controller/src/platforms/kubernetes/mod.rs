@@ -1,3 +1,4 @@
 //! The Kubernetes platform: what a ZmqService becomes in a cluster.
 
+pub mod controller;
 pub mod render;

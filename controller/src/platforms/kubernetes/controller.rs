@@ -1,0 +1,285 @@
+//! The Kubernetes controller, in the kube-rs style: `reconcile` drives the rollout engine
+//! for one ZmqService from its recorded status, server-side applies what `render` makes of
+//! the new status (weights before workloads, so a rollback sets the canary weight to 0
+//! before the canary scales down), records the status, and publishes Events with the
+//! runbook on a rollback. `error_policy` backs off. The spec is never written: commands
+//! arrive as a `zdeploy.io/command` annotation, so Argo CD and Flux see no drift.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use zdeploy_api::{ZmqService, ZmqServiceStatus};
+
+use super::render::{Rendered, render};
+use crate::engine::{self, Action as EngineAction, Command, Input};
+use crate::platforms::local::api::CommandRequest;
+
+/// The field manager of every server-side apply.
+pub const FIELD_MANAGER: &str = "zdeploy";
+/// The finalizer that lets zdeploy clean up before a ZmqService goes.
+pub const FINALIZER: &str = "zdeploy.io/cleanup";
+/// The annotation the CLI writes to steer a rollout.
+pub const COMMAND_ANNOTATION: &str = "zdeploy.io/command";
+
+/// What every reconcile shares.
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// Publishes Events.
+    pub recorder: Recorder,
+}
+
+impl Context {
+    /// A context for `client`, reporting Events as `zdeploy-controller`.
+    pub fn new(client: Client) -> Self {
+        let reporter = Reporter {
+            controller: "zdeploy-controller".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+        }
+    }
+}
+
+/// Why a reconcile failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The API server refused or failed a call.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// Adding or removing the finalizer failed.
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    /// The object cannot be reconciled as it is.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Error {
+    /// A short label for the `reconcile_errors_total` metric.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(kube::Error::Api(s)) if s.code == 409 => "conflict",
+            Error::Kube(_) => "kube",
+            Error::Finalizer(e) => match &**e {
+                kube::runtime::finalizer::Error::ApplyFailed(inner)
+                | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner.metric_label(),
+                _ => "finalizer",
+            },
+            Error::Invalid(_) => "invalid",
+        }
+    }
+}
+
+/// A command annotation: a CLI request with an id, carried out once.
+#[derive(Deserialize)]
+struct Annotated {
+    id: String,
+    #[serde(flatten)]
+    request: CommandRequest,
+}
+
+fn image_of(svc: &ZmqService) -> String {
+    svc.spec
+        .template
+        .spec
+        .as_ref()
+        .and_then(|p| p.containers.first())
+        .and_then(|c| c.image.clone())
+        .unwrap_or_default()
+}
+
+/// What happened since the last reconcile, as an engine input.
+fn input_for(svc: &ZmqService, status: &ZmqServiceStatus) -> (Input, Option<String>) {
+    if let Some(raw) = svc.annotations().get(COMMAND_ANNOTATION)
+        && let Ok(a) = serde_json::from_str::<Annotated>(raw)
+        && status.last_command.as_deref() != Some(a.id.as_str())
+    {
+        let cmd = match a.request {
+            CommandRequest::Rollout { image, canary } => Command::Rollout {
+                revision: image.unwrap_or_else(|| image_of(svc)),
+                canary,
+            },
+            CommandRequest::Promote { full } => Command::Promote { full },
+            CommandRequest::Rollback { reason } => Command::Abort {
+                reason: reason.unwrap_or_else(|| "zdeploy rollback".into()),
+            },
+            CommandRequest::Retry => Command::Retry,
+            CommandRequest::Pause => Command::Pause,
+            CommandRequest::Resume => Command::Resume,
+        };
+        return (Input::Command(cmd), Some(a.id));
+    }
+    // GitOps: a new image in the spec starts a rollout.
+    let image = image_of(svc);
+    let released = status.stable_revision.as_deref() == Some(image.as_str())
+        || status.canary_revision.as_deref() == Some(image.as_str());
+    let rejected = status
+        .history
+        .first()
+        .is_some_and(|h| h.revision == image && status.rollout.is_none());
+    if status.rollout.is_none() && !released && !rejected {
+        return (
+            Input::Command(Command::Rollout {
+                revision: image,
+                canary: None,
+            }),
+            None,
+        );
+    }
+    (Input::Tick, None)
+}
+
+async fn apply_all<K>(client: &Client, ns: &str, objects: &[K]) -> Result<(), Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::Serialize
+        + DeserializeOwned,
+    K::DynamicType: Default,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    for o in objects {
+        api.patch(&o.name_any(), &params, &Patch::Apply(o)).await?;
+    }
+    Ok(())
+}
+
+/// Applies every rendered object: identities and weights first, then Services, zgate,
+/// stable, canary, and disruption budgets last.
+async fn apply_rendered(client: &Client, ns: &str, r: &Rendered) -> Result<(), Error> {
+    apply_all::<ServiceAccount>(client, ns, &r.service_accounts).await?;
+    apply_all::<ConfigMap>(client, ns, &r.config_maps).await?;
+    apply_all::<Service>(client, ns, &r.services).await?;
+    let (zgate, pools): (Vec<Deployment>, Vec<Deployment>) = r
+        .deployments
+        .iter()
+        .cloned()
+        .partition(|d| d.name_any().ends_with("-zgate"));
+    apply_all::<Deployment>(client, ns, &zgate).await?;
+    apply_all::<Deployment>(client, ns, &pools).await?;
+    apply_all::<PodDisruptionBudget>(client, ns, &r.pdbs).await?;
+    Ok(())
+}
+
+async fn apply(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
+    let ns = svc
+        .namespace()
+        .ok_or_else(|| Error::Invalid("a ZmqService must be namespaced".into()))?;
+    let recorded = svc.status.clone().unwrap_or_default();
+    let mut before = recorded.clone();
+    // First deploy: the manifest's image is stable; nothing to roll out.
+    before.stable_revision.get_or_insert_with(|| image_of(&svc));
+    before.observed_generation = svc.metadata.generation;
+    let (input, command_id) = input_for(&svc, &before);
+    let mut d = engine::step(&svc.spec, &before, &input, Timestamp::now());
+    crate::runbooks::pin_in(&mut d.status, &mut d.actions);
+    if let Some(id) = command_id {
+        d.status.last_command = Some(id);
+    }
+    if let Some(why) = &d.refused {
+        d.status.message = Some(format!("command refused: {why}"));
+    }
+    let mut desired = (*svc).clone();
+    desired.status = Some(d.status.clone());
+    apply_rendered(&ctx.client, &ns, &render(&desired)).await?;
+    if d.status != recorded {
+        let api: Api<ZmqService> = Api::namespaced(ctx.client.clone(), &ns);
+        let patch = serde_json::json!({ "status": d.status });
+        api.patch_status(
+            &svc.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+    }
+    let reference = svc.object_ref(&());
+    for a in &d.actions {
+        if let EngineAction::Event {
+            warning,
+            reason,
+            message,
+        } = a
+        {
+            let ev = KubeEvent {
+                type_: if *warning {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                },
+                reason: reason.clone(),
+                note: Some(message.chars().take(1000).collect()),
+                action: "Rollout".into(),
+                secondary: None,
+            };
+            // An Event that cannot be written must not stop the rollout.
+            if let Err(e) = ctx.recorder.publish(&ev, &reference).await {
+                tracing::warn!("event {reason}: {e}");
+            }
+        }
+    }
+    let interval = svc.spec.strategy.canary.analysis.interval.get();
+    Ok(if d.status.rollout.is_some() {
+        Action::requeue(interval.max(Duration::from_secs(1)))
+    } else {
+        Action::requeue(Duration::from_secs(300))
+    })
+}
+
+async fn cleanup(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
+    // Owned objects go with the ZmqService (owner references); say so where people look.
+    let ev = KubeEvent {
+        type_: EventType::Normal,
+        reason: "Deleted".into(),
+        note: Some(format!(
+            "{} deleted: its workloads, gateway and Services are garbage-collected",
+            svc.name_any()
+        )),
+        action: "Cleanup".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &svc.object_ref(&())).await {
+        tracing::warn!("event Deleted: {e}");
+    }
+    Ok(Action::await_change())
+}
+
+/// Reconciles one ZmqService.
+pub async fn reconcile(svc: Arc<ZmqService>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = svc
+        .namespace()
+        .ok_or_else(|| Error::Invalid("a ZmqService must be namespaced".into()))?;
+    let api: Api<ZmqService> = Api::namespaced(ctx.client.clone(), &ns);
+    finalizer(&api, FINALIZER, svc, |event| async {
+        match event {
+            Finalizer::Apply(s) => apply(s, &ctx).await,
+            Finalizer::Cleanup(s) => cleanup(s, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+/// Backs off after a failed reconcile: conflicts retry at once, the rest after a pause.
+pub fn error_policy(svc: Arc<ZmqService>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(service = %svc.name_any(), error = %error, label = error.metric_label(), "reconcile failed");
+    match error.metric_label() {
+        "conflict" => Action::requeue(Duration::from_millis(200)),
+        _ => Action::requeue(Duration::from_secs(5)),
+    }
+}

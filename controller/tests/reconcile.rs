@@ -1,0 +1,438 @@
+//! The controller against a mock API server (tower_test), kube-rs style: every request's
+//! method, path and body is checked. One scenario per test.
+
+mod support;
+
+use std::sync::Arc;
+
+use http::{Method, Request, Response};
+use kube::client::Body;
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+use zdeploy_api::ZmqService;
+use zdeploy_controller::platforms::kubernetes::controller::{
+    Context, Error, FINALIZER, error_policy, reconcile,
+};
+
+/// One request the mock API server received.
+#[derive(Debug, Clone)]
+struct Call {
+    method: Method,
+    path: String,
+    query: String,
+    body: Value,
+}
+
+impl Call {
+    fn is_apply(&self, kind_path: &str, name: &str) -> bool {
+        self.method == Method::PATCH
+            && self.path.ends_with(&format!("/{kind_path}/{name}"))
+            && self.query.contains("fieldManager=zdeploy")
+    }
+}
+
+/// Answers requests until the client is dropped; `conflict_on_status` answers the first
+/// status patch with 409. Applies and status patches are echoed back, as the server would.
+async fn api_server(
+    mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>,
+    object: Value,
+    conflict_on_status: bool,
+) -> Vec<Call> {
+    let mut calls = Vec::new();
+    let mut object = object;
+    let mut conflicted = false;
+    while let Some((req, send)) = handle.next_request().await {
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let query = req.uri().query().unwrap_or_default().to_string();
+        let bytes = req.into_body().collect_bytes().await.unwrap();
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        calls.push(Call {
+            method: method.clone(),
+            path: path.clone(),
+            query,
+            body: body.clone(),
+        });
+        let (status, reply) = if path.ends_with("/status") {
+            if conflict_on_status && !conflicted {
+                conflicted = true;
+                (
+                    409,
+                    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": "the object has been modified", "reason": "Conflict", "code": 409}),
+                )
+            } else {
+                object["status"] = body["status"].clone();
+                (200, object.clone())
+            }
+        } else if path.contains("/zmqservices/") {
+            // The finalizer's JSON patch: remove it from our copy.
+            object["metadata"]["finalizers"] = json!([]);
+            (200, object.clone())
+        } else {
+            (200, body)
+        };
+        send.send_response(
+            Response::builder()
+                .status(status)
+                .body(Body::from(serde_json::to_vec(&reply).unwrap()))
+                .unwrap(),
+        );
+    }
+    calls
+}
+
+fn service(image: &str, status: Option<Value>, annotations: Value, deleting: bool) -> Value {
+    let text = std::fs::read_to_string(support::repo("manifests/examples/echo.yaml")).unwrap();
+    let mut svc: Value = serde_saphyr::from_str(&text).unwrap();
+    svc["metadata"]["uid"] = json!("0c8f2a2e-0000-4000-8000-000000000001");
+    svc["metadata"]["generation"] = json!(1);
+    svc["metadata"]["finalizers"] = json!([FINALIZER]);
+    svc["metadata"]["annotations"] = annotations;
+    if deleting {
+        svc["metadata"]["deletionTimestamp"] = json!("2026-11-25T10:00:00Z");
+    }
+    svc["spec"]["template"]["spec"]["containers"][0]["image"] = json!(image);
+    if let Some(s) = status {
+        svc["status"] = s;
+    }
+    svc
+}
+
+async fn run(
+    object: Value,
+    conflict: bool,
+) -> (Result<kube::runtime::controller::Action, Error>, Vec<Call>) {
+    let (mock, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(mock, "trading");
+    let server = tokio::spawn(api_server(handle, object.clone(), conflict));
+    let svc: ZmqService = serde_json::from_value(object).unwrap();
+    let ctx = Arc::new(Context::new(client));
+    let result = reconcile(Arc::new(svc), ctx).await;
+    // Dropping the client ends the mock server.
+    (result, server.await.unwrap())
+}
+
+fn applies(calls: &[Call]) -> Vec<String> {
+    calls
+        .iter()
+        .filter(|c| c.method == Method::PATCH && c.query.contains("fieldManager"))
+        .map(|c| {
+            c.path
+                .rsplit('/')
+                .take(2)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("/")
+        })
+        .collect()
+}
+
+fn find<'a>(calls: &'a [Call], kind_path: &str, name: &str) -> &'a Call {
+    calls
+        .iter()
+        .find(|c| c.is_apply(kind_path, name))
+        .unwrap_or_else(|| panic!("no apply of {kind_path}/{name} in {:?}", applies(calls)))
+}
+
+fn status_patch(calls: &[Call]) -> Option<&Value> {
+    calls
+        .iter()
+        .find(|c| c.path.ends_with("/zmqservices/echo/status"))
+        .map(|c| &c.body["status"])
+}
+
+#[tokio::test]
+async fn first_deploy_applies_everything_and_records_stable() {
+    let (result, calls) = run(
+        service(
+            "registry.example.com/trading/echo:2.0.3-ltsc2022",
+            None,
+            json!({}),
+            false,
+        ),
+        false,
+    )
+    .await;
+    result.unwrap();
+    assert_eq!(
+        applies(&calls),
+        [
+            "serviceaccounts/echo-service",
+            "serviceaccounts/echo-zgate",
+            "configmaps/echo-weights",
+            "services/echo-stable",
+            "services/echo-canary",
+            "services/echo",
+            "deployments/echo-zgate",
+            "deployments/echo-stable",
+            "deployments/echo-canary",
+            "poddisruptionbudgets/echo-stable",
+            "poddisruptionbudgets/echo-zgate",
+        ]
+    );
+    for c in calls.iter().filter(|c| c.query.contains("fieldManager")) {
+        assert!(
+            c.query.contains("fieldManager=zdeploy") && c.query.contains("force=true"),
+            "{c:?}"
+        );
+        assert!(
+            c.path.starts_with("/api/v1/namespaces/trading/") || c.path.starts_with("/apis/"),
+            "{c:?}"
+        );
+        assert_eq!(
+            c.body["metadata"]["ownerReferences"][0]["kind"], "ZmqService",
+            "{c:?}"
+        );
+    }
+    let stable = find(&calls, "deployments", "echo-stable");
+    assert_eq!(stable.body["spec"]["replicas"], 3);
+    assert_eq!(
+        stable.body["spec"]["template"]["spec"]["os"]["name"],
+        "windows"
+    );
+    assert_eq!(
+        find(&calls, "deployments", "echo-canary").body["spec"]["replicas"],
+        0
+    );
+    let status = status_patch(&calls).expect("status recorded");
+    assert_eq!(
+        status["stableRevision"],
+        "registry.example.com/trading/echo:2.0.3-ltsc2022"
+    );
+    assert_eq!(status["phase"], "Healthy");
+}
+
+fn healthy() -> Value {
+    json!({"phase": "Healthy", "stableRevision": "registry.example.com/trading/echo:2.0.3-ltsc2022", "canaryWeight": 0, "observedGeneration": 1})
+}
+
+#[tokio::test]
+async fn a_new_image_starts_a_canary() {
+    let (result, calls) = run(
+        service(
+            "registry.example.com/trading/echo:2.1.0-ltsc2022",
+            Some(healthy()),
+            json!({}),
+            false,
+        ),
+        false,
+    )
+    .await;
+    result.unwrap();
+    let canary = find(&calls, "deployments", "echo-canary");
+    assert_eq!(canary.body["spec"]["replicas"], 3);
+    assert_eq!(
+        canary.body["spec"]["template"]["spec"]["containers"][0]["image"],
+        "registry.example.com/trading/echo:2.1.0-ltsc2022"
+    );
+    let stable = find(&calls, "deployments", "echo-stable");
+    assert_eq!(
+        stable.body["spec"]["template"]["spec"]["containers"][0]["image"],
+        "registry.example.com/trading/echo:2.0.3-ltsc2022"
+    );
+    assert_eq!(
+        find(&calls, "configmaps", "echo-weights").body["data"]["weights.json"],
+        r#"{"stable":90,"canary":10}"#
+    );
+    let status = status_patch(&calls).unwrap();
+    assert_eq!(
+        (
+            status["phase"].as_str(),
+            status["currentStep"].as_u64(),
+            status["canaryWeight"].as_u64()
+        ),
+        (Some("Progressing"), Some(1), Some(10))
+    );
+    let event = calls
+        .iter()
+        .find(|c| c.method == Method::POST && c.path.ends_with("/events"))
+        .expect("an Event");
+    assert_eq!(event.body["reason"], "RolloutStarted");
+}
+
+fn progressing(step_started: &str) -> Value {
+    json!({
+        "phase": "Progressing", "currentStep": 1, "canaryWeight": 10,
+        "stableRevision": "registry.example.com/trading/echo:2.0.3-ltsc2022",
+        "canaryRevision": "registry.example.com/trading/echo:2.1.0-ltsc2022",
+        "message": "step 1: pausing 2m at 10%",
+        "observedGeneration": 1,
+        "rollout": {"started": step_started, "stepStarted": step_started, "lastProgress": step_started, "failures": 0, "inconclusiveStreak": 0, "paused": false}
+    })
+}
+
+fn seconds_ago(s: i64) -> String {
+    (jiff::Timestamp::now() - jiff::SignedDuration::from_secs(s)).to_string()
+}
+
+#[tokio::test]
+async fn a_restarted_controller_resumes_from_the_recorded_status() {
+    let status = progressing(&seconds_ago(10));
+    let (result, calls) = run(
+        service(
+            "registry.example.com/trading/echo:2.1.0-ltsc2022",
+            Some(status),
+            json!({}),
+            false,
+        ),
+        false,
+    )
+    .await;
+    result.unwrap();
+    // Still in the 2-minute pause of step 1: same weight, no new status, no second canary start.
+    assert_eq!(
+        find(&calls, "configmaps", "echo-weights").body["data"]["weights.json"],
+        r#"{"stable":90,"canary":10}"#
+    );
+    assert_eq!(
+        find(&calls, "deployments", "echo-canary").body["spec"]["replicas"],
+        3
+    );
+    assert!(
+        status_patch(&calls).is_none(),
+        "nothing changed, nothing written"
+    );
+}
+
+#[tokio::test]
+async fn a_finished_pause_advances_the_step() {
+    let status = progressing(&seconds_ago(121));
+    let (result, calls) = run(
+        service(
+            "registry.example.com/trading/echo:2.1.0-ltsc2022",
+            Some(status),
+            json!({}),
+            false,
+        ),
+        false,
+    )
+    .await;
+    result.unwrap();
+    let status = status_patch(&calls).unwrap();
+    assert_eq!(
+        status["currentStep"], 2,
+        "on to the analysis step: {status}"
+    );
+}
+
+#[tokio::test]
+async fn a_rollback_writes_weight_zero_before_the_canary_scales_down() {
+    let command =
+        json!({"zdeploy.io/command": r#"{"id":"c-1","command":"rollback","reason":"paged"}"#});
+    let (result, calls) = run(
+        service(
+            "registry.example.com/trading/echo:2.1.0-ltsc2022",
+            Some(progressing(&seconds_ago(10))),
+            command,
+            false,
+        ),
+        false,
+    )
+    .await;
+    result.unwrap();
+    let order = applies(&calls);
+    let weights = order
+        .iter()
+        .position(|p| p == "configmaps/echo-weights")
+        .unwrap();
+    let zgate = order
+        .iter()
+        .position(|p| p == "deployments/echo-zgate")
+        .unwrap();
+    let canary = order
+        .iter()
+        .position(|p| p == "deployments/echo-canary")
+        .unwrap();
+    assert!(weights < canary && zgate < canary, "{order:?}");
+    assert_eq!(
+        find(&calls, "configmaps", "echo-weights").body["data"]["weights.json"],
+        r#"{"stable":100,"canary":0}"#
+    );
+    assert_eq!(
+        find(&calls, "deployments", "echo-canary").body["spec"]["replicas"],
+        0
+    );
+    let status = status_patch(&calls).unwrap();
+    assert_eq!(status["phase"], "RolledBack");
+    assert_eq!(status["lastCommand"], "c-1");
+    let runbook = status["history"][0]["runbook"].as_str().unwrap();
+    assert!(runbook.starts_with("canary-error-ratio-high@"), "{runbook}");
+    let event = calls
+        .iter()
+        .find(|c| c.method == Method::POST && c.body["reason"] == "RolledBack")
+        .expect("a RolledBack Event");
+    assert_eq!(event.body["type"], "Warning");
+    assert!(
+        event.body["note"].as_str().unwrap().contains(runbook),
+        "{}",
+        event.body
+    );
+}
+
+#[tokio::test]
+async fn a_conflict_is_retried_quickly_and_then_succeeds() {
+    let object = service(
+        "registry.example.com/trading/echo:2.1.0-ltsc2022",
+        Some(healthy()),
+        json!({}),
+        false,
+    );
+    let (result, _) = run(object.clone(), true).await;
+    let err = result.expect_err("the 409 surfaces");
+    assert_eq!(
+        err.to_string().contains("409") || err.to_string().contains("modified"),
+        true,
+        "{err}"
+    );
+    let (mock, _handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let svc: ZmqService = serde_json::from_value(object.clone()).unwrap();
+    let action = error_policy(
+        Arc::new(svc),
+        &err,
+        Arc::new(Context::new(Client::new(mock, "trading"))),
+    );
+    assert_eq!(
+        action,
+        kube::runtime::controller::Action::requeue(std::time::Duration::from_millis(200))
+    );
+    let (again, calls) = run(object, false).await;
+    again.unwrap();
+    assert_eq!(status_patch(&calls).unwrap()["phase"], "Progressing");
+}
+
+#[tokio::test]
+async fn a_deleted_service_is_cleaned_up_and_released() {
+    let (result, calls) = run(
+        service(
+            "registry.example.com/trading/echo:2.0.3-ltsc2022",
+            Some(healthy()),
+            json!({}),
+            true,
+        ),
+        false,
+    )
+    .await;
+    result.unwrap();
+    assert!(
+        applies(&calls).is_empty(),
+        "nothing is applied to a service being deleted"
+    );
+    let release = calls
+        .iter()
+        .find(|c| {
+            c.method == Method::PATCH
+                && c.path == "/apis/zdeploy.io/v1alpha1/namespaces/trading/zmqservices/echo"
+        })
+        .expect("finalizer removal");
+    let ops = release.body.as_array().expect("a JSON patch");
+    assert!(
+        ops.iter()
+            .any(|op| op["op"] == "remove" || (op["op"] == "test" && op["value"] == FINALIZER)),
+        "{}",
+        release.body
+    );
+    let svc: ZmqService = serde_json::from_value(service("x", None, json!({}), true)).unwrap();
+    assert_eq!(svc.finalizers(), [FINALIZER]);
+}
