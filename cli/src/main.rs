@@ -2,6 +2,7 @@
 
 mod analyze;
 mod chaos;
+mod controller;
 mod demo;
 mod gateway;
 mod local;
@@ -141,6 +142,8 @@ enum Command {
         after_help = "Example:\n  zdeploy gateway --frontend tcp://127.0.0.1:5555 \\\n    --pool stable=tcp://127.0.0.1:6001,tcp://127.0.0.1:6002 --pool canary=tcp://127.0.0.1:6003 \\\n    --weights stable=90,canary=10 --timeout 2s --metrics 127.0.0.1:9464 --admin 127.0.0.1:9465\n\nChange weights at run time:\n  curl -X PUT -d '{\"stable\":50,\"canary\":50}' http://127.0.0.1:9465/weights"
     )]
     Gateway(Box<gateway::Args>),
+    /// Run the Kubernetes controller (in the cluster, or against KUBECONFIG).
+    Controller(controller::Args),
     /// Print the Kubernetes objects a ZmqService becomes (Windows pools, zgate, Services...).
     #[command(
         after_help = "Example:\n  zdeploy render -f manifests/examples/echo.yaml | kubectl apply --dry-run=server -f -"
@@ -208,6 +211,7 @@ fn main() -> ExitCode {
         Command::Runbook(cmd) => runbook::run(&cmd),
         Command::Chaos(cmd) => runtime().block_on(chaos::run(&cmd)),
         Command::Render(args) => ok(render::run(&args)),
+        Command::Controller(args) => ok(runtime().block_on(controller::run(&args))),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");

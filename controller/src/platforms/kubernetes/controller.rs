@@ -275,6 +275,81 @@ pub async fn reconcile(svc: Arc<ZmqService>, ctx: Arc<Context>) -> Result<Action
     .map_err(|e| Error::Finalizer(Box::new(e)))
 }
 
+/// Counts of reconciles, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Reconciles that succeeded.
+    pub ok: std::sync::atomic::AtomicU64,
+    /// Reconciles that failed, by `Error::metric_label`.
+    pub failed: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
+}
+
+impl Stats {
+    /// The counts in the Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::from("# TYPE zdeploy_reconciles_total counter\n");
+        out.push_str(&format!(
+            "zdeploy_reconciles_total{{result=\"ok\"}} {}\n",
+            self.ok.load(std::sync::atomic::Ordering::Relaxed)
+        ));
+        out.push_str("# TYPE zdeploy_reconcile_errors_total counter\n");
+        for label in ["conflict", "kube", "finalizer", "invalid"] {
+            let n = self
+                .failed
+                .lock()
+                .expect("stats lock")
+                .get(label)
+                .copied()
+                .unwrap_or(0);
+            out.push_str(&format!(
+                "zdeploy_reconcile_errors_total{{error=\"{label}\"}} {n}\n"
+            ));
+        }
+        out
+    }
+}
+
+/// Runs the controller until SIGINT or SIGTERM: watches every ZmqService and what it owns.
+pub async fn run(client: Client, stats: Arc<Stats>) -> Result<(), Error> {
+    use futures::StreamExt;
+    use kube::runtime::{Controller, watcher};
+    let services: Api<ZmqService> = Api::all(client.clone());
+    services.list(&kube::api::ListParams::default().limit(1)).await.map_err(|e| {
+        Error::Invalid(format!("cannot list ZmqServices ({e}): install the CRDs first (`zdeploy crds | kubectl apply -f -`)"))
+    })?;
+    let ctx = Arc::new(Context::new(client.clone()));
+    Controller::new(services, watcher::Config::default())
+        .owns(
+            Api::<Deployment>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .owns(Api::<ConfigMap>::all(client), watcher::Config::default())
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| {
+            let stats = stats.clone();
+            async move {
+                match result {
+                    Ok(_) => {
+                        stats.ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Err(kube::runtime::controller::Error::ReconcilerFailed(e, obj)) => {
+                        *stats
+                            .failed
+                            .lock()
+                            .expect("stats lock")
+                            .entry(e.metric_label())
+                            .or_default() += 1;
+                        tracing::warn!(object = %obj.name, "reconcile failed: {e}");
+                    }
+                    Err(e) => tracing::warn!("controller: {e}"),
+                }
+            }
+        })
+        .await;
+    Ok(())
+}
+
 /// Backs off after a failed reconcile: conflicts retry at once, the rest after a pause.
 pub fn error_policy(svc: Arc<ZmqService>, error: &Error, _ctx: Arc<Context>) -> Action {
     tracing::warn!(service = %svc.name_any(), error = %error, label = error.metric_label(), "reconcile failed");

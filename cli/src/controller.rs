@@ -1,0 +1,43 @@
+//! `zdeploy controller`: the in-cluster controller, with `/metrics`, `/healthz` and `/readyz`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use axum::routing::get;
+use zdeploy_controller::platforms::kubernetes::controller::{self, Stats};
+
+/// Arguments of `zdeploy controller`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    probes: SocketAddr,
+}
+
+/// Runs until SIGINT or SIGTERM.
+pub async fn run(args: &Args) -> anyhow::Result<()> {
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (in-cluster or KUBECONFIG)")?;
+    let stats = Arc::new(Stats::default());
+    let s = stats.clone();
+    let router = axum::Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ok" }))
+        .route(
+            "/metrics",
+            get(move || {
+                let s = s.clone();
+                async move { s.encode() }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind(args.probes)
+        .await
+        .with_context(|| format!("listening on {}", args.probes))?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    controller::run(client, stats).await?;
+    Ok(())
+}
