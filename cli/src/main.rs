@@ -5,6 +5,7 @@ mod chaos;
 mod controller;
 mod demo;
 mod gateway;
+mod install;
 mod local;
 mod render;
 mod runbook;
@@ -142,6 +143,11 @@ enum Command {
         after_help = "Example:\n  zdeploy gateway --frontend tcp://127.0.0.1:5555 \\\n    --pool stable=tcp://127.0.0.1:6001,tcp://127.0.0.1:6002 --pool canary=tcp://127.0.0.1:6003 \\\n    --weights stable=90,canary=10 --timeout 2s --metrics 127.0.0.1:9464 --admin 127.0.0.1:9465\n\nChange weights at run time:\n  curl -X PUT -d '{\"stable\":50,\"canary\":50}' http://127.0.0.1:9465/weights"
     )]
     Gateway(Box<gateway::Args>),
+    /// Install zdeploy in a cluster: namespace, CRDs, RBAC, controller (--dry-run prints them).
+    #[command(
+        after_help = "Examples:\n  zdeploy install --dry-run | kubectl apply -f -\n  kubectl apply -k manifests/install   # the same objects, as a kustomize base"
+    )]
+    Install(install::Args),
     /// Run the Kubernetes controller (in the cluster, or against KUBECONFIG).
     Controller(controller::Args),
     /// Print the Kubernetes objects a ZmqService becomes (Windows pools, zgate, Services...).
@@ -211,6 +217,7 @@ fn main() -> ExitCode {
         Command::Runbook(cmd) => runbook::run(&cmd),
         Command::Chaos(cmd) => runtime().block_on(chaos::run(&cmd)),
         Command::Render(args) => ok(render::run(&args)),
+        Command::Install(args) => ok(runtime().block_on(install::run(&args))),
         Command::Controller(args) => ok(runtime().block_on(controller::run(&args))),
     };
     result.unwrap_or_else(|e| {
