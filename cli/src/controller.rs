@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use axum::routing::get;
-use zdeploy_controller::platforms::kubernetes::controller::{self, Stats};
+use zdeploy_controller::platforms::kubernetes::controller::{self, MetricsSource, Stats};
 
 /// Arguments of `zdeploy controller`.
 #[derive(clap::Args)]
@@ -13,6 +13,12 @@ pub struct Args {
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
     #[arg(long, default_value = "0.0.0.0:8080")]
     probes: SocketAddr,
+    /// Judge canaries with this Prometheus (default: scrape each service's zgate directly).
+    #[arg(long)]
+    prometheus: Option<String>,
+    /// zgate's series in Prometheus carry no `namespace` label (no Kubernetes relabeling).
+    #[arg(long)]
+    no_namespace_label: bool,
 }
 
 /// Runs until SIGINT or SIGTERM.
@@ -38,6 +44,13 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     tokio::spawn(async move {
         let _ = axum::serve(listener, router).await;
     });
-    controller::run(client, stats).await?;
+    let metrics = match &args.prometheus {
+        Some(url) => MetricsSource::Prometheus {
+            url: url.clone(),
+            namespace_label: !args.no_namespace_label,
+        },
+        None => MetricsSource::Scrape,
+    };
+    controller::run(client, metrics, stats).await?;
     Ok(())
 }

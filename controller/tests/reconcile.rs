@@ -11,7 +11,7 @@ use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use zdeploy_api::ZmqService;
 use zdeploy_controller::platforms::kubernetes::controller::{
-    Context, Error, FINALIZER, error_policy, reconcile,
+    Context, Error, FINALIZER, MetricsSource, error_policy, reconcile,
 };
 
 /// One request the mock API server received.
@@ -98,15 +98,26 @@ fn service(image: &str, status: Option<Value>, annotations: Value, deleting: boo
     svc
 }
 
-async fn run(
-    object: Value,
-    conflict: bool,
-) -> (Result<kube::runtime::controller::Action, Error>, Vec<Call>) {
+/// Analysis against a loopback port where nothing listens: measurements are inconclusive.
+fn no_metrics() -> MetricsSource {
+    MetricsSource::Prometheus {
+        url: format!("http://127.0.0.1:{}", support::free_port()),
+        namespace_label: true,
+    }
+}
+
+type Outcome = (Result<kube::runtime::controller::Action, Error>, Vec<Call>);
+
+async fn run(object: Value, conflict: bool) -> Outcome {
+    run_with(object, conflict, no_metrics()).await
+}
+
+async fn run_with(object: Value, conflict: bool, metrics: MetricsSource) -> Outcome {
     let (mock, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(mock, "trading");
     let server = tokio::spawn(api_server(handle, object.clone(), conflict));
     let svc: ZmqService = serde_json::from_value(object).unwrap();
-    let ctx = Arc::new(Context::new(client));
+    let ctx = Arc::new(Context::new(client, metrics));
     let result = reconcile(Arc::new(svc), ctx).await;
     // Dropping the client ends the mock server.
     (result, server.await.unwrap())
@@ -281,7 +292,7 @@ async fn a_restarted_controller_resumes_from_the_recorded_status() {
     )
     .await;
     result.unwrap();
-    // Still in the 2-minute pause of step 1: same weight, no new status, no second canary start.
+    // Still in the 2-minute pause of step 1: same step and weight, no second canary start.
     assert_eq!(
         find(&calls, "configmaps", "echo-weights").body["data"]["weights.json"],
         r#"{"stable":90,"canary":10}"#
@@ -290,9 +301,21 @@ async fn a_restarted_controller_resumes_from_the_recorded_status() {
         find(&calls, "deployments", "echo-canary").body["spec"]["replicas"],
         3
     );
+    let status = status_patch(&calls).expect("the analysis is recorded");
+    assert_eq!(
+        (
+            status["currentStep"].as_u64(),
+            status["canaryWeight"].as_u64()
+        ),
+        (Some(1), Some(10))
+    );
+    assert_eq!(
+        status["analysis"][0]["verdict"], "inconclusive",
+        "no metrics source: never a failure"
+    );
     assert!(
-        status_patch(&calls).is_none(),
-        "nothing changed, nothing written"
+        !calls.iter().any(|c| c.body["reason"] == "RolloutStarted"),
+        "the canary was not started again"
     );
 }
 
@@ -314,6 +337,50 @@ async fn a_finished_pause_advances_the_step() {
     assert_eq!(
         status["currentStep"], 2,
         "on to the analysis step: {status}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_canary_in_prometheus_is_rolled_back_by_the_controller() {
+    let target = support::Target::start("echo").await;
+    let _errors = target.traffic(1, 60, 40, 0.002);
+    let prom = support::Prometheus::start(&target.addr, None, None).await;
+    prom.wait_scraped().await;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let metrics = MetricsSource::Prometheus {
+        url: prom.url.clone(),
+        namespace_label: false,
+    };
+    let object = service(
+        "registry.example.com/trading/echo:2.1.0-ltsc2022",
+        Some(progressing(&seconds_ago(10))),
+        json!({}),
+        false,
+    );
+    let (result, calls) = run_with(object, false, metrics).await;
+    result.unwrap();
+    let status = status_patch(&calls).unwrap();
+    assert_eq!(status["phase"], "RolledBack", "{status}");
+    assert!(
+        status["history"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("error-ratio"),
+        "{status}"
+    );
+    let order = applies(&calls);
+    let weights = order
+        .iter()
+        .position(|p| p == "configmaps/echo-weights")
+        .unwrap();
+    let canary = order
+        .iter()
+        .position(|p| p == "deployments/echo-canary")
+        .unwrap();
+    assert!(weights < canary);
+    assert_eq!(
+        find(&calls, "deployments", "echo-canary").body["spec"]["replicas"],
+        0
     );
 }
 
@@ -388,7 +455,10 @@ async fn a_conflict_is_retried_quickly_and_then_succeeds() {
     let action = error_policy(
         Arc::new(svc),
         &err,
-        Arc::new(Context::new(Client::new(mock, "trading"))),
+        Arc::new(Context::new(
+            Client::new(mock, "trading"),
+            MetricsSource::Scrape,
+        )),
     );
     assert_eq!(
         action,

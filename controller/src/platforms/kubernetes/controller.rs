@@ -22,6 +22,8 @@ use serde::de::DeserializeOwned;
 use zdeploy_api::{ZmqService, ZmqServiceStatus};
 
 use super::render::{Rendered, render};
+use crate::analysis::promql::Target;
+use crate::analysis::{Analyzer, Source};
 use crate::engine::{self, Action as EngineAction, Command, Input};
 use crate::platforms::local::api::CommandRequest;
 
@@ -38,11 +40,29 @@ pub struct Context {
     pub client: Client,
     /// Publishes Events.
     pub recorder: Recorder,
+    /// Where canary measurements come from.
+    pub metrics: MetricsSource,
+    /// One analyzer per service (the embedded scrape keeps history between reconciles).
+    analyzers: tokio::sync::Mutex<std::collections::HashMap<String, Analyzer>>,
+}
+
+/// Where the controller measures canaries.
+#[derive(Clone, Debug)]
+pub enum MetricsSource {
+    /// Scrape each service's zgate Service (`http://NAME.NAMESPACE.svc:9464/metrics`).
+    Scrape,
+    /// Query Prometheus; `namespace_label` says whether zgate's series carry `namespace`.
+    Prometheus {
+        /// Prometheus' base URL.
+        url: String,
+        /// Series carry a `namespace` label (the usual Kubernetes relabeling).
+        namespace_label: bool,
+    },
 }
 
 impl Context {
     /// A context for `client`, reporting Events as `zdeploy-controller`.
-    pub fn new(client: Client) -> Self {
+    pub fn new(client: Client, metrics: MetricsSource) -> Self {
         let reporter = Reporter {
             controller: "zdeploy-controller".into(),
             instance: std::env::var("POD_NAME").ok(),
@@ -50,7 +70,65 @@ impl Context {
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
+            metrics,
+            analyzers: Default::default(),
         }
+    }
+
+    /// Runs the canary analysis of `svc` when one is due; `None` when it is not.
+    async fn analyse(
+        &self,
+        svc: &ZmqService,
+        status: &ZmqServiceStatus,
+        now: Timestamp,
+    ) -> Option<Input> {
+        let rollout = status.rollout.as_ref()?;
+        let every = svc.spec.strategy.canary.analysis.interval.get();
+        let last = status.analysis.iter().map(|m| m.at.0).max();
+        if last.is_some_and(|t| {
+            now.duration_since(t) < jiff::SignedDuration::try_from(every).unwrap_or_default()
+        }) {
+            return None;
+        }
+        let ns = svc.namespace().unwrap_or_default();
+        let name = svc.name_any();
+        let mut analyzers = self.analyzers.lock().await;
+        let analyzer = analyzers.entry(format!("{ns}/{name}")).or_insert_with(|| {
+            let (source, namespace) = match &self.metrics {
+                MetricsSource::Scrape => (
+                    Source::scrape(&format!(
+                        "http://{name}.{ns}.svc.cluster.local:{}/metrics",
+                        super::render::METRICS_PORT
+                    )),
+                    None,
+                ),
+                MetricsSource::Prometheus {
+                    url,
+                    namespace_label,
+                } => (Source::prometheus(url), namespace_label.then(|| ns.clone())),
+            };
+            let target = Target {
+                service: name.clone(),
+                namespace,
+                pool: "canary".into(),
+            };
+            Analyzer::new(
+                source,
+                target,
+                svc.spec.strategy.canary.analysis.clone(),
+                None,
+            )
+        });
+        let age: std::time::Duration = now
+            .duration_since(rollout.started.0)
+            .try_into()
+            .unwrap_or_default();
+        let run = analyzer.run(&[], age).await;
+        Some(Input::Analysis {
+            verdict: run.verdict,
+            measurements: run.measurements,
+            started: now,
+        })
     }
 }
 
@@ -187,7 +265,16 @@ async fn apply(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
     before.stable_revision.get_or_insert_with(|| image_of(&svc));
     before.observed_generation = svc.metadata.generation;
     let (input, command_id) = input_for(&svc, &before);
-    let mut d = engine::step(&svc.spec, &before, &input, Timestamp::now());
+    let now = Timestamp::now();
+    let mut d = engine::step(&svc.spec, &before, &input, now);
+    if d.refused.is_none()
+        && let Some(measured) = ctx.analyse(&svc, &d.status, now).await
+    {
+        // The measurement is judged on the status the first input produced.
+        let judged = engine::step(&svc.spec, &d.status, &measured, now);
+        d.actions.extend(judged.actions);
+        d.status = judged.status;
+    }
     crate::runbooks::pin_in(&mut d.status, &mut d.actions);
     if let Some(id) = command_id {
         d.status.last_command = Some(id);
@@ -310,14 +397,14 @@ impl Stats {
 }
 
 /// Runs the controller until SIGINT or SIGTERM: watches every ZmqService and what it owns.
-pub async fn run(client: Client, stats: Arc<Stats>) -> Result<(), Error> {
+pub async fn run(client: Client, metrics: MetricsSource, stats: Arc<Stats>) -> Result<(), Error> {
     use futures::StreamExt;
     use kube::runtime::{Controller, watcher};
     let services: Api<ZmqService> = Api::all(client.clone());
     services.list(&kube::api::ListParams::default().limit(1)).await.map_err(|e| {
         Error::Invalid(format!("cannot list ZmqServices ({e}): install the CRDs first (`zdeploy crds | kubectl apply -f -`)"))
     })?;
-    let ctx = Arc::new(Context::new(client.clone()));
+    let ctx = Arc::new(Context::new(client.clone(), metrics));
     Controller::new(services, watcher::Config::default())
         .owns(
             Api::<Deployment>::all(client.clone()),
