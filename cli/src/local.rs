@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use zdeploy_api::ZmqServiceStatus;
 use zdeploy_api::service::{Outcome, Verdict};
-use zdeploy_api::{Weight, ZmqServiceStatus};
 use zdeploy_controller::platforms::local::api::{
     ChaosReply, ChaosRequest, CommandReply, CommandRequest, StatusView,
 };
@@ -211,41 +211,14 @@ impl LocalClient {
     }
 }
 
-/// A verb that changes a rollout.
-pub enum Verb {
-    /// `rollout NAME [--canary N] [--image IMAGE]`.
-    Rollout {
-        image: Option<String>,
-        canary: Option<Weight>,
-    },
-    /// `promote NAME [--full]`.
-    Promote { full: bool },
-    /// `rollback NAME`.
-    Rollback { reason: Option<String> },
-    /// `retry NAME`.
-    Retry,
-    /// `pause NAME`.
-    Pause,
-    /// `resume NAME`.
-    Resume,
-}
-
 /// Runs a verb and prints the status it leads to; exit 1 when refused.
 pub async fn run_verb(
     state: &StateArgs,
     name: &str,
-    verb: Verb,
+    req: CommandRequest,
     output: Output,
 ) -> anyhow::Result<std::process::ExitCode> {
     let client = LocalClient::connect(state, name)?;
-    let req = match verb {
-        Verb::Rollout { image, canary } => CommandRequest::Rollout { image, canary },
-        Verb::Promote { full } => CommandRequest::Promote { full },
-        Verb::Rollback { reason } => CommandRequest::Rollback { reason },
-        Verb::Retry => CommandRequest::Retry,
-        Verb::Pause => CommandRequest::Pause,
-        Verb::Resume => CommandRequest::Resume,
-    };
     let reply = client.command(&req).await?;
     match output {
         Output::Json => println!(

@@ -2,6 +2,7 @@
 
 mod analyze;
 mod chaos;
+mod cluster;
 mod controller;
 mod demo;
 mod gateway;
@@ -17,7 +18,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use zdeploy_api::Weight;
 
-use local::{StateArgs, Verb};
+use local::StateArgs;
+use zdeploy_controller::platforms::local::api::CommandRequest;
+use zdeploy_controller::platforms::local::state::StateDir;
 
 /// Deploy ZeroMQ services to Windows node pools and release them safely by canary.
 #[derive(Parser)]
@@ -44,13 +47,17 @@ fn weight(s: &str) -> Result<Weight, String> {
     Weight::new(n).map_err(|e| e.to_string())
 }
 
-/// The service a verb acts on, where its runtime keeps state, and the output format.
+/// The service a verb acts on, where it runs (a local `zdeploy up`, or a cluster when
+/// `-n`, `--context` or `--kubeconfig` is given or no local runtime has it), and the
+/// output format.
 #[derive(clap::Args)]
 struct On {
     /// The ZmqService.
     name: String,
     #[command(flatten)]
     state: StateArgs,
+    #[command(flatten)]
+    cluster: cluster::ClusterArgs,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t)]
     output: Output,
@@ -143,6 +150,14 @@ enum Command {
         after_help = "Example:\n  zdeploy gateway --frontend tcp://127.0.0.1:5555 \\\n    --pool stable=tcp://127.0.0.1:6001,tcp://127.0.0.1:6002 --pool canary=tcp://127.0.0.1:6003 \\\n    --weights stable=90,canary=10 --timeout 2s --metrics 127.0.0.1:9464 --admin 127.0.0.1:9465\n\nChange weights at run time:\n  curl -X PUT -d '{\"stable\":50,\"canary\":50}' http://127.0.0.1:9465/weights"
     )]
     Gateway(Box<gateway::Args>),
+    /// Validate a manifest and server-side apply its ZmqServices to the cluster.
+    #[command(after_help = "Example:\n  zdeploy apply -f manifests/examples/echo.yaml -n trading")]
+    Apply(cluster::FileArgs),
+    /// Show how a manifest's ZmqService specs differ from the cluster's (exit 1 when they do).
+    #[command(
+        after_help = "Example:\n  zdeploy diff -f manifests/examples/echo.yaml --context prod"
+    )]
+    Diff(cluster::FileArgs),
     /// Install zdeploy in a cluster: namespace, CRDs, RBAC, controller (--dry-run prints them).
     #[command(
         after_help = "Examples:\n  zdeploy install --dry-run | kubectl apply -f -\n  kubectl apply -k manifests/install   # the same objects, as a kustomize base"
@@ -193,14 +208,26 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(args) => runtime().block_on(demo::run(&args)),
         Command::Up(args) => ok(runtime().block_on(local::up(&args))),
-        Command::Rollout { on, canary, image } => verb(on, Verb::Rollout { image, canary }),
-        Command::Promote { on, full } => verb(on, Verb::Promote { full }),
-        Command::Rollback { on, reason } => verb(on, Verb::Rollback { reason }),
-        Command::Retry { on } => verb(on, Verb::Retry),
-        Command::Pause { on } => verb(on, Verb::Pause),
-        Command::Resume { on } => verb(on, Verb::Resume),
+        Command::Rollout { on, canary, image } => {
+            verb(on, CommandRequest::Rollout { image, canary })
+        }
+        Command::Promote { on, full } => verb(on, CommandRequest::Promote { full }),
+        Command::Rollback { on, reason } => verb(on, CommandRequest::Rollback { reason }),
+        Command::Retry { on } => verb(on, CommandRequest::Retry),
+        Command::Pause { on } => verb(on, CommandRequest::Pause),
+        Command::Resume { on } => verb(on, CommandRequest::Resume),
+        Command::Status { on, watch } if on.in_cluster() => ok(runtime().block_on(cluster::show(
+            &on.cluster,
+            &on.name,
+            false,
+            watch,
+            on.output,
+        ))),
         Command::Status { on, watch } => {
             ok(runtime().block_on(local::status(&on.state, &on.name, watch, on.output)))
+        }
+        Command::History { on } if on.in_cluster() => {
+            ok(runtime().block_on(cluster::show(&on.cluster, &on.name, true, false, on.output)))
         }
         Command::History { on } => {
             ok(runtime().block_on(local::history(&on.state, &on.name, on.output)))
@@ -217,6 +244,8 @@ fn main() -> ExitCode {
         Command::Runbook(cmd) => runbook::run(&cmd),
         Command::Chaos(cmd) => runtime().block_on(chaos::run(&cmd)),
         Command::Render(args) => ok(render::run(&args)),
+        Command::Apply(args) => ok(runtime().block_on(cluster::apply(&args))),
+        Command::Diff(args) => runtime().block_on(cluster::diff(&args)),
         Command::Install(args) => ok(runtime().block_on(install::run(&args))),
         Command::Controller(args) => ok(runtime().block_on(controller::run(&args))),
     };
@@ -226,8 +255,18 @@ fn main() -> ExitCode {
     })
 }
 
-fn verb(on: On, v: Verb) -> anyhow::Result<ExitCode> {
-    runtime().block_on(local::run_verb(&on.state, &on.name, v, on.output))
+impl On {
+    /// True when the verb goes to a cluster rather than a local `zdeploy up`.
+    fn in_cluster(&self) -> bool {
+        self.cluster.given() || StateDir::existing(&self.state.state_dir, &self.name).is_none()
+    }
+}
+
+fn verb(on: On, req: CommandRequest) -> anyhow::Result<ExitCode> {
+    if on.in_cluster() {
+        return runtime().block_on(cluster::command(&on.cluster, &on.name, req, on.output));
+    }
+    runtime().block_on(local::run_verb(&on.state, &on.name, req, on.output))
 }
 
 fn runtime() -> tokio::runtime::Runtime {

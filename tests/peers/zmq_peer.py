@@ -8,7 +8,6 @@ import json
 import os
 import random
 import signal
-import sys
 import time
 
 import zmq
@@ -37,10 +36,17 @@ def serve(args):
     heartbeat(sock, args.heartbeat)
     sock.bind(args.bind)
     log = open(args.log, "a", buffering=1) if args.log else None
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # A signal may land on one of libzmq's threads and never interrupt a blocking recv:
+    # wait in short slices and look at the flag between them.
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    sock.setsockopt(zmq.RCVTIMEO, 100)
     print("ready", sock.getsockopt_string(zmq.LAST_ENDPOINT), flush=True)
-    while True:
-        frames = sock.recv_multipart()
+    while not stopping:
+        try:
+            frames = sock.recv_multipart()
+        except zmq.Again:
+            continue
         if kind == zmq.REP:
             body = frames
             envelope = []

@@ -79,6 +79,20 @@ impl Pool {
     /// Starts every process with `image` and waits until each accepts connections.
     pub async fn start(&mut self, local: &LocalRun, image: &str) -> Result<(), String> {
         self.stop().await;
+        // Processes of a previous `zdeploy up` may still be exiting on these ports: a new
+        // process could not bind, and the old one would pass the readiness check.
+        let free_by = Instant::now() + READY_TIMEOUT;
+        for &port in &self.ports {
+            while std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+                if Instant::now() > free_by {
+                    return Err(format!(
+                        "port {port} of the {} pool is still in use by another process",
+                        self.name
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
         for i in 0..self.ports.len() {
             self.spawn(local, image, i)?;
         }

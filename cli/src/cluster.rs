@@ -1,0 +1,292 @@
+//! The verbs against a cluster: commands become a `zdeploy.io/command` annotation (never a
+//! spec change, so GitOps tools see no drift) that the controller carries out once;
+//! `status` and `history` read the recorded status; `apply` and `diff` work on manifests.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use kube::api::{Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config, ResourceExt};
+use zdeploy_api::ZmqService;
+use zdeploy_api::validate::{Resource, validate_str};
+use zdeploy_controller::platforms::kubernetes::controller::COMMAND_ANNOTATION;
+use zdeploy_controller::platforms::local::api::CommandRequest;
+
+use crate::Output;
+use crate::local::describe;
+
+/// Which cluster and namespace, kubectl style.
+#[derive(clap::Args, Clone, Default)]
+pub struct ClusterArgs {
+    /// Namespace of the ZmqService (default: the kubeconfig context's).
+    #[arg(short = 'n', long, global = true)]
+    pub namespace: Option<String>,
+    /// kubeconfig context to use.
+    #[arg(long, global = true)]
+    pub context: Option<String>,
+    /// kubeconfig file to use (default: $KUBECONFIG or ~/.kube/config).
+    #[arg(long, global = true)]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+impl ClusterArgs {
+    /// True when a flag asks for the cluster explicitly.
+    pub fn given(&self) -> bool {
+        self.namespace.is_some() || self.context.is_some() || self.kubeconfig.is_some()
+    }
+
+    async fn client(&self) -> anyhow::Result<(Client, String)> {
+        let options = KubeConfigOptions {
+            context: self.context.clone(),
+            ..Default::default()
+        };
+        let config = match &self.kubeconfig {
+            Some(path) => {
+                let kc = Kubeconfig::read_from(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                Config::from_custom_kubeconfig(kc, &options).await?
+            }
+            None => Config::from_kubeconfig(&options)
+                .await
+                .or(Config::infer().await.map_err(anyhow::Error::from))?,
+        };
+        let ns = self
+            .namespace
+            .clone()
+            .unwrap_or_else(|| config.default_namespace.clone());
+        Ok((Client::try_from(config)?, ns))
+    }
+}
+
+fn command_id() -> String {
+    format!(
+        "{}-{:08x}",
+        jiff::Timestamp::now().as_second(),
+        fastrand::u32(..)
+    )
+}
+
+/// Sends a command through the annotation and waits (at most 60 s) for the controller.
+pub async fn command(
+    cluster: &ClusterArgs,
+    name: &str,
+    request: CommandRequest,
+    output: Output,
+) -> anyhow::Result<ExitCode> {
+    let (client, ns) = cluster.client().await?;
+    let api: Api<ZmqService> = Api::namespaced(client, &ns);
+    let id = command_id();
+    let mut value = serde_json::to_value(&request)?;
+    value["id"] = serde_json::json!(id);
+    let patch =
+        serde_json::json!({"metadata": {"annotations": {COMMAND_ANNOTATION: value.to_string()}}});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .with_context(|| format!("ZmqService {name} in namespace {ns}"))?;
+    eprintln!("command {id} sent to {ns}/{name}; waiting for the controller");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let svc = api.get(name).await?;
+        let status = svc.status.clone().unwrap_or_default();
+        if status.last_command.as_deref() == Some(id.as_str()) {
+            let refused = status
+                .message
+                .as_deref()
+                .and_then(|m| m.strip_prefix("command refused: "))
+                .map(String::from);
+            match output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({"refused": refused, "status": status})
+                    )?
+                ),
+                Output::Text => match &refused {
+                    Some(why) => eprintln!("refused: {why}"),
+                    None => print!("{}", describe(name, &status)),
+                },
+            }
+            return Ok(if refused.is_some() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            });
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the controller did not carry out command {id} within 60s: is `zdeploy controller` running?"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// `status` (every second with `watch`) or `history`, from the recorded status.
+pub async fn show(
+    cluster: &ClusterArgs,
+    name: &str,
+    history: bool,
+    watch: bool,
+    output: Output,
+) -> anyhow::Result<()> {
+    let (client, ns) = cluster.client().await?;
+    let api = Api::<ZmqService>::namespaced(client, &ns);
+    loop {
+        let svc = api
+            .get(name)
+            .await
+            .with_context(|| format!("ZmqService {name} in namespace {ns}"))?;
+        print_status(name, svc, history, output)?;
+        if !watch {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+fn print_status(name: &str, svc: ZmqService, history: bool, output: Output) -> anyhow::Result<()> {
+    let status = svc.status.unwrap_or_default();
+    match (output, history) {
+        (Output::Json, true) => println!("{}", serde_json::to_string_pretty(&status.history)?),
+        (Output::Json, false) => println!("{}", serde_json::to_string_pretty(&status)?),
+        (Output::Text, true) => {
+            for r in &status.history {
+                println!(
+                    "{}  {:<28} {:?}  {}",
+                    r.ended.0, r.revision, r.outcome, r.reason
+                );
+            }
+        }
+        (Output::Text, false) => print!("{}", describe(name, &status)),
+    }
+    Ok(())
+}
+
+/// Arguments of `zdeploy apply` and `zdeploy diff`.
+#[derive(clap::Args)]
+pub struct FileArgs {
+    /// The manifest (ZmqService documents).
+    #[arg(short = 'f', long = "filename")]
+    file: PathBuf,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+fn services(args: &FileArgs) -> anyhow::Result<Vec<ZmqService>> {
+    let text = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("reading {}", args.file.display()))?;
+    let mut out = Vec::new();
+    let mut problems = Vec::new();
+    for d in validate_str(&text)? {
+        problems.extend(
+            d.problems
+                .iter()
+                .map(|p| format!("{}: {p}", args.file.display())),
+        );
+        if let Some(Resource::ZmqService(s)) = d.resource {
+            out.push(*s);
+        }
+    }
+    anyhow::ensure!(problems.is_empty(), "{}", problems.join("\n"));
+    Ok(out)
+}
+
+/// `zdeploy apply -f`: validates, then server-side applies each ZmqService.
+pub async fn apply(args: &FileArgs) -> anyhow::Result<()> {
+    let (client, default_ns) = args.cluster.client().await?;
+    for mut svc in services(args)? {
+        let ns = svc
+            .namespace()
+            .or_else(|| args.cluster.namespace.clone())
+            .unwrap_or_else(|| default_ns.clone());
+        svc.metadata.namespace = Some(ns.clone());
+        svc.status = None;
+        let api: Api<ZmqService> = Api::namespaced(client.clone(), &ns);
+        api.patch(
+            &svc.name_any(),
+            &PatchParams::apply("zdeploy-cli"),
+            &Patch::Apply(&svc),
+        )
+        .await?;
+        println!("zmqservice.zdeploy.io/{} applied in {ns}", svc.name_any());
+    }
+    Ok(())
+}
+
+/// `zdeploy diff -f`: the spec lines that would change; exit 1 when any would.
+pub async fn diff(args: &FileArgs) -> anyhow::Result<ExitCode> {
+    let (client, default_ns) = args.cluster.client().await?;
+    let mut changed = false;
+    for svc in services(args)? {
+        let ns = svc
+            .namespace()
+            .or_else(|| args.cluster.namespace.clone())
+            .unwrap_or_else(|| default_ns.clone());
+        let api: Api<ZmqService> = Api::namespaced(client.clone(), &ns);
+        let live = api.get_opt(&svc.name_any()).await?;
+        let want = serde_saphyr::to_string(&svc.spec)?;
+        let have = match &live {
+            Some(l) => serde_saphyr::to_string(&l.spec)?,
+            None => String::new(),
+        };
+        let lines = line_diff(&have, &want);
+        if !lines.is_empty() {
+            changed = true;
+            println!(
+                "--- {ns}/{} (live)\n+++ {ns}/{} ({})",
+                svc.name_any(),
+                svc.name_any(),
+                args.file.display()
+            );
+            lines.iter().for_each(|l| println!("{l}"));
+        }
+    }
+    Ok(if changed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Lines removed (`-`) and added (`+`), by longest common subsequence.
+fn line_diff(old: &str, new: &str) -> Vec<String> {
+    let (a, b): (Vec<&str>, Vec<&str>) = (old.lines().collect(), new.lines().collect());
+    let mut lcs = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for i in (0..a.len()).rev() {
+        for j in (0..b.len()).rev() {
+            lcs[i][j] = if a[i] == b[j] {
+                lcs[i + 1][j + 1] + 1
+            } else {
+                lcs[i + 1][j].max(lcs[i][j + 1])
+            };
+        }
+    }
+    let (mut i, mut j, mut out) = (0, 0, Vec::new());
+    while i < a.len() || j < b.len() {
+        if i < a.len() && j < b.len() && a[i] == b[j] {
+            i += 1;
+            j += 1;
+        } else if j < b.len() && (i == a.len() || lcs[i][j + 1] > lcs[i + 1][j]) {
+            out.push(format!("+{}", b[j]));
+            j += 1;
+        } else {
+            out.push(format!("-{}", a[i]));
+            i += 1;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diff_shows_changed_lines_only() {
+        assert_eq!(line_diff("a\nb\nc\n", "a\nB\nc\n"), ["-b", "+B"]);
+        assert!(line_diff("x\n", "x\n").is_empty());
+    }
+}
