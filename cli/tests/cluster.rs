@@ -1,0 +1,191 @@
+//! The verbs against a cluster, through the real binary and a kubeconfig pointing at a
+//! mock API server on 127.0.0.1 that checks each request's method, path and body and
+//! answers as the controller would.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, Uri};
+use axum::routing::any;
+use serde_json::{Value, json};
+
+#[derive(Default)]
+struct Api {
+    calls: Vec<(Method, String, String, Value)>,
+    last_command: Option<String>,
+}
+
+fn object(last_command: Option<&str>) -> Value {
+    json!({
+        "apiVersion": "zdeploy.io/v1alpha1", "kind": "ZmqService",
+        "metadata": {"name": "echo", "namespace": "trading", "uid": "u-1", "resourceVersion": "7"},
+        "spec": {"windows": {"build": "2022"}, "template": {"spec": {"containers": [{"name": "echo", "image": "echo:2"}]}}, "zmq": {"port": 5555}},
+        "status": {"phase": if last_command.is_some() { "RolledBack" } else { "Progressing" }, "canaryWeight": 0,
+                   "stableRevision": "echo:1", "lastCommand": last_command,
+                   "history": [{"revision": "echo:2", "stableRevision": "echo:1", "started": "2026-11-25T10:00:00Z", "ended": "2026-11-25T10:01:00Z", "outcome": "RolledBack", "reason": "rolled back by hand: paged"}]}
+    })
+}
+
+async fn handle(
+    State(api): State<Arc<Mutex<Api>>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::Json<Value> {
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let mut a = api.lock().unwrap();
+    a.calls.push((
+        method.clone(),
+        uri.path().to_string(),
+        content_type,
+        body.clone(),
+    ));
+    if method == Method::PATCH {
+        let raw = body["metadata"]["annotations"]["zdeploy.io/command"]
+            .as_str()
+            .unwrap_or_default();
+        let command: Value = serde_json::from_str(raw).unwrap_or(Value::Null);
+        a.last_command = command["id"].as_str().map(String::from);
+        // The controller has not acted yet when the patch returns.
+        return axum::Json(object(None));
+    }
+    axum::Json(object(a.last_command.as_deref()))
+}
+
+struct Mock {
+    api: Arc<Mutex<Api>>,
+    kubeconfig: std::path::PathBuf,
+    _rt: tokio::runtime::Runtime,
+}
+
+fn mock() -> Mock {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let api = Arc::new(Mutex::new(Api::default()));
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = axum::Router::new()
+        .fallback(any(handle))
+        .with_state(api.clone());
+    rt.spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let dir = support::tempdir("cluster");
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!("apiVersion: v1\nkind: Config\nclusters:\n- name: mock\n  cluster: {{server: 'http://{addr}'}}\nusers:\n- name: nobody\n  user: {{}}\ncontexts:\n- name: mock\n  context: {{cluster: mock, user: nobody, namespace: default}}\ncurrent-context: mock\n"),
+    )
+    .unwrap();
+    Mock {
+        api,
+        kubeconfig,
+        _rt: rt,
+    }
+}
+
+fn zdeploy(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_zdeploy"))
+        .args(args)
+        .env_remove("KUBECONFIG")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn rollback_patches_only_the_command_annotation_and_waits_for_the_controller() {
+    let m = mock();
+    let kc = m.kubeconfig.to_str().unwrap();
+    let (code, out, err) = zdeploy(&[
+        "rollback",
+        "echo",
+        "-n",
+        "trading",
+        "--kubeconfig",
+        kc,
+        "--reason",
+        "paged",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let reply: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(reply["status"]["phase"], "RolledBack");
+    let calls = m.api.lock().unwrap().calls.clone();
+    let (method, path, content_type, body) = &calls[0];
+    assert_eq!(
+        (method, path.as_str()),
+        (
+            &Method::PATCH,
+            "/apis/zdeploy.io/v1alpha1/namespaces/trading/zmqservices/echo"
+        )
+    );
+    assert_eq!(content_type, "application/merge-patch+json");
+    assert_eq!(
+        body.as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["metadata"],
+        "never the spec: {body}"
+    );
+    let command: Value = serde_json::from_str(
+        body["metadata"]["annotations"]["zdeploy.io/command"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (command["command"].as_str(), command["reason"].as_str()),
+        (Some("rollback"), Some("paged"))
+    );
+    assert!(
+        calls[1..]
+            .iter()
+            .all(|(m, p, _, _)| m == Method::GET && p.ends_with("/zmqservices/echo")),
+        "{calls:?}"
+    );
+}
+
+#[test]
+fn status_and_history_read_the_recorded_status() {
+    let m = mock();
+    let kc = m.kubeconfig.to_str().unwrap();
+    let (code, out, err) = zdeploy(&["status", "echo", "-n", "trading", "--kubeconfig", kc]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("Phase:     Progressing") && out.contains("Stable:    echo:1"),
+        "{out}"
+    );
+    let (code, out, _) = zdeploy(&[
+        "history",
+        "echo",
+        "-n",
+        "trading",
+        "--kubeconfig",
+        kc,
+        "-o",
+        "json",
+    ]);
+    assert_eq!(code, 0);
+    let history: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(history[0]["outcome"], "RolledBack");
+    assert!(
+        m.api
+            .lock()
+            .unwrap()
+            .calls
+            .iter()
+            .all(|(m, _, _, _)| m == Method::GET),
+        "reading never writes"
+    );
+}
