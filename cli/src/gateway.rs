@@ -52,6 +52,10 @@ pub struct Args {
     /// File holding the bearer token the admin API requires (required off loopback).
     #[arg(long)]
     admin_token_file: Option<PathBuf>,
+    /// Take weights from this ConfigMap (NAMESPACE/NAME, key weights.json) through the
+    /// Kubernetes API, before serving and every 250 ms after.
+    #[arg(long)]
+    weights_configmap: Option<String>,
 }
 
 impl Args {
@@ -95,7 +99,35 @@ impl Args {
 
 /// Runs the gateway until a signal asks it to stop.
 pub async fn run(args: &Args) -> anyhow::Result<()> {
-    let gateway = Gateway::start(args.config()?).await?;
+    let mut config = args.config()?;
+    let source = match &args.weights_configmap {
+        Some(target) => {
+            let (ns, name) = target
+                .split_once('/')
+                .context("--weights-configmap: write NAMESPACE/NAME")?;
+            let client = kube::Client::try_default()
+                .await
+                .context("connecting to the Kubernetes API for --weights-configmap")?;
+            // The recorded weights before the first request: never more to the canary than recorded.
+            let api = kube::Api::namespaced(client.clone(), ns);
+            let pools = config.pool_names();
+            let weights = zdeploy_gateway::follow::read(&api, name, &pools)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            config.weights = pools.into_iter().zip(weights).collect();
+            Some((client, ns.to_string(), name.to_string()))
+        }
+        None => None,
+    };
+    let gateway = Gateway::start(config).await?;
+    let _follow = match source {
+        Some((client, ns, name)) => Some(
+            zdeploy_gateway::follow::follow(client, ns, name, gateway.control().clone())
+                .await
+                .map_err(anyhow::Error::msg)?,
+        ),
+        None => None,
+    };
     let mut line = format!("zgate ready: frontend {}", gateway.frontend());
     if let Some(a) = gateway.metrics_addr() {
         line.push_str(&format!(" metrics http://{a}/metrics"));

@@ -189,3 +189,84 @@ fn status_and_history_read_the_recorded_status() {
         "reading never writes"
     );
 }
+
+#[test]
+fn zgate_follows_its_weights_configmap_without_restarting() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let weights = Arc::new(Mutex::new(r#"{"stable":70,"canary":30}"#.to_string()));
+    let reads = Arc::new(Mutex::new(0usize));
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (w, r) = (weights.clone(), reads.clone());
+    let router = axum::Router::new().route(
+        "/api/v1/namespaces/trading/configmaps/echo-weights",
+        axum::routing::get(move || {
+            let (w, r) = (w.clone(), r.clone());
+            async move {
+                *r.lock().unwrap() += 1;
+                let data = w.lock().unwrap().clone();
+                axum::Json(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "echo-weights", "namespace": "trading"}, "data": {"weights.json": data}}))
+            }
+        }),
+    );
+    rt.spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let dir = support::tempdir("follow");
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(&kubeconfig, format!("apiVersion: v1\nkind: Config\nclusters:\n- name: m\n  cluster: {{server: 'http://{addr}'}}\nusers:\n- name: u\n  user: {{}}\ncontexts:\n- name: m\n  context: {{cluster: m, user: u}}\ncurrent-context: m\n")).unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_zdeploy"));
+    cmd.args([
+        "gateway",
+        "--frontend",
+        "tcp://127.0.0.1:*",
+        "--admin",
+        "127.0.0.1:0",
+        "--pool",
+        "stable=tcp://127.0.0.1:9",
+        "--pool",
+        "canary=tcp://127.0.0.1:9",
+        "--weights-configmap",
+        "trading/echo-weights",
+    ]);
+    cmd.env("KUBECONFIG", &kubeconfig);
+    let mut gw = support::Proc::start(cmd, "zgate ready:");
+    let admin = gw
+        .ready
+        .split_whitespace()
+        .skip_while(|w| *w != "admin")
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let get = || {
+        support::http()
+            .get(format!("{admin}/weights"))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap()
+    };
+    assert_eq!(
+        get(),
+        r#"{"canary":30,"stable":70}"#,
+        "the recorded weights apply before the first request"
+    );
+    *weights.lock().unwrap() = r#"{"stable":100}"#.to_string();
+    let changed = std::time::Instant::now();
+    while get() != r#"{"canary":0,"stable":100}"# {
+        assert!(
+            changed.elapsed() < std::time::Duration::from_secs(5),
+            "zgate never picked up the new weights"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    eprintln!(
+        "new weights applied {:?} after the ConfigMap changed",
+        changed.elapsed()
+    );
+    assert!(
+        gw.child.try_wait().unwrap().is_none(),
+        "the same zgate process applied the change"
+    );
+    assert!(*reads.lock().unwrap() >= 2);
+}

@@ -172,6 +172,8 @@ async fn first_deploy_applies_everything_and_records_stable() {
         [
             "serviceaccounts/echo-service",
             "serviceaccounts/echo-zgate",
+            "roles/echo-zgate",
+            "rolebindings/echo-zgate",
             "configmaps/echo-weights",
             "services/echo-stable",
             "services/echo-canary",

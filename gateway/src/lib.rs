@@ -7,6 +7,7 @@ pub mod classify;
 pub mod config;
 pub mod control;
 mod dataplane;
+pub mod follow;
 pub mod metrics;
 mod pending;
 pub mod router;

@@ -12,6 +12,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
@@ -238,10 +239,12 @@ where
     Ok(())
 }
 
-/// Applies every rendered object: identities and weights first, then Services, zgate,
+/// Applies every rendered object: identities, zgate's read access and weights first, then Services, zgate,
 /// stable, canary, and disruption budgets last.
 async fn apply_rendered(client: &Client, ns: &str, r: &Rendered) -> Result<(), Error> {
     apply_all::<ServiceAccount>(client, ns, &r.service_accounts).await?;
+    apply_all::<Role>(client, ns, &r.roles).await?;
+    apply_all::<RoleBinding>(client, ns, &r.role_bindings).await?;
     apply_all::<ConfigMap>(client, ns, &r.config_maps).await?;
     apply_all::<Service>(client, ns, &r.services).await?;
     let (zgate, pools): (Vec<Deployment>, Vec<Deployment>) = r

@@ -14,6 +14,7 @@ use k8s_openapi::api::core::v1::{
     WindowsSecurityContextOptions,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
@@ -41,6 +42,10 @@ pub struct Rendered {
     pub pdbs: Vec<PodDisruptionBudget>,
     /// Identities for the service pods and zgate.
     pub service_accounts: Vec<ServiceAccount>,
+    /// zgate's right to read its weights ConfigMap, and nothing else.
+    pub roles: Vec<Role>,
+    /// Binds that Role to zgate's ServiceAccount.
+    pub role_bindings: Vec<RoleBinding>,
 }
 
 impl Rendered {
@@ -52,6 +57,8 @@ impl Rendered {
         }
         let mut out = String::new();
         self.service_accounts.iter().for_each(|o| doc(&mut out, o));
+        self.roles.iter().for_each(|o| doc(&mut out, o));
+        self.role_bindings.iter().for_each(|o| doc(&mut out, o));
         self.config_maps.iter().for_each(|o| doc(&mut out, o));
         self.services.iter().for_each(|o| doc(&mut out, o));
         self.deployments.iter().for_each(|o| doc(&mut out, o));
@@ -375,8 +382,9 @@ fn render_gateway(
         format!("stable={}", endpoint("stable")),
         "--pool".into(),
         format!("canary={}", endpoint("canary")),
-        "--weights".into(),
-        format!("stable={},canary={}", weight.complement(), weight),
+        // Weights come from the ConfigMap through the API: no restart on a change.
+        "--weights-configmap".into(),
+        format!("{ns}/{name}-weights"),
         "--timeout".into(),
         svc.spec.zmq.request_timeout.to_string(),
         "--metrics".into(),
@@ -426,7 +434,7 @@ fn render_gateway(
     let pod = PodSpec {
         containers: vec![container],
         service_account_name: Some(format!("{name}-zgate")),
-        automount_service_account_token: Some(false),
+        automount_service_account_token: Some(true),
         node_selector: Some(BTreeMap::from([(
             "kubernetes.io/os".to_string(),
             "linux".to_string(),
@@ -454,8 +462,31 @@ fn render_gateway(
     ));
     r.service_accounts.push(ServiceAccount {
         metadata: meta(svc, format!("{name}-zgate"), gw.clone()),
-        automount_service_account_token: Some(false),
         ..Default::default()
+    });
+    r.roles.push(Role {
+        metadata: meta(svc, format!("{name}-zgate"), gw.clone()),
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec![String::new()]),
+            resources: Some(vec!["configmaps".into()]),
+            resource_names: Some(vec![format!("{name}-weights")]),
+            verbs: vec!["get".into()],
+            ..Default::default()
+        }]),
+    });
+    r.role_bindings.push(RoleBinding {
+        metadata: meta(svc, format!("{name}-zgate"), gw.clone()),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "Role".into(),
+            name: format!("{name}-zgate"),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: format!("{name}-zgate"),
+            namespace: Some(ns.to_string()),
+            ..Default::default()
+        }]),
     });
     r.pdbs.push(PodDisruptionBudget {
         metadata: meta(svc, format!("{name}-zgate"), gw.clone()),
