@@ -19,6 +19,13 @@ pub struct Args {
     /// zgate's series in Prometheus carry no `namespace` label (no Kubernetes relabeling).
     #[arg(long)]
     no_namespace_label: bool,
+    /// Receive Alertmanager webhooks here (POST /alertmanager): a firing alert labelled with
+    /// a service, its namespace and pool="canary" rolls that canary back at once.
+    #[arg(long, requires = "webhook_token_file")]
+    alertmanager_webhook: Option<SocketAddr>,
+    /// File holding the bearer token Alertmanager must send.
+    #[arg(long)]
+    webhook_token_file: Option<std::path::PathBuf>,
 }
 
 /// Runs until SIGINT or SIGTERM.
@@ -44,6 +51,22 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     tokio::spawn(async move {
         let _ = axum::serve(listener, router).await;
     });
+    if let (Some(addr), Some(file)) = (args.alertmanager_webhook, &args.webhook_token_file) {
+        let token = std::fs::read_to_string(file)
+            .with_context(|| format!("reading {}", file.display()))?
+            .trim()
+            .to_string();
+        anyhow::ensure!(!token.is_empty(), "{} is empty", file.display());
+        let inbox = Arc::new(zdeploy_controller::analysis::webhook::AlertInbox::default());
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening on {addr}"))?;
+        let router = zdeploy_controller::analysis::webhook::router(inbox.clone(), token);
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        tokio::spawn(controller::rollback_on_alerts(client.clone(), inbox));
+    }
     let metrics = match &args.prometheus {
         Some(url) => MetricsSource::Prometheus {
             url: url.clone(),

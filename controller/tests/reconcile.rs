@@ -505,3 +505,69 @@ async fn a_deleted_service_is_cleaned_up_and_released() {
     let svc: ZmqService = serde_json::from_value(service("x", None, json!({}), true)).unwrap();
     assert_eq!(svc.finalizers(), [FINALIZER]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_alertmanager_webhook_becomes_a_rollback_command() {
+    use zdeploy_controller::analysis::webhook::{AlertInbox, router};
+    let (mock, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(mock, "default");
+    let inbox = Arc::new(AlertInbox::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/alertmanager", listener.local_addr().unwrap());
+    let app = router(inbox.clone(), "t0k3n".into());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    tokio::spawn(
+        zdeploy_controller::platforms::kubernetes::controller::rollback_on_alerts(client, inbox),
+    );
+    zdeploy_controller::tls::install_ring_provider();
+    let payload = json!({"alerts": [{"status": "firing", "labels": {"alertname": "CanaryErrorRateHigh", "service": "echo", "namespace": "trading", "pool": "canary"}}]});
+    let sent = reqwest::Client::new()
+        .post(&url)
+        .bearer_auth("t0k3n")
+        .json(&payload)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 200);
+    let (req, send) =
+        tokio::time::timeout(std::time::Duration::from_secs(5), handle.next_request())
+            .await
+            .expect("a patch within 5 s")
+            .unwrap();
+    assert_eq!(req.method(), Method::PATCH);
+    assert_eq!(
+        req.uri().path(),
+        "/apis/zdeploy.io/v1alpha1/namespaces/trading/zmqservices/echo"
+    );
+    assert_eq!(
+        req.headers()["content-type"],
+        "application/merge-patch+json"
+    );
+    let body: Value =
+        serde_json::from_slice(&req.into_body().collect_bytes().await.unwrap()).unwrap();
+    let command: Value = serde_json::from_str(
+        body["metadata"]["annotations"]["zdeploy.io/command"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(command["command"], "rollback");
+    assert!(
+        command["reason"]
+            .as_str()
+            .unwrap()
+            .contains("CanaryErrorRateHigh")
+    );
+    assert_eq!(
+        body.as_object().unwrap().len(),
+        1,
+        "only metadata is patched: {body}"
+    );
+    send.send_response(
+        Response::builder()
+            .body(Body::from(
+                serde_json::to_vec(&service("echo:2", None, json!({}), false)).unwrap(),
+            ))
+            .unwrap(),
+    );
+}

@@ -46,6 +46,16 @@ impl AlertInbox {
         hit
     }
 
+    /// Every alert for the canary pool, taken out (the controller routes them by labels).
+    pub fn take_canary(&self) -> Vec<PushedAlert> {
+        let mut all = self.alerts.lock().expect("inbox lock");
+        let (hit, keep): (Vec<_>, Vec<_>) = all
+            .drain(..)
+            .partition(|a| a.labels.get("pool").map(String::as_str) == Some("canary"));
+        *all = keep;
+        hit
+    }
+
     fn push(&self, alert: PushedAlert) {
         self.alerts.lock().expect("inbox lock").push(alert);
         self.notify.notify_waiters();
