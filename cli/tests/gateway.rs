@@ -649,3 +649,28 @@ fn sticky_routing_keeps_each_client_on_one_pool() {
         "20 identities all hashed to one pool: {pools_seen:?}"
     );
 }
+
+#[test]
+fn a_pool_given_by_name_connects_to_every_address_of_the_name() {
+    let svc = peer(&["rep", "--name", "stable"]);
+    let port = svc.endpoint().rsplit(':').next().unwrap().to_string();
+    let gw = gateway(&["--pool", &format!("stable=tcp://localhost:{port}")]);
+    let endpoints = support::http()
+        .get(format!("{}/endpoints", gw.admin))
+        .send()
+        .unwrap()
+        .json::<serde_json::Value>()
+        .unwrap();
+    let stable: Vec<String> = serde_json::from_value(endpoints["stable"].clone()).unwrap();
+    assert!(
+        stable.contains(&format!("tcp://127.0.0.1:{port}")),
+        "the name was resolved to its addresses: {stable:?}"
+    );
+    assert!(
+        !stable.iter().any(|e| e.contains("localhost")),
+        "{stable:?}"
+    );
+    gw.wait_live("stable", 1.0);
+    let r = client(&["req", "--connect", &gw.frontend, "--count", "20"]);
+    assert_eq!(ok_count(&r, "stable"), 20, "{r}");
+}

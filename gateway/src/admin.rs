@@ -39,11 +39,13 @@ pub fn metrics_router(metrics: Arc<GatewayMetrics>) -> Router {
     )
 }
 
-/// The admin API: `GET|PUT /weights`, `GET /faults`, `PUT|DELETE /faults/{pool}`, `GET /healthz`.
+/// The admin API: `GET|PUT /weights`, `GET /faults`, `PUT|DELETE /faults/{pool}`,
+/// `GET /endpoints`, `GET /healthz`.
 pub fn admin_router(control: Arc<Control>, token: Option<String>) -> Router {
     let api = Router::new()
         .route("/weights", get(get_weights).put(put_weights))
         .route("/faults", get(get_faults))
+        .route("/endpoints", get(get_endpoints))
         .route("/faults/{pool}", put(put_fault).delete(delete_fault))
         .with_state(control);
     let api = match token {
@@ -90,6 +92,17 @@ fn weights_json(control: &Control) -> BTreeMap<String, Weight> {
         .cloned()
         .zip(control.snapshot().weights)
         .collect()
+}
+
+async fn get_endpoints(State(control): State<Arc<Control>>) -> Json<BTreeMap<String, Vec<String>>> {
+    Json(
+        control
+            .pools()
+            .iter()
+            .cloned()
+            .zip(control.snapshot().endpoints)
+            .collect(),
+    )
 }
 
 async fn get_weights(State(control): State<Arc<Control>>) -> Json<BTreeMap<String, Weight>> {

@@ -96,6 +96,8 @@ pub struct Settings {
     pub weights: Vec<Weight>,
     /// Fault of each pool, if any.
     pub faults: Vec<Option<ActiveFault>>,
+    /// Endpoints each pool connects to (names resolved to addresses).
+    pub endpoints: Vec<Vec<String>>,
 }
 
 /// Settings shared between the admin API (writer) and the data plane (reader).

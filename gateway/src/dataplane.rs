@@ -44,6 +44,8 @@ struct Pool {
     monitor: zmq::Socket,
     live: HashSet<Vec<u8>>,
     metrics: PoolMetrics,
+    /// Endpoints the socket is connected to.
+    connected: Vec<String>,
 }
 
 /// The sockets and state of a running data plane.
@@ -95,6 +97,7 @@ impl DataPlane {
         let endpoint = frontend
             .get_last_endpoint()?
             .unwrap_or_else(|_| config.frontend.clone());
+        let settings = control.snapshot();
         let mut pools = Vec::new();
         for (i, p) in config.pools.iter().enumerate() {
             let socket = context.socket(zmq::DEALER)?;
@@ -110,7 +113,11 @@ impl DataPlane {
             )?;
             let monitor = context.socket(zmq::PAIR)?;
             monitor.connect(&addr)?;
-            for e in &p.endpoints {
+            // IPv6 addresses come from resolving pool names.
+            socket.set_ipv6(true)?;
+            // Names are connected once resolved (discovery), one connection per address.
+            let addresses = settings.endpoints[i].clone();
+            for e in &addresses {
                 socket.connect(e)?;
             }
             pools.push(Pool {
@@ -119,9 +126,9 @@ impl DataPlane {
                 monitor,
                 live: HashSet::new(),
                 metrics: metrics.pools[i].clone(),
+                connected: addresses,
             });
         }
-        let settings = control.snapshot();
         let plane = Self {
             frontend,
             pools,
@@ -191,6 +198,25 @@ impl DataPlane {
         self.router = WeightedRoundRobin::new(&s.weights);
         self.faults = s.faults;
         self.publish_weights(&s.weights);
+        for (pool, wanted) in self.pools.iter_mut().zip(&s.endpoints) {
+            if &pool.connected == wanted {
+                continue;
+            }
+            for gone in pool.connected.iter().filter(|e| !wanted.contains(e)) {
+                if let Err(e) = pool.socket.disconnect(gone) {
+                    tracing::warn!(pool = %pool.name, "disconnecting {gone}: {e}");
+                }
+                // libzmq reports no event for a disconnect it was asked for.
+                pool.live.remove(gone.as_bytes());
+            }
+            for new in wanted.iter().filter(|e| !pool.connected.contains(e)) {
+                if let Err(e) = pool.socket.connect(new) {
+                    tracing::warn!(pool = %pool.name, "connecting {new}: {e}");
+                }
+            }
+            pool.connected = wanted.clone();
+            pool.metrics.live_backends.set(pool.live.len() as i64);
+        }
     }
 
     fn publish_weights(&self, weights: &[zdeploy_api::Weight]) {

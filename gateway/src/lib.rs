@@ -7,6 +7,7 @@ pub mod classify;
 pub mod config;
 pub mod control;
 mod dataplane;
+pub mod discovery;
 pub mod follow;
 pub mod metrics;
 mod pending;
@@ -46,7 +47,8 @@ pub struct Gateway {
     metrics_addr: Option<SocketAddr>,
     admin_addr: Option<SocketAddr>,
     data_plane: Option<std::thread::JoinHandle<()>>,
-    http: Vec<JoinHandle<()>>,
+    /// Background tasks (HTTP listeners, name resolution), stopped with the gateway.
+    tasks: Vec<JoinHandle<()>>,
 }
 
 async fn serve(
@@ -76,11 +78,23 @@ impl Gateway {
             .iter()
             .map(|p| config.weights.get(p).copied().unwrap_or_default())
             .collect();
+        let configured: Vec<Vec<String>> =
+            config.pools.iter().map(|p| p.endpoints.clone()).collect();
         let control = Arc::new(Control::new(
             pools.clone(),
             Settings {
                 weights,
                 faults: vec![None; pools.len()],
+                // Names join once resolved; until then only literal addresses.
+                endpoints: configured
+                    .iter()
+                    .map(|eps| {
+                        eps.iter()
+                            .filter(|e| discovery::named(e).is_none())
+                            .cloned()
+                            .collect()
+                    })
+                    .collect(),
             },
         ));
         let metrics = Arc::new(GatewayMetrics::new(&config.service, &pools));
@@ -97,12 +111,21 @@ impl Gateway {
             metrics_addr: None,
             admin_addr: None,
             data_plane: Some(data_plane),
-            http: Vec::new(),
+            tasks: Vec::new(),
         };
+        if configured
+            .iter()
+            .flatten()
+            .any(|e| discovery::named(e).is_some())
+        {
+            gateway
+                .tasks
+                .push(discovery::follow(configured, gateway.control.clone()).await);
+        }
         if let Some(addr) = config.metrics {
             let (bound, task) = serve(addr, admin::metrics_router(gateway.metrics.clone())).await?;
             gateway.metrics_addr = Some(bound);
-            gateway.http.push(task);
+            gateway.tasks.push(task);
         }
         if let Some(addr) = config.admin {
             let (bound, task) = serve(
@@ -111,7 +134,7 @@ impl Gateway {
             )
             .await?;
             gateway.admin_addr = Some(bound);
-            gateway.http.push(task);
+            gateway.tasks.push(task);
         }
         Ok(gateway)
     }
@@ -162,7 +185,7 @@ impl Gateway {
 
     async fn stop(&mut self) {
         self.control.request_shutdown();
-        for task in self.http.drain(..) {
+        for task in self.tasks.drain(..) {
             task.abort();
         }
         if let Some(t) = self.data_plane.take() {
@@ -174,7 +197,7 @@ impl Gateway {
 impl Drop for Gateway {
     fn drop(&mut self) {
         self.control.request_shutdown();
-        for task in &self.http {
+        for task in &self.tasks {
             task.abort();
         }
     }
