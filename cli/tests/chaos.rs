@@ -56,24 +56,8 @@ struct Setup {
 fn setup() -> Setup {
     let dir = support::tempdir("chaos");
     std::fs::write(dir.join("drill.yaml"), SERVICE).unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_zdeploy"));
-    cmd.args([
-        "up",
-        "-f",
-        dir.join("drill.yaml").to_str().unwrap(),
-        "--frontend",
-        "tcp://127.0.0.1:*",
-        "--state-dir",
-        dir.join("state").to_str().unwrap(),
-    ]);
-    let up = Proc::start(cmd, "zdeploy up:");
-    let frontend = up
-        .ready
-        .split_whitespace()
-        .skip_while(|w| *w != "frontend")
-        .nth(1)
-        .unwrap()
-        .to_string();
+    let support::Up { proc: up, frontend } =
+        support::up(&dir.join("drill.yaml"), &dir.join("state"));
     // Steady background load, pipelined, so every check has samples.
     let mut load = Command::new(env!("CARGO_BIN_EXE_zdeploy"));
     load.args([

@@ -4,6 +4,8 @@
 
 mod support;
 
+use support::zdeploy;
+
 use std::sync::{Arc, Mutex};
 
 use axum::extract::State;
@@ -89,19 +91,6 @@ fn mock() -> Mock {
         kubeconfig,
         _rt: rt,
     }
-}
-
-fn zdeploy(args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_zdeploy"))
-        .args(args)
-        .env_remove("KUBECONFIG")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]

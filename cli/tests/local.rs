@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use support::{Proc, client, python, root, tempdir};
+use support::{client, python, root, tempdir, up};
 
 fn manifest(dir: &Path, name: &str, steps: &str) -> PathBuf {
     let text = format!(
@@ -36,33 +36,6 @@ spec:
     let path = dir.join(format!("{name}.yaml"));
     std::fs::write(&path, text).unwrap();
     path
-}
-
-struct Up {
-    proc: Proc,
-    frontend: String,
-}
-
-fn up(file: &Path, state: &Path) -> Up {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_zdeploy"));
-    cmd.args([
-        "up",
-        "-f",
-        file.to_str().unwrap(),
-        "--frontend",
-        "tcp://127.0.0.1:*",
-        "--state-dir",
-        state.to_str().unwrap(),
-    ]);
-    let proc = Proc::start(cmd, "zdeploy up:");
-    let frontend = proc
-        .ready
-        .split_whitespace()
-        .skip_while(|w| *w != "frontend")
-        .nth(1)
-        .unwrap()
-        .to_string();
-    Up { proc, frontend }
 }
 
 /// Runs a CLI verb as its own process; returns exit code and stdout.

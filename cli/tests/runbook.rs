@@ -1,19 +1,8 @@
 //! `zdeploy runbook` as the on-call engineer uses it.
 
-use std::process::Command;
+mod support;
 
-fn zdeploy(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_zdeploy"))
-        .args(args)
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use support::zdeploy;
 
 #[test]
 fn show_by_alert_name_prints_the_page() {

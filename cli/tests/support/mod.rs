@@ -183,6 +183,53 @@ pub fn http() -> reqwest::blocking::Client {
     reqwest::blocking::Client::new()
 }
 
+/// Runs `zdeploy ARGS` from the repository root, without KUBECONFIG; returns the exit
+/// code, stdout and stderr.
+pub fn zdeploy(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_zdeploy"))
+        .args(args)
+        .current_dir(root())
+        .env_remove("KUBECONFIG")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A running `zdeploy up` and the ZeroMQ endpoint its clients use.
+pub struct Up {
+    /// The process.
+    pub proc: Proc,
+    /// zgate's frontend.
+    pub frontend: String,
+}
+
+/// Starts `zdeploy up -f FILE` with its state under `state`, on a free frontend port.
+pub fn up(file: &std::path::Path, state: &std::path::Path) -> Up {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_zdeploy"));
+    cmd.args([
+        "up",
+        "-f",
+        file.to_str().unwrap(),
+        "--frontend",
+        "tcp://127.0.0.1:*",
+        "--state-dir",
+        state.to_str().unwrap(),
+    ]);
+    let proc = Proc::start(cmd, "zdeploy up:");
+    let frontend = proc
+        .ready
+        .split_whitespace()
+        .skip_while(|w| *w != "frontend")
+        .nth(1)
+        .unwrap()
+        .to_string();
+    Up { proc, frontend }
+}
+
 /// A running `zdeploy gateway` and its addresses.
 pub struct Gw {
     pub proc: Proc,
