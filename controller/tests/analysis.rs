@@ -301,3 +301,25 @@ async fn a_hostile_service_name_cannot_inject_promql() {
     );
     assert_eq!(m.verdict, Verdict::Inconclusive);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_canary_younger_than_the_shortest_window_is_not_judged_on_older_data() {
+    let target = Target::start("echo").await;
+    // Earlier traffic full of errors, from a previous canary.
+    let _old = target.traffic(1, 0, 50, 0.002);
+    let prom = Prometheus::start(&target.addr, None, None).await;
+    prom.wait_scraped().await;
+    let mut a = Analyzer::new(
+        Source::prometheus(&prom.url),
+        canary("echo"),
+        analysis(0),
+        None,
+    );
+    let run = a.run(&[], Duration::from_secs(2)).await;
+    assert_eq!(run.verdict, Verdict::Inconclusive, "{}", reasons(&run));
+    assert!(
+        run.measurements[0].reason.contains("Prometheus needs 4s"),
+        "{}",
+        reasons(&run)
+    );
+}

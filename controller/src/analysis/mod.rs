@@ -148,15 +148,24 @@ impl Analyzer {
 
     async fn measure(&mut self, m: &Metric, canary_age: Duration) -> Measurement {
         let window = zdeploy_api::Duration::from(Duration::from_secs(
-            m.window
-                .get()
-                .min(canary_age.max(MIN_WINDOW))
-                .as_secs()
-                .max(1),
+            m.window.get().min(canary_age).as_secs().max(1),
         ));
         let canary = self.canary.clone();
         let stable = canary.with_pool("stable");
         let (query, reading) = match &mut self.source {
+            // A shorter window than four scrapes has no rate, and a longer one would reach
+            // back before the canary started: too young to judge.
+            Source::Prometheus(_) if canary_age < MIN_WINDOW => {
+                let r = Reading {
+                    error: Some(format!(
+                        "the canary has taken traffic for {:.1}s; Prometheus needs {}s of it",
+                        canary_age.as_secs_f64(),
+                        MIN_WINDOW.as_secs()
+                    )),
+                    ..Reading::default()
+                };
+                return record(m, String::new(), &r, self.spec.min_samples);
+            }
             Source::Prometheus(p) => {
                 let q = match (m.builtin, &m.query) {
                     (_, Some(t)) => promql::render(t, &canary, window),
