@@ -55,6 +55,25 @@ fn default_replicas() -> i32 {
     2
 }
 
+impl ZmqServiceSpec {
+    /// Index of the container that serves ZeroMQ: `zmq.container`, or the first.
+    pub fn main_container(&self) -> Option<usize> {
+        let containers = &self.template.spec.as_ref()?.containers;
+        match &self.zmq.container {
+            Some(name) => containers.iter().position(|c| &c.name == name),
+            None => (!containers.is_empty()).then_some(0),
+        }
+    }
+
+    /// The image of the ZeroMQ container: the revision the manifest asks for.
+    pub fn image(&self) -> String {
+        let pod = self.template.spec.as_ref();
+        self.main_container()
+            .and_then(|i| pod?.containers[i].image.clone())
+            .unwrap_or_default()
+    }
+}
+
 /// The Windows Server build and scheduling of the service's pods.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

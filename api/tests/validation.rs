@@ -173,3 +173,27 @@ spec:
         "{found:?}"
     );
 }
+
+#[test]
+fn the_zmq_container_names_the_image_of_the_revision() {
+    let text = MINIMAL
+        .replace(
+            "        - name: quotes\n          image: registry.example.com/quotes:1.0\n",
+            "        - name: log-shipper\n          image: registry.example.com/shipper:9\n        - name: quotes\n          image: registry.example.com/quotes:1.0\n",
+        )
+        .replace("    port: 7000\n", "    port: 7000\n    container: quotes\n");
+    let docs = validate_str(&text).unwrap();
+    let Some(Resource::ZmqService(svc)) = &docs[0].resource else {
+        panic!("{:?}", docs[0].problems);
+    };
+    assert_eq!(svc.spec.main_container(), Some(1));
+    assert_eq!(svc.spec.image(), "registry.example.com/quotes:1.0");
+    let wrong = text.replace("container: quotes", "container: quote");
+    let found = problems(&wrong);
+    assert!(
+        found
+            .iter()
+            .any(|p| p.contains("spec.zmq.container: names no container")),
+        "{found:?}"
+    );
+}

@@ -157,19 +157,8 @@ impl LocalClient {
 
     /// The runtime's status.
     pub async fn status(&self) -> anyhow::Result<StatusView> {
-        let r = self
-            .http
-            .get(format!("{}/v1/status", self.url))
-            .bearer_auth(&self.token)
-            .send()
-            .await;
-        let r = r.with_context(|| {
-            format!(
-                "zdeploy up is not answering at {} (is it running?)",
-                self.url
-            )
-        })?;
-        Ok(r.error_for_status()?.json().await?)
+        self.send(self.http.get(format!("{}/v1/status", self.url)))
+            .await
     }
 
     async fn post<Req: serde::Serialize, Reply: serde::de::DeserializeOwned>(
@@ -177,13 +166,16 @@ impl LocalClient {
         path: &str,
         req: &Req,
     ) -> anyhow::Result<Reply> {
-        let r = self
-            .http
-            .post(format!("{}{path}", self.url))
-            .bearer_auth(&self.token)
-            .json(req)
-            .send()
-            .await;
+        self.send(self.http.post(format!("{}{path}", self.url)).json(req))
+            .await
+    }
+
+    /// Sends a request with the token; an unreachable runtime or a refusal is an error.
+    async fn send<Reply: serde::de::DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> anyhow::Result<Reply> {
+        let r = request.bearer_auth(&self.token).send().await;
         let r = r.with_context(|| {
             format!(
                 "zdeploy up is not answering at {} (is it running?)",

@@ -104,19 +104,14 @@ fn workload(svc: &ZmqService, out: &mut Vec<Problem>) {
         out.push(problem(containers, "must list the service's container"));
         return;
     }
-    let main = match &svc.spec.zmq.container {
-        Some(wanted) => match pod.containers.iter().position(|c| &c.name == wanted) {
-            Some(i) => i,
-            None => {
-                out.push(valued(
-                    spec().key("zmq").key("container"),
-                    "names no container of spec.template.spec.containers",
-                    wanted,
-                ));
-                return;
-            }
-        },
-        None => 0,
+    let Some(main) = svc.spec.main_container() else {
+        // Containers exist, so only a `zmq.container` naming none of them gets here.
+        out.push(valued(
+            spec().key("zmq").key("container"),
+            "names no container of spec.template.spec.containers",
+            &svc.spec.zmq.container,
+        ));
+        return;
     };
     let image = pod.containers[main].image.as_deref().unwrap_or_default();
     if image.trim().is_empty() {

@@ -38,20 +38,17 @@ impl AlertInbox {
         namespace: Option<&str>,
         pool: &str,
     ) -> Vec<PushedAlert> {
-        let mut all = self.alerts.lock().expect("inbox lock");
-        let (hit, keep): (Vec<_>, Vec<_>) = all
-            .drain(..)
-            .partition(|a| labels_match(&a.labels, service, namespace, pool));
-        *all = keep;
-        hit
+        self.take_where(|a| labels_match(&a.labels, service, namespace, pool))
     }
 
     /// Every alert for the canary pool, taken out (the controller routes them by labels).
     pub fn take_canary(&self) -> Vec<PushedAlert> {
+        self.take_where(|a| a.labels.get("pool").map(String::as_str) == Some("canary"))
+    }
+
+    fn take_where(&self, wanted: impl Fn(&PushedAlert) -> bool) -> Vec<PushedAlert> {
         let mut all = self.alerts.lock().expect("inbox lock");
-        let (hit, keep): (Vec<_>, Vec<_>) = all
-            .drain(..)
-            .partition(|a| a.labels.get("pool").map(String::as_str) == Some("canary"));
+        let (hit, keep): (Vec<_>, Vec<_>) = all.drain(..).partition(|a| wanted(a));
         *all = keep;
         hit
     }

@@ -171,16 +171,6 @@ struct Annotated {
     request: CommandRequest,
 }
 
-fn image_of(svc: &ZmqService) -> String {
-    svc.spec
-        .template
-        .spec
-        .as_ref()
-        .and_then(|p| p.containers.first())
-        .and_then(|c| c.image.clone())
-        .unwrap_or_default()
-}
-
 /// What happened since the last reconcile, as an engine input.
 fn input_for(svc: &ZmqService, status: &ZmqServiceStatus) -> (Input, Option<String>) {
     if let Some(raw) = svc.annotations().get(COMMAND_ANNOTATION)
@@ -189,7 +179,7 @@ fn input_for(svc: &ZmqService, status: &ZmqServiceStatus) -> (Input, Option<Stri
     {
         let cmd = match a.request {
             CommandRequest::Rollout { image, canary } => Command::Rollout {
-                revision: image.unwrap_or_else(|| image_of(svc)),
+                revision: image.unwrap_or_else(|| svc.spec.image()),
                 canary,
             },
             CommandRequest::Promote { full } => Command::Promote { full },
@@ -203,7 +193,7 @@ fn input_for(svc: &ZmqService, status: &ZmqServiceStatus) -> (Input, Option<Stri
         return (Input::Command(cmd), Some(a.id));
     }
     // GitOps: a new image in the spec starts a rollout.
-    let image = image_of(svc);
+    let image = svc.spec.image();
     let released = status.stable_revision.as_deref() == Some(image.as_str())
         || status.canary_revision.as_deref() == Some(image.as_str());
     let rejected = status
@@ -265,7 +255,9 @@ async fn apply(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
     let recorded = svc.status.clone().unwrap_or_default();
     let mut before = recorded.clone();
     // First deploy: the manifest's image is stable; nothing to roll out.
-    before.stable_revision.get_or_insert_with(|| image_of(&svc));
+    before
+        .stable_revision
+        .get_or_insert_with(|| svc.spec.image());
     before.observed_generation = svc.metadata.generation;
     let (input, command_id) = input_for(&svc, &before);
     let now = Timestamp::now();

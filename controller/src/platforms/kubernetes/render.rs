@@ -158,12 +158,7 @@ fn windows_pod(svc: &ZmqService, pool: &str, image: &str) -> PodTemplateSpec {
         .get_or_insert_with(WindowsSecurityContextOptions::default);
     win.run_as_user_name
         .get_or_insert_with(|| "ContainerUser".into());
-    let main = spec
-        .zmq
-        .container
-        .as_ref()
-        .and_then(|n| pod.containers.iter().position(|c| &c.name == n))
-        .unwrap_or(0);
+    let main = spec.main_container().unwrap_or(0);
     if let Some(c) = pod.containers.get_mut(main) {
         zmq_container(c, spec.zmq.port as i32, image);
     }
@@ -274,14 +269,7 @@ pub fn render(svc: &ZmqService) -> Rendered {
     let name = svc.name_any();
     let ns = svc.namespace().unwrap_or_else(|| "default".into());
     let status = svc.status.clone().unwrap_or_default();
-    let manifest_image = svc
-        .spec
-        .template
-        .spec
-        .as_ref()
-        .and_then(|p| p.containers.first())
-        .and_then(|c| c.image.clone())
-        .unwrap_or_default();
+    let manifest_image = svc.spec.image();
     let stable_image = status.stable_revision.clone().unwrap_or(manifest_image);
     let canary_image = status
         .canary_revision

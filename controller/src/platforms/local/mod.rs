@@ -98,19 +98,6 @@ pub struct Runtime {
     pub admin_url: String,
 }
 
-fn image_of(svc: &ZmqService) -> String {
-    let pod = svc.spec.template.spec.as_ref();
-    let containers = pod.map(|p| p.containers.as_slice()).unwrap_or_default();
-    let main = svc
-        .spec
-        .zmq
-        .container
-        .as_ref()
-        .and_then(|n| containers.iter().find(|c| &c.name == n))
-        .or(containers.first());
-    main.and_then(|c| c.image.clone()).unwrap_or_default()
-}
-
 /// Waits until zgate holds a connection to every process of `pool`, so that no request
 /// meets a pool that is running but not yet connected.
 async fn wait_live(gateway: &Gateway, pool: &str, n: usize) -> Result<(), String> {
@@ -144,7 +131,7 @@ impl Runtime {
         })?;
         let state = StateDir::open(&config.state_root, &name)
             .map_err(|e| format!("state directory: {e}"))?;
-        let manifest_image = image_of(&svc);
+        let manifest_image = svc.spec.image();
         let mut status = state
             .load_status()
             .map_err(|e| format!("reading recorded status: {e}"))?
