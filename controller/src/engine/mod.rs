@@ -150,7 +150,6 @@ pub fn step(
             if d.status.rollout.is_some() {
                 let reason = format!("alert {name} fired for the canary");
                 rollback(
-                    spec,
                     &mut d,
                     &reason,
                     runbook.clone().or_else(|| runbook_for(spec, name)),
@@ -192,13 +191,7 @@ fn command(spec: &ZmqServiceSpec, d: &mut Decision, c: &Command, now: Timestamp)
         _ if !in_rollout => d.refused = Some("no rollout in progress".into()),
         Command::Abort { reason } => {
             let runbook = spec.runbooks.first().map(|r| r.id.clone());
-            rollback(
-                spec,
-                d,
-                &format!("rolled back by hand: {reason}"),
-                runbook,
-                now,
-            );
+            rollback(d, &format!("rolled back by hand: {reason}"), runbook, now);
         }
         Command::Pause => {
             let r = d.status.rollout.as_mut().expect("in rollout");
@@ -219,7 +212,7 @@ fn command(spec: &ZmqServiceSpec, d: &mut Decision, c: &Command, now: Timestamp)
                 .push(event(false, "Resumed", "rollout resumed".into()));
             advance(spec, d, now);
         }
-        Command::Promote { full: true } => complete(spec, d, "promoted by hand (--full)", now),
+        Command::Promote { full: true } => complete(d, "promoted by hand (--full)", now),
         Command::Promote { full: false } => {
             let i = d.status.current_step.unwrap_or(0) as usize;
             match spec.strategy.canary.steps.get(i) {
@@ -293,13 +286,7 @@ fn advance(spec: &ZmqServiceSpec, d: &mut Decision, now: Timestamp) {
             "no progress for {}: the progress deadline",
             spec.strategy.progress_deadline
         );
-        rollback(
-            spec,
-            d,
-            &reason,
-            spec.runbooks.first().map(|r| r.id.clone()),
-            now,
-        );
+        rollback(d, &reason, spec.runbooks.first().map(|r| r.id.clone()), now);
         return;
     }
     // `--canary N` applies first, then the steps after the last setWeight at or below N.
@@ -327,7 +314,7 @@ fn advance(spec: &ZmqServiceSpec, d: &mut Decision, now: Timestamp) {
                     Some("all steps done: waiting for a passing analysis to promote".into());
                 return;
             }
-            None => return complete(spec, d, "all steps passed", now),
+            None => return complete(d, "all steps passed", now),
             Some(Step::SetWeight(w)) => {
                 set_weight(d, *w);
                 d.status.message = Some(format!("step {i}: canary at {w}%"));
@@ -390,7 +377,6 @@ fn analysis(
                     })
                     .or_else(|| spec.runbooks.first().map(|r| r.id.clone()));
                 rollback(
-                    spec,
                     d,
                     &format!("analysis failed: {}", failed.join("; ")),
                     runbook,
@@ -469,13 +455,7 @@ fn finish(
 }
 
 /// Rolls back: the canary weight goes to 0 first, then the canary is stopped.
-fn rollback(
-    _spec: &ZmqServiceSpec,
-    d: &mut Decision,
-    reason: &str,
-    runbook: Option<String>,
-    now: Timestamp,
-) {
+fn rollback(d: &mut Decision, reason: &str, runbook: Option<String>, now: Timestamp) {
     if d.status.rollout.is_none() {
         return;
     }
@@ -497,7 +477,7 @@ fn rollback(
 }
 
 /// Makes the canary the new stable: all traffic to it, stable pool updated, traffic back.
-fn complete(_spec: &ZmqServiceSpec, d: &mut Decision, reason: &str, now: Timestamp) {
+fn complete(d: &mut Decision, reason: &str, now: Timestamp) {
     let revision = d.status.canary_revision.clone().unwrap_or_default();
     set_weight(d, Weight::FULL);
     d.actions.push(Action::DeployStable {
