@@ -6,6 +6,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use axum::routing::get;
 use zdeploy_controller::platforms::kubernetes::controller::{self, MetricsSource, Stats};
+use zdeploy_controller::platforms::kubernetes::leader::{self, Leader};
 
 /// Arguments of `zdeploy controller`.
 #[derive(clap::Args)]
@@ -26,6 +27,15 @@ pub struct Args {
     /// File holding the bearer token Alertmanager must send.
     #[arg(long)]
     webhook_token_file: Option<std::path::PathBuf>,
+    /// Reconcile without taking the `zdeploy-controller` Lease (only when one replica runs).
+    #[arg(long)]
+    no_leader_election: bool,
+    /// Namespace of the Lease (the controller's own namespace in the cluster).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "zdeploy-system")]
+    lease_namespace: String,
+    /// Name this replica holds the Lease under.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
 }
 
 /// Runs until SIGINT or SIGTERM.
@@ -74,6 +84,51 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
         },
         None => MetricsSource::Scrape,
     };
-    controller::run(client, metrics, stats).await?;
-    Ok(())
+    if args.no_leader_election {
+        stats.set_leader(true);
+        controller::run(client, metrics, stats).await?;
+        return Ok(());
+    }
+    let identity = args
+        .identity
+        .clone()
+        .unwrap_or_else(|| format!("zdeploy-{}-{}", std::process::id(), fastrand::u32(..)));
+    let mut leader = Leader::join(client.clone(), &args.lease_namespace, &identity)
+        .await
+        .with_context(|| {
+            format!(
+                "joining the election for Lease {}/{}",
+                args.lease_namespace,
+                leader::LEASE_NAME
+            )
+        })?;
+    tracing::info!(%identity, "waiting for the {} Lease", leader::LEASE_NAME);
+    tokio::select! {
+        _ = leader.acquired() => {}
+        _ = shutdown_signal() => {
+            leader.release().await;
+            return Ok(());
+        }
+    }
+    tracing::info!(%identity, "holding the {} Lease: reconciling", leader::LEASE_NAME);
+    stats.set_leader(true);
+    let outcome = tokio::select! {
+        r = controller::run(client, metrics, stats.clone()) => r.map_err(anyhow::Error::from),
+        _ = leader.lost() => Err(anyhow::anyhow!(
+            "lost the {} Lease: stopping so that only the new holder reconciles",
+            leader::LEASE_NAME
+        )),
+    };
+    stats.set_leader(false);
+    leader.release().await;
+    outcome
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }

@@ -364,12 +364,23 @@ pub struct Stats {
     pub ok: std::sync::atomic::AtomicU64,
     /// Reconciles that failed, by `Error::metric_label`.
     pub failed: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    leader: std::sync::atomic::AtomicBool,
 }
 
 impl Stats {
+    /// Records whether this replica holds the Lease (and so reconciles).
+    pub fn set_leader(&self, leader: bool) {
+        self.leader
+            .store(leader, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// The counts in the Prometheus text format.
     pub fn encode(&self) -> String {
-        let mut out = String::from("# TYPE zdeploy_reconciles_total counter\n");
+        let mut out = format!(
+            "# TYPE zdeploy_controller_leader gauge\nzdeploy_controller_leader {}\n",
+            u8::from(self.leader.load(std::sync::atomic::Ordering::Relaxed))
+        );
+        out.push_str("# TYPE zdeploy_reconciles_total counter\n");
         out.push_str(&format!(
             "zdeploy_reconciles_total{{result=\"ok\"}} {}\n",
             self.ok.load(std::sync::atomic::Ordering::Relaxed)
