@@ -180,23 +180,27 @@ fn status_and_history_read_the_recorded_status() {
 }
 
 #[test]
-fn zgate_follows_its_weights_configmap_without_restarting() {
+fn zgate_follows_its_weights_and_faults_configmap_without_restarting() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let weights = Arc::new(Mutex::new(r#"{"stable":70,"canary":30}"#.to_string()));
+    let faults: Arc<Mutex<Option<String>>> = Arc::default();
     let reads = Arc::new(Mutex::new(0usize));
     let listener = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
     let addr = listener.local_addr().unwrap();
-    let (w, r) = (weights.clone(), reads.clone());
+    let (w, f, r) = (weights.clone(), faults.clone(), reads.clone());
     let router = axum::Router::new().route(
         "/api/v1/namespaces/trading/configmaps/echo-weights",
         axum::routing::get(move || {
-            let (w, r) = (w.clone(), r.clone());
+            let (w, f, r) = (w.clone(), f.clone(), r.clone());
             async move {
                 *r.lock().unwrap() += 1;
-                let data = w.lock().unwrap().clone();
-                axum::Json(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "echo-weights", "namespace": "trading"}, "data": {"weights.json": data}}))
+                let mut data = json!({"weights.json": w.lock().unwrap().clone()});
+                if let Some(faults) = f.lock().unwrap().clone() {
+                    data["faults.json"] = json!(faults);
+                }
+                axum::Json(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "echo-weights", "namespace": "trading"}, "data": data}))
             }
         }),
     );
@@ -258,4 +262,60 @@ fn zgate_follows_its_weights_configmap_without_restarting() {
         "the same zgate process applied the change"
     );
     assert!(*reads.lock().unwrap() >= 2);
+
+    // A chaos fault written to the ConfigMap applies with its own end, and goes when removed.
+    let faults_now = || {
+        let text = support::http()
+            .get(format!("{admin}/faults"))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        serde_json::from_str::<Value>(&text).unwrap()
+    };
+    let until = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(60);
+    *faults.lock().unwrap() = Some(format!(
+        r#"{{"canary":{{"fault":{{"latency":"300ms","duration":"5m"}},"until":"{until}"}}}}"#
+    ));
+    let written = std::time::Instant::now();
+    while faults_now()["canary"]["latency"] != "300ms" {
+        assert!(
+            written.elapsed() < std::time::Duration::from_secs(5),
+            "zgate never applied the fault: {}",
+            faults_now()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let applied_in = written.elapsed();
+    let remaining: zdeploy_api::Duration = faults_now()["canary"]["remaining"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        remaining.get() <= std::time::Duration::from_secs(60)
+            && remaining.get() > std::time::Duration::from_secs(50),
+        "the fault ends at its recorded end (in 60s), not after its 5m duration: {remaining}"
+    );
+    *faults.lock().unwrap() = None;
+    let removed = std::time::Instant::now();
+    while faults_now() != json!({}) {
+        assert!(
+            removed.elapsed() < std::time::Duration::from_secs(5),
+            "the removed fault stayed: {}",
+            faults_now()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    eprintln!(
+        "fault applied in {applied_in:?}, reverted in {:?}",
+        removed.elapsed()
+    );
+    // A fault whose end has passed is never applied (a runner that crashed mid-experiment).
+    let past = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(1);
+    *faults.lock().unwrap() = Some(format!(
+        r#"{{"canary":{{"fault":{{"errorRatio":1,"duration":"5m"}},"until":"{past}"}}}}"#
+    ));
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    assert_eq!(faults_now(), json!({}), "an expired fault was applied");
 }

@@ -1,34 +1,85 @@
-//! Weights that follow a ConfigMap through the Kubernetes API: zgate reads them before it
-//! serves (a restarted replica never sends the canary more than the recorded weight) and
-//! polls every 250 ms after, so a rollback reaches every replica in well under a second
-//! without restarting it (a mounted ConfigMap takes a minute or more to update).
+//! Weights and faults that follow a ConfigMap through the Kubernetes API: zgate reads
+//! them before it serves (a restarted replica never sends the canary more than the
+//! recorded weight) and polls every 250 ms after, so a rollback reaches every replica in
+//! well under a second without restarting it (a mounted ConfigMap takes a minute or more
+//! to update). Faults carry a wall-clock end: one whose end has passed is never applied,
+//! so a chaos runner that crashed cannot leave a fault behind, even in a restarted zgate.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use jiff::Timestamp;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{Api, Client};
+use serde::{Deserialize, Serialize};
 use zdeploy_api::Weight;
 
 use crate::config::check_weights;
-use crate::control::Control;
+use crate::control::{ActiveFault, Control, FaultSpec};
 
 /// How often the ConfigMap is read.
 pub const POLL: Duration = Duration::from_millis(250);
 /// The key holding `{"stable":90,"canary":10}`.
 pub const KEY: &str = "weights.json";
+/// The key holding faults by pool, `{"canary":{"fault":{...},"until":"2026-...Z"}}`.
+pub const FAULTS_KEY: &str = "faults.json";
 
-/// Reads the weights in the ConfigMap, checked against the pools.
-pub async fn read(
-    api: &Api<ConfigMap>,
-    name: &str,
+/// A fault as stored in the ConfigMap: the request and the moment it ends.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoredFault {
+    /// The fault.
+    pub fault: FaultSpec,
+    /// When it stops applying, whatever else happens.
+    pub until: Timestamp,
+}
+
+/// The faults in force now, one per pool in pool order, from `faults.json` (absent: none).
+pub fn faults_from(
+    raw: Option<&str>,
     pools: &[String],
-) -> Result<Vec<Weight>, String> {
-    let cm = api
-        .get(name)
+    now: Timestamp,
+) -> Result<Vec<Option<ActiveFault>>, String> {
+    let stored: BTreeMap<String, StoredFault> = match raw {
+        Some(r) => serde_json::from_str(r).map_err(|e| format!("{FAULTS_KEY}: {e}"))?,
+        None => BTreeMap::new(),
+    };
+    if let Some(unknown) = stored.keys().find(|p| !pools.contains(p)) {
+        return Err(format!("{FAULTS_KEY}: no pool {unknown:?}"));
+    }
+    let started = Instant::now();
+    pools
+        .iter()
+        .map(|p| {
+            let Some(s) = stored.get(p) else {
+                return Ok(None);
+            };
+            if let Some(problem) = s.fault.problem() {
+                return Err(format!("{FAULTS_KEY} {p}: {problem}"));
+            }
+            let left = s
+                .until
+                .duration_since(now)
+                .try_into()
+                .unwrap_or(Duration::ZERO)
+                .min(s.fault.duration.get());
+            Ok((!left.is_zero()).then(|| ActiveFault {
+                spec: s.fault.clone(),
+                until: started + left,
+            }))
+        })
+        .collect()
+}
+
+async fn get(api: &Api<ConfigMap>, name: &str) -> Result<ConfigMap, String> {
+    api.get(name)
         .await
-        .map_err(|e| format!("reading ConfigMap {name}: {e}"))?;
+        .map_err(|e| format!("reading ConfigMap {name}: {e}"))
+}
+
+/// The weights in a ConfigMap, checked against the pools.
+fn weights_in(cm: &ConfigMap, name: &str, pools: &[String]) -> Result<Vec<Weight>, String> {
     let raw = cm
         .data
         .as_ref()
@@ -50,8 +101,17 @@ pub async fn read(
         .collect())
 }
 
-/// Applies the ConfigMap's weights now, then keeps following it until the task is dropped.
-/// Unreadable or invalid contents keep the weights in force and are logged.
+/// Reads the weights in the ConfigMap, checked against the pools.
+pub async fn read(
+    api: &Api<ConfigMap>,
+    name: &str,
+    pools: &[String],
+) -> Result<Vec<Weight>, String> {
+    weights_in(&get(api, name).await?, name, pools)
+}
+
+/// Applies the ConfigMap's weights and faults now, then keeps following it until the task
+/// is dropped. Unreadable or invalid contents keep what is in force and are logged.
 pub async fn follow(
     client: Client,
     namespace: String,
@@ -64,9 +124,18 @@ pub async fn follow(
     control.update(|s| s.weights = first.clone());
     Ok(tokio::spawn(async move {
         let mut current = first;
+        // Faults are applied when their text changes, so each poll does not restart them.
+        let mut current_faults = None;
         loop {
-            tokio::time::sleep(POLL).await;
-            match read(&api, &name, &pools).await {
+            let cm = match get(&api, &name).await {
+                Ok(cm) => cm,
+                Err(e) => {
+                    tracing::warn!("{e}; keeping the current weights and faults");
+                    tokio::time::sleep(POLL).await;
+                    continue;
+                }
+            };
+            match weights_in(&cm, &name, &pools) {
                 Ok(w) if w != current => {
                     tracing::info!(?w, "weights changed in ConfigMap {name}");
                     control.update(|s| s.weights = w.clone());
@@ -75,6 +144,68 @@ pub async fn follow(
                 Ok(_) => {}
                 Err(e) => tracing::warn!("{e}; keeping the current weights"),
             }
+            let raw = cm.data.as_ref().and_then(|d| d.get(FAULTS_KEY)).cloned();
+            if raw != current_faults {
+                match faults_from(raw.as_deref(), &pools, Timestamp::now()) {
+                    Ok(f) => {
+                        tracing::info!(faults = ?raw, "faults changed in ConfigMap {name}");
+                        control.update(|s| s.faults = f);
+                        current_faults = raw;
+                    }
+                    Err(e) => tracing::warn!("ConfigMap {name} {e}; keeping the current faults"),
+                }
+            }
+            tokio::time::sleep(POLL).await;
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pools() -> Vec<String> {
+        vec!["stable".into(), "canary".into()]
+    }
+
+    #[test]
+    fn a_fault_applies_until_its_end_and_never_after() {
+        let now: Timestamp = "2026-11-25T12:00:00Z".parse().unwrap();
+        let raw = r#"{"canary":{"fault":{"latency":"300ms","duration":"1m"},"until":"2026-11-25T12:00:30Z"}}"#;
+        let f = faults_from(Some(raw), &pools(), now).unwrap();
+        assert!(f[0].is_none());
+        let left = f[1].as_ref().unwrap().until - Instant::now();
+        assert!(
+            left > Duration::from_secs(29) && left <= Duration::from_secs(30),
+            "{left:?}"
+        );
+        let later: Timestamp = "2026-11-25T12:00:31Z".parse().unwrap();
+        assert_eq!(
+            faults_from(Some(raw), &pools(), later).unwrap(),
+            vec![None, None]
+        );
+        assert_eq!(faults_from(None, &pools(), now).unwrap(), vec![None, None]);
+    }
+
+    #[test]
+    fn an_end_beyond_the_duration_is_cut_to_the_duration() {
+        let now: Timestamp = "2026-11-25T12:00:00Z".parse().unwrap();
+        let raw = r#"{"canary":{"fault":{"errorRatio":0.5,"duration":"10s"},"until":"2026-11-26T12:00:00Z"}}"#;
+        let f = faults_from(Some(raw), &pools(), now).unwrap();
+        assert!(f[1].as_ref().unwrap().until - Instant::now() <= Duration::from_secs(10));
+    }
+
+    #[test]
+    fn bad_faults_are_refused_with_the_reason() {
+        let now = Timestamp::now();
+        let e = faults_from(
+            Some(r#"{"blue":{"fault":{"duration":"1s"},"until":"2026-11-25T12:00:00Z"}}"#),
+            &pools(),
+            now,
+        )
+        .unwrap_err();
+        assert!(e.contains("no pool \"blue\""), "{e}");
+        let e = faults_from(Some(r#"{"canary":{"fault":{"errorRatio":2,"duration":"1s"},"until":"2026-11-25T12:00:00Z"}}"#), &pools(), now).unwrap_err();
+        assert!(e.contains("errorRatio"), "{e}");
+    }
 }
