@@ -54,10 +54,14 @@ struct Setup {
 }
 
 fn setup() -> Setup {
+    setup_with(&[])
+}
+
+fn setup_with(extra: &[&str]) -> Setup {
     let dir = support::tempdir("chaos");
     std::fs::write(dir.join("drill.yaml"), SERVICE).unwrap();
     let support::Up { proc: up, frontend } =
-        support::up(&dir.join("drill.yaml"), &dir.join("state"));
+        support::up_with(&dir.join("drill.yaml"), &dir.join("state"), extra);
     // Steady background load, pipelined, so every check has samples.
     let mut load = Command::new(env!("CARGO_BIN_EXE_zdeploy"));
     load.args([
@@ -215,4 +219,47 @@ fn an_experiment_during_a_rollout_is_skipped_and_recorded() {
         ),
         "{out}"
     );
+}
+
+#[test]
+fn no_experiment_starts_while_an_alert_fires_for_the_service() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let hook = format!("127.0.0.1:{port}");
+    let s = setup_with(&["--alertmanager-webhook", &hook]);
+    std::thread::sleep(Duration::from_secs(2));
+    let token = std::fs::read_to_string(s.dir.join("state/drill/token")).unwrap();
+    // What Alertmanager sends (the real Alertmanager path is tested with the analysis).
+    let notify = |status: &str| {
+        let body = format!(
+            r#"{{"version":"4","status":"{status}","alerts":[{{"status":"{status}","fingerprint":"a1b2","labels":{{"alertname":"DrillLatencyHigh","service":"drill","pool":"stable"}},"annotations":{{}}}}]}}"#
+        );
+        let r = support::http()
+            .post(format!("http://{hook}/alertmanager"))
+            .bearer_auth(token.trim())
+            .body(body)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    };
+    notify("firing");
+    let body = experiment(
+        "{gatewayLatency: {latency: 1ms}}",
+        "1s",
+        "{name: errors, builtin: errorRatio, window: 1m, max: 0.5, minSamples: 10}",
+    );
+    let (code, guarded) = run(&s.dir, "guarded.yaml", &body);
+    assert_eq!(code, 2, "{guarded}");
+    assert_eq!(guarded["verdict"], "skipped", "{guarded}");
+    assert_eq!(
+        guarded["reason"], "alert DrillLatencyHigh is firing for drill",
+        "{guarded}"
+    );
+    notify("resolved");
+    let (code, ran) = run(&s.dir, "guarded.yaml", &body);
+    assert_eq!(code, 0, "once resolved, the experiment runs: {ran}");
+    assert_eq!(ran["verdict"], "held", "{ran}");
 }

@@ -3,6 +3,7 @@
 
 pub mod analysis;
 pub mod engine;
+pub mod experiment;
 pub mod platforms;
 pub mod runbooks;
 pub mod tls;

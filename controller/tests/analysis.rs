@@ -188,6 +188,51 @@ async fn an_alertmanager_webhook_fails_the_analysis() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_inbox_knows_an_alert_fires_until_alertmanager_resolves_it() {
+    let target = Target::start("echo").await;
+    let load = target.traffic(0, 50, 50, 0.002);
+    let inbox = Arc::new(AlertInbox::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/alertmanager", listener.local_addr().unwrap());
+    let router = zdeploy_controller::analysis::webhook::router(inbox.clone(), "hook-token".into());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let am = Alertmanager::start(&hook, "hook-token").await;
+    let rules = "groups:\n  - name: fast\n    rules:\n      - alert: StableErrorsNow\n        expr: sum by (service, pool) (rate(zgate_requests_total{pool=\"stable\",outcome!=\"ok\"}[4s])) > 0\n";
+    let prom = Prometheus::start(&target.addr, Some(rules), Some(&am.addr)).await;
+    prom.wait_scraped().await;
+    assert_eq!(inbox.firing_for("echo", None), None);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while inbox.firing_for("echo", None).is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the alert never arrived as firing"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        inbox.firing_for("echo", None).as_deref(),
+        Some("StableErrorsNow")
+    );
+    assert_eq!(inbox.firing_for("other", None), None);
+    assert_eq!(
+        inbox.firing_for("echo", Some("elsewhere")),
+        Some("StableErrorsNow".into()),
+        "series without a namespace label match any namespace"
+    );
+    // The errors stop: Prometheus resolves the alert and Alertmanager says so.
+    load.abort();
+    let stopped = Instant::now();
+    while inbox.firing_for("echo", None).is_some() {
+        assert!(
+            stopped.elapsed() < Duration::from_secs(40),
+            "the alert was never resolved"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("resolved {:?} after the errors stopped", stopped.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn the_webhook_refuses_a_wrong_token() {
     let inbox = Arc::new(AlertInbox::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

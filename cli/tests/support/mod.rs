@@ -209,6 +209,11 @@ pub struct Up {
 
 /// Starts `zdeploy up -f FILE` with its state under `state`, on a free frontend port.
 pub fn up(file: &std::path::Path, state: &std::path::Path) -> Up {
+    up_with(file, state, &[])
+}
+
+/// `up` with extra arguments.
+pub fn up_with(file: &std::path::Path, state: &std::path::Path, extra: &[&str]) -> Up {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_zdeploy"));
     cmd.args([
         "up",
@@ -219,6 +224,7 @@ pub fn up(file: &std::path::Path, state: &std::path::Path) -> Up {
         "--state-dir",
         state.to_str().unwrap(),
     ]);
+    cmd.args(extra);
     let proc = Proc::start(cmd, "zdeploy up:");
     let frontend = proc
         .ready

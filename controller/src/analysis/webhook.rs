@@ -1,5 +1,7 @@
 //! The push path: an Alertmanager webhook receiver. A firing alert whose labels name the
-//! service and the canary pool lands in the inbox at once and wakes the rollout.
+//! service and the canary pool lands in the inbox at once and wakes the rollout. The inbox
+//! also tracks which alerts are firing now (until Alertmanager sends them resolved), which
+//! the chaos guard reads: no experiment starts while an alert fires for its service.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -26,6 +28,8 @@ pub struct PushedAlert {
 #[derive(Debug, Default)]
 pub struct AlertInbox {
     alerts: Mutex<Vec<PushedAlert>>,
+    /// Alerts firing now, by fingerprint.
+    firing: Mutex<BTreeMap<String, PushedAlert>>,
     /// Woken on every new firing alert.
     pub notify: Notify,
 }
@@ -51,6 +55,21 @@ impl AlertInbox {
         let (hit, keep): (Vec<_>, Vec<_>) = all.drain(..).partition(|a| wanted(a));
         *all = keep;
         hit
+    }
+
+    /// The name of an alert firing now for `service` (any pool), if one is.
+    pub fn firing_for(&self, service: &str, namespace: Option<&str>) -> Option<String> {
+        let firing = self.firing.lock().expect("inbox lock");
+        firing
+            .values()
+            .find(|a| {
+                a.labels.get("service").map(String::as_str) == Some(service)
+                    && match (namespace, a.labels.get("namespace")) {
+                        (Some(ns), Some(l)) => ns == l,
+                        _ => true,
+                    }
+            })
+            .map(|a| a.name.clone())
     }
 
     fn push(&self, alert: PushedAlert) {
@@ -82,6 +101,9 @@ struct Payload {
 #[derive(Deserialize)]
 struct WebhookAlert {
     status: String,
+    /// Alertmanager's identity of the alert (its labels when absent).
+    #[serde(default)]
+    fingerprint: Option<String>,
     #[serde(default)]
     labels: BTreeMap<String, String>,
     #[serde(default)]
@@ -121,13 +143,25 @@ async fn receive(
         }
     };
     let mut firing = 0;
-    for a in payload.alerts.into_iter().filter(|a| a.status == "firing") {
-        firing += 1;
-        shared.inbox.push(PushedAlert {
+    for a in payload.alerts {
+        let key = a
+            .fingerprint
+            .clone()
+            .unwrap_or_else(|| format!("{:?}", a.labels));
+        let alert = PushedAlert {
             name: a.labels.get("alertname").cloned().unwrap_or_default(),
             runbook_url: a.annotations.get("runbook_url").cloned(),
             labels: a.labels,
-        });
+        };
+        let mut now_firing = shared.inbox.firing.lock().expect("inbox lock");
+        if a.status == "firing" {
+            firing += 1;
+            now_firing.insert(key, alert.clone());
+            drop(now_firing);
+            shared.inbox.push(alert);
+        } else {
+            now_firing.remove(&key);
+        }
     }
     tracing::info!(firing, "alertmanager webhook received");
     (StatusCode::OK, format!("{firing} firing alerts received\n"))

@@ -160,7 +160,7 @@ impl Alertmanager {
         let dir = TempDir::new("alertmanager");
         let port = free_port();
         let config = format!(
-            "route:\n  receiver: zdeploy\n  group_by: [alertname, service]\n  group_wait: 0s\n  group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: zdeploy\n    webhook_configs:\n      - url: '{webhook}'\n        send_resolved: false\n        http_config:\n          authorization: {{credentials: '{token}'}}\n"
+            "route:\n  receiver: zdeploy\n  group_by: [alertname, service]\n  group_wait: 0s\n  group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: zdeploy\n    webhook_configs:\n      - url: '{webhook}'\n        send_resolved: true\n        http_config:\n          authorization: {{credentials: '{token}'}}\n"
         );
         std::fs::write(dir.0.join("alertmanager.yml"), config).unwrap();
         let child = Command::new(need("prometheus-alertmanager"))

@@ -9,14 +9,12 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use serde::{Deserialize, Serialize};
-use zdeploy_api::chaos::{
-    ChaosRun, ChaosSchedule, ChaosScheduleStatus, Fault, RunVerdict, SteadyState,
-};
-use zdeploy_api::service::{Analysis, Verdict};
-use zdeploy_gateway::FaultSpec;
+use zdeploy_api::chaos::{ChaosRun, ChaosSchedule, ChaosScheduleStatus, RunVerdict};
+use zdeploy_api::service::Verdict;
 
 use crate::analysis::promql::Target;
-use crate::analysis::{AnalysisRun, Analyzer, Source};
+use crate::analysis::{Analyzer, Source};
+use crate::experiment::{steady_analysis, summary};
 
 /// A schedule the runtime runs, with its recorded status.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -29,32 +27,8 @@ pub struct Scheduled {
     pub since: Timestamp,
 }
 
+pub use crate::experiment::{gateway_fault, skipped};
 pub use zdeploy_chaos::target::{count, pools};
-
-/// The zgate fault for a gateway experiment, if it is one.
-pub fn gateway_fault(f: &Fault, duration: zdeploy_api::Duration) -> Option<FaultSpec> {
-    let base = FaultSpec {
-        latency: zdeploy_api::Duration::default(),
-        error_ratio: 0.0,
-        drop_ratio: 0.0,
-        duration,
-    };
-    match f {
-        Fault::GatewayLatency { latency } => Some(FaultSpec {
-            latency: *latency,
-            ..base
-        }),
-        Fault::GatewayErrors { ratio } => Some(FaultSpec {
-            error_ratio: *ratio,
-            ..base
-        }),
-        Fault::GatewayDrop { ratio } => Some(FaultSpec {
-            drop_ratio: *ratio,
-            ..base
-        }),
-        Fault::PodKill {} | Fault::ProcessKill {} => None,
-    }
-}
 
 /// Where a running experiment stands.
 #[derive(Debug)]
@@ -87,42 +61,6 @@ pub enum Step {
     Revert(Vec<&'static str>),
     /// The experiment is over: record this run (after reverting its faults).
     Done(ChaosRun),
-}
-
-fn steady_analysis(ss: &SteadyState) -> Analysis {
-    Analysis {
-        interval: ss.interval,
-        failure_limit: 0,
-        inconclusive_limit: u32::MAX,
-        min_samples: 10,
-        metrics: ss.metrics.clone(),
-    }
-}
-
-fn summary(run: &AnalysisRun) -> String {
-    run.measurements
-        .iter()
-        .map(|m| {
-            let v = m
-                .value
-                .map(|v| format!("{v:.4}"))
-                .unwrap_or_else(|| "-".into());
-            format!("{} {v} {:?}: {}", m.metric, m.verdict, m.reason)
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
-/// A finished run that never started.
-pub fn skipped(scheduled: Timestamp, reason: String) -> ChaosRun {
-    ChaosRun {
-        scheduled: Time(scheduled),
-        started: None,
-        ended: None,
-        targets: Vec::new(),
-        verdict: RunVerdict::Skipped,
-        reason,
-    }
 }
 
 impl Experiment {

@@ -644,6 +644,8 @@ impl Runtime {
         let refuse = |reason: String| chaos::skipped(scheduled, reason);
         let skip = if self.experiment.is_some() {
             Some(refuse("another experiment is running".into()))
+        } else if let Some(alert) = self.alert_firing() {
+            Some(refuse(format!("alert {alert} is firing for {}", self.name)))
         } else if let Some(rev) = self
             .status
             .rollout
@@ -727,7 +729,7 @@ impl Runtime {
                 .rollout
                 .as_ref()
                 .and(self.status.canary_revision.clone()),
-            alert_firing: None,
+            alert_firing: self.alert_firing(),
         };
         let now = Timestamp::now();
         let mut due = Vec::new();
@@ -760,6 +762,11 @@ impl Runtime {
                 }
             }
         }
+    }
+
+    /// An alert Alertmanager reports firing for this service now, if any.
+    fn alert_firing(&self) -> Option<String> {
+        self.analyzer.inbox()?.firing_for(&self.name, None)
     }
 
     /// Waits until requests already sent to `pool` are answered (at most the request
