@@ -238,4 +238,25 @@ pub struct ChaosScheduleStatus {
     /// Runs, newest first, at most `historyLimit`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<ChaosRun>,
+    /// The run in progress, recorded so a restarted controller carries it on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active: Option<ActiveRun>,
+}
+
+/// A run in progress.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ActiveRun {
+    /// When it was due.
+    pub scheduled: Time,
+    /// When the fault was injected.
+    pub started: Time,
+    /// When the fault ends (a gateway fault also carries this end inside zgate).
+    pub fault_ends: Time,
+    /// Set once the fault is over: the steady state must be back by then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recover_by: Option<Time>,
+    /// What was hit.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<String>,
 }
