@@ -61,6 +61,7 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     tokio::spawn(async move {
         let _ = axum::serve(listener, router).await;
     });
+    let mut alerts = None;
     if let (Some(addr), Some(file)) = (args.alertmanager_webhook, &args.webhook_token_file) {
         let token = std::fs::read_to_string(file)
             .with_context(|| format!("reading {}", file.display()))?
@@ -75,7 +76,11 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
         tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;
         });
-        tokio::spawn(controller::rollback_on_alerts(client.clone(), inbox));
+        tokio::spawn(controller::rollback_on_alerts(
+            client.clone(),
+            inbox.clone(),
+        ));
+        alerts = Some(inbox);
     }
     let metrics = match &args.prometheus {
         Some(url) => MetricsSource::Prometheus {
@@ -86,7 +91,7 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     };
     if args.no_leader_election {
         stats.set_leader(true);
-        controller::run(client, metrics, stats).await?;
+        controller::run(client, metrics, stats, alerts).await?;
         return Ok(());
     }
     let identity = args
@@ -113,7 +118,7 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     tracing::info!(%identity, "holding the {} Lease: reconciling", leader::LEASE_NAME);
     stats.set_leader(true);
     let outcome = tokio::select! {
-        r = controller::run(client, metrics, stats.clone()) => r.map_err(anyhow::Error::from),
+        r = controller::run(client, metrics, stats.clone(), alerts) => r.map_err(anyhow::Error::from),
         _ = leader.lost() => Err(anyhow::anyhow!(
             "lost the {} Lease: stopping so that only the new holder reconciles",
             leader::LEASE_NAME

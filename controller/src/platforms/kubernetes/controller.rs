@@ -61,6 +61,34 @@ pub enum MetricsSource {
     },
 }
 
+impl MetricsSource {
+    /// Where the measurements of `pool` of service `name` in `ns` come from.
+    pub fn source_for(&self, name: &str, ns: &str, pool: &str) -> (Source, Target) {
+        let (source, namespace) = match self {
+            MetricsSource::Scrape => (
+                Source::scrape(&format!(
+                    "http://{name}.{ns}.svc.cluster.local:{}/metrics",
+                    super::render::METRICS_PORT
+                )),
+                None,
+            ),
+            MetricsSource::Prometheus {
+                url,
+                namespace_label,
+            } => (
+                Source::prometheus(url),
+                namespace_label.then(|| ns.to_string()),
+            ),
+        };
+        let target = Target {
+            service: name.to_string(),
+            namespace,
+            pool: pool.to_string(),
+        };
+        (source, target)
+    }
+}
+
 impl Context {
     /// A context for `client`, reporting Events as `zdeploy-controller`.
     pub fn new(client: Client, metrics: MetricsSource) -> Self {
@@ -95,24 +123,7 @@ impl Context {
         let name = svc.name_any();
         let mut analyzers = self.analyzers.lock().await;
         let analyzer = analyzers.entry(format!("{ns}/{name}")).or_insert_with(|| {
-            let (source, namespace) = match &self.metrics {
-                MetricsSource::Scrape => (
-                    Source::scrape(&format!(
-                        "http://{name}.{ns}.svc.cluster.local:{}/metrics",
-                        super::render::METRICS_PORT
-                    )),
-                    None,
-                ),
-                MetricsSource::Prometheus {
-                    url,
-                    namespace_label,
-                } => (Source::prometheus(url), namespace_label.then(|| ns.clone())),
-            };
-            let target = Target {
-                service: name.clone(),
-                namespace,
-                pool: "canary".into(),
-            };
+            let (source, target) = self.metrics.source_for(&name, &ns, "canary");
             Analyzer::new(
                 source,
                 target,
@@ -365,9 +376,21 @@ pub struct Stats {
     /// Reconciles that failed, by `Error::metric_label`.
     pub failed: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
     leader: std::sync::atomic::AtomicBool,
+    /// Chaos runs recorded, by verdict.
+    chaos_runs: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
 }
 
 impl Stats {
+    /// Counts a recorded chaos run by its verdict (`held`, `broken`, `aborted`, `skipped`).
+    pub fn record_chaos_run(&self, verdict: &'static str) {
+        *self
+            .chaos_runs
+            .lock()
+            .expect("stats lock")
+            .entry(verdict)
+            .or_default() += 1;
+    }
+
     /// Records whether this replica holds the Lease (and so reconciles).
     pub fn set_leader(&self, leader: bool) {
         self.leader
@@ -398,20 +421,75 @@ impl Stats {
                 "zdeploy_reconcile_errors_total{{error=\"{label}\"}} {n}\n"
             ));
         }
+        out.push_str("# TYPE zdeploy_chaos_runs_total counter\n");
+        let runs = self.chaos_runs.lock().expect("stats lock");
+        for verdict in ["held", "broken", "aborted", "skipped"] {
+            let n = runs.get(verdict).copied().unwrap_or(0);
+            out.push_str(&format!(
+                "zdeploy_chaos_runs_total{{verdict=\"{verdict}\"}} {n}\n"
+            ));
+        }
         out
+    }
+
+    /// Counts one reconcile's result.
+    fn tally<K>(&self, result: ReconcileResult<K>)
+    where
+        K: Resource,
+        K::DynamicType: Clone + std::fmt::Debug + Eq + std::hash::Hash,
+    {
+        match result {
+            Ok(_) => {
+                self.ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(kube::runtime::controller::Error::ReconcilerFailed(e, obj)) => {
+                *self
+                    .failed
+                    .lock()
+                    .expect("stats lock")
+                    .entry(e.metric_label())
+                    .or_default() += 1;
+                tracing::warn!(object = %obj.name, "reconcile failed: {e}");
+            }
+            Err(e) => tracing::warn!("controller: {e}"),
+        }
     }
 }
 
-/// Runs the controller until SIGINT or SIGTERM: watches every ZmqService and what it owns.
-pub async fn run(client: Client, metrics: MetricsSource, stats: Arc<Stats>) -> Result<(), Error> {
+type ReconcileResult<K> = Result<
+    (kube::runtime::reflector::ObjectRef<K>, Action),
+    kube::runtime::controller::Error<Error, kube::runtime::watcher::Error>,
+>;
+
+/// Runs the controllers until SIGINT or SIGTERM: every ZmqService and what it owns, and
+/// every ChaosSchedule. `alerts` are Alertmanager's pushed alerts, for the chaos guard.
+pub async fn run(
+    client: Client,
+    metrics: MetricsSource,
+    stats: Arc<Stats>,
+    alerts: Option<Arc<crate::analysis::webhook::AlertInbox>>,
+) -> Result<(), Error> {
     use futures::StreamExt;
     use kube::runtime::{Controller, watcher};
+    use zdeploy_api::chaos::ChaosSchedule;
     let services: Api<ZmqService> = Api::all(client.clone());
-    services.list(&kube::api::ListParams::default().limit(1)).await.map_err(|e| {
-        Error::Invalid(format!("cannot list ZmqServices ({e}): install the CRDs first (`zdeploy crds | kubectl apply -f -`)"))
+    let schedules: Api<ChaosSchedule> = Api::all(client.clone());
+    let params = kube::api::ListParams::default().limit(1);
+    let installed = match services.list(&params).await {
+        Ok(_) => schedules.list(&params).await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    installed.map_err(|e| {
+        Error::Invalid(format!("cannot list ZmqServices and ChaosSchedules ({e}): install the CRDs first (`zdeploy crds | kubectl apply -f -`)"))
     })?;
-    let ctx = Arc::new(Context::new(client.clone(), metrics));
-    Controller::new(services, watcher::Config::default())
+    let ctx = Arc::new(Context::new(client.clone(), metrics.clone()));
+    let chaos_ctx = Arc::new(super::chaos::ChaosContext::new(
+        client.clone(),
+        metrics,
+        alerts,
+        stats.clone(),
+    ));
+    let rollouts = Controller::new(services, watcher::Config::default())
         .owns(
             Api::<Deployment>::all(client.clone()),
             watcher::Config::default(),
@@ -420,26 +498,21 @@ pub async fn run(client: Client, metrics: MetricsSource, stats: Arc<Stats>) -> R
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|result| {
-            let stats = stats.clone();
-            async move {
-                match result {
-                    Ok(_) => {
-                        stats.ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    Err(kube::runtime::controller::Error::ReconcilerFailed(e, obj)) => {
-                        *stats
-                            .failed
-                            .lock()
-                            .expect("stats lock")
-                            .entry(e.metric_label())
-                            .or_default() += 1;
-                        tracing::warn!(object = %obj.name, "reconcile failed: {e}");
-                    }
-                    Err(e) => tracing::warn!("controller: {e}"),
-                }
-            }
-        })
-        .await;
+            stats.tally(result);
+            futures::future::ready(())
+        });
+    let chaos = Controller::new(schedules, watcher::Config::default())
+        .shutdown_on_signal()
+        .run(
+            super::chaos::reconcile,
+            super::chaos::error_policy,
+            chaos_ctx,
+        )
+        .for_each(|result| {
+            stats.tally(result);
+            futures::future::ready(())
+        });
+    futures::join!(rollouts, chaos);
     Ok(())
 }
 
@@ -477,6 +550,11 @@ pub async fn rollback_on_alerts(client: Client, inbox: Arc<crate::analysis::webh
 /// Backs off after a failed reconcile: conflicts retry at once, the rest after a pause.
 pub fn error_policy(svc: Arc<ZmqService>, error: &Error, _ctx: Arc<Context>) -> Action {
     tracing::warn!(service = %svc.name_any(), error = %error, label = error.metric_label(), "reconcile failed");
+    backoff(error)
+}
+
+/// How long to wait after `error`: a conflict is retried at once, the rest after a pause.
+pub fn backoff(error: &Error) -> Action {
     match error.metric_label() {
         "conflict" => Action::requeue(Duration::from_millis(200)),
         _ => Action::requeue(Duration::from_secs(5)),

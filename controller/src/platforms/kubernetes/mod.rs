@@ -1,5 +1,7 @@
-//! The Kubernetes platform: what a ZmqService becomes in a cluster.
+//! The Kubernetes platform: what a ZmqService becomes in a cluster, the controllers that
+//! drive ZmqServices and ChaosSchedules, and leader election between their replicas.
 
+pub mod chaos;
 pub mod controller;
 pub mod leader;
 pub mod render;

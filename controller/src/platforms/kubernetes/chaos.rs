@@ -1,0 +1,479 @@
+//! ChaosSchedules in the cluster, in the style of the ZmqService controller. Each reconcile
+//! plans the schedule with the sans-IO scheduler, starts a due run when the guards allow
+//! (no rollout of the target, no alert firing for it, steady state before), advances a run
+//! in progress from its recorded status (so a restarted controller carries it on), and
+//! records each run in status history with an Event and a metric. Gateway faults go into
+//! the target's weights ConfigMap (`faults.json`, field manager `zdeploy-chaos`) with
+//! their end, which zgate enforces by itself; the finalizer removes them on delete.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::{Api, Client, Resource, ResourceExt};
+use tokio::sync::Mutex;
+use zdeploy_api::ZmqService;
+use zdeploy_api::chaos::{
+    ActiveRun, ChaosRun, ChaosSchedule, ChaosScheduleStatus, Fault, RunVerdict,
+};
+use zdeploy_api::service::Verdict;
+use zdeploy_chaos::run::{Check, Next, advance};
+use zdeploy_chaos::schedule::{Decision, Guards, plan};
+use zdeploy_chaos::target::pools;
+use zdeploy_gateway::follow::{FAULTS_KEY, StoredFault};
+
+use super::controller::{Error, MetricsSource, Stats};
+use crate::analysis::Analyzer;
+use crate::analysis::prometheus::Prometheus;
+use crate::analysis::webhook::AlertInbox;
+use crate::experiment::{gateway_fault, skipped, steady_analysis, summary};
+
+/// The finalizer that removes a schedule's gateway faults before it goes.
+pub const CHAOS_FINALIZER: &str = "zdeploy.io/chaos-revert";
+/// The field manager that owns `faults.json` in a weights ConfigMap.
+pub const CHAOS_FIELD_MANAGER: &str = "zdeploy-chaos";
+/// The longest wait between two looks at an idle schedule (guards and time move on).
+const IDLE_RECHECK: Duration = Duration::from_secs(3600);
+
+/// What every chaos reconcile shares.
+pub struct ChaosContext {
+    /// The API client.
+    pub client: Client,
+    recorder: Recorder,
+    metrics: MetricsSource,
+    alerts: Option<Arc<AlertInbox>>,
+    stats: Arc<Stats>,
+    /// One steady-state analyzer per schedule (the embedded scrape keeps history).
+    analyzers: Mutex<HashMap<String, Analyzer>>,
+}
+
+impl ChaosContext {
+    /// A context measuring through `metrics`, with Alertmanager's pushed alerts if any.
+    pub fn new(
+        client: Client,
+        metrics: MetricsSource,
+        alerts: Option<Arc<AlertInbox>>,
+        stats: Arc<Stats>,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: "zdeploy-chaos".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            alerts,
+            stats,
+            analyzers: Default::default(),
+        }
+    }
+
+    /// An alert firing for `service` now, pushed by Alertmanager or listed by Prometheus;
+    /// an error when Prometheus cannot say (a run is then skipped, never started blind).
+    async fn alert_firing(&self, service: &str, ns: &str) -> Result<Option<String>, String> {
+        if let Some(name) = self
+            .alerts
+            .as_ref()
+            .and_then(|a| a.firing_for(service, Some(ns)))
+        {
+            return Ok(Some(name));
+        }
+        let MetricsSource::Prometheus { url, .. } = &self.metrics else {
+            return Ok(None);
+        };
+        let alerts = Prometheus::new(url, Duration::from_secs(5))
+            .alerts()
+            .await?;
+        Ok(alerts
+            .into_iter()
+            .filter(|a| a.state == "firing")
+            .find(|a| {
+                a.labels.get("service").map(String::as_str) == Some(service)
+                    && a.labels.get("namespace").is_none_or(|n| n == ns)
+            })
+            .and_then(|a| a.labels.get("alertname").cloned()))
+    }
+
+    /// Checks the steady state over the last `age`; `None` without a hypothesis.
+    async fn check(&self, cs: &ChaosSchedule, ns: &str, age: Duration) -> Option<Check> {
+        let ss = cs.spec.steady_state.as_ref()?;
+        let x = &cs.spec.experiment;
+        let mut analyzers = self.analyzers.lock().await;
+        let analyzer = analyzers
+            .entry(format!("{ns}/{}", cs.name_any()))
+            .or_insert_with(|| {
+                let (source, target) = self.metrics.source_for(&x.service, ns, pools(x.pool)[0]);
+                Analyzer::new(source, target, steady_analysis(ss), None)
+            });
+        let run = analyzer.run(&[], age).await;
+        Some(match run.verdict {
+            Verdict::Pass => Check::Pass,
+            Verdict::Fail => Check::Fail(summary(&run)),
+            Verdict::Inconclusive => Check::Inconclusive,
+        })
+    }
+
+    /// The steady state before a run: a scrape needs two looks a second apart to see rates.
+    async fn check_before(&self, cs: &ChaosSchedule, ns: &str) -> Option<Check> {
+        let ss = cs.spec.steady_state.as_ref()?;
+        let age = match self.metrics {
+            MetricsSource::Scrape => {
+                self.check(cs, ns, Duration::from_secs(1)).await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                Duration::from_millis(1500)
+            }
+            MetricsSource::Prometheus { .. } => ss
+                .metrics
+                .iter()
+                .map(|m| m.window.get())
+                .max()
+                .unwrap_or(Duration::from_secs(60)),
+        };
+        self.check(cs, ns, age).await
+    }
+
+    /// Writes the gateway faults of `service` (none: removes them). Removing touches
+    /// nothing when there is nothing to remove, so it never creates a ConfigMap.
+    async fn set_faults(
+        &self,
+        ns: &str,
+        service: &str,
+        faults: Option<BTreeMap<String, StoredFault>>,
+    ) -> Result<(), Error> {
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), ns);
+        let name = format!("{service}-weights");
+        let mut data = BTreeMap::new();
+        match faults {
+            Some(f) => {
+                let text = serde_json::to_string(&f).map_err(|e| Error::Invalid(e.to_string()))?;
+                data.insert(FAULTS_KEY.to_string(), text);
+            }
+            None => {
+                let current = api.get_opt(&name).await?;
+                if current
+                    .and_then(|c| c.data)
+                    .is_none_or(|d| !d.contains_key(FAULTS_KEY))
+                {
+                    return Ok(());
+                }
+            }
+        }
+        let cm = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": ns},
+            "data": data,
+        });
+        api.patch(
+            &name,
+            &PatchParams::apply(CHAOS_FIELD_MANAGER),
+            &Patch::Apply(&cm),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Injects the fault; the run in progress, or why it cannot start.
+    async fn start(
+        &self,
+        cs: &ChaosSchedule,
+        ns: &str,
+        scheduled: Timestamp,
+    ) -> Result<Result<ActiveRun, String>, Error> {
+        if let Some(before) = self.check_before(cs, ns).await
+            && before != Check::Pass
+        {
+            let why = match before {
+                Check::Fail(values) => values,
+                _ => "not enough data to tell".into(),
+            };
+            return Ok(Err(format!("not steady before the experiment: {why}")));
+        }
+        let x = &cs.spec.experiment;
+        let now = Timestamp::now();
+        let ends = now + SignedDuration::try_from(x.duration.get()).unwrap_or_default();
+        let targets = match (&x.fault, gateway_fault(&x.fault, x.duration)) {
+            (_, Some(fault)) => {
+                let stored = pools(x.pool)
+                    .into_iter()
+                    .map(|p| {
+                        let f = StoredFault {
+                            fault: fault.clone(),
+                            until: ends,
+                        };
+                        (p.to_string(), f)
+                    })
+                    .collect();
+                self.set_faults(ns, &x.service, Some(stored)).await?;
+                pools(x.pool)
+                    .iter()
+                    .map(|p| format!("zgate pool {p}"))
+                    .collect()
+            }
+            (Fault::PodKill {}, None) => {
+                let mut rng = fastrand::Rng::new();
+                let killed =
+                    zdeploy_chaos::podkill::kill(self.client.clone(), ns, x, &mut rng).await?;
+                if killed.is_empty() {
+                    return Ok(Err(format!(
+                        "no running pods of {} in the targeted pool",
+                        x.service
+                    )));
+                }
+                killed.into_iter().map(|p| format!("pod {p}")).collect()
+            }
+            _ => {
+                return Ok(Err(
+                    "processKill runs on the local platform (zdeploy up); use podKill in a cluster"
+                        .into(),
+                ));
+            }
+        };
+        Ok(Ok(ActiveRun {
+            scheduled: Time(scheduled),
+            started: Time(now),
+            fault_ends: Time(ends),
+            recover_by: None,
+            targets,
+        }))
+    }
+
+    async fn publish(&self, cs: &ChaosSchedule, warning: bool, reason: String, note: String) {
+        let ev = KubeEvent {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.clone(),
+            note: Some(note.chars().take(1000).collect()),
+            action: "Chaos".into(),
+            secondary: None,
+        };
+        // An Event that cannot be written must not stop the experiment.
+        if let Err(e) = self.recorder.publish(&ev, &cs.object_ref(&())).await {
+            tracing::warn!("event {reason}: {e}");
+        }
+    }
+}
+
+fn verdict_name(v: RunVerdict) -> &'static str {
+    match v {
+        RunVerdict::Held => "held",
+        RunVerdict::Broken => "broken",
+        RunVerdict::Aborted => "aborted",
+        RunVerdict::Skipped => "skipped",
+    }
+}
+
+fn finished(run: &ActiveRun, verdict: RunVerdict, reason: String) -> ChaosRun {
+    ChaosRun {
+        scheduled: run.scheduled.clone(),
+        started: Some(run.started.clone()),
+        ended: Some(Time(Timestamp::now())),
+        targets: run.targets.clone(),
+        verdict,
+        reason,
+    }
+}
+
+fn until(now: Timestamp, t: &Time) -> Duration {
+    t.0.duration_since(now).try_into().unwrap_or_default()
+}
+
+async fn apply(cs: Arc<ChaosSchedule>, ctx: &ChaosContext) -> Result<Action, Error> {
+    let ns = cs
+        .namespace()
+        .ok_or_else(|| Error::Invalid("a ChaosSchedule must be namespaced".into()))?;
+    let name = cs.name_any();
+    let x = &cs.spec.experiment;
+    zdeploy_chaos::schedule::check(&cs.spec).map_err(|e| Error::Invalid(e.to_string()))?;
+    let svc = Api::<ZmqService>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(&x.service)
+        .await?;
+    let rollout = svc
+        .as_ref()
+        .and_then(|s| s.status.as_ref())
+        .and_then(|s| s.rollout.as_ref().and(s.canary_revision.clone()));
+    let recorded = cs.status.clone().unwrap_or_default();
+    let mut status = recorded.clone();
+    let mut runs = Vec::new();
+    let now = Timestamp::now();
+    let mut next_plan = None;
+    if let Some(active) = status.active.clone() {
+        let age = match &active.recover_by {
+            None => active.started.0,
+            Some(_) => active.fault_ends.0,
+        };
+        let since: Duration = now.duration_since(age).try_into().unwrap_or_default();
+        let check = ctx.check(&cs, &ns, since.max(Duration::from_secs(1))).await;
+        let ss = cs.spec.steady_state.as_ref();
+        let recovery = ss.map_or(Duration::ZERO, |s| s.recovery_deadline.get());
+        match advance(
+            &active,
+            check.as_ref(),
+            ss.is_some(),
+            recovery,
+            rollout.as_deref(),
+            Timestamp::now(),
+        ) {
+            Next::Wait => {}
+            Next::Recover { recover_by } => {
+                ctx.set_faults(&ns, &x.service, None).await?;
+                status.active = Some(ActiveRun {
+                    recover_by: Some(Time(recover_by)),
+                    ..active
+                });
+            }
+            Next::Finish { verdict, reason } => {
+                // Revert first: nothing is recorded while a fault might still be in place.
+                ctx.set_faults(&ns, &x.service, None).await?;
+                runs.push(finished(&active, verdict, reason));
+                status.active = None;
+            }
+        }
+    } else {
+        let alerts = ctx.alert_firing(&x.service, &ns).await;
+        let guards = Guards {
+            rollout_in_progress: rollout,
+            alert_firing: alerts.clone().ok().flatten(),
+        };
+        let last = status
+            .last_schedule_time
+            .as_ref()
+            .or(cs.metadata.creation_timestamp.as_ref())
+            .map_or(now, |t| t.0);
+        let p =
+            plan(&cs.spec, last, false, &guards, now).map_err(|e| Error::Invalid(e.to_string()))?;
+        if let Some(t) = p.last_schedule_time {
+            status.last_schedule_time = Some(Time(t));
+        }
+        next_plan = p.next;
+        for d in p.decisions {
+            match d {
+                Decision::Skip { scheduled, reason } => runs.push(skipped(scheduled, reason)),
+                Decision::Run { scheduled, .. } if svc.is_none() => runs.push(skipped(
+                    scheduled,
+                    format!("no ZmqService {} in {ns}", x.service),
+                )),
+                Decision::Run { scheduled, .. } if alerts.is_err() => runs.push(skipped(
+                    scheduled,
+                    format!(
+                        "cannot tell whether an alert fires for {}: {}",
+                        x.service,
+                        alerts.clone().err().unwrap_or_default()
+                    ),
+                )),
+                Decision::Run { scheduled, .. } => match ctx.start(&cs, &ns, scheduled).await? {
+                    Ok(active) => {
+                        ctx.publish(
+                            &cs,
+                            false,
+                            "ChaosStarted".into(),
+                            format!("injected into {}", active.targets.join(", ")),
+                        )
+                        .await;
+                        status.active = Some(active);
+                    }
+                    Err(why) => runs.push(skipped(scheduled, why)),
+                },
+            }
+        }
+    }
+    for run in &runs {
+        status.history.insert(0, run.clone());
+        ctx.stats.record_chaos_run(verdict_name(run.verdict));
+    }
+    status.history.truncate(cs.spec.history_limit as usize);
+    if status != recorded {
+        write_status(ctx, &ns, &name, &status).await?;
+    }
+    for run in runs {
+        let warning = matches!(run.verdict, RunVerdict::Broken | RunVerdict::Aborted);
+        let reason = format!("Chaos{:?}", run.verdict);
+        ctx.publish(&cs, warning, reason, run.reason).await;
+    }
+    let wait = match &status.active {
+        Some(active) => {
+            let every = cs
+                .spec
+                .steady_state
+                .as_ref()
+                .map_or(Duration::MAX, |s| s.interval.get());
+            let edge = active.recover_by.as_ref().unwrap_or(&active.fault_ends);
+            every.min(until(now, edge))
+        }
+        None => next_plan.map_or(IDLE_RECHECK, |t| until(now, &Time(t)).min(IDLE_RECHECK)),
+    };
+    Ok(Action::requeue(wait.max(Duration::from_secs(1))))
+}
+
+async fn write_status(
+    ctx: &ChaosContext,
+    ns: &str,
+    name: &str,
+    status: &ChaosScheduleStatus,
+) -> Result<(), Error> {
+    // `active: null` removes a finished run (a merge patch keeps fields it does not name).
+    let patch = serde_json::json!({
+        "status": {
+            "lastScheduleTime": status.last_schedule_time,
+            "history": status.history,
+            "active": status.active,
+        }
+    });
+    Api::<ChaosSchedule>::namespaced(ctx.client.clone(), ns)
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+async fn cleanup(cs: Arc<ChaosSchedule>, ctx: &ChaosContext) -> Result<Action, Error> {
+    let ns = cs.namespace().unwrap_or_default();
+    let active = cs.status.as_ref().and_then(|s| s.active.as_ref());
+    if let Some(run) = active {
+        ctx.set_faults(&ns, &cs.spec.experiment.service, None)
+            .await?;
+        ctx.publish(
+            &cs,
+            false,
+            "ChaosReverted".into(),
+            format!(
+                "schedule deleted during a run: faults on {} removed",
+                run.targets.join(", ")
+            ),
+        )
+        .await;
+    }
+    Ok(Action::await_change())
+}
+
+/// Reconciles one ChaosSchedule.
+pub async fn reconcile(cs: Arc<ChaosSchedule>, ctx: Arc<ChaosContext>) -> Result<Action, Error> {
+    let ns = cs
+        .namespace()
+        .ok_or_else(|| Error::Invalid("a ChaosSchedule must be namespaced".into()))?;
+    let api: Api<ChaosSchedule> = Api::namespaced(ctx.client.clone(), &ns);
+    finalizer(&api, CHAOS_FINALIZER, cs, |event| async {
+        match event {
+            Finalizer::Apply(c) => apply(c, &ctx).await,
+            Finalizer::Cleanup(c) => cleanup(c, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+/// Backs off after a failed reconcile: conflicts retry at once, the rest after a pause.
+pub fn error_policy(cs: Arc<ChaosSchedule>, error: &Error, _ctx: Arc<ChaosContext>) -> Action {
+    tracing::warn!(schedule = %cs.name_any(), error = %error, label = error.metric_label(), "chaos reconcile failed");
+    super::controller::backoff(error)
+}
