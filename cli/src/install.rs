@@ -8,6 +8,7 @@ use kube::{Api, Client, ResourceExt};
 
 const NAMESPACE: &str = include_str!("../../manifests/install/namespace.yaml");
 const RBAC: &str = include_str!("../../manifests/install/rbac.yaml");
+const CHAOS_RBAC: &str = include_str!("../../manifests/install/chaos-rbac.yaml");
 const CONTROLLER: &str = include_str!("../../manifests/install/controller.yaml");
 
 /// Arguments of `zdeploy install`.
@@ -25,6 +26,7 @@ pub fn objects() -> String {
         NAMESPACE.to_string(),
         zdeploy_api::crd::crds_yaml(),
         RBAC.to_string(),
+        CHAOS_RBAC.to_string(),
         CONTROLLER.to_string(),
     ] {
         if !out.is_empty() {

@@ -78,3 +78,15 @@ fn rbac_grants_no_secrets_pods_or_wildcards() {
         );
     }
 }
+
+#[test]
+fn pod_kill_is_granted_apart_and_only_list_and_delete_on_pods() {
+    let text =
+        std::fs::read_to_string(support::root().join("manifests/install/chaos-rbac.yaml")).unwrap();
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_str_multiple(&text).unwrap();
+    let role = docs.iter().find(|d| d["kind"] == "ClusterRole").unwrap();
+    assert_eq!(
+        role["rules"],
+        serde_json::json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "delete"]}])
+    );
+}

@@ -198,7 +198,8 @@ impl ChaosContext {
             return Ok(Err(format!("not steady before the experiment: {why}")));
         }
         let x = &cs.spec.experiment;
-        let now = Timestamp::now();
+        // Whole seconds: the recorded times (and so zgate's end) have no fraction.
+        let now = Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_default();
         let ends = now + SignedDuration::try_from(x.duration.get()).unwrap_or_default();
         let targets = match (&x.fault, gateway_fault(&x.fault, x.duration)) {
             (_, Some(fault)) => {

@@ -1,0 +1,574 @@
+//! ChaosSchedules reconciled against a mock API server (tower_test) that checks each
+//! request's method, path and body: a due gateway experiment, the rollout and alert
+//! guards, a run finishing or aborted from its recorded status, pod kill, and deletion
+//! mid-run; and a steady state that breaks during the fault, measured by a real
+//! Prometheus. One scenario per test.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, Request, Response};
+use kube::Client;
+use kube::client::Body;
+use serde_json::{Value, json};
+use zdeploy_api::chaos::ChaosSchedule;
+use zdeploy_controller::analysis::webhook::AlertInbox;
+use zdeploy_controller::platforms::kubernetes::chaos::{
+    CHAOS_FIELD_MANAGER, CHAOS_FINALIZER, ChaosContext, reconcile,
+};
+use zdeploy_controller::platforms::kubernetes::controller::{MetricsSource, Stats};
+
+const SCHEDULES: &str = "/apis/zdeploy.io/v1alpha1/namespaces/trading/chaosschedules/drill";
+const SERVICE: &str = "/apis/zdeploy.io/v1alpha1/namespaces/trading/zmqservices/echo";
+const WEIGHTS: &str = "/api/v1/namespaces/trading/configmaps/echo-weights";
+const PODS: &str = "/api/v1/namespaces/trading/pods";
+
+/// One request the mock API server received.
+#[derive(Debug, Clone)]
+struct Call {
+    method: Method,
+    path: String,
+    query: String,
+    body: Value,
+}
+
+/// What the mock cluster holds besides the schedule.
+struct World {
+    schedule: Value,
+    service: Option<Value>,
+    weights: Value,
+    pods: Vec<Value>,
+}
+
+async fn api_server(
+    mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>,
+    mut world: World,
+) -> Vec<Call> {
+    let mut calls = Vec::new();
+    while let Some((req, send)) = handle.next_request().await {
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let query = req.uri().query().unwrap_or_default().to_string();
+        let bytes = req.into_body().collect_bytes().await.unwrap();
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        calls.push(Call {
+            method: method.clone(),
+            path: path.clone(),
+            query,
+            body: body.clone(),
+        });
+        let not_found = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404});
+        let (status, reply) = match (method.as_str(), path.as_str()) {
+            ("GET", SERVICE) => match &world.service {
+                Some(s) => (200, s.clone()),
+                None => (404, not_found),
+            },
+            ("GET", WEIGHTS) => (200, world.weights.clone()),
+            ("PATCH", WEIGHTS) => {
+                world.weights["data"] = body["data"].clone();
+                (200, world.weights.clone())
+            }
+            ("PATCH", p) if p == format!("{SCHEDULES}/status") => {
+                world.schedule["status"] = body["status"].clone();
+                (200, world.schedule.clone())
+            }
+            // The finalizer's JSON patch on the schedule.
+            ("PATCH", SCHEDULES) => {
+                world.schedule["metadata"]["finalizers"] = json!([]);
+                (200, world.schedule.clone())
+            }
+            ("GET", PODS) => (
+                200,
+                json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": world.pods}),
+            ),
+            ("DELETE", p) if p.starts_with(PODS) => {
+                let name = p.rsplit('/').next().unwrap();
+                world.pods.retain(|pod| pod["metadata"]["name"] != name);
+                (
+                    200,
+                    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}}),
+                )
+            }
+            ("POST", p) if p.ends_with("/events") => (200, body),
+            other => panic!("unexpected request {other:?}"),
+        };
+        send.send_response(
+            Response::builder()
+                .status(status)
+                .body(Body::from(serde_json::to_vec(&reply).unwrap()))
+                .unwrap(),
+        );
+    }
+    calls
+}
+
+fn ago(d: Duration) -> String {
+    (jiff::Timestamp::now() - jiff::SignedDuration::try_from(d).unwrap()).to_string()
+}
+
+fn from_now(d: Duration) -> String {
+    (jiff::Timestamp::now() + jiff::SignedDuration::try_from(d).unwrap()).to_string()
+}
+
+/// The start of the previous minute: with `* * * * *`, exactly one run is due now.
+fn previous_minute() -> String {
+    let now = jiff::Timestamp::now().as_second();
+    jiff::Timestamp::from_second(now - now % 60 - 60)
+        .unwrap()
+        .to_string()
+}
+
+fn schedule(fault: Value, status: Value) -> Value {
+    json!({
+        "apiVersion": "zdeploy.io/v1alpha1", "kind": "ChaosSchedule",
+        "metadata": {"name": "drill", "namespace": "trading", "uid": "c-1", "resourceVersion": "3",
+                     "creationTimestamp": ago(Duration::from_secs(3600)), "finalizers": [CHAOS_FINALIZER]},
+        "spec": {"schedule": "* * * * *", "experiment": {"service": "echo", "pool": "canary", "fault": fault, "duration": "5m", "mode": "fixed", "value": 3, "maxTargets": 2}},
+        "status": status,
+    })
+}
+
+fn service(rollout: bool) -> Value {
+    let mut status = json!({"phase": "Healthy", "stableRevision": "echo:1", "canaryWeight": 0});
+    if rollout {
+        status = json!({"phase": "Progressing", "stableRevision": "echo:1", "canaryRevision": "echo:2", "canaryWeight": 10,
+                        "rollout": {"step": 0, "started": ago(Duration::from_secs(30)), "stepStarted": ago(Duration::from_secs(30)), "lastProgress": ago(Duration::from_secs(30))}});
+    }
+    json!({"apiVersion": "zdeploy.io/v1alpha1", "kind": "ZmqService",
+           "metadata": {"name": "echo", "namespace": "trading", "uid": "s-1"},
+           "spec": {"windows": {"build": "2022"}, "template": {"spec": {"containers": [{"name": "echo", "image": "echo:1"}]}}, "zmq": {"port": 5555}},
+           "status": status})
+}
+
+fn weights(faults: Option<&str>) -> Value {
+    let mut data = json!({"weights.json": "{\"stable\":100,\"canary\":0}"});
+    if let Some(f) = faults {
+        data["faults.json"] = json!(f);
+    }
+    json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "echo-weights", "namespace": "trading"}, "data": data})
+}
+
+fn pod(name: &str, pool: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": name, "namespace": "trading", "labels": {"zdeploy.io/pool": pool}},
+           "status": {"phase": "Running"}})
+}
+
+fn world(schedule: Value, service: Option<Value>, faults: Option<&str>) -> World {
+    World {
+        schedule,
+        service,
+        weights: weights(faults),
+        pods: Vec::new(),
+    }
+}
+
+struct Outcome {
+    result: Result<kube::runtime::controller::Action, String>,
+    calls: Vec<Call>,
+    metrics: String,
+}
+
+async fn run(world: World, alerts: Option<Arc<AlertInbox>>) -> Outcome {
+    run_with(world, alerts, MetricsSource::Scrape).await
+}
+
+async fn run_with(
+    world: World,
+    alerts: Option<Arc<AlertInbox>>,
+    metrics: MetricsSource,
+) -> Outcome {
+    let (mock, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(mock, "trading");
+    let cs: ChaosSchedule = serde_json::from_value(world.schedule.clone()).unwrap();
+    let server = tokio::spawn(api_server(handle, world));
+    let stats = Arc::new(Stats::default());
+    let ctx = Arc::new(ChaosContext::new(client, metrics, alerts, stats.clone()));
+    let result = reconcile(Arc::new(cs), ctx)
+        .await
+        .map_err(|e| e.to_string());
+    let calls = server.await.unwrap();
+    every_request_is_granted(&calls);
+    Outcome {
+        result,
+        calls,
+        metrics: stats.encode(),
+    }
+}
+
+/// The install's RBAC (the controller's ClusterRole and the pod-kill one) grants each request.
+fn every_request_is_granted(calls: &[Call]) {
+    let mut rules = Vec::new();
+    for file in ["rbac.yaml", "chaos-rbac.yaml"] {
+        let text =
+            std::fs::read_to_string(support::repo(&format!("manifests/install/{file}"))).unwrap();
+        let docs: Vec<Value> = serde_saphyr::from_str_multiple(&text).unwrap();
+        for d in docs.iter().filter(|d| d["kind"] == "ClusterRole") {
+            rules.extend(d["rules"].as_array().unwrap().iter().cloned());
+        }
+    }
+    for c in calls {
+        // /api/v1/namespaces/NS/RESOURCE[/NAME[/SUB]] or /apis/GROUP/VERSION/namespaces/NS/...
+        let parts: Vec<&str> = c.path.trim_start_matches('/').split('/').collect();
+        let (group, rest) = match parts[0] {
+            "api" => ("", &parts[4..]),
+            _ => (parts[1], &parts[5..]),
+        };
+        let resource = match rest {
+            [r, _, sub] => format!("{r}/{sub}"),
+            [r, ..] => r.to_string(),
+            [] => panic!("no resource in {}", c.path),
+        };
+        let verb = match (c.method.as_str(), rest.len()) {
+            ("GET", 1) => "list",
+            ("GET", _) => "get",
+            ("POST", _) => "create",
+            ("PATCH", _) => "patch",
+            ("DELETE", _) => "delete",
+            (m, _) => panic!("unexpected {m}"),
+        };
+        let granted = rules.iter().any(|r| {
+            let has = |key: &str, want: &str| r[key].as_array().unwrap().iter().any(|v| v == want);
+            has("apiGroups", group) && has("resources", &resource) && has("verbs", verb)
+        });
+        assert!(
+            granted,
+            "{} {} needs {verb} on {group}/{resource}, which the install does not grant",
+            c.method, c.path
+        );
+    }
+}
+
+impl Outcome {
+    fn status(&self) -> &Value {
+        &self
+            .calls
+            .iter()
+            .find(|c| c.path == format!("{SCHEDULES}/status"))
+            .expect("a status patch")
+            .body["status"]
+    }
+
+    fn weight_patches(&self) -> Vec<&Call> {
+        self.calls
+            .iter()
+            .filter(|c| c.method == Method::PATCH && c.path == WEIGHTS)
+            .collect()
+    }
+
+    fn events(&self) -> Vec<(String, String)> {
+        self.calls
+            .iter()
+            .filter(|c| c.path.ends_with("/events"))
+            .map(|c| {
+                (
+                    c.body["reason"].as_str().unwrap().to_string(),
+                    c.body["type"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    fn runs(&self, verdict: &str) -> u64 {
+        let line = format!("zdeploy_chaos_runs_total{{verdict=\"{verdict}\"}} ");
+        self.metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+}
+
+fn active(fault_ends: String, recover_by: Option<String>) -> Value {
+    let mut a = json!({"scheduled": previous_minute(), "started": ago(Duration::from_secs(300)),
+                       "faultEnds": fault_ends, "targets": ["zgate pool canary"]});
+    if let Some(r) = recover_by {
+        a["recoverBy"] = json!(r);
+    }
+    json!({"lastScheduleTime": previous_minute(), "active": a})
+}
+
+const FAULT: &str =
+    r#"{"canary":{"fault":{"latency":"300ms","duration":"5m"},"until":"2026-11-25T12:05:00Z"}}"#;
+
+#[tokio::test]
+async fn a_due_gateway_experiment_writes_its_fault_with_its_end() {
+    let cs = schedule(
+        json!({"gatewayLatency": {"latency": "300ms"}}),
+        json!({"lastScheduleTime": previous_minute()}),
+    );
+    let out = run(world(cs, Some(service(false)), None), None).await;
+    let action = out.result.as_ref().unwrap();
+    let patches = out.weight_patches();
+    assert_eq!(patches.len(), 1, "{:?}", out.calls);
+    let apply = patches[0];
+    assert!(
+        apply
+            .query
+            .contains(&format!("fieldManager={CHAOS_FIELD_MANAGER}")),
+        "server-side apply as {CHAOS_FIELD_MANAGER}: {}",
+        apply.query
+    );
+    assert!(
+        apply.body["data"].get("weights.json").is_none(),
+        "chaos never touches the weights: {}",
+        apply.body
+    );
+    let faults: Value =
+        serde_json::from_str(apply.body["data"]["faults.json"].as_str().unwrap()).unwrap();
+    assert_eq!(faults["canary"]["fault"]["latency"], "300ms");
+    assert!(faults.get("stable").is_none(), "{faults}");
+    let status = out.status();
+    let a = &status["active"];
+    assert_eq!(a["targets"], json!(["zgate pool canary"]));
+    assert_eq!(
+        faults["canary"]["until"], a["faultEnds"],
+        "zgate ends the fault when the run does"
+    );
+    let ends: jiff::Timestamp = a["faultEnds"].as_str().unwrap().parse().unwrap();
+    let started: jiff::Timestamp = a["started"].as_str().unwrap().parse().unwrap();
+    assert_eq!(ends.duration_since(started).as_secs(), 300);
+    assert_eq!(out.events(), vec![("ChaosStarted".into(), "Normal".into())]);
+    assert!(
+        format!("{action:?}").contains("requeue_after: Some"),
+        "{action:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_run_due_during_a_rollout_is_skipped_and_recorded() {
+    let cs = schedule(
+        json!({"gatewayErrors": {"ratio": 0.5}}),
+        json!({"lastScheduleTime": previous_minute()}),
+    );
+    let out = run(world(cs, Some(service(true)), None), None).await;
+    out.result.as_ref().unwrap();
+    assert!(out.weight_patches().is_empty(), "nothing injected");
+    let status = out.status();
+    assert!(status["active"].is_null(), "{status}");
+    assert_eq!(status["history"][0]["verdict"], "skipped");
+    assert_eq!(
+        status["history"][0]["reason"],
+        "a rollout of echo (echo:2) is in progress"
+    );
+    assert_eq!(out.events(), vec![("ChaosSkipped".into(), "Normal".into())]);
+    assert_eq!(out.runs("skipped"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_due_while_an_alert_fires_for_the_service_is_skipped() {
+    // The alert arrives the way Alertmanager sends it: through the webhook, over HTTP.
+    let inbox = Arc::new(AlertInbox::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/alertmanager", listener.local_addr().unwrap());
+    let router = zdeploy_controller::analysis::webhook::router(inbox.clone(), "t".into());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    zdeploy_controller::tls::install_ring_provider();
+    let body = r#"{"alerts":[{"status":"firing","fingerprint":"f1","labels":{"alertname":"ZgateStableErrors","service":"echo","namespace":"trading","pool":"stable"}}]}"#;
+    let r = reqwest::Client::new()
+        .post(&url)
+        .bearer_auth("t")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let cs = schedule(
+        json!({"gatewayDrop": {"ratio": 0.1}}),
+        json!({"lastScheduleTime": previous_minute()}),
+    );
+    let out = run(world(cs, Some(service(false)), None), Some(inbox)).await;
+    out.result.as_ref().unwrap();
+    assert!(out.weight_patches().is_empty(), "nothing injected");
+    let status = out.status();
+    assert_eq!(status["history"][0]["verdict"], "skipped");
+    assert_eq!(
+        status["history"][0]["reason"],
+        "alert ZgateStableErrors is firing for echo"
+    );
+}
+
+#[tokio::test]
+async fn a_run_whose_fault_ended_removes_it_and_holds() {
+    let cs = schedule(
+        json!({"gatewayLatency": {"latency": "300ms"}}),
+        active(ago(Duration::from_secs(1)), None),
+    );
+    let out = run(world(cs, Some(service(false)), Some(FAULT)), None).await;
+    out.result.as_ref().unwrap();
+    let patches = out.weight_patches();
+    assert_eq!(patches.len(), 1, "{:?}", out.calls);
+    assert!(
+        patches[0].body["data"].get("faults.json").is_none(),
+        "the fault is removed: {}",
+        patches[0].body
+    );
+    let status = out.status();
+    assert!(
+        status.get("active").is_some_and(Value::is_null),
+        "`active: null` ends the run: {status}"
+    );
+    assert_eq!(status["history"][0]["verdict"], "held");
+    assert_eq!(
+        status["history"][0]["targets"],
+        json!(["zgate pool canary"])
+    );
+    assert_eq!(out.events(), vec![("ChaosHeld".into(), "Normal".into())]);
+    assert_eq!(out.runs("held"), 1);
+}
+
+#[tokio::test]
+async fn a_rollout_aborts_a_running_experiment_and_removes_its_fault_first() {
+    let cs = schedule(
+        json!({"gatewayLatency": {"latency": "300ms"}}),
+        active(from_now(Duration::from_secs(120)), None),
+    );
+    let out = run(world(cs, Some(service(true)), Some(FAULT)), None).await;
+    out.result.as_ref().unwrap();
+    let revert = out
+        .calls
+        .iter()
+        .position(|c| c.method == Method::PATCH && c.path == WEIGHTS)
+        .expect("the fault is removed");
+    let record = out
+        .calls
+        .iter()
+        .position(|c| c.path == format!("{SCHEDULES}/status"))
+        .unwrap();
+    assert!(revert < record, "removed before the run is recorded");
+    let status = out.status();
+    assert_eq!(status["history"][0]["verdict"], "aborted");
+    assert!(
+        status["history"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("rollout of the service (echo:2)"),
+        "{status}"
+    );
+    assert_eq!(
+        out.events(),
+        vec![("ChaosAborted".into(), "Warning".into())]
+    );
+    assert_eq!(out.runs("aborted"), 1);
+}
+
+#[tokio::test]
+async fn a_pod_kill_deletes_at_most_max_targets_pods_of_the_targeted_pool() {
+    let cs = schedule(
+        json!({"podKill": {}}),
+        json!({"lastScheduleTime": previous_minute()}),
+    );
+    let mut w = world(cs, Some(service(false)), None);
+    w.pods = vec![
+        pod("echo-canary-a", "canary"),
+        pod("echo-canary-b", "canary"),
+        pod("echo-canary-c", "canary"),
+    ];
+    let out = run(w, None).await;
+    out.result.as_ref().unwrap();
+    let list = out
+        .calls
+        .iter()
+        .find(|c| c.method == Method::GET && c.path == PODS)
+        .unwrap();
+    let selector: String = form_urlencoded::parse(list.query.as_bytes())
+        .find(|(k, _)| k == "labelSelector")
+        .unwrap()
+        .1
+        .into_owned();
+    assert!(
+        selector.ends_with("zdeploy.io/pool=canary")
+            && selector.contains("app.kubernetes.io/name=echo"),
+        "{selector}"
+    );
+    let deleted: Vec<&str> = out
+        .calls
+        .iter()
+        .filter(|c| c.method == Method::DELETE)
+        .map(|c| c.path.rsplit('/').next().unwrap())
+        .collect();
+    assert_eq!(
+        deleted.len(),
+        2,
+        "mode fixed 3, capped by maxTargets 2: {deleted:?}"
+    );
+    assert!(deleted.iter().all(|p| p.starts_with("echo-canary-")));
+    let targets = out.status()["active"]["targets"].clone();
+    assert_eq!(targets.as_array().unwrap().len(), 2, "{targets}");
+    assert!(out.weight_patches().is_empty());
+}
+
+#[tokio::test]
+async fn deleting_a_schedule_mid_run_removes_its_fault_then_the_finalizer() {
+    let mut cs = schedule(
+        json!({"gatewayLatency": {"latency": "300ms"}}),
+        active(from_now(Duration::from_secs(120)), None),
+    );
+    cs["metadata"]["deletionTimestamp"] = json!(ago(Duration::from_secs(1)));
+    let out = run(world(cs, Some(service(false)), Some(FAULT)), None).await;
+    out.result.as_ref().unwrap();
+    let revert = out
+        .calls
+        .iter()
+        .position(|c| c.method == Method::PATCH && c.path == WEIGHTS)
+        .expect("the fault is removed");
+    assert!(out.calls[revert].body["data"].get("faults.json").is_none());
+    let release = out
+        .calls
+        .iter()
+        .position(|c| c.method == Method::PATCH && c.path == SCHEDULES)
+        .expect("the finalizer is removed");
+    assert!(revert < release, "fault removed before the finalizer goes");
+    assert!(
+        out.calls[release]
+            .body
+            .to_string()
+            .contains("/metadata/finalizers"),
+        "{}",
+        out.calls[release].body
+    );
+    assert_eq!(
+        out.events(),
+        vec![("ChaosReverted".into(), "Normal".into())]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_steady_state_that_breaks_in_prometheus_ends_the_run_broken_and_removes_the_fault() {
+    let target = support::Target::start("echo").await;
+    let _errors = target.traffic(1, 60, 40, 0.002);
+    let prom = support::Prometheus::start(&target.addr, None, None).await;
+    prom.wait_scraped().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let metrics = MetricsSource::Prometheus {
+        url: prom.url.clone(),
+        namespace_label: false,
+    };
+    let mut cs = schedule(
+        json!({"gatewayErrors": {"ratio": 0.4}}),
+        active(from_now(Duration::from_secs(120)), None),
+    );
+    // Injected 10 s ago: the window reaches back no further.
+    cs["status"]["active"]["started"] = json!(ago(Duration::from_secs(10)));
+    cs["spec"]["steadyState"] = json!({"interval": "5s", "metrics": [
+        {"name": "errors", "builtin": "errorRatio", "window": "1m", "max": 0.05, "minSamples": 10}
+    ]});
+    let out = run_with(world(cs, Some(service(false)), Some(FAULT)), None, metrics).await;
+    out.result.as_ref().unwrap();
+    let patches = out.weight_patches();
+    assert_eq!(patches.len(), 1, "the fault is removed: {:?}", out.calls);
+    assert!(patches[0].body["data"].get("faults.json").is_none());
+    let status = out.status();
+    assert_eq!(status["history"][0]["verdict"], "broken", "{status}");
+    let reason = status["history"][0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("into the fault, which was reverted at once")
+            && reason.contains("errors 0.4"),
+        "{reason}"
+    );
+    assert_eq!(out.events(), vec![("ChaosBroken".into(), "Warning".into())]);
+    assert_eq!(out.runs("broken"), 1);
+}
