@@ -1,4 +1,5 @@
-//! `zdeploy chaos run|list|history|pause|resume` against the local runtime.
+//! `zdeploy chaos run|list|history|pause|resume`: against the local runtimes, or with
+//! `-n`, `--context` or `--kubeconfig` against the ChaosSchedules in a cluster.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,7 +11,10 @@ use zdeploy_controller::platforms::local::api::ChaosRequest;
 use zdeploy_controller::platforms::local::chaos::Scheduled;
 
 use crate::Output;
+use crate::cluster::{self, ClusterArgs};
 use crate::local::{LocalClient, StateArgs};
+use zdeploy_api::chaos::{ChaosSchedule, ChaosScheduleStatus};
+use zdeploy_controller::platforms::kubernetes::chaos::suspended;
 
 /// `zdeploy chaos ...`.
 #[derive(clap::Subcommand)]
@@ -32,10 +36,15 @@ pub enum ChaosCommand {
         #[arg(short, long, value_enum, default_value_t)]
         output: Output,
     },
-    /// List the schedules the local runtimes know, with their last run.
+    /// List the schedules the local runtimes (or the cluster's namespace) hold, with their last run.
+    #[command(
+        after_help = "Examples:\n  zdeploy chaos list\n  zdeploy chaos list -n trading -o json"
+    )]
     List {
         #[command(flatten)]
         state: StateArgs,
+        #[command(flatten)]
+        cluster: ClusterArgs,
         /// Output format.
         #[arg(short, long, value_enum, default_value_t)]
         output: Output,
@@ -46,16 +55,23 @@ pub enum ChaosCommand {
         name: String,
         #[command(flatten)]
         state: StateArgs,
+        #[command(flatten)]
+        cluster: ClusterArgs,
         /// Output format.
         #[arg(short, long, value_enum, default_value_t)]
         output: Output,
     },
-    /// Stop a schedule from starting runs.
+    /// Stop a schedule from starting runs (in a cluster: the `zdeploy.io/suspend` annotation).
+    #[command(
+        after_help = "Examples:\n  zdeploy chaos pause echo-latency-drill\n  zdeploy chaos pause echo-latency-drill -n trading"
+    )]
     Pause {
         /// The ChaosSchedule.
         name: String,
         #[command(flatten)]
         state: StateArgs,
+        #[command(flatten)]
+        cluster: ClusterArgs,
     },
     /// Let a paused schedule start runs again.
     Resume {
@@ -63,6 +79,8 @@ pub enum ChaosCommand {
         name: String,
         #[command(flatten)]
         state: StateArgs,
+        #[command(flatten)]
+        cluster: ClusterArgs,
     },
 }
 
@@ -82,14 +100,40 @@ fn runtimes(state: &StateArgs) -> Vec<(String, LocalClient)> {
     out
 }
 
-async fn all_schedules(state: &StateArgs) -> Vec<(String, Scheduled)> {
+/// A schedule, the service it targets, and its status.
+struct Row {
+    service: String,
+    schedule: ChaosSchedule,
+    suspended: bool,
+    status: ChaosScheduleStatus,
+}
+
+/// Every schedule: the cluster's when one is named, else the local runtimes'.
+async fn all_schedules(state: &StateArgs, cluster: &ClusterArgs) -> anyhow::Result<Vec<Row>> {
+    if cluster.given() {
+        return Ok(cluster::chaos_schedules(cluster)
+            .await?
+            .into_iter()
+            .map(|cs| Row {
+                service: cs.spec.experiment.service.clone(),
+                suspended: suspended(&cs),
+                status: cs.status.clone().unwrap_or_default(),
+                schedule: cs,
+            })
+            .collect());
+    }
     let mut out = Vec::new();
     for (service, client) in runtimes(state) {
         if let Ok(reply) = client.chaos(&ChaosRequest::List).await {
-            out.extend(reply.schedules.into_iter().map(|s| (service.clone(), s)));
+            out.extend(reply.schedules.into_iter().map(|s: Scheduled| Row {
+                service: service.clone(),
+                suspended: s.schedule.spec.suspend,
+                schedule: s.schedule,
+                status: s.status,
+            }));
         }
     }
-    out
+    Ok(out)
 }
 
 /// Runs a chaos subcommand.
@@ -137,10 +181,14 @@ pub async fn run(cmd: &ChaosCommand) -> anyhow::Result<ExitCode> {
                 RunVerdict::Skipped => 2,
             }))
         }
-        ChaosCommand::List { state, output } => {
-            let all = all_schedules(state).await;
+        ChaosCommand::List {
+            state,
+            cluster,
+            output,
+        } => {
+            let all = all_schedules(state, cluster).await?;
             if *output == Output::Json {
-                let items: Vec<_> = all.iter().map(|(svc, s)| serde_json::json!({"service": svc, "schedule": s.schedule, "status": s.status})).collect();
+                let items: Vec<_> = all.iter().map(|r| serde_json::json!({"service": r.service, "suspended": r.suspended, "schedule": r.schedule, "status": r.status})).collect();
                 println!("{}", serde_json::to_string_pretty(&items)?);
                 return Ok(ExitCode::SUCCESS);
             }
@@ -148,19 +196,18 @@ pub async fn run(cmd: &ChaosCommand) -> anyhow::Result<ExitCode> {
                 "{:<24} {:<16} {:<16} {:<9} LAST RUN",
                 "NAME", "SERVICE", "SCHEDULE", "SUSPENDED"
             );
-            for (svc, s) in all {
-                let last = s
-                    .status
-                    .history
-                    .first()
-                    .map(|r| format!("{:?} at {}", r.verdict, r.scheduled.0))
-                    .unwrap_or_else(|| "-".into());
+            for r in all {
+                let last = match (&r.status.active, r.status.history.first()) {
+                    (Some(a), _) => format!("running since {}", a.started.0),
+                    (None, Some(run)) => format!("{:?} at {}", run.verdict, run.scheduled.0),
+                    (None, None) => "-".into(),
+                };
                 println!(
                     "{:<24} {:<16} {:<16} {:<9} {last}",
-                    s.schedule.name_any(),
-                    svc,
-                    s.schedule.spec.schedule,
-                    s.schedule.spec.suspend
+                    r.schedule.name_any(),
+                    r.service,
+                    r.schedule.spec.schedule,
+                    r.suspended
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -168,15 +215,19 @@ pub async fn run(cmd: &ChaosCommand) -> anyhow::Result<ExitCode> {
         ChaosCommand::History {
             name,
             state,
+            cluster,
             output,
         } => {
-            let all = all_schedules(state).await;
-            let (_, s) = all
+            let all = all_schedules(state, cluster).await?;
+            let place = if cluster.given() {
+                "the namespace"
+            } else {
+                "any running `zdeploy up`"
+            };
+            let s = all
                 .into_iter()
-                .find(|(_, s)| &s.schedule.name_any() == name)
-                .with_context(|| {
-                    format!("no chaos schedule {name:?} in any running `zdeploy up`")
-                })?;
+                .find(|r| &r.schedule.name_any() == name)
+                .with_context(|| format!("no chaos schedule {name:?} in {place}"))?;
             if *output == Output::Json {
                 println!("{}", serde_json::to_string_pretty(&s.status.history)?);
                 return Ok(ExitCode::SUCCESS);
@@ -192,8 +243,22 @@ pub async fn run(cmd: &ChaosCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        ChaosCommand::Pause { name, state } | ChaosCommand::Resume { name, state } => {
+        ChaosCommand::Pause {
+            name,
+            state,
+            cluster,
+        }
+        | ChaosCommand::Resume {
+            name,
+            state,
+            cluster,
+        } => {
             let suspend = matches!(cmd, ChaosCommand::Pause { .. });
+            if cluster.given() {
+                cluster::chaos_suspend(cluster, name, suspend).await?;
+                println!("{name}: {}", if suspend { "paused" } else { "resumed" });
+                return Ok(ExitCode::SUCCESS);
+            }
             for (_, client) in runtimes(state) {
                 let reply = client
                     .chaos(&ChaosRequest::Suspend {

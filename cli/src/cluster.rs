@@ -11,7 +11,9 @@ use kube::api::{Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config, ResourceExt};
 use zdeploy_api::ZmqService;
+use zdeploy_api::chaos::ChaosSchedule;
 use zdeploy_api::validate::{Resource, validate_str};
+use zdeploy_controller::platforms::kubernetes::chaos::SUSPEND_ANNOTATION;
 use zdeploy_controller::platforms::kubernetes::controller::COMMAND_ANNOTATION;
 use zdeploy_controller::platforms::local::api::CommandRequest;
 
@@ -38,7 +40,8 @@ impl ClusterArgs {
         self.namespace.is_some() || self.context.is_some() || self.kubeconfig.is_some()
     }
 
-    async fn client(&self) -> anyhow::Result<(Client, String)> {
+    /// A client for the chosen cluster and the namespace to work in.
+    pub async fn client(&self) -> anyhow::Result<(Client, String)> {
         let options = KubeConfigOptions {
             context: self.context.clone(),
             ..Default::default()
@@ -278,6 +281,26 @@ fn line_diff(old: &str, new: &str) -> Vec<String> {
         }
     }
     out
+}
+
+/// The ChaosSchedules in the namespace.
+pub async fn chaos_schedules(cluster: &ClusterArgs) -> anyhow::Result<Vec<ChaosSchedule>> {
+    let (client, ns) = cluster.client().await?;
+    let api: Api<ChaosSchedule> = Api::namespaced(client, &ns);
+    Ok(api.list(&Default::default()).await?.items)
+}
+
+/// Pauses or resumes a ChaosSchedule through its annotation: the spec, kept in git, is
+/// not touched, so Argo CD and Flux see no drift.
+pub async fn chaos_suspend(cluster: &ClusterArgs, name: &str, suspend: bool) -> anyhow::Result<()> {
+    let (client, ns) = cluster.client().await?;
+    let api: Api<ChaosSchedule> = Api::namespaced(client, &ns);
+    let patch =
+        serde_json::json!({"metadata": {"annotations": {SUSPEND_ANNOTATION: suspend.to_string()}}});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .with_context(|| format!("ChaosSchedule {ns}/{name}"))?;
+    Ok(())
 }
 
 #[cfg(test)]

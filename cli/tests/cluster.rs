@@ -50,6 +50,23 @@ async fn handle(
         content_type,
         body.clone(),
     ));
+    if uri.path().contains("/chaosschedules") {
+        let mut drill = json!({
+            "apiVersion": "zdeploy.io/v1alpha1", "kind": "ChaosSchedule",
+            "metadata": {"name": "drill", "namespace": "trading", "uid": "c-1"},
+            "spec": {"schedule": "0 3 1 * *", "experiment": {"service": "echo", "fault": {"gatewayLatency": {"latency": "300ms"}}, "duration": "5m"}},
+            "status": {"lastScheduleTime": "2026-11-01T03:00:00Z", "history": [
+                {"scheduled": "2026-11-01T03:00:00Z", "started": "2026-11-01T03:00:01Z", "ended": "2026-11-01T03:00:09Z",
+                 "targets": ["zgate pool canary"], "verdict": "broken", "reason": "the steady state broke 8.00s into the fault"}]}
+        });
+        if method == Method::PATCH {
+            drill["metadata"]["annotations"] = body["metadata"]["annotations"].clone();
+            return axum::Json(drill);
+        }
+        return axum::Json(
+            json!({"apiVersion": "zdeploy.io/v1alpha1", "kind": "ChaosScheduleList", "metadata": {}, "items": [drill]}),
+        );
+    }
     if method == Method::PATCH {
         let raw = body["metadata"]["annotations"]["zdeploy.io/command"]
             .as_str()
@@ -318,4 +335,66 @@ fn zgate_follows_its_weights_and_faults_configmap_without_restarting() {
     ));
     std::thread::sleep(std::time::Duration::from_millis(800));
     assert_eq!(faults_now(), json!({}), "an expired fault was applied");
+}
+
+#[test]
+fn chaos_list_history_and_pause_work_on_the_clusters_schedules() {
+    let m = mock();
+    let kc = m.kubeconfig.to_str().unwrap();
+    let (code, out, err) = zdeploy(&["chaos", "list", "-n", "trading", "--kubeconfig", kc]);
+    assert_eq!(code, 0, "{err}");
+    let row = out.lines().nth(1).unwrap_or_default();
+    assert!(
+        row.starts_with("drill")
+            && row.contains("echo")
+            && row.contains("Broken at 2026-11-01T03:00:00Z"),
+        "{out}"
+    );
+    let (code, out, err) = zdeploy(&[
+        "chaos",
+        "history",
+        "drill",
+        "-n",
+        "trading",
+        "--kubeconfig",
+        kc,
+        "-o",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let history: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(history[0]["verdict"], "broken");
+    let (code, out, err) = zdeploy(&[
+        "chaos",
+        "pause",
+        "drill",
+        "-n",
+        "trading",
+        "--kubeconfig",
+        kc,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "drill: paused");
+    let calls = m.api.lock().unwrap().calls.clone();
+    let lists = calls
+        .iter()
+        .filter(|(m, p, _, _)| {
+            m == Method::GET && p == "/apis/zdeploy.io/v1alpha1/namespaces/trading/chaosschedules"
+        })
+        .count();
+    assert_eq!(lists, 2, "{calls:?}");
+    let (method, path, content_type, body) = calls.last().unwrap();
+    assert_eq!(
+        (method, path.as_str(), content_type.as_str()),
+        (
+            &Method::PATCH,
+            "/apis/zdeploy.io/v1alpha1/namespaces/trading/chaosschedules/drill",
+            "application/merge-patch+json"
+        )
+    );
+    assert_eq!(
+        body,
+        &json!({"metadata": {"annotations": {"zdeploy.io/suspend": "true"}}}),
+        "only the annotation, never the spec kept in git"
+    );
 }

@@ -572,3 +572,18 @@ async fn a_steady_state_that_breaks_in_prometheus_ends_the_run_broken_and_remove
     assert_eq!(out.events(), vec![("ChaosBroken".into(), "Warning".into())]);
     assert_eq!(out.runs("broken"), 1);
 }
+
+#[tokio::test]
+async fn a_schedule_paused_by_annotation_records_its_due_run_as_skipped() {
+    let mut cs = schedule(
+        json!({"gatewayLatency": {"latency": "300ms"}}),
+        json!({"lastScheduleTime": previous_minute()}),
+    );
+    cs["metadata"]["annotations"] = json!({"zdeploy.io/suspend": "true"});
+    let out = run(world(cs, Some(service(false)), None), None).await;
+    out.result.as_ref().unwrap();
+    assert!(out.weight_patches().is_empty(), "nothing injected");
+    let status = out.status();
+    assert_eq!(status["history"][0]["verdict"], "skipped");
+    assert_eq!(status["history"][0]["reason"], "the schedule is suspended");
+}

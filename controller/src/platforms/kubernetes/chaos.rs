@@ -39,6 +39,8 @@ use crate::experiment::{gateway_fault, skipped, steady_analysis, summary};
 pub const CHAOS_FINALIZER: &str = "zdeploy.io/chaos-revert";
 /// The field manager that owns `faults.json` in a weights ConfigMap.
 pub const CHAOS_FIELD_MANAGER: &str = "zdeploy-chaos";
+/// The annotation that pauses a schedule (`"true"`) without touching its spec, kept in git.
+pub const SUSPEND_ANNOTATION: &str = "zdeploy.io/suspend";
 /// The longest wait between two looks at an idle schedule (guards and time move on).
 const IDLE_RECHECK: Duration = Duration::from_secs(3600);
 
@@ -266,6 +268,11 @@ impl ChaosContext {
     }
 }
 
+/// True when the schedule starts no runs: suspended in its spec or paused by annotation.
+pub fn suspended(cs: &ChaosSchedule) -> bool {
+    cs.spec.suspend || cs.annotations().get(SUSPEND_ANNOTATION).map(String::as_str) == Some("true")
+}
+
 fn verdict_name(v: RunVerdict) -> &'static str {
     match v {
         RunVerdict::Held => "held",
@@ -347,13 +354,15 @@ async fn apply(cs: Arc<ChaosSchedule>, ctx: &ChaosContext) -> Result<Action, Err
             rollout_in_progress: rollout,
             alert_firing: alerts.clone().ok().flatten(),
         };
+        let mut spec = cs.spec.clone();
+        spec.suspend = suspended(&cs);
         let last = status
             .last_schedule_time
             .as_ref()
             .or(cs.metadata.creation_timestamp.as_ref())
             .map_or(now, |t| t.0);
         let p =
-            plan(&cs.spec, last, false, &guards, now).map_err(|e| Error::Invalid(e.to_string()))?;
+            plan(&spec, last, false, &guards, now).map_err(|e| Error::Invalid(e.to_string()))?;
         if let Some(t) = p.last_schedule_time {
             status.last_schedule_time = Some(Time(t));
         }
