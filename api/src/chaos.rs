@@ -238,6 +238,9 @@ pub struct ChaosScheduleStatus {
     /// Runs, newest first, at most `historyLimit`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<ChaosRun>,
+    /// The last `zdeploy.io/run-now` request carried out (its id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run_request: Option<String>,
     /// The run in progress, recorded so a restarted controller carries it on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active: Option<ActiveRun>,

@@ -102,6 +102,18 @@ fn in_windows(spec: &ChaosScheduleSpec, at: &Zoned) -> bool {
         })
 }
 
+/// Why the guards forbid a run of `spec` now (a rollout of the target, a firing alert).
+pub fn refused_by(spec: &ChaosScheduleSpec, guards: &Guards) -> Option<String> {
+    let service = &spec.experiment.service;
+    if let Some(revision) = &guards.rollout_in_progress {
+        return Some(format!(
+            "a rollout of {service} ({revision}) is in progress"
+        ));
+    }
+    let alert = guards.alert_firing.as_ref()?;
+    Some(format!("alert {alert} is firing for {service}"))
+}
+
 /// Decides what is due at `now`. `last` is `status.lastScheduleTime`, or the creation time
 /// for a schedule that never ran; `running` says a run is in progress.
 pub fn plan(
@@ -172,16 +184,8 @@ pub fn plan(
             weekday_name(&latest),
             latest.strftime("%H:%M %Z")
         ))
-    } else if let Some(revision) = &guards.rollout_in_progress {
-        skip(format!(
-            "a rollout of {} ({revision}) is in progress",
-            spec.experiment.service
-        ))
-    } else if let Some(alert) = &guards.alert_firing {
-        skip(format!(
-            "alert {alert} is firing for {}",
-            spec.experiment.service
-        ))
+    } else if let Some(reason) = refused_by(spec, guards) {
+        skip(reason)
     } else {
         Decision::Run {
             scheduled,

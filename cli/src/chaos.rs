@@ -19,9 +19,10 @@ use zdeploy_controller::platforms::kubernetes::chaos::suspended;
 /// `zdeploy chaos ...`.
 #[derive(clap::Subcommand)]
 pub enum ChaosCommand {
-    /// Run the experiment of a ChaosSchedule once, now, and wait for its verdict.
+    /// Run the experiment of a ChaosSchedule once, now, and wait for its verdict (in a
+    /// cluster: applied, then run by the controller).
     #[command(
-        after_help = "Exit status: 0 held, 1 broken or aborted, 2 skipped or refused.\n\nExamples:\n  zdeploy chaos run -f manifests/examples/echo-chaos.yaml --dry-run\n  zdeploy chaos run -f manifests/examples/echo-chaos.yaml"
+        after_help = "Exit status: 0 held, 1 broken or aborted, 2 skipped or refused.\n\nExamples:\n  zdeploy chaos run -f manifests/examples/echo-chaos.yaml --dry-run\n  zdeploy chaos run -f manifests/examples/echo-chaos.yaml\n  zdeploy chaos run -f manifests/examples/echo-chaos.yaml -n trading"
     )]
     Run {
         /// The ChaosSchedule manifest.
@@ -32,6 +33,8 @@ pub enum ChaosCommand {
         dry_run: bool,
         #[command(flatten)]
         state: StateArgs,
+        #[command(flatten)]
+        cluster: ClusterArgs,
         /// Output format.
         #[arg(short, long, value_enum, default_value_t)]
         output: Output,
@@ -143,6 +146,7 @@ pub async fn run(cmd: &ChaosCommand) -> anyhow::Result<ExitCode> {
             file,
             dry_run,
             state,
+            cluster,
             output,
         } => {
             let schedules = crate::local::load_chaos(file)?;
@@ -150,22 +154,32 @@ pub async fn run(cmd: &ChaosCommand) -> anyhow::Result<ExitCode> {
                 .into_iter()
                 .next()
                 .with_context(|| format!("{} holds no ChaosSchedule", file.display()))?;
-            let client = LocalClient::connect(state, &cs.spec.experiment.service)?;
             let name = cs.name_any();
-            let reply = client
-                .chaos(&ChaosRequest::Run {
-                    schedule: Box::new(cs),
-                    dry_run: *dry_run,
-                })
-                .await?;
-            if let Some(e) = reply.error {
-                bail!(e);
-            }
-            if let Some(plan) = reply.plan {
-                println!("{plan}");
-                return Ok(ExitCode::SUCCESS);
-            }
-            let run = reply.run.context("the runtime gave no result")?;
+            let run = if cluster.given() {
+                match cluster::chaos_run(cluster, cs, *dry_run).await? {
+                    cluster::ChaosOutcome::Plan(plan) => {
+                        println!("{plan}");
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    cluster::ChaosOutcome::Run(run) => run,
+                }
+            } else {
+                let client = LocalClient::connect(state, &cs.spec.experiment.service)?;
+                let reply = client
+                    .chaos(&ChaosRequest::Run {
+                        schedule: Box::new(cs),
+                        dry_run: *dry_run,
+                    })
+                    .await?;
+                if let Some(e) = reply.error {
+                    bail!(e);
+                }
+                if let Some(plan) = reply.plan {
+                    println!("{plan}");
+                    return Ok(ExitCode::SUCCESS);
+                }
+                reply.run.context("the runtime gave no result")?
+            };
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&run)?),
                 Output::Text => println!(

@@ -11,9 +11,11 @@ use kube::api::{Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config, ResourceExt};
 use zdeploy_api::ZmqService;
-use zdeploy_api::chaos::ChaosSchedule;
+use zdeploy_api::chaos::{ChaosRun, ChaosSchedule, Fault};
 use zdeploy_api::validate::{Resource, validate_str};
-use zdeploy_controller::platforms::kubernetes::chaos::SUSPEND_ANNOTATION;
+use zdeploy_chaos::target::pools;
+use zdeploy_controller::experiment::{describe_fault, gateway_fault};
+use zdeploy_controller::platforms::kubernetes::chaos::{RUN_NOW_ANNOTATION, SUSPEND_ANNOTATION};
 use zdeploy_controller::platforms::kubernetes::controller::COMMAND_ANNOTATION;
 use zdeploy_controller::platforms::local::api::CommandRequest;
 
@@ -301,6 +303,89 @@ pub async fn chaos_suspend(cluster: &ClusterArgs, name: &str, suspend: bool) -> 
         .await
         .with_context(|| format!("ChaosSchedule {ns}/{name}"))?;
     Ok(())
+}
+
+/// What `zdeploy chaos run` produced in the cluster.
+pub enum ChaosOutcome {
+    /// A dry run: what would be hit.
+    Plan(String),
+    /// The recorded run.
+    Run(ChaosRun),
+}
+
+/// Runs a ChaosSchedule's experiment once, now, through the controller: applies the
+/// schedule, asks for a run with the `zdeploy.io/run-now` annotation and waits for the
+/// verdict. A dry run lists what would be hit and changes nothing.
+pub async fn chaos_run(
+    cluster: &ClusterArgs,
+    mut cs: ChaosSchedule,
+    dry_run: bool,
+) -> anyhow::Result<ChaosOutcome> {
+    let (client, default_ns) = cluster.client().await?;
+    let ns = cs.namespace().unwrap_or(default_ns);
+    let name = cs.name_any();
+    let x = cs.spec.experiment.clone();
+    if dry_run {
+        let hits = match gateway_fault(&x.fault, x.duration) {
+            Some(f) => pools(x.pool)
+                .iter()
+                .map(|p| describe_fault(p, &f))
+                .collect::<Vec<_>>()
+                .join("; "),
+            None if matches!(x.fault, Fault::ProcessKill {}) => {
+                bail!(
+                    "processKill runs on the local platform (zdeploy up); use podKill in a cluster"
+                )
+            }
+            None => {
+                let mut rng = fastrand::Rng::new();
+                let pods = zdeploy_chaos::podkill::choose(client, &ns, &x, &mut rng).await?;
+                format!("delete pods {}", pods.join(", "))
+            }
+        };
+        return Ok(ChaosOutcome::Plan(format!(
+            "dry run, nothing changed: would hit {hits}"
+        )));
+    }
+    cs.metadata.namespace = Some(ns.clone());
+    cs.status = None;
+    let api: Api<ChaosSchedule> = Api::namespaced(client, &ns);
+    api.patch(
+        &name,
+        &PatchParams::apply("zdeploy-cli"),
+        &Patch::Apply(&cs),
+    )
+    .await
+    .with_context(|| format!("applying ChaosSchedule {ns}/{name}"))?;
+    let id = command_id();
+    let patch = serde_json::json!({"metadata": {"annotations": {RUN_NOW_ANNOTATION: id}}});
+    api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    eprintln!("run {id} of {ns}/{name} requested; waiting for the controller");
+    let recovery = cs
+        .spec
+        .steady_state
+        .as_ref()
+        .map_or(Duration::ZERO, |s| s.recovery_deadline.get());
+    let deadline = Instant::now() + x.duration.get() + recovery + Duration::from_secs(120);
+    let mut announced = false;
+    loop {
+        let status = api.get(&name).await?.status.unwrap_or_default();
+        if status.last_run_request.as_deref() == Some(id.as_str()) {
+            match (&status.active, status.history.first()) {
+                (Some(a), _) if !announced => {
+                    eprintln!("running: injected into {}", a.targets.join(", "));
+                    announced = true;
+                }
+                (None, Some(run)) => return Ok(ChaosOutcome::Run(run.clone())),
+                _ => {}
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("no verdict for run {id} in time: is `zdeploy controller` running?");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 #[cfg(test)]

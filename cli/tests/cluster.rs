@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 struct Api {
     calls: Vec<(Method, String, String, Value)>,
     last_command: Option<String>,
+    run_now: Option<String>,
 }
 
 fn object(last_command: Option<&str>) -> Value {
@@ -59,8 +60,18 @@ async fn handle(
                 {"scheduled": "2026-11-01T03:00:00Z", "started": "2026-11-01T03:00:01Z", "ended": "2026-11-01T03:00:09Z",
                  "targets": ["zgate pool canary"], "verdict": "broken", "reason": "the steady state broke 8.00s into the fault"}]}
         });
+        if let Some(id) = body["metadata"]["annotations"]["zdeploy.io/run-now"].as_str() {
+            a.run_now = Some(id.to_string());
+        }
         if method == Method::PATCH {
             drill["metadata"]["annotations"] = body["metadata"]["annotations"].clone();
+            return axum::Json(drill);
+        }
+        if uri.path().ends_with("/drill") {
+            // The controller has carried out the run asked for.
+            drill["status"]["lastRunRequest"] = json!(a.run_now);
+            drill["status"]["history"][0]["verdict"] = json!("held");
+            drill["status"]["history"][0]["reason"] = json!("recovered 1.20s after the fault");
             return axum::Json(drill);
         }
         return axum::Json(
@@ -396,5 +407,56 @@ fn chaos_list_history_and_pause_work_on_the_clusters_schedules() {
         body,
         &json!({"metadata": {"annotations": {"zdeploy.io/suspend": "true"}}}),
         "only the annotation, never the spec kept in git"
+    );
+}
+
+#[test]
+fn chaos_run_applies_the_schedule_asks_the_controller_and_reports_its_verdict() {
+    let m = mock();
+    let kc = m.kubeconfig.to_str().unwrap();
+    let dir = support::tempdir("chaos-run");
+    let file = dir.join("drill.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: zdeploy.io/v1alpha1\nkind: ChaosSchedule\nmetadata: {name: drill, namespace: trading}\nspec:\n  schedule: \"0 3 1 * *\"\n  experiment: {service: echo, pool: canary, fault: {gatewayLatency: {latency: 300ms}}, duration: 5m}\n",
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    let (code, out, err) = zdeploy(&["chaos", "run", "-f", f, "--kubeconfig", kc, "--dry-run"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.trim(),
+        "dry run, nothing changed: would hit zgate pool canary: latency 300ms, error ratio 0, drop ratio 0 for 5m"
+    );
+    assert!(
+        m.api.lock().unwrap().calls.is_empty(),
+        "a dry run of a gateway fault asks nothing"
+    );
+    let (code, out, err) = zdeploy(&["chaos", "run", "-f", f, "--kubeconfig", kc, "-o", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let run: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(run["verdict"], "held");
+    let calls = m.api.lock().unwrap().calls.clone();
+    let item = "/apis/zdeploy.io/v1alpha1/namespaces/trading/chaosschedules/drill";
+    let (method, path, content_type, body) = &calls[0];
+    assert_eq!(
+        (method, path.as_str(), content_type.as_str()),
+        (&Method::PATCH, item, "application/apply-patch+yaml")
+    );
+    assert_eq!(body["spec"]["experiment"]["service"], "echo");
+    let (method, path, content_type, body) = &calls[1];
+    assert_eq!(
+        (method, path.as_str(), content_type.as_str()),
+        (&Method::PATCH, item, "application/merge-patch+json")
+    );
+    let id = body["metadata"]["annotations"]["zdeploy.io/run-now"]
+        .as_str()
+        .unwrap();
+    assert!(!id.is_empty());
+    assert!(
+        calls[2..]
+            .iter()
+            .all(|(m, p, _, _)| m == Method::GET && p == item),
+        "{calls:?}"
     );
 }

@@ -71,3 +71,11 @@ pub fn skipped(scheduled: Timestamp, reason: String) -> ChaosRun {
         reason,
     }
 }
+
+/// How a gateway fault on `pool` reads in a dry run.
+pub fn describe_fault(pool: &str, f: &FaultSpec) -> String {
+    format!(
+        "zgate pool {pool}: latency {}, error ratio {}, drop ratio {} for {}",
+        f.latency, f.error_ratio, f.drop_ratio, f.duration
+    )
+}

@@ -587,3 +587,51 @@ async fn a_schedule_paused_by_annotation_records_its_due_run_as_skipped() {
     assert_eq!(status["history"][0]["verdict"], "skipped");
     assert_eq!(status["history"][0]["reason"], "the schedule is suspended");
 }
+
+/// This minute's start: no scheduled run is due after it.
+fn this_minute() -> String {
+    let now = jiff::Timestamp::now().as_second();
+    jiff::Timestamp::from_second(now - now % 60)
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn a_run_asked_for_by_annotation_starts_once_between_scheduled_times() {
+    let mut cs = schedule(
+        json!({"gatewayLatency": {"latency": "300ms"}}),
+        json!({"lastScheduleTime": this_minute(), "lastRunRequest": "r-0"}),
+    );
+    cs["metadata"]["annotations"] = json!({"zdeploy.io/run-now": "r-1"});
+    let out = run(world(cs.clone(), Some(service(false)), None), None).await;
+    out.result.as_ref().unwrap();
+    assert_eq!(out.weight_patches().len(), 1, "injected");
+    let status = out.status().clone();
+    assert_eq!(status["lastRunRequest"], "r-1");
+    assert!(status["active"].is_object(), "{status}");
+    // The same request seen again (the next reconcile) starts nothing new.
+    let mut again = cs;
+    again["status"]["lastRunRequest"] = json!("r-1");
+    let out = run(world(again, Some(service(false)), None), None).await;
+    out.result.as_ref().unwrap();
+    assert!(out.weight_patches().is_empty(), "{:?}", out.calls);
+}
+
+#[tokio::test]
+async fn a_run_asked_for_during_a_rollout_is_skipped_with_the_reason() {
+    let mut cs = schedule(
+        json!({"gatewayLatency": {"latency": "300ms"}}),
+        json!({"lastScheduleTime": this_minute()}),
+    );
+    cs["metadata"]["annotations"] = json!({"zdeploy.io/run-now": "r-1"});
+    let out = run(world(cs, Some(service(true)), None), None).await;
+    out.result.as_ref().unwrap();
+    assert!(out.weight_patches().is_empty());
+    let status = out.status();
+    assert_eq!(status["lastRunRequest"], "r-1");
+    assert_eq!(status["history"][0]["verdict"], "skipped");
+    assert_eq!(
+        status["history"][0]["reason"],
+        "a rollout of echo (echo:2) is in progress"
+    );
+}

@@ -25,7 +25,7 @@ use zdeploy_api::chaos::{
 };
 use zdeploy_api::service::Verdict;
 use zdeploy_chaos::run::{Check, Next, advance};
-use zdeploy_chaos::schedule::{Decision, Guards, plan};
+use zdeploy_chaos::schedule::{Decision, Guards, plan, refused_by};
 use zdeploy_chaos::target::pools;
 use zdeploy_gateway::follow::{FAULTS_KEY, StoredFault};
 
@@ -41,6 +41,8 @@ pub const CHAOS_FINALIZER: &str = "zdeploy.io/chaos-revert";
 pub const CHAOS_FIELD_MANAGER: &str = "zdeploy-chaos";
 /// The annotation that pauses a schedule (`"true"`) without touching its spec, kept in git.
 pub const SUSPEND_ANNOTATION: &str = "zdeploy.io/suspend";
+/// The annotation asking for one run now (its value is the request's id, carried out once).
+pub const RUN_NOW_ANNOTATION: &str = "zdeploy.io/run-now";
 /// The longest wait between two looks at an idle schedule (guards and time move on).
 const IDLE_RECHECK: Duration = Duration::from_secs(3600);
 
@@ -367,9 +369,30 @@ async fn apply(cs: Arc<ChaosSchedule>, ctx: &ChaosContext) -> Result<Action, Err
             status.last_schedule_time = Some(Time(t));
         }
         next_plan = p.next;
-        for d in p.decisions {
+        let mut decisions = p.decisions;
+        // A run asked for by hand: the guards apply, the schedule's windows do not.
+        if let Some(id) = cs.annotations().get(RUN_NOW_ANNOTATION)
+            && status.last_run_request.as_deref() != Some(id.as_str())
+        {
+            status.last_run_request = Some(id.clone());
+            decisions.push(match refused_by(&cs.spec, &guards) {
+                Some(reason) => Decision::Skip {
+                    scheduled: now,
+                    reason,
+                },
+                None => Decision::Run {
+                    scheduled: now,
+                    replace: false,
+                },
+            });
+        }
+        for d in decisions {
             match d {
                 Decision::Skip { scheduled, reason } => runs.push(skipped(scheduled, reason)),
+                Decision::Run { scheduled, .. } if status.active.is_some() => runs.push(skipped(
+                    scheduled,
+                    "another run of this schedule is in progress".into(),
+                )),
                 Decision::Run { scheduled, .. } if svc.is_none() => runs.push(skipped(
                     scheduled,
                     format!("no ZmqService {} in {ns}", x.service),
@@ -436,6 +459,7 @@ async fn write_status(
     let patch = serde_json::json!({
         "status": {
             "lastScheduleTime": status.last_schedule_time,
+            "lastRunRequest": status.last_run_request,
             "history": status.history,
             "active": status.active,
         }

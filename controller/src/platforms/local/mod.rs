@@ -613,10 +613,7 @@ impl Runtime {
         let mut lines = Vec::new();
         for pool in chaos::pools(e.pool) {
             match chaos::gateway_fault(&e.fault, e.duration) {
-                Some(f) => lines.push(format!(
-                    "zgate pool {pool}: latency {}, error ratio {}, drop ratio {} for {}",
-                    f.latency, f.error_ratio, f.drop_ratio, f.duration
-                )),
+                Some(f) => lines.push(crate::experiment::describe_fault(pool, &f)),
                 None => {
                     let p = if pool == "stable" {
                         &self.stable
