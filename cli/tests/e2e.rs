@@ -5,8 +5,8 @@
 //!
 //! Each test works in its own namespace and deletes it. Kind and k3d have no Windows
 //! nodes, so the pools' pods stay Pending: the suite checks what the controller writes to
-//! the API (objects, weights, status, Lease, finalizer), not ZeroMQ traffic, which the
-//! local-platform suites cover with real processes.
+//! the API (objects, weights, faults, status, Lease, finalizers), not ZeroMQ traffic,
+//! which the local-platform suites cover with real processes.
 
 mod support;
 
@@ -271,4 +271,68 @@ fn a_standby_controller_takes_over_when_the_leader_stops() {
     });
     let lease = kubectl_json(&["get", "lease", "zdeploy-controller", "-n", &ns.0]);
     assert_eq!(lease["spec"]["holderIdentity"], "e2e-b");
+}
+
+#[test]
+#[ignore = "needs a cluster: set ZDEPLOY_E2E_KUBECONFIG (tests/run runs this suite then)"]
+fn a_chaos_run_puts_its_fault_in_the_configmap_and_deleting_the_schedule_removes_it() {
+    install_crds();
+    let ns = Namespace::new("chaos");
+    let (_ctl, probes) = controller(&ns.0, "e2e-a");
+    eventually(
+        "the controller takes the Lease",
+        Duration::from_secs(30),
+        || (leader_gauge(&probes)? == 1.0).then_some(()),
+    );
+    let file = echo_manifest(&ns.0);
+    ok(&["apply", "-f", file.to_str().unwrap()]);
+    eventually(
+        "the first deploy is recorded",
+        Duration::from_secs(60),
+        || status(&ns.0)["stableRevision"].is_string().then_some(()),
+    );
+    let drill = support::tempdir("e2e-chaos").join("drill.yaml");
+    std::fs::write(
+        &drill,
+        format!(
+            "apiVersion: zdeploy.io/v1alpha1\nkind: ChaosSchedule\nmetadata:\n  name: drill\n  namespace: {}\n  annotations: {{zdeploy.io/run-now: e2e-1}}\nspec:\n  schedule: \"0 3 1 * *\"\n  experiment: {{service: echo, pool: canary, fault: {{gatewayLatency: {{latency: 300ms}}}}, duration: 10m}}\n",
+            ns.0
+        ),
+    )
+    .unwrap();
+    kubectl(&["apply", "-f", drill.to_str().unwrap()]);
+    let faults = eventually(
+        "the fault reaches the ConfigMap",
+        Duration::from_secs(60),
+        || {
+            let cm = kubectl_json(&["get", "configmap", "echo-weights", "-n", &ns.0]);
+            cm["data"]["faults.json"].as_str().map(String::from)
+        },
+    );
+    let faults: Value = serde_json::from_str(&faults).unwrap();
+    assert_eq!(faults["canary"]["fault"]["latency"], "300ms");
+    assert_eq!(
+        weights(&ns.0)["canary"],
+        0,
+        "chaos never touches the weights"
+    );
+    let cs = kubectl_json(&["get", "chaosschedule", "drill", "-n", &ns.0]);
+    assert_eq!(cs["status"]["lastRunRequest"], "e2e-1");
+    assert_eq!(
+        cs["status"]["active"]["faultEnds"],
+        faults["canary"]["until"]
+    );
+    kubectl(&[
+        "delete",
+        "chaosschedule",
+        "drill",
+        "-n",
+        &ns.0,
+        "--timeout=60s",
+    ]);
+    let cm = kubectl_json(&["get", "configmap", "echo-weights", "-n", &ns.0]);
+    assert!(
+        cm["data"].get("faults.json").is_none(),
+        "the finalizer removed the fault: {cm}"
+    );
 }
