@@ -13,6 +13,7 @@ use http::{Method, Request, Response};
 use kube::Client;
 use kube::client::Body;
 use serde_json::{Value, json};
+use support::Call;
 use zdeploy_api::chaos::ChaosSchedule;
 use zdeploy_controller::analysis::webhook::AlertInbox;
 use zdeploy_controller::platforms::kubernetes::chaos::{
@@ -25,15 +26,6 @@ const SERVICE: &str = "/apis/zdeploy.io/v1alpha1/namespaces/trading/zmqservices/
 const WEIGHTS: &str = "/api/v1/namespaces/trading/configmaps/echo-weights";
 const PODS: &str = "/api/v1/namespaces/trading/pods";
 
-/// One request the mock API server received.
-#[derive(Debug, Clone)]
-struct Call {
-    method: Method,
-    path: String,
-    query: String,
-    body: Value,
-}
-
 /// What the mock cluster holds besides the schedule.
 struct World {
     schedule: Value,
@@ -43,27 +35,15 @@ struct World {
 }
 
 async fn api_server(
-    mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>,
+    handle: tower_test::mock::Handle<Request<Body>, Response<Body>>,
     mut world: World,
 ) -> Vec<Call> {
-    let mut calls = Vec::new();
-    while let Some((req, send)) = handle.next_request().await {
-        let method = req.method().clone();
-        let path = req.uri().path().to_string();
-        let query = req.uri().query().unwrap_or_default().to_string();
-        let bytes = req.into_body().collect_bytes().await.unwrap();
-        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        calls.push(Call {
-            method: method.clone(),
-            path: path.clone(),
-            query,
-            body: body.clone(),
-        });
-        let not_found = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404});
-        let (status, reply) = match (method.as_str(), path.as_str()) {
+    support::serve_api(handle, move |call| {
+        let (method, path, body) = (call.method.as_str(), call.path.as_str(), &call.body);
+        match (method, path) {
             ("GET", SERVICE) => match &world.service {
                 Some(s) => (200, s.clone()),
-                None => (404, not_found),
+                None => (404, support::not_found()),
             },
             ("GET", WEIGHTS) => (200, world.weights.clone()),
             ("PATCH", WEIGHTS) => {
@@ -91,17 +71,11 @@ async fn api_server(
                     json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}}),
                 )
             }
-            ("POST", p) if p.ends_with("/events") => (200, body),
+            ("POST", p) if p.ends_with("/events") => (200, body.clone()),
             other => panic!("unexpected request {other:?}"),
-        };
-        send.send_response(
-            Response::builder()
-                .status(status)
-                .body(Body::from(serde_json::to_vec(&reply).unwrap()))
-                .unwrap(),
-        );
-    }
-    calls
+        }
+    })
+    .await
 }
 
 fn ago(d: Duration) -> String {

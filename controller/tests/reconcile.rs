@@ -9,76 +9,47 @@ use http::{Method, Request, Response};
 use kube::client::Body;
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
+use support::Call;
 use zdeploy_api::ZmqService;
 use zdeploy_controller::platforms::kubernetes::controller::{
     Context, Error, FINALIZER, MetricsSource, error_policy, reconcile,
 };
 
-/// One request the mock API server received.
-#[derive(Debug, Clone)]
-struct Call {
-    method: Method,
-    path: String,
-    query: String,
-    body: Value,
+fn is_apply(call: &Call, kind_path: &str, name: &str) -> bool {
+    call.method == Method::PATCH
+        && call.path.ends_with(&format!("/{kind_path}/{name}"))
+        && call.query.contains("fieldManager=zdeploy")
 }
 
-impl Call {
-    fn is_apply(&self, kind_path: &str, name: &str) -> bool {
-        self.method == Method::PATCH
-            && self.path.ends_with(&format!("/{kind_path}/{name}"))
-            && self.query.contains("fieldManager=zdeploy")
-    }
-}
-
-/// Answers requests until the client is dropped; `conflict_on_status` answers the first
-/// status patch with 409. Applies and status patches are echoed back, as the server would.
+/// Answers like the API server; `conflict_on_status` answers the first status patch with
+/// 409. Applies and status patches are echoed back, as the server would.
 async fn api_server(
-    mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>,
+    handle: tower_test::mock::Handle<Request<Body>, Response<Body>>,
     object: Value,
     conflict_on_status: bool,
 ) -> Vec<Call> {
-    let mut calls = Vec::new();
     let mut object = object;
     let mut conflicted = false;
-    while let Some((req, send)) = handle.next_request().await {
-        let method = req.method().clone();
-        let path = req.uri().path().to_string();
-        let query = req.uri().query().unwrap_or_default().to_string();
-        let bytes = req.into_body().collect_bytes().await.unwrap();
-        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        calls.push(Call {
-            method: method.clone(),
-            path: path.clone(),
-            query,
-            body: body.clone(),
-        });
-        let (status, reply) = if path.ends_with("/status") {
+    support::serve_api(handle, move |call| {
+        if call.path.ends_with("/status") {
             if conflict_on_status && !conflicted {
                 conflicted = true;
-                (
+                return (
                     409,
                     json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": "the object has been modified", "reason": "Conflict", "code": 409}),
-                )
-            } else {
-                object["status"] = body["status"].clone();
-                (200, object.clone())
+                );
             }
-        } else if path.contains("/zmqservices/") {
+            object["status"] = call.body["status"].clone();
+            (200, object.clone())
+        } else if call.path.contains("/zmqservices/") {
             // The finalizer's JSON patch: remove it from our copy.
             object["metadata"]["finalizers"] = json!([]);
             (200, object.clone())
         } else {
-            (200, body)
-        };
-        send.send_response(
-            Response::builder()
-                .status(status)
-                .body(Body::from(serde_json::to_vec(&reply).unwrap()))
-                .unwrap(),
-        );
-    }
-    calls
+            (200, call.body.clone())
+        }
+    })
+    .await
 }
 
 fn service(image: &str, status: Option<Value>, annotations: Value, deleting: bool) -> Value {
@@ -143,7 +114,7 @@ fn applies(calls: &[Call]) -> Vec<String> {
 fn find<'a>(calls: &'a [Call], kind_path: &str, name: &str) -> &'a Call {
     calls
         .iter()
-        .find(|c| c.is_apply(kind_path, name))
+        .find(|c| is_apply(c, kind_path, name))
         .unwrap_or_else(|| panic!("no apply of {kind_path}/{name} in {:?}", applies(calls)))
 }
 

@@ -276,3 +276,52 @@ pub fn analysis(min_samples: u64) -> Analysis {
 pub fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
 }
+
+/// One request a mock API server received.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub method: http::Method,
+    pub path: String,
+    pub query: String,
+    pub body: serde_json::Value,
+}
+
+/// Serves a tower_test mock API server until the client is dropped: records each request
+/// and answers it with `respond`'s status and JSON body.
+pub async fn serve_api(
+    mut handle: tower_test::mock::Handle<
+        http::Request<kube::client::Body>,
+        http::Response<kube::client::Body>,
+    >,
+    mut respond: impl FnMut(&Call) -> (u16, serde_json::Value),
+) -> Vec<Call> {
+    let mut calls = Vec::new();
+    while let Some((req, send)) = handle.next_request().await {
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let query = req.uri().query().unwrap_or_default().to_string();
+        let bytes = req.into_body().collect_bytes().await.unwrap();
+        let call = Call {
+            method,
+            path,
+            query,
+            body: serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        };
+        let (status, reply) = respond(&call);
+        calls.push(call);
+        send.send_response(
+            http::Response::builder()
+                .status(status)
+                .body(kube::client::Body::from(
+                    serde_json::to_vec(&reply).unwrap(),
+                ))
+                .unwrap(),
+        );
+    }
+    calls
+}
+
+/// The API server's answer for a missing object.
+pub fn not_found() -> serde_json::Value {
+    serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404})
+}

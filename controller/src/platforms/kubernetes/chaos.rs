@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::Mutex;
@@ -252,21 +252,9 @@ impl ChaosContext {
     }
 
     async fn publish(&self, cs: &ChaosSchedule, warning: bool, reason: String, note: String) {
-        let ev = KubeEvent {
-            type_: if warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: reason.clone(),
-            note: Some(note.chars().take(1000).collect()),
-            action: "Chaos".into(),
-            secondary: None,
-        };
-        // An Event that cannot be written must not stop the experiment.
-        if let Err(e) = self.recorder.publish(&ev, &cs.object_ref(&())).await {
-            tracing::warn!("event {reason}: {e}");
-        }
+        let reference = cs.object_ref(&());
+        super::controller::publish(&self.recorder, &reference, warning, &reason, note, "Chaos")
+            .await;
     }
 }
 

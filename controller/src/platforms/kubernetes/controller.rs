@@ -309,21 +309,8 @@ async fn apply(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
             message,
         } = a
         {
-            let ev = KubeEvent {
-                type_: if *warning {
-                    EventType::Warning
-                } else {
-                    EventType::Normal
-                },
-                reason: reason.clone(),
-                note: Some(message.chars().take(1000).collect()),
-                action: "Rollout".into(),
-                secondary: None,
-            };
-            // An Event that cannot be written must not stop the rollout.
-            if let Err(e) = ctx.recorder.publish(&ev, &reference).await {
-                tracing::warn!("event {reason}: {e}");
-            }
+            let note = message.clone();
+            publish(&ctx.recorder, &reference, *warning, reason, note, "Rollout").await;
         }
     }
     let interval = svc.spec.strategy.canary.analysis.interval.get();
@@ -336,20 +323,39 @@ async fn apply(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
 
 async fn cleanup(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
     // Owned objects go with the ZmqService (owner references); say so where people look.
+    let note = format!(
+        "{} deleted: its workloads, gateway and Services are garbage-collected",
+        svc.name_any()
+    );
+    let reference = svc.object_ref(&());
+    publish(&ctx.recorder, &reference, false, "Deleted", note, "Cleanup").await;
+    Ok(Action::await_change())
+}
+
+/// Publishes an Event on `reference`. One that cannot be written is logged: Events must
+/// never stop a rollout or an experiment.
+pub(super) async fn publish(
+    recorder: &Recorder,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    warning: bool,
+    reason: &str,
+    note: String,
+    action: &str,
+) {
     let ev = KubeEvent {
-        type_: EventType::Normal,
-        reason: "Deleted".into(),
-        note: Some(format!(
-            "{} deleted: its workloads, gateway and Services are garbage-collected",
-            svc.name_any()
-        )),
-        action: "Cleanup".into(),
+        type_: if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: reason.into(),
+        note: Some(note.chars().take(1000).collect()),
+        action: action.into(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&ev, &svc.object_ref(&())).await {
-        tracing::warn!("event Deleted: {e}");
+    if let Err(e) = recorder.publish(&ev, reference).await {
+        tracing::warn!("event {reason}: {e}");
     }
-    Ok(Action::await_change())
 }
 
 /// Reconciles one ZmqService.
