@@ -31,7 +31,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             svc.metadata
                 .namespace
                 .get_or_insert_with(|| args.namespace.clone());
-            print!("{}", render(&svc).to_yaml());
+            print!("{}", render(&svc, jiff::Timestamp::now()).to_yaml());
         }
     }
     anyhow::ensure!(problems.is_empty(), "{}", problems.join("\n"));

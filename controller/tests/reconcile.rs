@@ -353,7 +353,8 @@ async fn a_failing_canary_in_prometheus_is_rolled_back_by_the_controller() {
     assert!(weights < canary);
     assert_eq!(
         find(&calls, "deployments", "echo-canary").body["spec"]["replicas"],
-        0
+        3,
+        "weight 0 now; the canary drains before it scales down"
     );
 }
 
@@ -371,7 +372,7 @@ async fn a_rollback_writes_weight_zero_before_the_canary_scales_down() {
         false,
     )
     .await;
-    result.unwrap();
+    let action = result.unwrap();
     let order = applies(&calls);
     let weights = order
         .iter()
@@ -390,11 +391,20 @@ async fn a_rollback_writes_weight_zero_before_the_canary_scales_down() {
         find(&calls, "configmaps", "echo-weights").body["data"]["weights.json"],
         r#"{"stable":100,"canary":0}"#
     );
+    // The canary keeps its pods and revision while requests already sent to it finish
+    // (the request timeout, 2 s, plus 1 s); the controller comes back to scale it down.
+    let canary = &find(&calls, "deployments", "echo-canary").body["spec"];
+    assert_eq!(canary["replicas"], 3);
     assert_eq!(
-        find(&calls, "deployments", "echo-canary").body["spec"]["replicas"],
-        0
+        canary["template"]["spec"]["containers"][0]["image"],
+        "registry.example.com/trading/echo:2.1.0-ltsc2022"
     );
-    let status = status_patch(&calls).unwrap();
+    let requeue = format!("{action:?}");
+    assert!(
+        requeue.contains("requeue_after: Some(3.") || requeue.contains("requeue_after: Some(2."),
+        "back after the drain: {requeue}"
+    );
+    let status = status_patch(&calls).unwrap().clone();
     assert_eq!(status["phase"], "RolledBack");
     assert_eq!(status["lastCommand"], "c-1");
     let runbook = status["history"][0]["runbook"].as_str().unwrap();
@@ -408,6 +418,44 @@ async fn a_rollback_writes_weight_zero_before_the_canary_scales_down() {
         event.body["note"].as_str().unwrap().contains(runbook),
         "{}",
         event.body
+    );
+}
+
+#[tokio::test]
+async fn a_stopped_canary_scales_down_once_it_has_drained() {
+    let mut status = progressing(&seconds_ago(60));
+    status["phase"] = json!("RolledBack");
+    status["rollout"] = Value::Null;
+    status["canaryWeight"] = json!(0);
+    status["lastCommand"] = json!("c-1");
+    status["history"] = json!([{"revision": "registry.example.com/trading/echo:2.1.0-ltsc2022",
+        "stableRevision": "registry.example.com/trading/echo:2.0.3-ltsc2022",
+        "started": seconds_ago(60), "ended": seconds_ago(4), "outcome": "RolledBack", "reason": "paged"}]);
+    let command =
+        json!({"zdeploy.io/command": r#"{"id":"c-1","command":"rollback","reason":"paged"}"#});
+    let (result, calls) = run(
+        service(
+            "registry.example.com/trading/echo:2.1.0-ltsc2022",
+            Some(status),
+            command,
+            false,
+        ),
+        false,
+    )
+    .await;
+    let action = result.unwrap();
+    assert_eq!(
+        find(&calls, "deployments", "echo-canary").body["spec"]["replicas"],
+        0,
+        "4 s after the rollback, past the 3 s drain"
+    );
+    assert_eq!(
+        find(&calls, "configmaps", "echo-weights").body["data"]["weights.json"],
+        r#"{"stable":100,"canary":0}"#
+    );
+    assert_eq!(
+        action,
+        kube::runtime::controller::Action::requeue(std::time::Duration::from_secs(300))
     );
 }
 

@@ -290,7 +290,7 @@ async fn apply(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
     }
     let mut desired = (*svc).clone();
     desired.status = Some(d.status.clone());
-    apply_rendered(&ctx.client, &ns, &render(&desired)).await?;
+    apply_rendered(&ctx.client, &ns, &render(&desired, now)).await?;
     if d.status != recorded {
         let api: Api<ZmqService> = Api::namespaced(ctx.client.clone(), &ns);
         let patch = serde_json::json!({ "status": d.status });
@@ -314,10 +314,14 @@ async fn apply(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
         }
     }
     let interval = svc.spec.strategy.canary.analysis.interval.get();
-    Ok(if d.status.rollout.is_some() {
-        Action::requeue(interval.max(Duration::from_secs(1)))
-    } else {
-        Action::requeue(Duration::from_secs(300))
+    let drained = super::render::canary_drains_until(&desired)
+        .and_then(|until| Duration::try_from(until.duration_since(now)).ok())
+        .filter(|left| !left.is_zero());
+    Ok(match (d.status.rollout.is_some(), drained) {
+        (true, _) => Action::requeue(interval.max(Duration::from_secs(1))),
+        // Come back when the stopped canary has drained, to scale it down.
+        (false, Some(left)) => Action::requeue(left + Duration::from_millis(100)),
+        (false, None) => Action::requeue(Duration::from_secs(300)),
     })
 }
 
