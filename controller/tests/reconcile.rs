@@ -186,6 +186,30 @@ async fn first_deploy_applies_everything_and_records_stable() {
         "registry.example.com/trading/echo:2.0.3-ltsc2022"
     );
     assert_eq!(status["phase"], "Healthy");
+    assert_eq!(
+        conditions(status),
+        [
+            ("Available", "True", "StableServing"),
+            ("Progressing", "False", "NoRollout"),
+            ("RolledBack", "False", "NotRolledBack")
+        ]
+    );
+}
+
+/// `(type, status, reason)` of each recorded condition.
+fn conditions(status: &Value) -> Vec<(&str, &str, &str)> {
+    status["conditions"]
+        .as_array()
+        .expect("conditions recorded")
+        .iter()
+        .map(|c| {
+            (
+                c["type"].as_str().unwrap(),
+                c["status"].as_str().unwrap(),
+                c["reason"].as_str().unwrap(),
+            )
+        })
+        .collect()
 }
 
 fn healthy() -> Value {
@@ -228,6 +252,14 @@ async fn a_new_image_starts_a_canary() {
             status["canaryWeight"].as_u64()
         ),
         (Some("Progressing"), Some(1), Some(10))
+    );
+    assert_eq!(
+        conditions(status),
+        [
+            ("Available", "True", "StableServing"),
+            ("Progressing", "True", "CanaryProgressing"),
+            ("RolledBack", "False", "NotRolledBack")
+        ]
     );
     let event = calls
         .iter()
@@ -407,6 +439,13 @@ async fn a_rollback_writes_weight_zero_before_the_canary_scales_down() {
     let status = status_patch(&calls).unwrap().clone();
     assert_eq!(status["phase"], "RolledBack");
     assert_eq!(status["lastCommand"], "c-1");
+    assert_eq!(
+        conditions(&status)[1..],
+        [
+            ("Progressing", "False", "RolledBack"),
+            ("RolledBack", "True", "CanaryRolledBack")
+        ]
+    );
     let runbook = status["history"][0]["runbook"].as_str().unwrap();
     assert!(runbook.starts_with("canary-error-ratio-high@"), "{runbook}");
     let event = calls

@@ -288,6 +288,7 @@ async fn apply(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
     if let Some(why) = &d.refused {
         d.status.message = Some(format!("command refused: {why}"));
     }
+    d.status.conditions = super::conditions::conditions(&d.status, svc.metadata.generation, now);
     let mut desired = (*svc).clone();
     desired.status = Some(d.status.clone());
     apply_rendered(&ctx.client, &ns, &render(&desired, now)).await?;

@@ -2,6 +2,7 @@
 //! drive ZmqServices and ChaosSchedules, and leader election between their replicas.
 
 pub mod chaos;
+pub mod conditions;
 pub mod controller;
 pub mod leader;
 pub mod render;
