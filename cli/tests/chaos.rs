@@ -262,4 +262,16 @@ fn no_experiment_starts_while_an_alert_fires_for_the_service() {
     let (code, ran) = run(&s.dir, "guarded.yaml", &body);
     assert_eq!(code, 0, "once resolved, the experiment runs: {ran}");
     assert_eq!(ran["verdict"], "held", "{ran}");
+    // Runs by verdict, on the admin API's /metrics.
+    let admin = std::fs::read_to_string(s.dir.join("state/drill/endpoint")).unwrap();
+    let metrics = support::http()
+        .get(format!("{}/metrics", admin.trim()))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    for (verdict, n) in [("held", 1), ("skipped", 1), ("broken", 0), ("aborted", 0)] {
+        let line = format!("zdeploy_chaos_runs_total{{verdict=\"{verdict}\"}} {n}");
+        assert!(metrics.contains(&line), "{line} in {metrics}");
+    }
 }

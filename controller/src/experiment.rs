@@ -1,5 +1,6 @@
 //! What a chaos experiment means on every platform: the zgate fault of a gateway
-//! experiment, the steady-state hypothesis as an analysis, and the record of a run.
+//! experiment, the steady-state hypothesis as an analysis, the record of a run, and the
+//! count of runs by verdict that `/metrics` shows.
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -78,4 +79,38 @@ pub fn describe_fault(pool: &str, f: &FaultSpec) -> String {
         "zgate pool {pool}: latency {}, error ratio {}, drop ratio {} for {}",
         f.latency, f.error_ratio, f.drop_ratio, f.duration
     )
+}
+
+/// Chaos runs recorded, by verdict, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct RunCounts(std::sync::Mutex<[u64; 4]>);
+
+const VERDICTS: [(RunVerdict, &str); 4] = [
+    (RunVerdict::Held, "held"),
+    (RunVerdict::Broken, "broken"),
+    (RunVerdict::Aborted, "aborted"),
+    (RunVerdict::Skipped, "skipped"),
+];
+
+impl RunCounts {
+    /// Counts one recorded run.
+    pub fn record(&self, verdict: RunVerdict) {
+        let i = VERDICTS
+            .iter()
+            .position(|(v, _)| *v == verdict)
+            .expect("every verdict is listed");
+        self.0.lock().expect("run counts lock")[i] += 1;
+    }
+
+    /// `zdeploy_chaos_runs_total{verdict}` in the Prometheus text format.
+    pub fn encode(&self) -> String {
+        let counts = *self.0.lock().expect("run counts lock");
+        let mut out = String::from("# TYPE zdeploy_chaos_runs_total counter\n");
+        for ((_, name), n) in VERDICTS.iter().zip(counts) {
+            out.push_str(&format!(
+                "zdeploy_chaos_runs_total{{verdict=\"{name}\"}} {n}\n"
+            ));
+        }
+        out
+    }
 }

@@ -263,15 +263,6 @@ pub fn suspended(cs: &ChaosSchedule) -> bool {
     cs.spec.suspend || cs.annotations().get(SUSPEND_ANNOTATION).map(String::as_str) == Some("true")
 }
 
-fn verdict_name(v: RunVerdict) -> &'static str {
-    match v {
-        RunVerdict::Held => "held",
-        RunVerdict::Broken => "broken",
-        RunVerdict::Aborted => "aborted",
-        RunVerdict::Skipped => "skipped",
-    }
-}
-
 fn finished(run: &ActiveRun, verdict: RunVerdict, reason: String) -> ChaosRun {
     ChaosRun {
         scheduled: run.scheduled.clone(),
@@ -411,7 +402,7 @@ async fn apply(cs: Arc<ChaosSchedule>, ctx: &ChaosContext) -> Result<Action, Err
     }
     for run in &runs {
         status.history.insert(0, run.clone());
-        ctx.stats.record_chaos_run(verdict_name(run.verdict));
+        ctx.stats.chaos_runs.record(run.verdict);
     }
     status.history.truncate(cs.spec.history_limit as usize);
     if status != recorded {

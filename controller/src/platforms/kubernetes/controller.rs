@@ -388,20 +388,10 @@ pub struct Stats {
     pub failed: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
     leader: std::sync::atomic::AtomicBool,
     /// Chaos runs recorded, by verdict.
-    chaos_runs: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    pub chaos_runs: crate::experiment::RunCounts,
 }
 
 impl Stats {
-    /// Counts a recorded chaos run by its verdict (`held`, `broken`, `aborted`, `skipped`).
-    pub fn record_chaos_run(&self, verdict: &'static str) {
-        *self
-            .chaos_runs
-            .lock()
-            .expect("stats lock")
-            .entry(verdict)
-            .or_default() += 1;
-    }
-
     /// Records whether this replica holds the Lease (and so reconciles).
     pub fn set_leader(&self, leader: bool) {
         self.leader
@@ -432,14 +422,7 @@ impl Stats {
                 "zdeploy_reconcile_errors_total{{error=\"{label}\"}} {n}\n"
             ));
         }
-        out.push_str("# TYPE zdeploy_chaos_runs_total counter\n");
-        let runs = self.chaos_runs.lock().expect("stats lock");
-        for verdict in ["held", "broken", "aborted", "skipped"] {
-            let n = runs.get(verdict).copied().unwrap_or(0);
-            out.push_str(&format!(
-                "zdeploy_chaos_runs_total{{verdict=\"{verdict}\"}} {n}\n"
-            ));
-        }
+        out.push_str(&self.chaos_runs.encode());
         out
     }
 

@@ -1,5 +1,5 @@
 //! The loopback admin API of `zdeploy up`, which the CLI verbs talk to. Every call needs
-//! the bearer token from the state directory.
+//! the bearer token from the state directory, except `GET /metrics` (counts only).
 
 use std::sync::Arc;
 
@@ -142,6 +142,17 @@ pub fn router(
             chaos,
             manifest_image,
         }))
+}
+
+/// `GET /metrics`: chaos runs by verdict (read-only counts; no token, like any metrics).
+pub fn metrics_router(runs: Arc<crate::experiment::RunCounts>) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            let runs = runs.clone();
+            async move { runs.encode() }
+        }),
+    )
 }
 
 fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {

@@ -93,6 +93,7 @@ pub struct Runtime {
     chaos_requests: mpsc::Receiver<ChaosQueued>,
     schedules: Vec<Scheduled>,
     experiment: Option<(Experiment, Option<tokio::sync::oneshot::Sender<ChaosReply>>)>,
+    chaos_runs: Arc<crate::experiment::RunCounts>,
     metrics_url: String,
     /// Where the admin API listens.
     pub admin_url: String,
@@ -266,7 +267,9 @@ impl Runtime {
             status: status.clone(),
         };
         let (view_tx, view_rx) = watch::channel(view);
-        let router = api::router(token.clone(), view_rx, cmd_tx, chaos_tx, manifest_image);
+        let chaos_runs = Arc::new(crate::experiment::RunCounts::default());
+        let router = api::router(token.clone(), view_rx, cmd_tx, chaos_tx, manifest_image)
+            .merge(api::metrics_router(chaos_runs.clone()));
         let listener = tokio::net::TcpListener::bind(config.admin)
             .await
             .map_err(|e| format!("admin API on {}: {e}", config.admin))?;
@@ -305,6 +308,7 @@ impl Runtime {
             chaos_requests,
             schedules,
             experiment: None,
+            chaos_runs,
             metrics_url,
             admin_url,
         };
@@ -507,6 +511,7 @@ impl Runtime {
             "{level} Chaos{:?}: {name}: {}",
             run.verdict, run.reason
         ));
+        self.chaos_runs.record(run.verdict);
         if let Some(s) = self
             .schedules
             .iter_mut()
