@@ -207,31 +207,77 @@ fn status_and_history_read_the_recorded_status() {
     );
 }
 
+/// The weights ConfigMap as the API server would hold it: served by GET, by a list with
+/// a field selector, and by a watch that streams each change.
+struct WeightsApi {
+    object: tokio::sync::watch::Sender<Value>,
+    requests: Mutex<Vec<String>>,
+}
+
+impl WeightsApi {
+    fn set(&self, weights: &str, faults: Option<String>) {
+        self.object.send_modify(|cm| {
+            let rv: u64 = cm["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            cm["metadata"]["resourceVersion"] = json!((rv + 1).to_string());
+            cm["data"] = json!({"weights.json": weights});
+            if let Some(f) = faults {
+                cm["data"]["faults.json"] = json!(f);
+            }
+        });
+    }
+}
+
+async fn weights_api(State(api): State<Arc<WeightsApi>>, uri: Uri) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let query = uri.query().unwrap_or_default().to_string();
+    api.requests
+        .lock()
+        .unwrap()
+        .push(format!("{} {query}", uri.path()));
+    let current = api.object.borrow().clone();
+    if uri.path().ends_with("/echo-weights") {
+        return axum::Json(current).into_response();
+    }
+    assert!(
+        query.contains("fieldSelector=metadata.name%3Decho-weights"),
+        "only the one ConfigMap is listed or watched (its Role names it): {query}"
+    );
+    if !query.contains("watch=true") {
+        let rv = current["metadata"]["resourceVersion"].clone();
+        return axum::Json(json!({"apiVersion": "v1", "kind": "ConfigMapList", "metadata": {"resourceVersion": rv}, "items": [current]})).into_response();
+    }
+    let changes = api.object.subscribe();
+    let stream = futures::stream::unfold(changes, |mut rx| async move {
+        rx.changed().await.ok()?;
+        let event = json!({"type": "MODIFIED", "object": rx.borrow_and_update().clone()});
+        Some((Ok::<_, std::io::Error>(format!("{event}\n")), rx))
+    });
+    axum::body::Body::from_stream(stream).into_response()
+}
+
 #[test]
 fn zgate_follows_its_weights_and_faults_configmap_without_restarting() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let weights = Arc::new(Mutex::new(r#"{"stable":70,"canary":30}"#.to_string()));
-    let faults: Arc<Mutex<Option<String>>> = Arc::default();
-    let reads = Arc::new(Mutex::new(0usize));
+    let (object, _) = tokio::sync::watch::channel(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "echo-weights", "namespace": "trading", "resourceVersion": "1"},
+        "data": {"weights.json": r#"{"stable":70,"canary":30}"#}
+    }));
+    let api = Arc::new(WeightsApi {
+        object,
+        requests: Mutex::default(),
+    });
     let listener = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
     let addr = listener.local_addr().unwrap();
-    let (w, f, r) = (weights.clone(), faults.clone(), reads.clone());
-    let router = axum::Router::new().route(
-        "/api/v1/namespaces/trading/configmaps/echo-weights",
-        axum::routing::get(move || {
-            let (w, f, r) = (w.clone(), f.clone(), r.clone());
-            async move {
-                *r.lock().unwrap() += 1;
-                let mut data = json!({"weights.json": w.lock().unwrap().clone()});
-                if let Some(faults) = f.lock().unwrap().clone() {
-                    data["faults.json"] = json!(faults);
-                }
-                axum::Json(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "echo-weights", "namespace": "trading"}, "data": data}))
-            }
-        }),
-    );
+    let router = axum::Router::new()
+        .fallback(any(weights_api))
+        .with_state(api.clone());
     rt.spawn(async move { axum::serve(listener, router).await.unwrap() });
     let dir = support::tempdir("follow");
     let kubeconfig = dir.join("kubeconfig");
@@ -272,7 +318,20 @@ fn zgate_follows_its_weights_and_faults_configmap_without_restarting() {
         r#"{"canary":30,"stable":70}"#,
         "the recorded weights apply before the first request"
     );
-    *weights.lock().unwrap() = r#"{"stable":100}"#.to_string();
+    // Settled: the watch is open, and nothing polls while nothing changes.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let idle = api.requests.lock().unwrap().clone();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(
+        api.requests.lock().unwrap().len(),
+        idle.len(),
+        "requests while nothing changed: {idle:?}"
+    );
+    assert!(
+        idle.iter().any(|r| r.contains("watch=true")),
+        "zgate watches: {idle:?}"
+    );
+    api.set(r#"{"stable":100}"#, None);
     let changed = std::time::Instant::now();
     while get() != r#"{"canary":0,"stable":100}"# {
         assert!(
@@ -289,7 +348,6 @@ fn zgate_follows_its_weights_and_faults_configmap_without_restarting() {
         gw.child.try_wait().unwrap().is_none(),
         "the same zgate process applied the change"
     );
-    assert!(*reads.lock().unwrap() >= 2);
 
     // A chaos fault written to the ConfigMap applies with its own end, and goes when removed.
     let faults_now = || {
@@ -302,9 +360,12 @@ fn zgate_follows_its_weights_and_faults_configmap_without_restarting() {
         serde_json::from_str::<Value>(&text).unwrap()
     };
     let until = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(60);
-    *faults.lock().unwrap() = Some(format!(
-        r#"{{"canary":{{"fault":{{"latency":"300ms","duration":"5m"}},"until":"{until}"}}}}"#
-    ));
+    api.set(
+        r#"{"stable":100}"#,
+        Some(format!(
+            r#"{{"canary":{{"fault":{{"latency":"300ms","duration":"5m"}},"until":"{until}"}}}}"#
+        )),
+    );
     let written = std::time::Instant::now();
     while faults_now()["canary"]["latency"] != "300ms" {
         assert!(
@@ -325,7 +386,7 @@ fn zgate_follows_its_weights_and_faults_configmap_without_restarting() {
             && remaining.get() > std::time::Duration::from_secs(50),
         "the fault ends at its recorded end (in 60s), not after its 5m duration: {remaining}"
     );
-    *faults.lock().unwrap() = None;
+    api.set(r#"{"stable":100}"#, None);
     let removed = std::time::Instant::now();
     while faults_now() != json!({}) {
         assert!(
@@ -341,9 +402,12 @@ fn zgate_follows_its_weights_and_faults_configmap_without_restarting() {
     );
     // A fault whose end has passed is never applied (a runner that crashed mid-experiment).
     let past = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(1);
-    *faults.lock().unwrap() = Some(format!(
-        r#"{{"canary":{{"fault":{{"errorRatio":1,"duration":"5m"}},"until":"{past}"}}}}"#
-    ));
+    api.set(
+        r#"{"stable":100}"#,
+        Some(format!(
+            r#"{{"canary":{{"fault":{{"errorRatio":1,"duration":"5m"}},"until":"{past}"}}}}"#
+        )),
+    );
     std::thread::sleep(std::time::Duration::from_millis(800));
     assert_eq!(faults_now(), json!({}), "an expired fault was applied");
 }

@@ -1,8 +1,8 @@
 //! Weights and faults that follow a ConfigMap through the Kubernetes API: zgate reads
 //! them before it serves (a restarted replica never sends the canary more than the
-//! recorded weight) and polls every 250 ms after, so a rollback reaches every replica in
-//! well under a second without restarting it (a mounted ConfigMap takes a minute or more
-//! to update). Faults carry a wall-clock end: one whose end has passed is never applied,
+//! recorded weight) and watches the one object after, so a rollback reaches every replica
+//! as soon as the API server tells it, without a restart and without polling (a mounted
+//! ConfigMap takes a minute or more to update). Faults carry a wall-clock end: one whose end has passed is never applied,
 //! so a chaos runner that crashed cannot leave a fault behind, even in a restarted zgate.
 
 use std::collections::BTreeMap;
@@ -18,8 +18,6 @@ use zdeploy_api::Weight;
 use crate::config::check_weights;
 use crate::control::{ActiveFault, Control, FaultSpec};
 
-/// How often the ConfigMap is read.
-pub const POLL: Duration = Duration::from_millis(250);
 /// The key holding `{"stable":90,"canary":10}`.
 pub const KEY: &str = "weights.json";
 /// The key holding faults by pool, `{"canary":{"fault":{...},"until":"2026-...Z"}}`.
@@ -123,15 +121,24 @@ pub async fn follow(
     let first = read(&api, &name, &pools).await?;
     control.update(|s| s.weights = first.clone());
     Ok(tokio::spawn(async move {
+        use futures::StreamExt;
+        use kube::runtime::{WatchStreamExt, watcher};
         let mut current = first;
-        // Faults are applied when their text changes, so each poll does not restart them.
+        // Faults are applied when their text changes, so a resync does not restart them.
         let mut current_faults = None;
-        loop {
-            let cm = match get(&api, &name).await {
+        // Only this object: the watch is authorised by the Role's resourceNames.
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let mut changes = watcher(api, config)
+            .default_backoff()
+            .touched_objects()
+            .boxed();
+        while let Some(change) = changes.next().await {
+            let cm = match change {
                 Ok(cm) => cm,
                 Err(e) => {
-                    tracing::warn!("{e}; keeping the current weights and faults");
-                    tokio::time::sleep(POLL).await;
+                    tracing::warn!(
+                        "watching ConfigMap {name}: {e}; keeping the current weights and faults"
+                    );
                     continue;
                 }
             };
@@ -155,7 +162,6 @@ pub async fn follow(
                     Err(e) => tracing::warn!("ConfigMap {name} {e}; keeping the current faults"),
                 }
             }
-            tokio::time::sleep(POLL).await;
         }
     }))
 }

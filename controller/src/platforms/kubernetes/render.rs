@@ -479,7 +479,8 @@ fn render_gateway(
             api_groups: Some(vec![String::new()]),
             resources: Some(vec!["configmaps".into()]),
             resource_names: Some(vec![format!("{name}-weights")]),
-            verbs: vec!["get".into()],
+            // list and watch with a metadata.name field selector are scoped by the name too.
+            verbs: vec!["get".into(), "list".into(), "watch".into()],
             ..Default::default()
         }]),
     });
