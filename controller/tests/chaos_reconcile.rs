@@ -17,7 +17,7 @@ use support::Call;
 use zdeploy_api::chaos::ChaosSchedule;
 use zdeploy_controller::analysis::webhook::AlertInbox;
 use zdeploy_controller::platforms::kubernetes::chaos::{
-    CHAOS_FIELD_MANAGER, CHAOS_FINALIZER, ChaosContext, reconcile,
+    CHAOS_FIELD_MANAGER, CHAOS_FINALIZER, ChaosContext, aimed_at, reconcile,
 };
 use zdeploy_controller::platforms::kubernetes::controller::{MetricsSource, Stats};
 
@@ -608,4 +608,24 @@ async fn a_run_asked_for_during_a_rollout_is_skipped_with_the_reason() {
         status["history"][0]["reason"],
         "a rollout of echo (echo:2) is in progress"
     );
+}
+
+#[test]
+fn a_change_of_a_service_wakes_only_the_schedules_aimed_at_it() {
+    let aimed = |name: &str, ns: &str, service: &str| {
+        let mut cs = schedule(json!({"podKill": {}}), json!({}));
+        cs["metadata"]["name"] = json!(name);
+        cs["metadata"]["namespace"] = json!(ns);
+        cs["spec"]["experiment"]["service"] = json!(service);
+        Arc::new(serde_json::from_value::<ChaosSchedule>(cs).unwrap())
+    };
+    let all = [
+        aimed("drill", "trading", "echo"),
+        aimed("other-service", "trading", "quotes"),
+        aimed("other-namespace", "staging", "echo"),
+        aimed("second-drill", "trading", "echo"),
+    ];
+    let svc: zdeploy_api::ZmqService = serde_json::from_value(service(true)).unwrap();
+    let woken: Vec<String> = aimed_at(&svc, &all).into_iter().map(|r| r.name).collect();
+    assert_eq!(woken, ["drill", "second-drill"]);
 }

@@ -43,6 +43,8 @@ pub const CHAOS_FIELD_MANAGER: &str = "zdeploy-chaos";
 pub const SUSPEND_ANNOTATION: &str = "zdeploy.io/suspend";
 /// The annotation asking for one run now (its value is the request's id, carried out once).
 pub const RUN_NOW_ANNOTATION: &str = "zdeploy.io/run-now";
+/// The longest wait between two looks at a running experiment.
+const ACTIVE_RECHECK: Duration = Duration::from_secs(5);
 /// The longest wait between two looks at an idle schedule (guards and time move on).
 const IDLE_RECHECK: Duration = Duration::from_secs(3600);
 
@@ -258,6 +260,20 @@ impl ChaosContext {
     }
 }
 
+/// The schedules whose experiments target `svc` (same namespace, same service).
+pub fn aimed_at(
+    svc: &ZmqService,
+    schedules: &[Arc<ChaosSchedule>],
+) -> Vec<kube::runtime::reflector::ObjectRef<ChaosSchedule>> {
+    let ns = svc.namespace();
+    let name = svc.name_any();
+    schedules
+        .iter()
+        .filter(|cs| cs.namespace() == ns && cs.spec.experiment.service == name)
+        .map(|cs| kube::runtime::reflector::ObjectRef::from_obj(&**cs))
+        .collect()
+}
+
 /// True when the schedule starts no runs: suspended in its spec or paused by annotation.
 pub fn suspended(cs: &ChaosSchedule) -> bool {
     cs.spec.suspend || cs.annotations().get(SUSPEND_ANNOTATION).map(String::as_str) == Some("true")
@@ -415,11 +431,12 @@ async fn apply(cs: Arc<ChaosSchedule>, ctx: &ChaosContext) -> Result<Action, Err
     }
     let wait = match &status.active {
         Some(active) => {
+            // Without a hypothesis still look every few seconds: a rollout aborts the run.
             let every = cs
                 .spec
                 .steady_state
                 .as_ref()
-                .map_or(Duration::MAX, |s| s.interval.get());
+                .map_or(ACTIVE_RECHECK, |s| s.interval.get().min(ACTIVE_RECHECK));
             let edge = active.recover_by.as_ref().unwrap_or(&active.fault_ends);
             every.min(until(now, edge))
         }

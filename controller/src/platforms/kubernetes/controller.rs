@@ -488,14 +488,26 @@ pub async fn run(
             Api::<Deployment>::all(client.clone()),
             watcher::Config::default(),
         )
-        .owns(Api::<ConfigMap>::all(client), watcher::Config::default())
+        .owns(
+            Api::<ConfigMap>::all(client.clone()),
+            watcher::Config::default(),
+        )
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|result| {
             stats.tally(result);
             futures::future::ready(())
         });
-    let chaos = Controller::new(schedules, watcher::Config::default())
+    // A change of a ZmqService (a rollout starting) reaches the schedules aimed at it at
+    // once, so a running experiment is aborted without waiting for its next check.
+    let chaos = Controller::new(schedules, watcher::Config::default());
+    let known = chaos.store();
+    let chaos = chaos
+        .watches(
+            Api::<ZmqService>::all(client.clone()),
+            watcher::Config::default(),
+            move |svc| super::chaos::aimed_at(&svc, &known.state()),
+        )
         .shutdown_on_signal()
         .run(
             super::chaos::reconcile,
