@@ -25,7 +25,7 @@ use crate::local::describe;
 /// Which cluster and namespace, kubectl style.
 #[derive(clap::Args, Clone, Default)]
 pub struct ClusterArgs {
-    /// Namespace of the ZmqService (default: the kubeconfig context's).
+    /// Namespace to work in (default: the kubeconfig context's).
     #[arg(short = 'n', long, global = true)]
     pub namespace: Option<String>,
     /// kubeconfig context to use.

@@ -21,7 +21,8 @@ pub struct Args {
     #[arg(long)]
     no_namespace_label: bool,
     /// Receive Alertmanager webhooks here (POST /alertmanager): a firing alert labelled with
-    /// a service, its namespace and pool="canary" rolls that canary back at once.
+    /// a service, its namespace and pool="canary" rolls that canary back at once, and no
+    /// chaos run starts for a service while an alert for it fires.
     #[arg(long, requires = "webhook_token_file")]
     alertmanager_webhook: Option<SocketAddr>,
     /// File holding the bearer token Alertmanager must send.

@@ -163,7 +163,10 @@ enum Command {
         after_help = "Examples:\n  zdeploy install --dry-run | kubectl apply -f -\n  kubectl apply -k manifests/install   # the same objects, as a kustomize base"
     )]
     Install(install::Args),
-    /// Run the Kubernetes controller (in the cluster, or against KUBECONFIG).
+    /// Run the Kubernetes controller (in the cluster, or against KUBECONFIG): rollouts and chaos schedules.
+    #[command(
+        after_help = "Examples:\n  zdeploy controller --prometheus http://prometheus.monitoring.svc:9090\n  zdeploy controller --alertmanager-webhook 0.0.0.0:9443 --webhook-token-file webhook-token\n  zdeploy controller --no-leader-election   # one replica, e.g. against a dev cluster"
+    )]
     Controller(controller::Args),
     /// Print the Kubernetes objects a ZmqService becomes (Windows pools, zgate, Services...).
     #[command(
