@@ -39,6 +39,9 @@ pub enum Input {
     },
     /// A command from the CLI.
     Command(Command),
+    /// The driver was away and is back: the time nobody drove the rollout does not count
+    /// against the canary's progress deadline.
+    Restarted,
 }
 
 /// What a person can ask.
@@ -139,6 +142,11 @@ pub fn step(
     };
     match input {
         Input::Tick => advance(spec, &mut d, now),
+        Input::Restarted => {
+            if let Some(r) = d.status.rollout.as_mut() {
+                r.last_progress = time(now);
+            }
+        }
         Input::Analysis {
             verdict,
             measurements,

@@ -246,6 +246,24 @@ fn inconclusive_results_pause_and_never_promote() {
 }
 
 #[test]
+fn time_away_from_the_driver_does_not_count_against_the_progress_deadline() {
+    // Stopped 30 s in, back 20 minutes later: the rollout resumes, the deadline restarts.
+    let (d, _) = run(
+        stable(),
+        &[
+            (0, rollout(None)),
+            (30, Input::Tick),
+            (1230, Input::Restarted),
+            (1231, Input::Tick),
+        ],
+    );
+    assert_eq!(d.status.phase, Phase::Progressing);
+    assert_eq!(d.status.rollout.unwrap().last_progress, Time(at(1230)));
+    let (d, _) = run(stable(), &[(0, Input::Restarted)]);
+    assert_eq!(d.status, stable(), "nothing to resume: nothing changes");
+}
+
+#[test]
 fn the_progress_deadline_rolls_back() {
     let (d, _) = run(
         stable(),

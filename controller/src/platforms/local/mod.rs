@@ -213,6 +213,9 @@ impl Runtime {
         if status.rollout.is_some()
             && let Some(image) = status.canary_revision.clone()
         {
+            // The time `zdeploy up` was stopped is not the canary's lack of progress.
+            status =
+                crate::engine::step(&svc.spec, &status, &Input::Restarted, Timestamp::now()).status;
             canary.start(&local, &image).await?;
             wait_live(&gateway, "canary", n).await?;
             canary_since = Some(Instant::now());
