@@ -6,7 +6,7 @@
 //! the target's weights ConfigMap (`faults.json`, field manager `zdeploy-chaos`) with
 //! their end, which zgate enforces by itself; the finalizer removes them on delete.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,7 +29,7 @@ use zdeploy_chaos::schedule::{Decision, Guards, plan, refused_by};
 use zdeploy_chaos::target::pools;
 use zdeploy_gateway::follow::{FAULTS_KEY, StoredFault};
 
-use super::controller::{Error, MetricsSource, Stats};
+use super::controller::{Analyzers, Error, MetricsSource, Stats};
 use crate::analysis::Analyzer;
 use crate::analysis::prometheus::Prometheus;
 use crate::analysis::webhook::AlertInbox;
@@ -57,7 +57,7 @@ pub struct ChaosContext {
     alerts: Option<Arc<AlertInbox>>,
     stats: Arc<Stats>,
     /// One steady-state analyzer per schedule (the embedded scrape keeps history).
-    analyzers: Mutex<HashMap<String, Analyzer>>,
+    analyzers: Mutex<Analyzers>,
 }
 
 impl ChaosContext {
@@ -113,12 +113,11 @@ impl ChaosContext {
         let ss = cs.spec.steady_state.as_ref()?;
         let x = &cs.spec.experiment;
         let mut analyzers = self.analyzers.lock().await;
-        let analyzer = analyzers
-            .entry(format!("{ns}/{}", cs.name_any()))
-            .or_insert_with(|| {
-                let (source, target) = self.metrics.source_for(&x.service, ns, pools(x.pool)[0]);
-                Analyzer::new(source, target, steady_analysis(ss), None)
-            });
+        let key = format!("{ns}/{}", cs.name_any());
+        let analyzer = analyzers.current(key, cs.metadata.generation, || {
+            let (source, target) = self.metrics.source_for(&x.service, ns, pools(x.pool)[0]);
+            Analyzer::new(source, target, steady_analysis(ss), None)
+        });
         let run = analyzer.run(&[], age).await;
         Some(match run.verdict {
             Verdict::Pass => Check::Pass,
@@ -468,6 +467,10 @@ async fn write_status(
 
 async fn cleanup(cs: Arc<ChaosSchedule>, ctx: &ChaosContext) -> Result<Action, Error> {
     let ns = cs.namespace().unwrap_or_default();
+    ctx.analyzers
+        .lock()
+        .await
+        .forget(&format!("{ns}/{}", cs.name_any()));
     let active = cs.status.as_ref().and_then(|s| s.active.as_ref());
     if let Some(run) = active {
         ctx.set_faults(&ns, &cs.spec.experiment.service, None)

@@ -44,7 +44,7 @@ pub struct Context {
     /// Where canary measurements come from.
     pub metrics: MetricsSource,
     /// One analyzer per service (the embedded scrape keeps history between reconciles).
-    analyzers: tokio::sync::Mutex<std::collections::HashMap<String, Analyzer>>,
+    analyzers: tokio::sync::Mutex<Analyzers>,
 }
 
 /// Where the controller measures canaries.
@@ -59,6 +59,31 @@ pub enum MetricsSource {
         /// Series carry a `namespace` label (the usual Kubernetes relabeling).
         namespace_label: bool,
     },
+}
+
+/// One analyzer per object, kept between reconciles (the embedded scrape builds history)
+/// and made anew when the object's spec changes.
+#[derive(Default)]
+pub(super) struct Analyzers(std::collections::HashMap<String, (Option<i64>, Analyzer)>);
+
+impl Analyzers {
+    /// The analyzer of `key` for spec `generation`, made by `make` when there is none yet.
+    pub(super) fn current(
+        &mut self,
+        key: String,
+        generation: Option<i64>,
+        make: impl FnOnce() -> Analyzer,
+    ) -> &mut Analyzer {
+        if self.0.get(&key).is_none_or(|(g, _)| *g != generation) {
+            self.0.insert(key.clone(), (generation, make()));
+        }
+        &mut self.0.get_mut(&key).expect("inserted above").1
+    }
+
+    /// Drops the analyzer of a deleted object.
+    pub(super) fn forget(&mut self, key: &str) {
+        self.0.remove(key);
+    }
 }
 
 impl MetricsSource {
@@ -122,7 +147,7 @@ impl Context {
         let ns = svc.namespace().unwrap_or_default();
         let name = svc.name_any();
         let mut analyzers = self.analyzers.lock().await;
-        let analyzer = analyzers.entry(format!("{ns}/{name}")).or_insert_with(|| {
+        let analyzer = analyzers.current(format!("{ns}/{name}"), svc.metadata.generation, || {
             let (source, target) = self.metrics.source_for(&name, &ns, "canary");
             Analyzer::new(
                 source,
@@ -327,6 +352,8 @@ async fn apply(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
 }
 
 async fn cleanup(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
+    let key = format!("{}/{}", svc.namespace().unwrap_or_default(), svc.name_any());
+    ctx.analyzers.lock().await.forget(&key);
     // Owned objects go with the ZmqService (owner references); say so where people look.
     let note = format!(
         "{} deleted: its workloads, gateway and Services are garbage-collected",
@@ -564,5 +591,27 @@ pub fn backoff(error: &Error) -> Action {
     match error.metric_label() {
         "conflict" => Action::requeue(Duration::from_millis(200)),
         _ => Action::requeue(Duration::from_secs(5)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_analyzer_is_kept_per_generation_and_made_anew_when_the_spec_changes() {
+        let mut made = 0;
+        let mut make = || {
+            made += 1;
+            let (source, target) = MetricsSource::Scrape.source_for("echo", "trading", "canary");
+            Analyzer::new(source, target, Default::default(), None)
+        };
+        let mut analyzers = Analyzers::default();
+        analyzers.current("trading/echo".into(), Some(1), &mut make);
+        analyzers.current("trading/echo".into(), Some(1), &mut make);
+        analyzers.current("trading/echo".into(), Some(2), &mut make);
+        analyzers.forget("trading/echo");
+        analyzers.current("trading/echo".into(), Some(2), &mut make);
+        assert_eq!(made, 3);
     }
 }
