@@ -159,10 +159,7 @@ async fn an_alertmanager_webhook_fails_the_analysis() {
     let target = Target::start("echo").await;
     let _load = target.traffic(1, 50, 50, 0.002);
     let inbox = Arc::new(AlertInbox::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hook = format!("http://{}/alertmanager", listener.local_addr().unwrap());
-    let router = zdeploy_controller::analysis::webhook::router(inbox.clone(), "hook-token".into());
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let hook = support::webhook(inbox.clone(), "hook-token").await;
     let am = Alertmanager::start(&hook, "hook-token").await;
     let rules = "groups:\n  - name: fast\n    rules:\n      - alert: CanaryErrorsNow\n        expr: sum by (service, pool) (rate(zgate_requests_total{pool=\"canary\",outcome!=\"ok\"}[4s])) > 0\n";
     let prom = Prometheus::start(&target.addr, Some(rules), Some(&am.addr)).await;
@@ -192,10 +189,7 @@ async fn the_inbox_knows_an_alert_fires_until_alertmanager_resolves_it() {
     let target = Target::start("echo").await;
     let load = target.traffic(0, 50, 50, 0.002);
     let inbox = Arc::new(AlertInbox::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hook = format!("http://{}/alertmanager", listener.local_addr().unwrap());
-    let router = zdeploy_controller::analysis::webhook::router(inbox.clone(), "hook-token".into());
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let hook = support::webhook(inbox.clone(), "hook-token").await;
     let am = Alertmanager::start(&hook, "hook-token").await;
     let rules = "groups:\n  - name: fast\n    rules:\n      - alert: StableErrorsNow\n        expr: sum by (service, pool) (rate(zgate_requests_total{pool=\"stable\",outcome!=\"ok\"}[4s])) > 0\n";
     let prom = Prometheus::start(&target.addr, Some(rules), Some(&am.addr)).await;
@@ -235,10 +229,7 @@ async fn the_inbox_knows_an_alert_fires_until_alertmanager_resolves_it() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_webhook_refuses_a_wrong_token() {
     let inbox = Arc::new(AlertInbox::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/alertmanager", listener.local_addr().unwrap());
-    let router = zdeploy_controller::analysis::webhook::router(inbox.clone(), "right".into());
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let url = support::webhook(inbox.clone(), "right").await;
     zdeploy_controller::tls::install_ring_provider();
     let body = r#"{"alerts":[{"status":"firing","labels":{"alertname":"X","service":"echo","pool":"canary"}}]}"#;
     let http = reqwest::Client::new();

@@ -225,6 +225,13 @@ impl Outcome {
             .body["status"]
     }
 
+    /// Where the first PATCH of `path` is in the order of requests.
+    fn patch_at(&self, path: &str) -> Option<usize> {
+        self.calls
+            .iter()
+            .position(|c| c.method == Method::PATCH && c.path == path)
+    }
+
     fn weight_patches(&self) -> Vec<&Call> {
         self.calls
             .iter()
@@ -336,10 +343,7 @@ async fn a_run_due_during_a_rollout_is_skipped_and_recorded() {
 async fn a_run_due_while_an_alert_fires_for_the_service_is_skipped() {
     // The alert arrives the way Alertmanager sends it: through the webhook, over HTTP.
     let inbox = Arc::new(AlertInbox::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/alertmanager", listener.local_addr().unwrap());
-    let router = zdeploy_controller::analysis::webhook::router(inbox.clone(), "t".into());
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let url = support::webhook(inbox.clone(), "t").await;
     zdeploy_controller::tls::install_ring_provider();
     let body = r#"{"alerts":[{"status":"firing","fingerprint":"f1","labels":{"alertname":"ZgateStableErrors","service":"echo","namespace":"trading","pool":"stable"}}]}"#;
     let r = reqwest::Client::new()
@@ -402,11 +406,7 @@ async fn a_rollout_aborts_a_running_experiment_and_removes_its_fault_first() {
     );
     let out = run(world(cs, Some(service(true)), Some(FAULT)), None).await;
     out.result.as_ref().unwrap();
-    let revert = out
-        .calls
-        .iter()
-        .position(|c| c.method == Method::PATCH && c.path == WEIGHTS)
-        .expect("the fault is removed");
+    let revert = out.patch_at(WEIGHTS).expect("the fault is removed");
     let record = out
         .calls
         .iter()
@@ -484,17 +484,9 @@ async fn deleting_a_schedule_mid_run_removes_its_fault_then_the_finalizer() {
     cs["metadata"]["deletionTimestamp"] = json!(ago(Duration::from_secs(1)));
     let out = run(world(cs, Some(service(false)), Some(FAULT)), None).await;
     out.result.as_ref().unwrap();
-    let revert = out
-        .calls
-        .iter()
-        .position(|c| c.method == Method::PATCH && c.path == WEIGHTS)
-        .expect("the fault is removed");
+    let revert = out.patch_at(WEIGHTS).expect("the fault is removed");
     assert!(out.calls[revert].body["data"].get("faults.json").is_none());
-    let release = out
-        .calls
-        .iter()
-        .position(|c| c.method == Method::PATCH && c.path == SCHEDULES)
-        .expect("the finalizer is removed");
+    let release = out.patch_at(SCHEDULES).expect("the finalizer is removed");
     assert!(revert < release, "fault removed before the finalizer goes");
     assert!(
         out.calls[release]

@@ -325,3 +325,15 @@ pub async fn serve_api(
 pub fn not_found() -> serde_json::Value {
     serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404})
 }
+
+/// Serves Alertmanager's webhook into `inbox` on a free loopback port; returns its URL.
+pub async fn webhook(
+    inbox: Arc<zdeploy_controller::analysis::webhook::AlertInbox>,
+    token: &str,
+) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/alertmanager", listener.local_addr().unwrap());
+    let router = zdeploy_controller::analysis::webhook::router(inbox, token.into());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    url
+}
