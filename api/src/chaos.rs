@@ -262,4 +262,11 @@ pub struct ActiveRun {
     /// What was hit.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub targets: Vec<String>,
+    /// Pods a pod kill deletes (recorded before they are deleted).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pods: Vec<String>,
+    /// The fault is in place: the run is recorded first and injected after, so a failure
+    /// in between is completed from the record, never repeated.
+    #[serde(default)]
+    pub injected: bool,
 }

@@ -42,9 +42,19 @@ pub async fn kill(
     rng: &mut fastrand::Rng,
 ) -> Result<Vec<String>, kube::Error> {
     let targets = choose(client.clone(), namespace, x, rng).await?;
-    let api: Api<Pod> = Api::namespaced(client, namespace);
-    for name in &targets {
-        api.delete(name, &DeleteParams::default()).await?;
-    }
+    delete(client, namespace, &targets).await?;
     Ok(targets)
+}
+
+/// Deletes these pods, one API delete each (a pod already gone counts as deleted).
+pub async fn delete(client: Client, namespace: &str, pods: &[String]) -> Result<(), kube::Error> {
+    let api: Api<Pod> = Api::namespaced(client, namespace);
+    for name in pods {
+        match api.delete(name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }

@@ -122,6 +122,8 @@ mod tests {
             fault_ends: Time(t("05:01")),
             recover_by: None,
             targets: vec!["zgate pool canary".into()],
+            pods: Vec::new(),
+            injected: true,
         }
     }
 

@@ -265,7 +265,7 @@ impl Outcome {
 
 fn active(fault_ends: String, recover_by: Option<String>) -> Value {
     let mut a = json!({"scheduled": previous_minute(), "started": ago(Duration::from_secs(300)),
-                       "faultEnds": fault_ends, "targets": ["zgate pool canary"]});
+                       "faultEnds": fault_ends, "targets": ["zgate pool canary"], "injected": true});
     if let Some(r) = recover_by {
         a["recoverBy"] = json!(r);
     }
@@ -313,6 +313,11 @@ async fn a_due_gateway_experiment_writes_its_fault_with_its_end() {
     let started: jiff::Timestamp = a["started"].as_str().unwrap().parse().unwrap();
     assert_eq!(ends.duration_since(started).as_secs(), 300);
     assert_eq!(out.events(), vec![("ChaosStarted".into(), "Normal".into())]);
+    let recorded = out.patch_at(&format!("{SCHEDULES}/status")).unwrap();
+    assert!(
+        recorded < out.patch_at(WEIGHTS).unwrap(),
+        "the run is recorded before its fault is written"
+    );
     assert!(
         format!("{action:?}").contains("requeue_after: Some"),
         "{action:?}"
@@ -472,6 +477,16 @@ async fn a_pod_kill_deletes_at_most_max_targets_pods_of_the_targeted_pool() {
     assert!(deleted.iter().all(|p| p.starts_with("echo-canary-")));
     let targets = out.status()["active"]["targets"].clone();
     assert_eq!(targets.as_array().unwrap().len(), 2, "{targets}");
+    let recorded = out.patch_at(&format!("{SCHEDULES}/status")).unwrap();
+    let first_delete = out
+        .calls
+        .iter()
+        .position(|c| c.method == Method::DELETE)
+        .unwrap();
+    assert!(
+        recorded < first_delete,
+        "the run is recorded before any pod is deleted, so a retry never kills twice"
+    );
     assert!(out.weight_patches().is_empty());
 }
 
@@ -620,4 +635,47 @@ fn a_change_of_a_service_wakes_only_the_schedules_aimed_at_it() {
     let svc: zdeploy_api::ZmqService = serde_json::from_value(service(true)).unwrap();
     let woken: Vec<String> = aimed_at(&svc, &all).into_iter().map(|r| r.name).collect();
     assert_eq!(woken, ["drill", "second-drill"]);
+}
+
+#[tokio::test]
+async fn a_run_recorded_but_not_injected_is_completed_from_the_record() {
+    // The controller stopped between recording the run and injecting its fault.
+    let mut cs = schedule(
+        json!({"gatewayLatency": {"latency": "300ms"}}),
+        active(from_now(Duration::from_secs(120)), None),
+    );
+    cs["status"]["active"]["injected"] = json!(false);
+    let ends = cs["status"]["active"]["faultEnds"].clone();
+    let out = run(world(cs, Some(service(false)), None), None).await;
+    out.result.as_ref().unwrap();
+    let patches = out.weight_patches();
+    assert_eq!(patches.len(), 1, "{:?}", out.calls);
+    let faults: Value =
+        serde_json::from_str(patches[0].body["data"]["faults.json"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        faults["canary"]["until"], ends,
+        "the recorded end, not a new one"
+    );
+    let status = out.status();
+    assert_eq!(status["active"]["injected"], true, "{status}");
+    assert_eq!(out.events(), vec![("ChaosStarted".into(), "Normal".into())]);
+}
+
+#[tokio::test]
+async fn a_run_recorded_but_not_injected_before_its_end_is_aborted() {
+    let mut cs = schedule(
+        json!({"podKill": {}}),
+        active(ago(Duration::from_secs(1)), None),
+    );
+    cs["status"]["active"]["injected"] = json!(false);
+    cs["status"]["active"]["pods"] = json!(["echo-canary-a"]);
+    let out = run(world(cs, Some(service(false)), None), None).await;
+    out.result.as_ref().unwrap();
+    assert!(
+        out.calls.iter().all(|c| c.method != Method::DELETE),
+        "nothing is killed after the run's end"
+    );
+    let status = out.status();
+    assert_eq!(status["history"][0]["verdict"], "aborted");
+    assert!(status["active"].is_null(), "{status}");
 }

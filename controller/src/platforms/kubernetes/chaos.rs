@@ -186,8 +186,9 @@ impl ChaosContext {
         Ok(())
     }
 
-    /// Injects the fault; the run in progress, or why it cannot start.
-    async fn start(
+    /// Prepares a run: the steady state before, what it will hit (for a pod kill, the
+    /// pods). Nothing is injected yet; `Err` is why it cannot start.
+    async fn prepare(
         &self,
         cs: &ChaosSchedule,
         ns: &str,
@@ -206,42 +207,32 @@ impl ChaosContext {
         // Whole seconds: the recorded times (and so zgate's end) have no fraction.
         let now = Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_default();
         let ends = now + SignedDuration::try_from(x.duration.get()).unwrap_or_default();
-        let targets = match (&x.fault, gateway_fault(&x.fault, x.duration)) {
-            (_, Some(fault)) => {
-                let stored = pools(x.pool)
-                    .into_iter()
-                    .map(|p| {
-                        let f = StoredFault {
-                            fault: fault.clone(),
-                            until: ends,
-                        };
-                        (p.to_string(), f)
-                    })
-                    .collect();
-                self.set_faults(ns, &x.service, Some(stored)).await?;
-                pools(x.pool)
-                    .iter()
-                    .map(|p| format!("zgate pool {p}"))
-                    .collect()
-            }
-            (Fault::PodKill {}, None) => {
+        let (targets, pods) = match &x.fault {
+            Fault::PodKill {} => {
                 let mut rng = fastrand::Rng::new();
-                let killed =
-                    zdeploy_chaos::podkill::kill(self.client.clone(), ns, x, &mut rng).await?;
-                if killed.is_empty() {
+                let pods =
+                    zdeploy_chaos::podkill::choose(self.client.clone(), ns, x, &mut rng).await?;
+                if pods.is_empty() {
                     return Ok(Err(format!(
                         "no running pods of {} in the targeted pool",
                         x.service
                     )));
                 }
-                killed.into_iter().map(|p| format!("pod {p}")).collect()
+                (pods.iter().map(|p| format!("pod {p}")).collect(), pods)
             }
-            _ => {
+            Fault::ProcessKill {} => {
                 return Ok(Err(
                     "processKill runs on the local platform (zdeploy up); use podKill in a cluster"
                         .into(),
                 ));
             }
+            _ => (
+                pools(x.pool)
+                    .iter()
+                    .map(|p| format!("zgate pool {p}"))
+                    .collect(),
+                Vec::new(),
+            ),
         };
         Ok(Ok(ActiveRun {
             scheduled: Time(scheduled),
@@ -249,7 +240,31 @@ impl ChaosContext {
             fault_ends: Time(ends),
             recover_by: None,
             targets,
+            pods,
+            injected: false,
         }))
+    }
+
+    /// Puts the recorded run's fault in place: the gateway fault with the run's end, or
+    /// the pod deletions (a pod already gone counts). Safe to repeat.
+    async fn inject(&self, cs: &ChaosSchedule, ns: &str, run: &ActiveRun) -> Result<(), Error> {
+        let x = &cs.spec.experiment;
+        match gateway_fault(&x.fault, x.duration) {
+            Some(fault) => {
+                let stored = pools(x.pool)
+                    .into_iter()
+                    .map(|p| {
+                        let f = StoredFault {
+                            fault: fault.clone(),
+                            until: run.fault_ends.0,
+                        };
+                        (p.to_string(), f)
+                    })
+                    .collect();
+                self.set_faults(ns, &x.service, Some(stored)).await
+            }
+            None => Ok(zdeploy_chaos::podkill::delete(self.client.clone(), ns, &run.pods).await?),
+        }
     }
 
     async fn publish(&self, cs: &ChaosSchedule, warning: bool, reason: String, note: String) {
@@ -312,7 +327,15 @@ async fn apply(cs: Arc<ChaosSchedule>, ctx: &ChaosContext) -> Result<Action, Err
     let mut runs = Vec::new();
     let now = Timestamp::now();
     let mut next_plan = None;
-    if let Some(active) = status.active.clone() {
+    if let Some(active) = status.active.clone().filter(|a| !a.injected) {
+        // Recorded but not injected (the controller stopped in between): finish injecting
+        // below, unless the fault's time is already over.
+        if now >= active.fault_ends.0 {
+            let why = "aborted: the fault could not be put in place before its end".into();
+            runs.push(finished(&active, RunVerdict::Aborted, why));
+            status.active = None;
+        }
+    } else if let Some(active) = status.active.clone() {
         let age = match &active.recover_by {
             None => active.started.0,
             Some(_) => active.fault_ends.0,
@@ -399,17 +422,8 @@ async fn apply(cs: Arc<ChaosSchedule>, ctx: &ChaosContext) -> Result<Action, Err
                         alerts.clone().err().unwrap_or_default()
                     ),
                 )),
-                Decision::Run { scheduled, .. } => match ctx.start(&cs, &ns, scheduled).await? {
-                    Ok(active) => {
-                        ctx.publish(
-                            &cs,
-                            false,
-                            "ChaosStarted".into(),
-                            format!("injected into {}", active.targets.join(", ")),
-                        )
-                        .await;
-                        status.active = Some(active);
-                    }
+                Decision::Run { scheduled, .. } => match ctx.prepare(&cs, &ns, scheduled).await? {
+                    Ok(active) => status.active = Some(active),
                     Err(why) => runs.push(skipped(scheduled, why)),
                 },
             }
@@ -420,8 +434,16 @@ async fn apply(cs: Arc<ChaosSchedule>, ctx: &ChaosContext) -> Result<Action, Err
         ctx.stats.chaos_runs.record(run.verdict);
     }
     status.history.truncate(cs.spec.history_limit as usize);
+    // Record first, then inject: a failure in between is completed from the record.
     if status != recorded {
         write_status(ctx, &ns, &name, &status).await?;
+    }
+    if let Some(active) = status.active.as_mut().filter(|a| !a.injected) {
+        ctx.inject(&cs, &ns, active).await?;
+        active.injected = true;
+        let note = format!("injected into {}", active.targets.join(", "));
+        write_status(ctx, &ns, &name, &status).await?;
+        ctx.publish(&cs, false, "ChaosStarted".into(), note).await;
     }
     for run in runs {
         let warning = matches!(run.verdict, RunVerdict::Broken | RunVerdict::Aborted);
