@@ -308,74 +308,89 @@ fn until(now: Timestamp, t: &Time) -> Duration {
     t.0.duration_since(now).try_into().unwrap_or_default()
 }
 
-async fn apply(cs: Arc<ChaosSchedule>, ctx: &ChaosContext) -> Result<Action, Error> {
-    let ns = cs
-        .namespace()
-        .ok_or_else(|| Error::Invalid("a ChaosSchedule must be namespaced".into()))?;
-    let name = cs.name_any();
-    let x = &cs.spec.experiment;
-    zdeploy_chaos::schedule::check(&cs.spec).map_err(|e| Error::Invalid(e.to_string()))?;
-    let svc = Api::<ZmqService>::namespaced(ctx.client.clone(), &ns)
-        .get_opt(&x.service)
-        .await?;
-    let rollout = svc
-        .as_ref()
-        .and_then(|s| s.status.as_ref())
-        .and_then(|s| s.rollout.as_ref().and(s.canary_revision.clone()));
-    let recorded = cs.status.clone().unwrap_or_default();
-    let mut status = recorded.clone();
-    let mut runs = Vec::new();
-    let now = Timestamp::now();
-    let mut next_plan = None;
-    if let Some(active) = status.active.clone().filter(|a| !a.injected) {
-        // Recorded but not injected (the controller stopped in between): finish injecting
-        // below, unless the fault's time is already over.
-        if now >= active.fault_ends.0 {
-            let why = "aborted: the fault could not be put in place before its end".into();
-            runs.push(finished(&active, RunVerdict::Aborted, why));
-            status.active = None;
+/// What one reconcile found and decided about a schedule.
+struct Turn<'a> {
+    cs: &'a ChaosSchedule,
+    ns: String,
+    /// The target service, if it exists.
+    svc: Option<ZmqService>,
+    /// The target's rollout in progress (its canary revision), if any.
+    rollout: Option<String>,
+    status: ChaosScheduleStatus,
+    /// Runs that ended (or never started) in this turn, to record.
+    runs: Vec<ChaosRun>,
+    now: Timestamp,
+}
+
+impl Turn<'_> {
+    /// Advances the run in progress: checks the steady state, ends the fault, finishes.
+    async fn advance_run(&mut self, ctx: &ChaosContext, active: ActiveRun) -> Result<(), Error> {
+        let service = &self.cs.spec.experiment.service;
+        if !active.injected {
+            // Recorded but not injected (the controller stopped in between): the injection
+            // is completed after this turn is recorded, unless the fault's time is over.
+            if self.now >= active.fault_ends.0 {
+                let why = "aborted: the fault could not be put in place before its end".into();
+                self.runs.push(finished(&active, RunVerdict::Aborted, why));
+                self.status.active = None;
+            }
+            return Ok(());
         }
-    } else if let Some(active) = status.active.clone() {
-        let age = match &active.recover_by {
+        let since = match &active.recover_by {
             None => active.started.0,
             Some(_) => active.fault_ends.0,
         };
-        let since: Duration = now.duration_since(age).try_into().unwrap_or_default();
-        let check = ctx.check(&cs, &ns, since.max(Duration::from_secs(1))).await;
-        let ss = cs.spec.steady_state.as_ref();
+        let age: Duration = self
+            .now
+            .duration_since(since)
+            .try_into()
+            .unwrap_or_default();
+        let check = ctx
+            .check(self.cs, &self.ns, age.max(Duration::from_secs(1)))
+            .await;
+        let ss = self.cs.spec.steady_state.as_ref();
         let recovery = ss.map_or(Duration::ZERO, |s| s.recovery_deadline.get());
-        match advance(
+        let next = advance(
             &active,
             check.as_ref(),
             ss.is_some(),
             recovery,
-            rollout.as_deref(),
+            self.rollout.as_deref(),
             Timestamp::now(),
-        ) {
+        );
+        match next {
             Next::Wait => {}
             Next::Recover { recover_by } => {
-                ctx.set_faults(&ns, &x.service, None).await?;
-                status.active = Some(ActiveRun {
+                ctx.set_faults(&self.ns, service, None).await?;
+                self.status.active = Some(ActiveRun {
                     recover_by: Some(Time(recover_by)),
                     ..active
                 });
             }
             Next::Finish { verdict, reason } => {
                 // Revert first: nothing is recorded while a fault might still be in place.
-                ctx.set_faults(&ns, &x.service, None).await?;
-                runs.push(finished(&active, verdict, reason));
-                status.active = None;
+                ctx.set_faults(&self.ns, service, None).await?;
+                self.runs.push(finished(&active, verdict, reason));
+                self.status.active = None;
             }
         }
-    } else {
-        let alerts = ctx.alert_firing(&x.service, &ns).await;
+        Ok(())
+    }
+
+    /// Plans the schedule (and a run asked for by hand) and prepares a run that is due and
+    /// allowed; returns when the next run is due.
+    async fn start_due(&mut self, ctx: &ChaosContext) -> Result<Option<Timestamp>, Error> {
+        let (cs, now) = (self.cs, self.now);
+        let x = &cs.spec.experiment;
+        let alerts = ctx.alert_firing(&x.service, &self.ns).await;
         let guards = Guards {
-            rollout_in_progress: rollout,
+            rollout_in_progress: self.rollout.clone(),
             alert_firing: alerts.clone().ok().flatten(),
         };
         let mut spec = cs.spec.clone();
-        spec.suspend = suspended(&cs);
-        let last = status
+        spec.suspend = suspended(cs);
+        let last = self
+            .status
             .last_schedule_time
             .as_ref()
             .or(cs.metadata.creation_timestamp.as_ref())
@@ -383,15 +398,14 @@ async fn apply(cs: Arc<ChaosSchedule>, ctx: &ChaosContext) -> Result<Action, Err
         let p =
             plan(&spec, last, false, &guards, now).map_err(|e| Error::Invalid(e.to_string()))?;
         if let Some(t) = p.last_schedule_time {
-            status.last_schedule_time = Some(Time(t));
+            self.status.last_schedule_time = Some(Time(t));
         }
-        next_plan = p.next;
         let mut decisions = p.decisions;
         // A run asked for by hand: the guards apply, the schedule's windows do not.
         if let Some(id) = cs.annotations().get(RUN_NOW_ANNOTATION)
-            && status.last_run_request.as_deref() != Some(id.as_str())
+            && self.status.last_run_request.as_deref() != Some(id.as_str())
         {
-            status.last_run_request = Some(id.clone());
+            self.status.last_run_request = Some(id.clone());
             decisions.push(match refused_by(&cs.spec, &guards) {
                 Some(reason) => Decision::Skip {
                     scheduled: now,
@@ -404,31 +418,75 @@ async fn apply(cs: Arc<ChaosSchedule>, ctx: &ChaosContext) -> Result<Action, Err
             });
         }
         for d in decisions {
-            match d {
-                Decision::Skip { scheduled, reason } => runs.push(skipped(scheduled, reason)),
-                Decision::Run { scheduled, .. } if status.active.is_some() => runs.push(skipped(
-                    scheduled,
-                    "another run of this schedule is in progress".into(),
-                )),
-                Decision::Run { scheduled, .. } if svc.is_none() => runs.push(skipped(
-                    scheduled,
-                    format!("no ZmqService {} in {ns}", x.service),
-                )),
-                Decision::Run { scheduled, .. } if alerts.is_err() => runs.push(skipped(
-                    scheduled,
-                    format!(
-                        "cannot tell whether an alert fires for {}: {}",
-                        x.service,
-                        alerts.clone().err().unwrap_or_default()
-                    ),
-                )),
-                Decision::Run { scheduled, .. } => match ctx.prepare(&cs, &ns, scheduled).await? {
-                    Ok(active) => status.active = Some(active),
-                    Err(why) => runs.push(skipped(scheduled, why)),
-                },
+            let scheduled = match d {
+                Decision::Skip { scheduled, reason } => {
+                    self.runs.push(skipped(scheduled, reason));
+                    continue;
+                }
+                Decision::Run { scheduled, .. } => scheduled,
+            };
+            let refused = if self.status.active.is_some() {
+                Some("another run of this schedule is in progress".to_string())
+            } else if self.svc.is_none() {
+                Some(format!("no ZmqService {} in {}", x.service, self.ns))
+            } else if let Err(e) = &alerts {
+                Some(format!(
+                    "cannot tell whether an alert fires for {}: {e}",
+                    x.service
+                ))
+            } else {
+                None
+            };
+            let prepared = match refused {
+                Some(why) => Err(why),
+                None => ctx.prepare(cs, &self.ns, scheduled).await?,
+            };
+            match prepared {
+                Ok(active) => self.status.active = Some(active),
+                Err(why) => self.runs.push(skipped(scheduled, why)),
             }
         }
+        Ok(p.next)
     }
+}
+
+async fn apply(cs: Arc<ChaosSchedule>, ctx: &ChaosContext) -> Result<Action, Error> {
+    let ns = cs
+        .namespace()
+        .ok_or_else(|| Error::Invalid("a ChaosSchedule must be namespaced".into()))?;
+    let name = cs.name_any();
+    zdeploy_chaos::schedule::check(&cs.spec).map_err(|e| Error::Invalid(e.to_string()))?;
+    let svc = Api::<ZmqService>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(&cs.spec.experiment.service)
+        .await?;
+    let rollout = svc
+        .as_ref()
+        .and_then(|s| s.status.as_ref())
+        .and_then(|s| s.rollout.as_ref().and(s.canary_revision.clone()));
+    let recorded = cs.status.clone().unwrap_or_default();
+    let mut turn = Turn {
+        cs: &cs,
+        ns: ns.clone(),
+        svc,
+        rollout,
+        status: recorded.clone(),
+        runs: Vec::new(),
+        now: Timestamp::now(),
+    };
+    let next_due = match turn.status.active.clone() {
+        Some(active) => {
+            turn.advance_run(ctx, active).await?;
+            // A run that ended here: plan the schedule again at once.
+            Some(turn.now)
+        }
+        None => turn.start_due(ctx).await?,
+    };
+    let Turn {
+        mut status,
+        runs,
+        now,
+        ..
+    } = turn;
     for run in &runs {
         status.history.insert(0, run.clone());
         ctx.stats.chaos_runs.record(run.verdict);
@@ -452,7 +510,7 @@ async fn apply(cs: Arc<ChaosSchedule>, ctx: &ChaosContext) -> Result<Action, Err
     }
     let wait = match &status.active {
         Some(active) => {
-            // Without a hypothesis still look every few seconds: a rollout aborts the run.
+            // Look at least every few seconds: a rollout aborts the run.
             let every = cs
                 .spec
                 .steady_state
@@ -461,7 +519,7 @@ async fn apply(cs: Arc<ChaosSchedule>, ctx: &ChaosContext) -> Result<Action, Err
             let edge = active.recover_by.as_ref().unwrap_or(&active.fault_ends);
             every.min(until(now, edge))
         }
-        None => next_plan.map_or(IDLE_RECHECK, |t| until(now, &Time(t)).min(IDLE_RECHECK)),
+        None => next_due.map_or(IDLE_RECHECK, |t| until(now, &Time(t)).min(IDLE_RECHECK)),
     };
     Ok(Action::requeue(wait.max(Duration::from_secs(1))))
 }
