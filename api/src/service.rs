@@ -579,3 +579,10 @@ pub struct ZmqServiceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_command: Option<String>,
 }
+
+impl ZmqServiceStatus {
+    /// The revision being released while a rollout is in progress.
+    pub fn rollout_revision(&self) -> Option<String> {
+        self.rollout.as_ref().and(self.canary_revision.clone())
+    }
+}

@@ -468,9 +468,7 @@ fn rollback(d: &mut Decision, reason: &str, runbook: Option<String>, now: Timest
         return;
     }
     let revision = d.status.canary_revision.clone().unwrap_or_default();
-    d.status.canary_weight = Weight::ZERO;
-    d.actions.push(Action::SetCanaryWeight(Weight::ZERO));
-    d.actions.push(Action::StopCanary);
+    stop_canary(d);
     let see = runbook
         .as_ref()
         .map(|r| format!(" (runbook: {r})"))
@@ -484,6 +482,13 @@ fn rollback(d: &mut Decision, reason: &str, runbook: Option<String>, now: Timest
     finish(d, Outcome::RolledBack, reason, runbook, now);
 }
 
+/// Takes every request off the canary, then stops it (always both, in this order).
+fn stop_canary(d: &mut Decision) {
+    d.status.canary_weight = Weight::ZERO;
+    d.actions.push(Action::SetCanaryWeight(Weight::ZERO));
+    d.actions.push(Action::StopCanary);
+}
+
 /// Makes the canary the new stable: all traffic to it, stable pool updated, traffic back.
 fn complete(d: &mut Decision, reason: &str, now: Timestamp) {
     let revision = d.status.canary_revision.clone().unwrap_or_default();
@@ -491,9 +496,7 @@ fn complete(d: &mut Decision, reason: &str, now: Timestamp) {
     d.actions.push(Action::DeployStable {
         revision: revision.clone(),
     });
-    d.status.canary_weight = Weight::ZERO;
-    d.actions.push(Action::SetCanaryWeight(Weight::ZERO));
-    d.actions.push(Action::StopCanary);
+    stop_canary(d);
     d.actions.push(event(
         false,
         "Promoted",

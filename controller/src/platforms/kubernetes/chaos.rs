@@ -54,6 +54,8 @@ pub struct ChaosContext {
     pub client: Client,
     recorder: Recorder,
     metrics: MetricsSource,
+    /// The Prometheus whose firing alerts guard runs, when there is one.
+    prometheus: Option<Prometheus>,
     alerts: Option<Arc<AlertInbox>>,
     stats: Arc<Stats>,
     /// One steady-state analyzer per schedule (the embedded scrape keeps history).
@@ -72,10 +74,17 @@ impl ChaosContext {
             controller: "zdeploy-chaos".into(),
             instance: std::env::var("POD_NAME").ok(),
         };
+        let prometheus = match &metrics {
+            MetricsSource::Prometheus { url, .. } => {
+                Some(Prometheus::new(url, Duration::from_secs(5)))
+            }
+            MetricsSource::Scrape => None,
+        };
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
+            prometheus,
             alerts,
             stats,
             analyzers: Default::default(),
@@ -92,12 +101,10 @@ impl ChaosContext {
         {
             return Ok(Some(name));
         }
-        let MetricsSource::Prometheus { url, .. } = &self.metrics else {
+        let Some(prometheus) = &self.prometheus else {
             return Ok(None);
         };
-        let alerts = Prometheus::new(url, Duration::from_secs(5))
-            .alerts()
-            .await?;
+        let alerts = prometheus.alerts().await?;
         Ok(alerts
             .into_iter()
             .filter(|a| a.state == "firing")
@@ -462,7 +469,7 @@ async fn apply(cs: Arc<ChaosSchedule>, ctx: &ChaosContext) -> Result<Action, Err
     let rollout = svc
         .as_ref()
         .and_then(|s| s.status.as_ref())
-        .and_then(|s| s.rollout.as_ref().and(s.canary_revision.clone()));
+        .and_then(|s| s.rollout_revision());
     let recorded = cs.status.clone().unwrap_or_default();
     let mut turn = Turn {
         cs: &cs,

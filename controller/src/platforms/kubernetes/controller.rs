@@ -213,19 +213,7 @@ fn input_for(svc: &ZmqService, status: &ZmqServiceStatus) -> (Input, Option<Stri
         && let Ok(a) = serde_json::from_str::<Annotated>(raw)
         && status.last_command.as_deref() != Some(a.id.as_str())
     {
-        let cmd = match a.request {
-            CommandRequest::Rollout { image, canary } => Command::Rollout {
-                revision: image.unwrap_or_else(|| svc.spec.image()),
-                canary,
-            },
-            CommandRequest::Promote { full } => Command::Promote { full },
-            CommandRequest::Rollback { reason } => Command::Abort {
-                reason: reason.unwrap_or_else(|| "zdeploy rollback".into()),
-            },
-            CommandRequest::Retry => Command::Retry,
-            CommandRequest::Pause => Command::Pause,
-            CommandRequest::Resume => Command::Resume,
-        };
+        let cmd = a.request.into_command(svc.spec.image());
         return (Input::Command(cmd), Some(a.id));
     }
     // GitOps: a new image in the spec starts a rollout.

@@ -47,6 +47,25 @@ pub enum CommandRequest {
     Resume,
 }
 
+impl CommandRequest {
+    /// The engine command; a rollout without an image releases `manifest_image`.
+    pub fn into_command(self, manifest_image: String) -> Command {
+        match self {
+            CommandRequest::Rollout { image, canary } => Command::Rollout {
+                revision: image.unwrap_or(manifest_image),
+                canary,
+            },
+            CommandRequest::Promote { full } => Command::Promote { full },
+            CommandRequest::Rollback { reason } => Command::Abort {
+                reason: reason.unwrap_or_else(|| "zdeploy rollback".into()),
+            },
+            CommandRequest::Retry => Command::Retry,
+            CommandRequest::Pause => Command::Pause,
+            CommandRequest::Resume => Command::Resume,
+        }
+    }
+}
+
 /// The answer to a command: the status after it, or why it was refused.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CommandReply {
@@ -230,22 +249,7 @@ async fn command(
         &headers,
         &body,
         &shared.commands,
-        move |req: CommandRequest| match req {
-            CommandRequest::Rollout {
-                image: given,
-                canary,
-            } => Command::Rollout {
-                revision: given.unwrap_or(image),
-                canary,
-            },
-            CommandRequest::Promote { full } => Command::Promote { full },
-            CommandRequest::Rollback { reason } => Command::Abort {
-                reason: reason.unwrap_or_else(|| "zdeploy rollback".into()),
-            },
-            CommandRequest::Retry => Command::Retry,
-            CommandRequest::Pause => Command::Pause,
-            CommandRequest::Resume => Command::Resume,
-        },
+        move |req: CommandRequest| req.into_command(image),
     )
     .await
 }

@@ -648,24 +648,12 @@ impl Runtime {
         let name = cs.name_any();
         let refuse = |reason: String| chaos::skipped(scheduled, reason);
         let skip = if self.experiment.is_some() {
-            Some(refuse("another experiment is running".into()))
-        } else if let Some(alert) = self.alert_firing() {
-            Some(refuse(format!("alert {alert} is firing for {}", self.name)))
-        } else if let Some(rev) = self
-            .status
-            .rollout
-            .as_ref()
-            .and(self.status.canary_revision.clone())
-        {
-            Some(refuse(format!(
-                "a rollout of {} ({rev}) is in progress",
-                self.name
-            )))
+            Some("another experiment is running".to_string())
         } else {
-            None
+            zdeploy_chaos::schedule::refused_by(&cs.spec, &self.guards())
         };
         let prepared = match skip {
-            Some(run) => Err(run),
+            Some(reason) => Err(refuse(reason)),
             None => Experiment::prepare(&cs, scheduled, &self.metrics_url)
                 .await
                 .map_err(refuse),
@@ -728,14 +716,7 @@ impl Runtime {
             }
             return;
         }
-        let guards = zdeploy_chaos::schedule::Guards {
-            rollout_in_progress: self
-                .status
-                .rollout
-                .as_ref()
-                .and(self.status.canary_revision.clone()),
-            alert_firing: self.alert_firing(),
-        };
+        let guards = self.guards();
         let now = Timestamp::now();
         let mut due = Vec::new();
         for s in &mut self.schedules {
@@ -769,9 +750,16 @@ impl Runtime {
         }
     }
 
-    /// An alert Alertmanager reports firing for this service now, if any.
-    fn alert_firing(&self) -> Option<String> {
-        self.analyzer.inbox()?.firing_for(&self.name, None)
+    /// What forbids a chaos run now: a rollout of this service, an alert firing for it
+    /// (as Alertmanager reports it).
+    fn guards(&self) -> zdeploy_chaos::schedule::Guards {
+        zdeploy_chaos::schedule::Guards {
+            rollout_in_progress: self.status.rollout_revision(),
+            alert_firing: self
+                .analyzer
+                .inbox()
+                .and_then(|i| i.firing_for(&self.name, None)),
+        }
     }
 
     /// Waits until requests already sent to `pool` are answered (at most the request
