@@ -223,11 +223,7 @@ fn an_experiment_during_a_rollout_is_skipped_and_recorded() {
 
 #[test]
 fn no_experiment_starts_while_an_alert_fires_for_the_service() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = support::free_port();
     let hook = format!("127.0.0.1:{port}");
     let s = setup_with(&["--alertmanager-webhook", &hook]);
     std::thread::sleep(Duration::from_secs(2));

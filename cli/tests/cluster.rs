@@ -96,24 +96,29 @@ struct Mock {
     _rt: tokio::runtime::Runtime,
 }
 
-fn mock() -> Mock {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let api = Arc::new(Mutex::new(Api::default()));
+/// Serves `router` as the API server on a free loopback port; returns a kubeconfig for it.
+fn serve_api(rt: &tokio::runtime::Runtime, router: axum::Router) -> std::path::PathBuf {
     let listener = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
     let addr = listener.local_addr().unwrap();
-    let router = axum::Router::new()
-        .fallback(any(handle))
-        .with_state(api.clone());
     rt.spawn(async move { axum::serve(listener, router).await.unwrap() });
-    let dir = support::tempdir("cluster");
-    let kubeconfig = dir.join("kubeconfig");
+    let kubeconfig = support::tempdir("cluster").join("kubeconfig");
     std::fs::write(
         &kubeconfig,
         format!("apiVersion: v1\nkind: Config\nclusters:\n- name: mock\n  cluster: {{server: 'http://{addr}'}}\nusers:\n- name: nobody\n  user: {{}}\ncontexts:\n- name: mock\n  context: {{cluster: mock, user: nobody, namespace: default}}\ncurrent-context: mock\n"),
     )
     .unwrap();
+    kubeconfig
+}
+
+fn mock() -> Mock {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let api = Arc::new(Mutex::new(Api::default()));
+    let router = axum::Router::new()
+        .fallback(any(handle))
+        .with_state(api.clone());
+    let kubeconfig = serve_api(&rt, router);
     Mock {
         api,
         kubeconfig,
@@ -271,17 +276,10 @@ fn zgate_follows_its_weights_and_faults_configmap_without_restarting() {
         object,
         requests: Mutex::default(),
     });
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
     let router = axum::Router::new()
         .fallback(any(weights_api))
         .with_state(api.clone());
-    rt.spawn(async move { axum::serve(listener, router).await.unwrap() });
-    let dir = support::tempdir("follow");
-    let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(&kubeconfig, format!("apiVersion: v1\nkind: Config\nclusters:\n- name: m\n  cluster: {{server: 'http://{addr}'}}\nusers:\n- name: u\n  user: {{}}\ncontexts:\n- name: m\n  context: {{cluster: m, user: u}}\ncurrent-context: m\n")).unwrap();
+    let kubeconfig = serve_api(&rt, router);
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_zdeploy"));
     cmd.args([
         "gateway",

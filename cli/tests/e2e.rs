@@ -106,11 +106,7 @@ impl Drop for Namespace {
 
 /// `zdeploy controller` on this machine, electing its leader in `ns`.
 fn controller(ns: &str, identity: &str) -> (Proc, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = support::free_port();
     let probes = format!("127.0.0.1:{port}");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_zdeploy"));
     cmd.args([

@@ -486,7 +486,7 @@ fn router_services_timeouts_and_late_replies() {
 
 #[test]
 fn a_pool_without_live_backend_answers_unavailable_at_once() {
-    let nobody = free_port();
+    let nobody = support::free_port();
     let gw = gateway(&["--pool", &format!("canary=tcp://127.0.0.1:{nobody}")]);
     let ctx = zmq::Context::new();
     let c = zmq_client(&ctx, zmq::REQ, &gw.frontend);
@@ -602,14 +602,6 @@ fn sigterm_answers_pending_requests_before_exit() {
         .expect("an answer before the gateway exits");
     assert_eq!(reply[0], b"ERR zgate unavailable: gateway shutting down");
     assert_eq!(gw.proc.wait_exit(Duration::from_secs(5)), Some(0));
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]

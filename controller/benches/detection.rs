@@ -61,7 +61,6 @@ async fn main() {
     let am = Alertmanager::start(&hook, "t").await;
     let rules = "groups:\n  - name: canary\n    rules:\n      - alert: CanaryErrorRateHigh\n        expr: sum by (service, pool) (rate(zgate_requests_total{pool=\"canary\",outcome!=\"ok\"}[4s])) / sum by (service, pool) (rate(zgate_requests_total{pool=\"canary\"}[4s])) > 0.01\n";
     let prom = Prometheus::start(&target.addr, Some(rules), Some(&am.addr)).await;
-    prom.wait_scraped().await;
     let mut polling = Analyzer::new(Source::prometheus(&prom.url), canary(), analysis(20), None);
     let metrics_url = format!("http://{}/metrics", target.addr);
     let mut scraping = Analyzer::new(Source::scrape(&metrics_url), canary(), analysis(20), None);

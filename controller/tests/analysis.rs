@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::{Alertmanager, Prometheus, Target, analysis};
-use zdeploy_api::service::Verdict;
+use zdeploy_api::service::{Analysis, Verdict};
 use zdeploy_controller::analysis::promql::Target as Who;
 use zdeploy_controller::analysis::webhook::AlertInbox;
 use zdeploy_controller::analysis::{AnalysisRun, Analyzer, Source};
@@ -23,6 +23,11 @@ fn canary(service: &str) -> Who {
 }
 
 /// Runs the analysis until it gives `want` (at most `limit`); returns the last run.
+/// An analyzer of `service`'s canary by `spec`, asking `prom`.
+fn on_prometheus(prom: &Prometheus, service: &str, spec: Analysis) -> Analyzer {
+    Analyzer::new(Source::prometheus(&prom.url), canary(service), spec, None)
+}
+
 async fn until(a: &mut Analyzer, want: Verdict, limit: Duration) -> AnalysisRun {
     let deadline = Instant::now() + limit;
     loop {
@@ -47,13 +52,7 @@ async fn a_healthy_canary_passes_and_the_query_is_shown() {
     let target = Target::start("echo").await;
     let _load = target.traffic(1, 100, 0, 0.002);
     let prom = Prometheus::start(&target.addr, None, None).await;
-    prom.wait_scraped().await;
-    let mut a = Analyzer::new(
-        Source::prometheus(&prom.url),
-        canary("echo"),
-        analysis(20),
-        None,
-    );
+    let mut a = on_prometheus(&prom, "echo", analysis(20));
     let run = until(&mut a, Verdict::Pass, Duration::from_secs(20)).await;
     assert_eq!(run.verdict, Verdict::Pass, "{}", reasons(&run));
     let m = &run.measurements[0];
@@ -72,13 +71,7 @@ async fn a_canary_with_errors_fails() {
     let target = Target::start("echo").await;
     let _load = target.traffic(1, 80, 20, 0.002);
     let prom = Prometheus::start(&target.addr, None, None).await;
-    prom.wait_scraped().await;
-    let mut a = Analyzer::new(
-        Source::prometheus(&prom.url),
-        canary("echo"),
-        analysis(20),
-        None,
-    );
+    let mut a = on_prometheus(&prom, "echo", analysis(20));
     let run = until(&mut a, Verdict::Fail, Duration::from_secs(20)).await;
     assert_eq!(run.verdict, Verdict::Fail, "{}", reasons(&run));
     let ratio = run.measurements[0].value.unwrap();
@@ -96,14 +89,8 @@ async fn too_few_requests_and_no_series_are_inconclusive_not_failures() {
     // One request in two seconds, all errors: far too few to judge.
     let _trickle = target.traffic(1, 0, 1, 0.002);
     let prom = Prometheus::start(&target.addr, None, None).await;
-    prom.wait_scraped().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let mut a = Analyzer::new(
-        Source::prometheus(&prom.url),
-        canary("echo"),
-        analysis(20),
-        None,
-    );
+    let mut a = on_prometheus(&prom, "echo", analysis(20));
     let run = a.run(&[], AGE).await;
     assert_eq!(run.verdict, Verdict::Inconclusive, "{}", reasons(&run));
     assert!(
@@ -114,12 +101,7 @@ async fn too_few_requests_and_no_series_are_inconclusive_not_failures() {
         reasons(&run)
     );
 
-    let mut none = Analyzer::new(
-        Source::prometheus(&prom.url),
-        canary("no-such-service"),
-        analysis(0),
-        None,
-    );
+    let mut none = on_prometheus(&prom, "no-such-service", analysis(0));
     let run = none.run(&[], AGE).await;
     assert_eq!(run.verdict, Verdict::Inconclusive, "{}", reasons(&run));
     assert!(
@@ -135,11 +117,10 @@ async fn a_firing_alert_for_the_canary_fails_the_analysis() {
     let _load = target.traffic(1, 50, 50, 0.002);
     let rules = "groups:\n  - name: fast\n    rules:\n      - alert: CanaryErrorsNow\n        expr: sum by (service, pool) (rate(zgate_requests_total{pool=\"canary\",outcome!=\"ok\"}[4s])) > 0\n        annotations: {runbook_url: 'https://example.com/runbooks/canary-error-ratio-high.md'}\n";
     let prom = Prometheus::start(&target.addr, Some(rules), None).await;
-    prom.wait_scraped().await;
     // Only the alert can fail this analysis: the thresholds are out of reach.
     let mut lenient = analysis(0);
     lenient.metrics.iter_mut().for_each(|m| m.max = Some(1e9));
-    let mut a = Analyzer::new(Source::prometheus(&prom.url), canary("echo"), lenient, None);
+    let mut a = on_prometheus(&prom, "echo", lenient);
     let run = until(&mut a, Verdict::Fail, Duration::from_secs(20)).await;
     assert_eq!(run.verdict, Verdict::Fail, "{}", reasons(&run));
     let alert = run
@@ -162,8 +143,7 @@ async fn an_alertmanager_webhook_fails_the_analysis() {
     let hook = support::webhook(inbox.clone(), "hook-token").await;
     let am = Alertmanager::start(&hook, "hook-token").await;
     let rules = "groups:\n  - name: fast\n    rules:\n      - alert: CanaryErrorsNow\n        expr: sum by (service, pool) (rate(zgate_requests_total{pool=\"canary\",outcome!=\"ok\"}[4s])) > 0\n";
-    let prom = Prometheus::start(&target.addr, Some(rules), Some(&am.addr)).await;
-    prom.wait_scraped().await;
+    let _prom = Prometheus::start(&target.addr, Some(rules), Some(&am.addr)).await;
     tokio::time::timeout(Duration::from_secs(30), inbox.notify.notified())
         .await
         .expect("Alertmanager called the webhook");
@@ -192,8 +172,7 @@ async fn the_inbox_knows_an_alert_fires_until_alertmanager_resolves_it() {
     let hook = support::webhook(inbox.clone(), "hook-token").await;
     let am = Alertmanager::start(&hook, "hook-token").await;
     let rules = "groups:\n  - name: fast\n    rules:\n      - alert: StableErrorsNow\n        expr: sum by (service, pool) (rate(zgate_requests_total{pool=\"stable\",outcome!=\"ok\"}[4s])) > 0\n";
-    let prom = Prometheus::start(&target.addr, Some(rules), Some(&am.addr)).await;
-    prom.wait_scraped().await;
+    let _prom = Prometheus::start(&target.addr, Some(rules), Some(&am.addr)).await;
     assert_eq!(inbox.firing_for("echo", None), None);
     let deadline = Instant::now() + Duration::from_secs(30);
     while inbox.firing_for("echo", None).is_none() {
@@ -302,7 +281,6 @@ async fn a_source_that_fails_is_inconclusive_never_a_pass() {
 async fn a_hostile_service_name_cannot_inject_promql() {
     let target = Target::start("echo").await;
     let prom = Prometheus::start(&target.addr, None, None).await;
-    prom.wait_scraped().await;
     let hostile = "echo\"} or vector(1) or up{x=\"";
     // Unescaped, this name would turn the query into one that always returns 1.
     let raw = format!("sum(up{{service=\"{hostile}\"}})");
@@ -320,7 +298,7 @@ async fn a_hostile_service_name_cannot_inject_promql() {
     spec.metrics[0].builtin = None;
     spec.metrics[0].query = Some("sum(up{service=\"{{service}}\"})".into());
     spec.metrics[0].max = Some(0.5);
-    let mut a = Analyzer::new(Source::prometheus(&prom.url), canary(hostile), spec, None);
+    let mut a = on_prometheus(&prom, hostile, spec);
     let run = a.run(&[], AGE).await;
     let m = &run.measurements[0];
     assert!(
@@ -344,13 +322,7 @@ async fn a_canary_younger_than_the_shortest_window_is_not_judged_on_older_data()
     // Earlier traffic full of errors, from a previous canary.
     let _old = target.traffic(1, 0, 50, 0.002);
     let prom = Prometheus::start(&target.addr, None, None).await;
-    prom.wait_scraped().await;
-    let mut a = Analyzer::new(
-        Source::prometheus(&prom.url),
-        canary("echo"),
-        analysis(0),
-        None,
-    );
+    let mut a = on_prometheus(&prom, "echo", analysis(0));
     let run = a.run(&[], Duration::from_secs(2)).await;
     assert_eq!(run.verdict, Verdict::Inconclusive, "{}", reasons(&run));
     assert!(

@@ -522,7 +522,6 @@ async fn a_steady_state_that_breaks_in_prometheus_ends_the_run_broken_and_remove
     let target = support::Target::start("echo").await;
     let _errors = target.traffic(1, 60, 40, 0.002);
     let prom = support::Prometheus::start(&target.addr, None, None).await;
-    prom.wait_scraped().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let metrics = MetricsSource::Prometheus {
         url: prom.url.clone(),

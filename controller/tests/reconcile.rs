@@ -350,7 +350,6 @@ async fn a_failing_canary_in_prometheus_is_rolled_back_by_the_controller() {
     let target = support::Target::start("echo").await;
     let _errors = target.traffic(1, 60, 40, 0.002);
     let prom = support::Prometheus::start(&target.addr, None, None).await;
-    prom.wait_scraped().await;
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     let metrics = MetricsSource::Prometheus {
         url: prom.url.clone(),

@@ -41,29 +41,20 @@ fn skips(p: &Plan) -> Vec<String> {
         .collect()
 }
 
+/// The plan at `now` for a schedule last run at `last`, nothing running, no guard.
+fn plan_at(s: &ChaosScheduleSpec, last: &str, now: &str) -> Plan {
+    plan(s, t(last), false, &Guards::default(), t(now)).unwrap()
+}
+
 const MONTHLY: &str = "0 3 1 * *";
 
 #[test]
 fn a_due_run_starts_and_nothing_runs_before_it() {
     let s = spec(MONTHLY, "UTC");
-    let before = plan(
-        &s,
-        t("2026-11-01T03:00:00Z"),
-        false,
-        &Guards::default(),
-        t("2026-12-01T02:59:59Z"),
-    )
-    .unwrap();
+    let before = plan_at(&s, "2026-11-01T03:00:00Z", "2026-12-01T02:59:59Z");
     assert!(before.decisions.is_empty());
     assert_eq!(before.next, Some(t("2026-12-01T03:00:00Z")));
-    let due = plan(
-        &s,
-        t("2026-11-01T03:00:00Z"),
-        false,
-        &Guards::default(),
-        t("2026-12-01T03:00:10Z"),
-    )
-    .unwrap();
+    let due = plan_at(&s, "2026-11-01T03:00:00Z", "2026-12-01T03:00:10Z");
     assert_eq!(runs(&due), [t("2026-12-01T03:00:00Z")]);
     assert_eq!(due.last_schedule_time, Some(t("2026-12-01T03:00:00Z")));
     // Asking again after recording it: nothing more.
@@ -82,14 +73,7 @@ fn a_due_run_starts_and_nothing_runs_before_it() {
 fn missed_runs_are_recorded_once_never_replayed_in_a_burst() {
     let s = spec("0 3 * * *", "UTC");
     // Down from Monday after the 03:00 run until Thursday 03:00:30.
-    let p = plan(
-        &s,
-        t("2026-11-23T03:00:00Z"),
-        false,
-        &Guards::default(),
-        t("2026-11-26T03:00:30Z"),
-    )
-    .unwrap();
+    let p = plan_at(&s, "2026-11-23T03:00:00Z", "2026-11-26T03:00:30Z");
     assert_eq!(
         runs(&p),
         [t("2026-11-26T03:00:00Z")],
@@ -106,14 +90,7 @@ fn missed_runs_are_recorded_once_never_replayed_in_a_burst() {
 #[test]
 fn a_run_past_its_starting_deadline_is_skipped_and_recorded() {
     let s = spec(MONTHLY, "UTC");
-    let p = plan(
-        &s,
-        t("2026-11-01T03:00:00Z"),
-        false,
-        &Guards::default(),
-        t("2026-12-01T03:10:00Z"),
-    )
-    .unwrap();
+    let p = plan_at(&s, "2026-11-01T03:00:00Z", "2026-12-01T03:10:00Z");
     assert!(runs(&p).is_empty());
     assert_eq!(
         skips(&p),
@@ -163,14 +140,7 @@ fn forbid_skips_while_running_and_replace_replaces() {
 fn suspended_schedules_record_a_skip() {
     let mut s = spec("*/10 * * * *", "UTC");
     s.suspend = true;
-    let p = plan(
-        &s,
-        t("2026-11-25T10:00:00Z"),
-        false,
-        &Guards::default(),
-        t("2026-11-25T10:10:05Z"),
-    )
-    .unwrap();
+    let p = plan_at(&s, "2026-11-25T10:00:00Z", "2026-11-25T10:10:05Z");
     assert_eq!(skips(&p), ["the schedule is suspended"]);
 }
 
@@ -178,23 +148,9 @@ fn suspended_schedules_record_a_skip() {
 fn the_time_zone_moves_the_run_with_daylight_saving() {
     let s = spec("0 3 * * *", "Europe/Berlin");
     // Winter: 03:00 CET is 02:00 UTC. Summer: 03:00 CEST is 01:00 UTC.
-    let winter = plan(
-        &s,
-        t("2026-01-14T12:00:00Z"),
-        false,
-        &Guards::default(),
-        t("2026-01-15T02:00:30Z"),
-    )
-    .unwrap();
+    let winter = plan_at(&s, "2026-01-14T12:00:00Z", "2026-01-15T02:00:30Z");
     assert_eq!(runs(&winter), [t("2026-01-15T02:00:00Z")]);
-    let summer = plan(
-        &s,
-        t("2026-07-14T12:00:00Z"),
-        false,
-        &Guards::default(),
-        t("2026-07-15T01:00:30Z"),
-    )
-    .unwrap();
+    let summer = plan_at(&s, "2026-07-14T12:00:00Z", "2026-07-15T01:00:30Z");
     assert_eq!(runs(&summer), [t("2026-07-15T01:00:00Z")]);
 }
 
@@ -202,14 +158,7 @@ fn the_time_zone_moves_the_run_with_daylight_saving() {
 fn a_wall_clock_time_that_happens_twice_runs_once() {
     // Berlin falls back on 2026-10-25: 02:30 happens at 00:30Z (CEST) and 01:30Z (CET).
     let s = spec("30 2 * * *", "Europe/Berlin");
-    let first = plan(
-        &s,
-        t("2026-10-24T12:00:00Z"),
-        false,
-        &Guards::default(),
-        t("2026-10-25T00:30:10Z"),
-    )
-    .unwrap();
+    let first = plan_at(&s, "2026-10-24T12:00:00Z", "2026-10-25T00:30:10Z");
     assert_eq!(runs(&first), [t("2026-10-25T00:30:00Z")]);
     let later = plan(
         &s,
@@ -230,23 +179,9 @@ fn a_wall_clock_time_that_happens_twice_runs_once() {
 fn a_wall_clock_time_that_does_not_happen_runs_at_most_once() {
     // Berlin springs forward on 2026-03-29: there is no 02:30 that night.
     let s = spec("30 2 * * *", "Europe/Berlin");
-    let p = plan(
-        &s,
-        t("2026-03-28T12:00:00Z"),
-        false,
-        &Guards::default(),
-        t("2026-03-29T12:00:00Z"),
-    )
-    .unwrap();
+    let p = plan_at(&s, "2026-03-28T12:00:00Z", "2026-03-29T12:00:00Z");
     assert!(runs(&p).len() + skips(&p).len() <= 1, "{p:?}");
-    let next_day = plan(
-        &s,
-        t("2026-03-29T12:00:00Z"),
-        false,
-        &Guards::default(),
-        t("2026-03-30T00:30:30Z"),
-    )
-    .unwrap();
+    let next_day = plan_at(&s, "2026-03-29T12:00:00Z", "2026-03-30T00:30:30Z");
     assert_eq!(runs(&next_day), [t("2026-03-30T00:30:00Z")]);
 }
 
@@ -265,24 +200,10 @@ fn allowed_windows_are_read_in_the_time_zone() {
         end_hour: 17,
     }];
     // Wednesday 2026-11-25 10:00 in New York is 15:00Z.
-    let inside = plan(
-        &s,
-        t("2026-11-25T14:30:00Z"),
-        false,
-        &Guards::default(),
-        t("2026-11-25T15:00:10Z"),
-    )
-    .unwrap();
+    let inside = plan_at(&s, "2026-11-25T14:30:00Z", "2026-11-25T15:00:10Z");
     assert_eq!(runs(&inside), [t("2026-11-25T15:00:00Z")]);
     // Saturday 10:00 in New York.
-    let weekend = plan(
-        &s,
-        t("2026-11-28T14:30:00Z"),
-        false,
-        &Guards::default(),
-        t("2026-11-28T15:00:10Z"),
-    )
-    .unwrap();
+    let weekend = plan_at(&s, "2026-11-28T14:30:00Z", "2026-11-28T15:00:10Z");
     assert_eq!(
         skips(&weekend),
         ["Sat 10:00 EST is outside the allowed windows"]

@@ -25,6 +25,15 @@ pub fn tempdir(tag: &str) -> PathBuf {
     d
 }
 
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// The Python with pyzmq that `tests/run` installs; the tests fail, not skip, without it.
 pub fn python() -> PathBuf {
     let p = std::env::var_os("ZDEPLOY_PYTHON")

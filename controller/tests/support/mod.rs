@@ -91,6 +91,7 @@ pub struct Prometheus {
 }
 
 impl Prometheus {
+    /// Starts Prometheus and returns once it has scraped `target` (ready is not scraping).
     pub async fn start(target: &str, rules: Option<&str>, alertmanager: Option<&str>) -> Self {
         let dir = TempDir::new("prometheus");
         let port = free_port();
@@ -128,11 +129,12 @@ impl Prometheus {
             _dir: dir,
         };
         wait_http_ok(&format!("{}/-/ready", p.url), "Prometheus").await;
+        p.wait_scraped().await;
         p
     }
 
-    /// Waits until the target has been scraped (`up == 1`): ready is not scraping.
-    pub async fn wait_scraped(&self) {
+    /// Waits until the target has been scraped (`up == 1`).
+    async fn wait_scraped(&self) {
         let client = zdeploy_controller::analysis::prometheus::Prometheus::new(
             &self.url,
             Duration::from_secs(2),
