@@ -18,7 +18,6 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Api, Client, Resource, ResourceExt};
-use tokio::sync::Mutex;
 use zdeploy_api::ZmqService;
 use zdeploy_api::chaos::{
     ActiveRun, ChaosRun, ChaosSchedule, ChaosScheduleStatus, Fault, RunVerdict,
@@ -59,7 +58,7 @@ pub struct ChaosContext {
     alerts: Option<Arc<AlertInbox>>,
     stats: Arc<Stats>,
     /// One steady-state analyzer per schedule (the embedded scrape keeps history).
-    analyzers: Mutex<Analyzers>,
+    analyzers: Analyzers,
 }
 
 impl ChaosContext {
@@ -119,13 +118,12 @@ impl ChaosContext {
     async fn check(&self, cs: &ChaosSchedule, ns: &str, age: Duration) -> Option<Check> {
         let ss = cs.spec.steady_state.as_ref()?;
         let x = &cs.spec.experiment;
-        let mut analyzers = self.analyzers.lock().await;
         let key = format!("{ns}/{}", cs.name_any());
-        let analyzer = analyzers.current(key, cs.metadata.generation, || {
+        let analyzer = self.analyzers.current(key, cs.metadata.generation, || {
             let (source, target) = self.metrics.source_for(&x.service, ns, pools(x.pool)[0]);
             Analyzer::new(source, target, steady_analysis(ss), None)
         });
-        let run = analyzer.run(&[], age).await;
+        let run = analyzer.lock().await.run(&[], age).await;
         Some(match run.verdict {
             Verdict::Pass => Check::Pass,
             Verdict::Fail => Check::Fail(summary(&run)),
@@ -554,10 +552,7 @@ async fn write_status(
 
 async fn cleanup(cs: Arc<ChaosSchedule>, ctx: &ChaosContext) -> Result<Action, Error> {
     let ns = cs.namespace().unwrap_or_default();
-    ctx.analyzers
-        .lock()
-        .await
-        .forget(&format!("{ns}/{}", cs.name_any()));
+    ctx.analyzers.forget(&format!("{ns}/{}", cs.name_any()));
     let active = cs.status.as_ref().and_then(|s| s.active.as_ref());
     if let Some(run) = active {
         ctx.set_faults(&ns, &cs.spec.experiment.service, None)

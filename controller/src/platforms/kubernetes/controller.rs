@@ -44,7 +44,7 @@ pub struct Context {
     /// Where canary measurements come from.
     pub metrics: MetricsSource,
     /// One analyzer per service (the embedded scrape keeps history between reconciles).
-    analyzers: tokio::sync::Mutex<Analyzers>,
+    analyzers: Analyzers,
 }
 
 /// Where the controller measures canaries.
@@ -61,28 +61,39 @@ pub enum MetricsSource {
     },
 }
 
-/// One analyzer per object, kept between reconciles (the embedded scrape builds history)
-/// and made anew when the object's spec changes.
+/// One analyzer per object, shared with a lock: the embedded scrape builds history between
+/// reconciles.
+pub(super) type SharedAnalyzer = Arc<tokio::sync::Mutex<Analyzer>>;
+
+/// The analyzers of every object, each made anew when its object's spec changes. Each has
+/// its own lock, so a slow source delays only the analyses that use it.
 #[derive(Default)]
-pub(super) struct Analyzers(std::collections::HashMap<String, (Option<i64>, Analyzer)>);
+pub(super) struct Analyzers(
+    std::sync::Mutex<std::collections::HashMap<String, (Option<i64>, SharedAnalyzer)>>,
+);
 
 impl Analyzers {
     /// The analyzer of `key` for spec `generation`, made by `make` when there is none yet.
     pub(super) fn current(
-        &mut self,
+        &self,
         key: String,
         generation: Option<i64>,
         make: impl FnOnce() -> Analyzer,
-    ) -> &mut Analyzer {
-        if self.0.get(&key).is_none_or(|(g, _)| *g != generation) {
-            self.0.insert(key.clone(), (generation, make()));
+    ) -> SharedAnalyzer {
+        let mut all = self.0.lock().expect("analyzers lock");
+        match all.get(&key) {
+            Some((g, analyzer)) if *g == generation => analyzer.clone(),
+            _ => {
+                let analyzer = Arc::new(tokio::sync::Mutex::new(make()));
+                all.insert(key, (generation, analyzer.clone()));
+                analyzer
+            }
         }
-        &mut self.0.get_mut(&key).expect("inserted above").1
     }
 
     /// Drops the analyzer of a deleted object.
-    pub(super) fn forget(&mut self, key: &str) {
-        self.0.remove(key);
+    pub(super) fn forget(&self, key: &str) {
+        self.0.lock().expect("analyzers lock").remove(key);
     }
 }
 
@@ -146,8 +157,8 @@ impl Context {
         }
         let ns = svc.namespace().unwrap_or_default();
         let name = svc.name_any();
-        let mut analyzers = self.analyzers.lock().await;
-        let analyzer = analyzers.current(format!("{ns}/{name}"), svc.metadata.generation, || {
+        let key = format!("{ns}/{name}");
+        let analyzer = self.analyzers.current(key, svc.metadata.generation, || {
             let (source, target) = self.metrics.source_for(&name, &ns, "canary");
             Analyzer::new(
                 source,
@@ -160,7 +171,7 @@ impl Context {
             .duration_since(rollout.started.0)
             .try_into()
             .unwrap_or_default();
-        let run = analyzer.run(&[], age).await;
+        let run = analyzer.lock().await.run(&[], age).await;
         Some(Input::Analysis {
             verdict: run.verdict,
             measurements: run.measurements,
@@ -341,7 +352,7 @@ async fn apply(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
 
 async fn cleanup(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
     let key = format!("{}/{}", svc.namespace().unwrap_or_default(), svc.name_any());
-    ctx.analyzers.lock().await.forget(&key);
+    ctx.analyzers.forget(&key);
     // Owned objects go with the ZmqService (owner references); say so where people look.
     let note = format!(
         "{} deleted: its workloads, gateway and Services are garbage-collected",
@@ -594,9 +605,13 @@ mod tests {
             let (source, target) = MetricsSource::Scrape.source_for("echo", "trading", "canary");
             Analyzer::new(source, target, Default::default(), None)
         };
-        let mut analyzers = Analyzers::default();
-        analyzers.current("trading/echo".into(), Some(1), &mut make);
-        analyzers.current("trading/echo".into(), Some(1), &mut make);
+        let analyzers = Analyzers::default();
+        let first = analyzers.current("trading/echo".into(), Some(1), &mut make);
+        let again = analyzers.current("trading/echo".into(), Some(1), &mut make);
+        assert!(
+            Arc::ptr_eq(&first, &again),
+            "the same analyzer, history kept"
+        );
         analyzers.current("trading/echo".into(), Some(2), &mut make);
         analyzers.forget("trading/echo");
         analyzers.current("trading/echo".into(), Some(2), &mut make);
