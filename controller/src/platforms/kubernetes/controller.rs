@@ -612,9 +612,14 @@ mod tests {
             Arc::ptr_eq(&first, &again),
             "the same analyzer, history kept"
         );
+        // An analysis in progress for one service does not hold up another's.
+        let busy = first.try_lock().unwrap();
+        let other = analyzers.current("trading/quotes".into(), Some(1), &mut make);
+        assert!(other.try_lock().is_ok());
+        drop(busy);
         analyzers.current("trading/echo".into(), Some(2), &mut make);
         analyzers.forget("trading/echo");
         analyzers.current("trading/echo".into(), Some(2), &mut make);
-        assert_eq!(made, 3);
+        assert_eq!(made, 4);
     }
 }
