@@ -68,23 +68,20 @@ pub enum ChaosCommand {
     #[command(
         after_help = "Examples:\n  zdeploy chaos pause echo-latency-drill\n  zdeploy chaos pause echo-latency-drill -n trading"
     )]
-    Pause {
-        /// The ChaosSchedule.
-        name: String,
-        #[command(flatten)]
-        state: StateArgs,
-        #[command(flatten)]
-        cluster: ClusterArgs,
-    },
+    Pause(Schedule),
     /// Let a paused schedule start runs again.
-    Resume {
-        /// The ChaosSchedule.
-        name: String,
-        #[command(flatten)]
-        state: StateArgs,
-        #[command(flatten)]
-        cluster: ClusterArgs,
-    },
+    Resume(Schedule),
+}
+
+/// One schedule, in the local runtimes or in a cluster.
+#[derive(clap::Args)]
+pub struct Schedule {
+    /// The ChaosSchedule.
+    name: String,
+    #[command(flatten)]
+    state: StateArgs,
+    #[command(flatten)]
+    cluster: ClusterArgs,
 }
 
 /// Every running local runtime, by service name.
@@ -257,35 +254,30 @@ pub async fn run(cmd: &ChaosCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        ChaosCommand::Pause {
-            name,
-            state,
-            cluster,
-        }
-        | ChaosCommand::Resume {
-            name,
-            state,
-            cluster,
-        } => {
-            let suspend = matches!(cmd, ChaosCommand::Pause { .. });
-            if cluster.given() {
-                cluster::chaos_suspend(cluster, name, suspend).await?;
-                println!("{name}: {}", if suspend { "paused" } else { "resumed" });
-                return Ok(ExitCode::SUCCESS);
-            }
-            for (_, client) in runtimes(state) {
-                let reply = client
-                    .chaos(&ChaosRequest::Suspend {
-                        name: name.clone(),
-                        suspend,
-                    })
-                    .await?;
-                if reply.error.is_none() {
-                    println!("{name}: {}", if suspend { "paused" } else { "resumed" });
-                    return Ok(ExitCode::SUCCESS);
-                }
-            }
-            bail!("no chaos schedule {name:?} in any running `zdeploy up`")
+        ChaosCommand::Pause(s) => suspend(s, true).await,
+        ChaosCommand::Resume(s) => suspend(s, false).await,
+    }
+}
+
+/// Pauses (`suspend`) or resumes a schedule: in the cluster when one is named, else in
+/// whichever running `zdeploy up` holds it.
+async fn suspend(s: &Schedule, suspend: bool) -> anyhow::Result<ExitCode> {
+    let name = &s.name;
+    let done = || println!("{name}: {}", if suspend { "paused" } else { "resumed" });
+    if s.cluster.given() {
+        cluster::chaos_suspend(&s.cluster, name, suspend).await?;
+        done();
+        return Ok(ExitCode::SUCCESS);
+    }
+    for (_, client) in runtimes(&s.state) {
+        let request = ChaosRequest::Suspend {
+            name: name.clone(),
+            suspend,
+        };
+        if client.chaos(&request).await?.error.is_none() {
+            done();
+            return Ok(ExitCode::SUCCESS);
         }
     }
+    bail!("no chaos schedule {name:?} in any running `zdeploy up`")
 }
