@@ -209,6 +209,24 @@ fn an_experiment_during_a_rollout_is_skipped_and_recorded() {
     assert_eq!(code, 0);
     let history: serde_json::Value = serde_json::from_str(&history).unwrap();
     assert_eq!(history[0]["verdict"], "skipped");
+    // Pause and resume reach the runtime that holds the schedule.
+    let suspended = |dir: &Path| {
+        let (code, list) = chaos(dir, &["list", "-o", "json"]);
+        assert_eq!(code, 0);
+        let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+        list[0]["suspended"].as_bool().unwrap()
+    };
+    assert_eq!(
+        chaos(&s.dir, &["pause", "drill-now"]),
+        (0, "drill-now: paused\n".into())
+    );
+    assert!(suspended(&s.dir));
+    assert_eq!(
+        chaos(&s.dir, &["resume", "drill-now"]),
+        (0, "drill-now: resumed\n".into())
+    );
+    assert!(!suspended(&s.dir));
+    assert_eq!(chaos(&s.dir, &["pause", "no-such-drill"]).0, 2, "an error");
     // A dry run names what would be hit and changes nothing.
     let path = s.dir.join("during.yaml");
     let (code, out) = chaos(&s.dir, &["run", "-f", path.to_str().unwrap(), "--dry-run"]);
