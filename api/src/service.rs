@@ -286,9 +286,15 @@ pub struct Analysis {
     /// Consecutive inconclusive measurements tolerated before the rollout pauses.
     #[serde(default = "default_inconclusive_limit")]
     pub inconclusive_limit: u32,
-    /// Fewer canary requests than this in a metric's window make it inconclusive, never failed.
+    /// Canary requests needed before a metric can *pass*; a failure needs no minimum, only
+    /// evidence (see `alpha`).
     #[serde(default = "default_min_samples")]
     pub min_samples: u64,
+    /// The chance that a canary no worse than its gates is rolled back over the whole
+    /// rollout, all count-judged checks and looks together (each gets an equal share).
+    #[serde(default = "default_alpha")]
+    #[schemars(range(min = 0.000001, max = 0.5))]
+    pub alpha: f64,
     /// The metrics judged; defaults to error ratio above 1% over 5m and p99 above 800ms over 3m.
     #[serde(default = "default_metrics")]
     pub metrics: Vec<Metric>,
@@ -301,6 +307,7 @@ impl Default for Analysis {
             failure_limit: 0,
             inconclusive_limit: default_inconclusive_limit(),
             min_samples: default_min_samples(),
+            alpha: default_alpha(),
             metrics: default_metrics(),
         }
     }
@@ -318,12 +325,17 @@ fn default_min_samples() -> u64 {
     50
 }
 
+fn default_alpha() -> f64 {
+    0.01
+}
+
 fn default_metrics() -> Vec<Metric> {
     vec![
         Metric {
             name: "error-ratio".into(),
             builtin: Some(Builtin::ErrorRatio),
             query: None,
+            counts: None,
             window: Duration::from_secs(300),
             max: Some(0.01),
             min: None,
@@ -334,6 +346,7 @@ fn default_metrics() -> Vec<Metric> {
             name: "latency-p99".into(),
             builtin: Some(Builtin::LatencyP99),
             query: None,
+            counts: None,
             window: Duration::from_secs(180),
             max: Some(0.8),
             min: None,
@@ -361,13 +374,19 @@ pub enum Builtin {
 pub struct Metric {
     /// Unique name, used in status and by analysis steps.
     pub name: String,
-    /// A built-in measurement; give this or `query`.
+    /// A built-in measurement, judged from counts; give this, `query` or `counts`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub builtin: Option<Builtin>,
-    /// A PromQL template; `{{service}}`, `{{namespace}}`, `{{pool}}` and `{{interval}}` are filled in, escaped.
+    /// A PromQL template giving one value, checked against the thresholds; `{{service}}`,
+    /// `{{namespace}}`, `{{pool}}` and `{{interval}}` are filled in, escaped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query: Option<String>,
-    /// Range of the rates behind the value (`{{interval}}` in a query).
+    /// Two PromQL templates giving the bad and all requests over `{{interval}}` (the
+    /// canary's life), judged from counts like the built-ins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counts: Option<CountQueries>,
+    /// Range of the rates behind a `query`'s value (`{{interval}}`); count-judged metrics
+    /// always count from the canary's start.
     #[serde(default = "default_window")]
     pub window: Duration,
     /// Fail when the value is above this.
@@ -384,8 +403,71 @@ pub struct Metric {
     pub min_samples: Option<u64>,
 }
 
+impl Metric {
+    /// Whether the metric is a rate judged from counts (`errorRatio` or `counts`), so that
+    /// `max` and `min` are rates between 0 and 1.
+    pub fn judges_rate(&self) -> bool {
+        self.counts.is_some() || self.builtin == Some(Builtin::ErrorRatio)
+    }
+
+    /// The latency threshold that zgate's histogram needs as a bucket edge, in seconds: the
+    /// `max` of a latency built-in.
+    pub fn latency_edge(&self) -> Option<f64> {
+        match self.builtin {
+            Some(Builtin::LatencyP99 | Builtin::LatencyP50) => self.max,
+            _ => None,
+        }
+    }
+}
+
+impl Builtin {
+    /// For a latency built-in, the share of requests allowed above its threshold (p99: 1%).
+    pub fn share_above(self) -> Option<f64> {
+        match self {
+            Builtin::LatencyP99 => Some(0.01),
+            Builtin::LatencyP50 => Some(0.5),
+            Builtin::ErrorRatio => None,
+        }
+    }
+}
+
+/// `seconds` as a bucket edge zgate can have (whole milliseconds, at least one), or `None`.
+pub fn bucket_edge(seconds: f64) -> Option<std::time::Duration> {
+    let ms = (seconds * 1000.0).round();
+    let whole = (seconds * 1000.0 - ms).abs() < 1e-6;
+    (seconds.is_finite() && whole && ms >= 1.0).then(|| std::time::Duration::from_millis(ms as u64))
+}
+
+impl ZmqServiceSpec {
+    /// Every latency threshold of the canary analysis: the bucket edges zgate must have.
+    pub fn latency_edges(&self) -> Vec<std::time::Duration> {
+        let mut edges: Vec<_> = self
+            .strategy
+            .canary
+            .analysis
+            .metrics
+            .iter()
+            .filter_map(Metric::latency_edge)
+            .filter_map(bucket_edge)
+            .collect();
+        edges.sort();
+        edges.dedup();
+        edges
+    }
+}
+
 fn default_window() -> Duration {
     Duration::from_secs(300)
+}
+
+/// A metric from the service's own counters, e.g. HTTP 5xx among all HTTP requests.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CountQueries {
+    /// PromQL template: bad requests over `{{interval}}`, e.g. `sum(increase(http_requests_total{code=~"5..",pool="{{pool}}"}[{{interval}}]))`.
+    pub errors: String,
+    /// PromQL template: all requests over `{{interval}}`.
+    pub total: String,
 }
 
 /// A comparison of the canary against stable.
@@ -459,6 +541,45 @@ pub enum Verdict {
     Inconclusive,
 }
 
+/// Requests of one pool since the canary started, and how many of them were bad (an
+/// error, or slower than the latency threshold).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Tally {
+    /// Requests counted.
+    pub requests: u64,
+    /// Bad ones among them.
+    pub bad: u64,
+}
+
+impl Tally {
+    /// The two tallies together (counts carried over a restart plus new ones).
+    pub fn plus(self, other: Tally) -> Tally {
+        Tally {
+            requests: self.requests + other.requests,
+            bad: self.bad + other.bad,
+        }
+    }
+}
+
+/// Why a count-judged metric got its verdict: the counts, the test's statistic against the
+/// level it must reach to fail, and an interval for the canary's rate.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Evidence {
+    /// The canary's requests since it started.
+    pub canary: Tally,
+    /// Stable's over the same time, for relative checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable: Option<Tally>,
+    /// The sequential test's e-value: evidence that the canary breaks its gate.
+    pub evidence: f64,
+    /// The e-value at which it fails: 1 / (alpha / checks).
+    pub fail_at: f64,
+    /// A 95% (Wilson) interval for the canary's bad-request rate: [low, high].
+    pub interval: [f64; 2],
+}
+
 /// One measurement, with the query that was actually run.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -470,6 +591,9 @@ pub struct Measurement {
     /// The measured value, when there was one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<f64>,
+    /// The counts and the sequential test behind a count-judged verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<Evidence>,
     /// The verdict.
     pub verdict: Verdict,
     /// Why, in words.

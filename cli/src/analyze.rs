@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use zdeploy_api::service::Verdict;
 use zdeploy_controller::analysis::promql::Target;
-use zdeploy_controller::analysis::{Analyzer, Source};
+use zdeploy_controller::analysis::{Analyzer, Source, Span};
 
 use crate::Output;
 
@@ -26,6 +26,10 @@ pub struct Args {
     /// Time between the two scrapes.
     #[arg(long, default_value = "5s")]
     over: zdeploy_api::Duration,
+    /// With --prometheus: how long the canary has run. Built-in and `counts` metrics
+    /// count its requests over this span (`increase(...[SINCE])`).
+    #[arg(long, default_value = "10m", conflicts_with = "scrape")]
+    since: zdeploy_api::Duration,
     /// Namespace label to select (leave out when zgate's metrics carry none).
     #[arg(short, long)]
     namespace: Option<String>,
@@ -48,17 +52,14 @@ pub async fn run(args: &Args) -> anyhow::Result<ExitCode> {
     };
     let spec = svc.spec.strategy.canary.analysis.clone();
     let (source, age) = match (&args.prometheus, &args.scrape) {
-        (Some(url), _) => (
-            Source::prometheus(url),
-            Duration::from_secs(365 * 24 * 3600),
-        ),
+        (Some(url), _) => (Source::prometheus(url), args.since.get()),
         (None, Some(url)) => (
             Source::scrape(url),
             args.over.get() + Duration::from_millis(100),
         ),
         (None, None) => unreachable!("clap requires one source"),
     };
-    let mut analyzer = Analyzer::new(source, target, spec, None);
+    let mut analyzer = Analyzer::new(source, target, spec, None, Span::CanaryLife);
     if args.scrape.is_some() {
         if let Err(e) = analyzer.observe().await {
             anyhow::bail!("{e}");
@@ -66,7 +67,7 @@ pub async fn run(args: &Args) -> anyhow::Result<ExitCode> {
         eprintln!("scraped once; measuring again in {}", args.over);
         tokio::time::sleep(args.over.get()).await;
     }
-    let run = analyzer.run(&[], age).await;
+    let run = analyzer.run(age).await;
     match args.output {
         Output::Json => println!(
             "{}",

@@ -137,7 +137,7 @@ enum Command {
     },
     /// Run a service's canary analysis once and show every query, value and verdict.
     #[command(
-        after_help = "Exit status: 0 pass, 1 fail, 2 inconclusive (or no answer from the source).\n\nExamples:\n  zdeploy analyze -f manifests/examples/echo.yaml --prometheus http://prometheus:9090 -n trading\n  zdeploy analyze -f manifests/examples/echo.yaml --scrape http://127.0.0.1:9464/metrics -o json"
+        after_help = "Exit status: 0 pass, 1 fail, 2 inconclusive (or no answer from the source).\n\nExamples:\n  zdeploy analyze -f manifests/examples/echo.yaml --prometheus http://prometheus:9090 -n trading --since 20m\n  zdeploy analyze -f manifests/examples/echo.yaml --scrape http://127.0.0.1:9464/metrics -o json"
     )]
     Analyze(analyze::Args),
     /// Check ZmqService and ChaosSchedule manifests; exit 0 when valid, 1 when not.

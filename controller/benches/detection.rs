@@ -1,6 +1,7 @@
 //! Detection time: from the start of an error burst on the canary to a `fail` verdict,
 //! through (a) Prometheus query polling at a 1 s scrape, (b) an Alertmanager webhook, and
-//! (c) the embedded scrape, all watching the same bursts at once.
+//! (c) the embedded scrape, all watching the same bursts at once. Each burst is judged over
+//! a sliding 4 s window (`Span::Window`), so that one trial's errors do not count in the next.
 //!
 //! `cargo bench -p zdeploy-controller --bench detection` (needs prometheus and
 //! prometheus-alertmanager, which ./tests/run installs). Prints each trial and the medians.
@@ -15,7 +16,7 @@ use support::{Alertmanager, Prometheus, Target, analysis};
 use zdeploy_api::service::Verdict;
 use zdeploy_controller::analysis::promql::Target as Who;
 use zdeploy_controller::analysis::webhook::AlertInbox;
-use zdeploy_controller::analysis::{Analyzer, Source};
+use zdeploy_controller::analysis::{Analyzer, Source, Span};
 
 const TRIALS: usize = 7;
 const WINDOW: Duration = Duration::from_secs(4);
@@ -35,7 +36,7 @@ async fn until_fail(
     limit: Duration,
 ) -> Option<Duration> {
     while start.elapsed() < limit {
-        if a.run(&[], WINDOW).await.verdict == Verdict::Fail {
+        if a.run(WINDOW).await.verdict == Verdict::Fail {
             return Some(start.elapsed());
         }
         tokio::time::sleep(every).await;
@@ -61,9 +62,21 @@ async fn main() {
     let am = Alertmanager::start(&hook, "t").await;
     let rules = "groups:\n  - name: canary\n    rules:\n      - alert: CanaryErrorRateHigh\n        expr: sum by (service, pool) (rate(zgate_requests_total{pool=\"canary\",outcome!=\"ok\"}[4s])) / sum by (service, pool) (rate(zgate_requests_total{pool=\"canary\"}[4s])) > 0.01\n";
     let prom = Prometheus::start(&target.addr, Some(rules), Some(&am.addr)).await;
-    let mut polling = Analyzer::new(Source::prometheus(&prom.url), canary(), analysis(20), None);
+    let mut polling = Analyzer::new(
+        Source::prometheus(&prom.url),
+        canary(),
+        analysis(20),
+        None,
+        Span::Window,
+    );
     let metrics_url = format!("http://{}/metrics", target.addr);
-    let mut scraping = Analyzer::new(Source::scrape(&metrics_url), canary(), analysis(20), None);
+    let mut scraping = Analyzer::new(
+        Source::scrape(&metrics_url),
+        canary(),
+        analysis(20),
+        None,
+        Span::Window,
+    );
     println!(
         "error bursts of 30 errors/s on a canary serving 100 ok/s; Prometheus scrape and rule interval 1 s"
     );
@@ -109,7 +122,7 @@ async fn main() {
                     scraping.observe().await.unwrap();
                     next_scrape = Instant::now() + Duration::from_millis(250);
                 }
-                if scraping.run(&[], WINDOW).await.verdict == Verdict::Fail {
+                if scraping.run(WINDOW).await.verdict == Verdict::Fail {
                     return Some(start.elapsed());
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;

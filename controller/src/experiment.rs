@@ -42,6 +42,7 @@ pub fn steady_analysis(ss: &SteadyState) -> Analysis {
         failure_limit: 0,
         inconclusive_limit: u32::MAX,
         min_samples: 10,
+        alpha: 0.01,
         metrics: ss.metrics.clone(),
     }
 }

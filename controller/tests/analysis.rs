@@ -10,7 +10,7 @@ use support::{Alertmanager, Prometheus, Target, analysis};
 use zdeploy_api::service::{Analysis, Verdict};
 use zdeploy_controller::analysis::promql::Target as Who;
 use zdeploy_controller::analysis::webhook::AlertInbox;
-use zdeploy_controller::analysis::{AnalysisRun, Analyzer, Source};
+use zdeploy_controller::analysis::{AnalysisRun, Analyzer, Source, Span};
 
 const AGE: Duration = Duration::from_secs(3600);
 
@@ -25,13 +25,19 @@ fn canary(service: &str) -> Who {
 /// Runs the analysis until it gives `want` (at most `limit`); returns the last run.
 /// An analyzer of `service`'s canary by `spec`, asking `prom`.
 fn on_prometheus(prom: &Prometheus, service: &str, spec: Analysis) -> Analyzer {
-    Analyzer::new(Source::prometheus(&prom.url), canary(service), spec, None)
+    Analyzer::new(
+        Source::prometheus(&prom.url),
+        canary(service),
+        spec,
+        None,
+        Span::CanaryLife,
+    )
 }
 
 async fn until(a: &mut Analyzer, want: Verdict, limit: Duration) -> AnalysisRun {
     let deadline = Instant::now() + limit;
     loop {
-        let run = a.run(&[], AGE).await;
+        let run = a.run(AGE).await;
         if run.verdict == want || Instant::now() > deadline {
             return run;
         }
@@ -58,12 +64,15 @@ async fn a_healthy_canary_passes_and_the_query_is_shown() {
     let m = &run.measurements[0];
     assert!(
         m.query.contains(
-            "zgate_requests_total{service=\"echo\",pool=\"canary\",outcome!=\"ok\"}[10s]"
+            "increase(zgate_requests_total{service=\"echo\",pool=\"canary\",outcome!=\"ok\"}[1h])"
         ),
         "{}",
         m.query
     );
     assert_eq!(m.value, Some(0.0));
+    let e = m.evidence.as_ref().expect("counted");
+    assert!(e.canary.requests >= 20 && e.canary.bad == 0, "{e:?}");
+    assert!(m.reason.contains("within bounds: 0 bad of"), "{}", m.reason);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -76,36 +85,37 @@ async fn a_canary_with_errors_fails() {
     assert_eq!(run.verdict, Verdict::Fail, "{}", reasons(&run));
     let ratio = run.measurements[0].value.unwrap();
     assert!((0.15..0.25).contains(&ratio), "error ratio {ratio}");
-    assert!(
-        run.measurements[0]
-            .reason
-            .contains("above the maximum 0.01")
-    );
+    let m = &run.measurements[0];
+    assert!(m.reason.contains("above the maximum 1.00%"), "{}", m.reason);
+    let e = m.evidence.as_ref().expect("counted");
+    assert!(e.evidence >= e.fail_at, "{e:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn too_few_requests_and_no_series_are_inconclusive_not_failures() {
     let target = Target::start("echo").await;
-    // One request in two seconds, all errors: far too few to judge.
-    let _trickle = target.traffic(1, 0, 1, 0.002);
+    // One good request a second: far too few to pass, and no evidence of a breach.
+    let _trickle = target.traffic(1, 1, 0, 0.002);
     let prom = Prometheus::start(&target.addr, None, None).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let mut a = on_prometheus(&prom, "echo", analysis(20));
-    let run = a.run(&[], AGE).await;
+    let run = a.run(AGE).await;
     assert_eq!(run.verdict, Verdict::Inconclusive, "{}", reasons(&run));
     assert!(
         run.measurements[0]
             .reason
-            .contains("canary requests in the window, 20 needed"),
+            .contains("canary requests, 20 needed to pass"),
         "{}",
         reasons(&run)
     );
 
     let mut none = on_prometheus(&prom, "no-such-service", analysis(0));
-    let run = none.run(&[], AGE).await;
+    let run = none.run(AGE).await;
     assert_eq!(run.verdict, Verdict::Inconclusive, "{}", reasons(&run));
     assert!(
-        run.measurements[0].reason.contains("no data"),
+        run.measurements[0]
+            .reason
+            .contains("no canary requests counted"),
         "{}",
         reasons(&run)
     );
@@ -153,8 +163,9 @@ async fn an_alertmanager_webhook_fails_the_analysis() {
         canary("echo"),
         analysis(1_000_000),
         Some(inbox),
+        Span::CanaryLife,
     );
-    let run = a.run(&[], AGE).await;
+    let run = a.run(AGE).await;
     assert_eq!(run.verdict, Verdict::Fail, "{}", reasons(&run));
     let pushed = run
         .measurements
@@ -235,8 +246,14 @@ async fn the_webhook_refuses_a_wrong_token() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_source_that_fails_is_inconclusive_never_a_pass() {
     let down = format!("http://127.0.0.1:{}", support::free_port());
-    let mut a = Analyzer::new(Source::prometheus(&down), canary("echo"), analysis(0), None);
-    let run = a.run(&[], AGE).await;
+    let mut a = Analyzer::new(
+        Source::prometheus(&down),
+        canary("echo"),
+        analysis(0),
+        None,
+        Span::CanaryLife,
+    );
+    let run = a.run(AGE).await;
     assert_eq!(run.verdict, Verdict::Inconclusive, "{}", reasons(&run));
     assert!(
         run.measurements[0].reason.contains("unreachable"),
@@ -259,8 +276,14 @@ async fn a_source_that_fails_is_inconclusive_never_a_pass() {
             }),
         );
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    let mut garbage = Analyzer::new(Source::prometheus(&url), canary("echo"), analysis(0), None);
-    let run = garbage.run(&[], AGE).await;
+    let mut garbage = Analyzer::new(
+        Source::prometheus(&url),
+        canary("echo"),
+        analysis(0),
+        None,
+        Span::CanaryLife,
+    );
+    let run = garbage.run(AGE).await;
     assert_eq!(run.verdict, Verdict::Inconclusive, "{}", reasons(&run));
     assert!(
         run.measurements[0].reason.contains("not its API"),
@@ -272,8 +295,9 @@ async fn a_source_that_fails_is_inconclusive_never_a_pass() {
         canary("echo"),
         analysis(0),
         None,
+        Span::CanaryLife,
     );
-    let run = scrape.run(&[], AGE).await;
+    let run = scrape.run(AGE).await;
     assert_eq!(run.verdict, Verdict::Inconclusive, "{}", reasons(&run));
 }
 
@@ -299,7 +323,7 @@ async fn a_hostile_service_name_cannot_inject_promql() {
     spec.metrics[0].query = Some("sum(up{service=\"{{service}}\"})".into());
     spec.metrics[0].max = Some(0.5);
     let mut a = on_prometheus(&prom, hostile, spec);
-    let run = a.run(&[], AGE).await;
+    let run = a.run(AGE).await;
     let m = &run.measurements[0];
     assert!(
         m.query
@@ -323,7 +347,7 @@ async fn a_canary_younger_than_the_shortest_window_is_not_judged_on_older_data()
     let _old = target.traffic(1, 0, 50, 0.002);
     let prom = Prometheus::start(&target.addr, None, None).await;
     let mut a = on_prometheus(&prom, "echo", analysis(0));
-    let run = a.run(&[], Duration::from_secs(2)).await;
+    let run = a.run(Duration::from_secs(2)).await;
     assert_eq!(run.verdict, Verdict::Inconclusive, "{}", reasons(&run));
     assert!(
         run.measurements[0].reason.contains("Prometheus needs 4s"),

@@ -53,6 +53,7 @@ pub fn zmq_service(svc: &ZmqService) -> Vec<Problem> {
         &metrics_path,
         &mut out,
     );
+    latency_edges(svc, &metrics_path, &mut out);
     let one_way = matches!(
         svc.spec.zmq.pattern,
         SocketPattern::PushPull | SocketPattern::PubSub
@@ -170,11 +171,25 @@ fn metrics(metrics: &[Metric], path: &FieldPath, out: &mut Vec<Problem>) {
         if !seen.insert(m.name.as_str()) {
             out.push(valued(at.key("name"), "must be unique", &m.name));
         }
-        if m.builtin.is_some() == m.query.is_some() {
+        let kinds = [m.builtin.is_some(), m.query.is_some(), m.counts.is_some()];
+        if kinds.iter().filter(|k| **k).count() != 1 {
             out.push(problem(
                 at.clone(),
-                "must set exactly one of builtin and query",
+                "must set exactly one of builtin, query and counts",
             ));
+        }
+        if m.judges_rate() {
+            for (key, bound) in [("max", m.max), ("min", m.min)] {
+                if let Some(b) = bound
+                    && !(b > 0.0 && b < 1.0)
+                {
+                    out.push(valued(
+                        at.key(key),
+                        "must be a rate between 0 and 1, both excluded: it is judged by counting bad requests, and no count tells a rate of 0 from a tiny one (use e.g. 0.001)",
+                        b,
+                    ));
+                }
+            }
         }
         if m.max.is_none() && m.min.is_none() && m.relative.is_none() {
             out.push(problem(
@@ -195,6 +210,32 @@ fn metrics(metrics: &[Metric], path: &FieldPath, out: &mut Vec<Problem>) {
                 at.key("min"),
                 format!("must not exceed max ({hi})"),
                 lo,
+            ));
+        }
+    }
+}
+
+/// Latency gates are judged on the count of requests slower than the threshold, so each
+/// threshold must be one of zgate's bucket edges: whole milliseconds, below the request
+/// timeout (no request is slower than that: it is answered with a timeout error).
+fn latency_edges(svc: &ZmqService, path: &FieldPath, out: &mut Vec<Problem>) {
+    let timeout = svc.spec.zmq.request_timeout.get().as_secs_f64();
+    for (i, m) in svc.spec.strategy.canary.analysis.metrics.iter().enumerate() {
+        let Some(edge) = m.latency_edge() else {
+            continue;
+        };
+        let at = path.index(i).key("max");
+        if crate::service::bucket_edge(edge).is_none() {
+            out.push(valued(
+                at,
+                "is not a bucket edge zgate can have: a latency threshold becomes an edge of zgate's histogram (the count of slower requests is judged) and edges are whole milliseconds from 0.001 s, e.g. 0.8 for 800 ms",
+                edge,
+            ));
+        } else if edge >= timeout {
+            out.push(valued(
+                at,
+                format!("must be below zmq.requestTimeout ({}): no request is slower than the timeout, it is answered with a timeout error and counted as one", svc.spec.zmq.request_timeout),
+                edge,
             ));
         }
     }

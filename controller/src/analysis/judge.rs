@@ -1,72 +1,323 @@
-//! Verdicts: one measured value against a metric's thresholds. Too few requests, no data or
-//! NaN make a measurement inconclusive, never a failure and never a pass.
+//! Verdicts. Rates (`errorRatio`, `counts` metrics, and latency gates read as "at most 1%
+//! of requests slower than the threshold") are judged from counts by the anytime-valid
+//! tests of [`super::sequential`]: a check fails as soon as its evidence reaches
+//! 1/(alpha/checks), however few requests that took; `minSamples` is the floor for a pass
+//! only. Values without counts (PromQL `query` metrics, latency `min` and `relative`) are
+//! compared with their thresholds. No data, NaN or a source that is down are inconclusive,
+//! never a failure and never a pass.
 
-use zdeploy_api::service::{Metric, Verdict};
+use zdeploy_api::service::{Analysis, Evidence, Metric, Tally, Verdict};
 
-/// What was measured for one metric.
+use super::sequential::{Bound, Comparison, ln_evidence, ln_evidence_relative, wilson_interval};
+
+/// The normal quantile of the interval shown beside a verdict (95%).
+const INTERVAL_Z: f64 = 1.96;
+
+/// What a source measured for one metric.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Reading {
-    /// The canary's value, when the source had one.
+    /// The canary's value (a ratio, or a quantile in seconds), when the source had one.
     pub value: Option<f64>,
-    /// Requests the canary served in the window.
-    pub samples: Option<f64>,
-    /// Stable's value, for relative checks.
-    pub stable: Option<f64>,
-    /// Why there is no value, when the source could not give one.
+    /// Stable's value, for relative threshold checks.
+    pub stable_value: Option<f64>,
+    /// Requests the canary served in the span judged.
+    pub samples: f64,
+    /// The canary's requests and bad ones, for count-judged checks.
+    pub canary: Option<Tally>,
+    /// Stable's, for relative count-judged checks.
+    pub stable: Option<Tally>,
+    /// Why there is no measurement, when the source could not give one.
     pub error: Option<String>,
 }
 
-/// Judges a reading; `min_samples` is the analysis-wide default.
-pub fn judge(metric: &Metric, min_samples: u64, r: &Reading) -> (Verdict, String) {
-    let inconclusive = |why: String| (Verdict::Inconclusive, why);
+/// One check of a metric, as it is judged.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Check {
+    /// The canary's bad-request rate against a bound, by the one-sample test.
+    Rate(Bound),
+    /// The canary's rate against stable's, by the two-sample test.
+    Relative(Comparison),
+    /// The canary's value at most this (no counts: a threshold).
+    ValueAtMost(f64),
+    /// The canary's value at least this.
+    ValueAtLeast(f64),
+    /// The canary's value against stable's value.
+    ValueRelative(Comparison),
+}
+
+impl Check {
+    fn counted(self) -> bool {
+        matches!(self, Check::Rate(_) | Check::Relative(_))
+    }
+}
+
+/// The checks a metric asks for, in the form each is judged in.
+fn checks(m: &Metric) -> Vec<Check> {
+    let mut out = Vec::new();
+    let comparisons = m.relative.iter().flat_map(|r| {
+        r.margin
+            .map(Comparison::Margin)
+            .into_iter()
+            .chain(r.factor.map(Comparison::Factor))
+    });
+    if m.judges_rate() {
+        out.extend(m.max.map(|b| Check::Rate(Bound::AtMost(b))));
+        out.extend(m.min.map(|b| Check::Rate(Bound::AtLeast(b))));
+        out.extend(comparisons.map(Check::Relative));
+    } else if let Some(share) = m.builtin.and_then(|b| b.share_above()) {
+        // "p99 at most 800 ms" is "at most 1% of requests slower than 800 ms".
+        out.extend(m.max.map(|_| Check::Rate(Bound::AtMost(share))));
+        out.extend(m.min.map(Check::ValueAtLeast));
+        out.extend(comparisons.map(Check::ValueRelative));
+    } else {
+        out.extend(m.max.map(Check::ValueAtMost));
+        out.extend(m.min.map(Check::ValueAtLeast));
+        out.extend(comparisons.map(Check::ValueRelative));
+    }
+    out
+}
+
+/// Whether the metric needs counts from its source (bad and all requests).
+pub fn needs_counts(m: &Metric) -> bool {
+    checks(m).iter().any(|c| c.counted())
+}
+
+/// Whether the metric's counted checks compare with stable, so stable's counts are needed.
+pub fn needs_stable_counts(m: &Metric) -> bool {
+    checks(m).iter().any(|c| matches!(c, Check::Relative(_)))
+}
+
+/// The level of evidence at which one count-judged check fails: alpha is shared equally
+/// among every such check of the analysis (looks need no share: the tests are anytime-valid).
+pub fn fail_at(analysis: &Analysis) -> f64 {
+    let checks = analysis
+        .metrics
+        .iter()
+        .flat_map(checks)
+        .filter(|c| c.counted())
+        .count()
+        .max(1);
+    checks as f64 / analysis.alpha
+}
+
+/// A verdict, why, and the evidence behind it when it was judged from counts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Judged {
+    /// Pass, fail or inconclusive.
+    pub verdict: Verdict,
+    /// Why, in words.
+    pub reason: String,
+    /// Counts, statistic and interval for a count-judged metric.
+    pub evidence: Option<Evidence>,
+}
+
+impl Judged {
+    fn new(verdict: Verdict, reason: String, evidence: Option<Evidence>) -> Self {
+        Self {
+            verdict,
+            reason,
+            evidence,
+        }
+    }
+}
+
+fn percent(x: f64) -> String {
+    let p = x * 100.0;
+    if p >= 10.0 || p == 0.0 {
+        format!("{p:.1}%")
+    } else {
+        format!("{p:.2}%")
+    }
+}
+
+fn describe(t: Tally, what: &str) -> String {
+    let rate = if t.requests == 0 {
+        0.0
+    } else {
+        t.bad as f64 / t.requests as f64
+    };
+    format!("{} {what} of {} ({})", t.bad, t.requests, percent(rate))
+}
+
+fn share_of(bound: Bound) -> f64 {
+    match bound {
+        Bound::AtMost(b) | Bound::AtLeast(b) => b,
+    }
+}
+
+fn number(e: f64) -> String {
+    if e >= 1e6 {
+        format!("{e:.2e}")
+    } else if e >= 10.0 {
+        format!("{e:.0}")
+    } else {
+        format!("{e:.2}")
+    }
+}
+
+/// Judges one metric's reading under `analysis` (its `minSamples`, `alpha` and checks).
+pub fn judge(metric: &Metric, analysis: &Analysis, r: &Reading) -> Judged {
+    let inconclusive = |why: String| Judged::new(Verdict::Inconclusive, why, None);
     if let Some(e) = &r.error {
         return inconclusive(format!("no measurement: {e}"));
     }
-    let need = metric.min_samples.unwrap_or(min_samples) as f64;
-    let samples = r.samples.unwrap_or(0.0);
-    if samples < need {
-        return inconclusive(format!(
-            "only {samples:.0} canary requests in the window, {need:.0} needed to judge"
-        ));
-    }
-    let Some(v) = r.value.filter(|v| !v.is_nan()) else {
-        return inconclusive("no data: the query returned no series (or NaN)".into());
+    let checks = checks(metric);
+    let need = metric.min_samples.unwrap_or(analysis.min_samples);
+    let bad_word = match metric.max {
+        Some(max) if !metric.judges_rate() => format!("slower than {max}s"),
+        _ => "bad".to_string(),
     };
-    if let Some(max) = metric.max
-        && v > max
-    {
-        return (Verdict::Fail, format!("{v:.4} is above the maximum {max}"));
-    }
-    if let Some(min) = metric.min
-        && v < min
-    {
-        return (Verdict::Fail, format!("{v:.4} is below the minimum {min}"));
-    }
-    if let Some(rel) = &metric.relative {
-        let Some(stable) = r.stable.filter(|s| !s.is_nan()) else {
-            return inconclusive("no stable value to compare with".into());
+
+    // Count-judged checks first: a failure needs evidence only, no minimum of requests.
+    let threshold = fail_at(analysis);
+    let mut evidence: Option<Evidence> = None;
+    let mut failures = Vec::new();
+    let mut waiting = Vec::new();
+    for check in checks.iter().copied().filter(|c| c.counted()) {
+        let Some(canary) = r.canary.filter(|c| c.requests > 0) else {
+            return inconclusive(
+                "no canary requests counted yet (no traffic, or no series for this service and pool)"
+                    .into(),
+            );
         };
-        if let Some(margin) = rel.margin
-            && v > stable + margin
-        {
-            return (
-                Verdict::Fail,
-                format!("{v:.4} exceeds stable's {stable:.4} by more than {margin}"),
-            );
+        let interval = wilson_interval(canary, INTERVAL_Z);
+        let (ln_e, stable, words) = match check {
+            Check::Rate(bound) => {
+                let words = match bound {
+                    _ if !metric.judges_rate() => format!(
+                        "{bad_word} more often than the allowed {}",
+                        percent(share_of(bound))
+                    ),
+                    Bound::AtMost(b) => format!("above the maximum {}", percent(b)),
+                    Bound::AtLeast(b) => format!("below the minimum {}", percent(b)),
+                };
+                (ln_evidence(canary, bound), None, words)
+            }
+            Check::Relative(cmp) => {
+                let Some(stable) = r.stable.filter(|s| s.requests > 0) else {
+                    waiting.push("stable has served no requests to compare with".to_string());
+                    continue;
+                };
+                let words = match cmp {
+                    Comparison::Margin(m) => format!(
+                        "above stable's {} by more than {m}",
+                        describe(stable, &bad_word)
+                    ),
+                    Comparison::Factor(f) => format!(
+                        "more than {f} times stable's {}",
+                        describe(stable, &bad_word)
+                    ),
+                };
+                (
+                    ln_evidence_relative(canary, stable, cmp),
+                    Some(stable),
+                    words,
+                )
+            }
+            _ => unreachable!("only counted checks"),
+        };
+        let e = ln_e.exp();
+        let this = Evidence {
+            canary,
+            stable,
+            evidence: e,
+            fail_at: threshold,
+            interval: [interval.0, interval.1],
+        };
+        if e >= threshold {
+            failures.push(format!(
+                "evidence {} >= {} that the canary is {words}: {} canary requests (95% CI {}-{})",
+                number(e),
+                number(threshold),
+                describe(canary, &bad_word),
+                percent(interval.0),
+                percent(interval.1)
+            ));
         }
-        if let Some(factor) = rel.factor
-            && v > stable * factor
-        {
-            return (
-                Verdict::Fail,
-                format!("{v:.4} is more than {factor} times stable's {stable:.4}"),
-            );
+        if evidence.as_ref().is_none_or(|old| e > old.evidence) {
+            evidence = Some(this);
         }
     }
-    (
-        Verdict::Pass,
-        format!("{v:.4} is within bounds ({samples:.0} requests)"),
-    )
+    if !failures.is_empty() {
+        return Judged::new(Verdict::Fail, failures.join("; "), evidence);
+    }
+
+    if (r.samples as u64) < need {
+        let shown = evidence
+            .as_ref()
+            .map(|e| {
+                format!(
+                    " (evidence {} < {}: no breach shown)",
+                    number(e.evidence),
+                    number(e.fail_at)
+                )
+            })
+            .unwrap_or_default();
+        return Judged::new(
+            Verdict::Inconclusive,
+            format!(
+                "only {:.0} canary requests, {need} needed to pass{shown}",
+                r.samples
+            ),
+            evidence,
+        );
+    }
+    if let Some(why) = waiting.pop() {
+        return Judged::new(Verdict::Inconclusive, why, evidence);
+    }
+
+    // Threshold checks on values.
+    let value_checks: Vec<Check> = checks.iter().copied().filter(|c| !c.counted()).collect();
+    let value = r.value.filter(|v| !v.is_nan());
+    if !value_checks.is_empty() {
+        let Some(v) = value else {
+            return inconclusive("no data: the query returned no series (or NaN)".into());
+        };
+        for check in value_checks {
+            let failed = match check {
+                Check::ValueAtMost(max) if v > max => {
+                    Some(format!("{v:.4} is above the maximum {max}"))
+                }
+                Check::ValueAtLeast(min) if v < min => {
+                    Some(format!("{v:.4} is below the minimum {min}"))
+                }
+                Check::ValueRelative(cmp) => {
+                    let Some(s) = r.stable_value.filter(|s| !s.is_nan()) else {
+                        return inconclusive("no stable value to compare with".into());
+                    };
+                    match cmp {
+                        Comparison::Margin(m) if v > s + m => {
+                            Some(format!("{v:.4} exceeds stable's {s:.4} by more than {m}"))
+                        }
+                        Comparison::Factor(f) if v > s * f => {
+                            Some(format!("{v:.4} is more than {f} times stable's {s:.4}"))
+                        }
+                        _ => None,
+                    }
+                }
+                _ => None,
+            };
+            if let Some(why) = failed {
+                return Judged::new(Verdict::Fail, why, evidence);
+            }
+        }
+    }
+    let reason = match &evidence {
+        Some(e) => format!(
+            "within bounds: {} canary requests (95% CI {}-{}), evidence {} < {}",
+            describe(e.canary, &bad_word),
+            percent(e.interval[0]),
+            percent(e.interval[1]),
+            number(e.evidence),
+            number(e.fail_at)
+        ),
+        None => format!(
+            "{:.4} is within bounds ({:.0} requests)",
+            value.unwrap_or_default(),
+            r.samples
+        ),
+    };
+    Judged::new(Verdict::Pass, reason, evidence)
 }
 
 /// The verdict of a whole analysis: any failure fails; otherwise any inconclusive is inconclusive.
@@ -83,90 +334,4 @@ pub fn overall(verdicts: impl IntoIterator<Item = Verdict>) -> Verdict {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use zdeploy_api::Duration;
-    use zdeploy_api::service::{Builtin, Relative};
-
-    fn metric() -> Metric {
-        Metric {
-            name: "error-ratio".into(),
-            builtin: Some(Builtin::ErrorRatio),
-            query: None,
-            window: Duration::from_secs(60),
-            max: Some(0.01),
-            min: None,
-            relative: None,
-            min_samples: None,
-        }
-    }
-
-    fn reading(value: f64, samples: f64) -> Reading {
-        Reading {
-            value: Some(value),
-            samples: Some(samples),
-            ..Reading::default()
-        }
-    }
-
-    #[test]
-    fn thresholds() {
-        assert_eq!(
-            judge(&metric(), 50, &reading(0.005, 100.0)).0,
-            Verdict::Pass
-        );
-        assert_eq!(judge(&metric(), 50, &reading(0.2, 100.0)).0, Verdict::Fail);
-    }
-
-    #[test]
-    fn too_few_samples_or_no_data_is_inconclusive_not_failed() {
-        let (v, why) = judge(&metric(), 50, &reading(1.0, 10.0));
-        assert_eq!(v, Verdict::Inconclusive);
-        assert!(why.contains("only 10 canary requests"), "{why}");
-        assert_eq!(
-            judge(&metric(), 50, &reading(f64::NAN, 100.0)).0,
-            Verdict::Inconclusive
-        );
-        let none = Reading {
-            samples: Some(100.0),
-            ..Reading::default()
-        };
-        assert_eq!(judge(&metric(), 50, &none).0, Verdict::Inconclusive);
-        let down = Reading {
-            error: Some("connection refused".into()),
-            ..Reading::default()
-        };
-        assert_eq!(judge(&metric(), 0, &down).0, Verdict::Inconclusive);
-    }
-
-    #[test]
-    fn relative_to_stable() {
-        let mut m = metric();
-        m.max = None;
-        m.relative = Some(Relative {
-            margin: Some(0.005),
-            factor: None,
-        });
-        let mut r = reading(0.02, 100.0);
-        r.stable = Some(0.01);
-        assert_eq!(judge(&m, 0, &r).0, Verdict::Fail);
-        r.stable = Some(0.018);
-        assert_eq!(judge(&m, 0, &r).0, Verdict::Pass);
-        r.stable = None;
-        assert_eq!(judge(&m, 0, &r).0, Verdict::Inconclusive);
-        m.relative = Some(Relative {
-            margin: None,
-            factor: Some(1.5),
-        });
-        r.stable = Some(0.01);
-        assert_eq!(judge(&m, 0, &r).0, Verdict::Fail);
-    }
-
-    #[test]
-    fn overall_verdict() {
-        use Verdict::*;
-        assert_eq!(overall([Pass, Inconclusive, Fail]), Fail);
-        assert_eq!(overall([Pass, Inconclusive]), Inconclusive);
-        assert_eq!(overall([Pass, Pass]), Pass);
-    }
-}
+mod tests;

@@ -136,6 +136,31 @@ impl Prometheus {
         Ok(Some(value))
     }
 
+    /// Runs an instant query that gives a vector: each series' labels and value.
+    pub async fn query_vector(
+        &self,
+        promql: &str,
+    ) -> Result<Vec<(BTreeMap<String, String>, f64)>, String> {
+        let data: QueryData = self.get("/api/v1/query", &[("query", promql)]).await?;
+        if data.result_type != "vector" {
+            return Err(format!(
+                "the query returned a {}, not a vector",
+                data.result_type
+            ));
+        }
+        #[derive(Deserialize)]
+        struct Series {
+            metric: BTreeMap<String, String>,
+            value: (f64, String),
+        }
+        let series: Vec<Series> = serde_json::from_value(data.result)
+            .map_err(|e| format!("malformed vector in Prometheus' answer: {e}"))?;
+        Ok(series
+            .into_iter()
+            .map(|s| (s.metric, s.value.1.parse().unwrap_or(f64::NAN)))
+            .collect())
+    }
+
     /// Every alert Prometheus currently has (pending and firing).
     pub async fn alerts(&self) -> Result<Vec<Alert>, String> {
         let data: AlertsData = self.get("/api/v1/alerts", &[]).await?;

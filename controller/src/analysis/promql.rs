@@ -1,9 +1,8 @@
 //! PromQL for canary analysis: user templates with `{{service}}`, `{{namespace}}`,
-//! `{{pool}}` and `{{interval}}`, and the built-in queries over zgate's metrics. Every
+//! `{{pool}}` and `{{interval}}`, and the counts over zgate's metrics behind the built-ins. Every
 //! value put into a query is escaped as a PromQL string, so a name cannot inject PromQL.
 
 use zdeploy_api::Duration;
-use zdeploy_api::service::Builtin;
 
 /// Who a query is about.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,29 +66,27 @@ pub fn selector(target: &Target, extra: &str) -> String {
     format!("{{{s}}}")
 }
 
-/// The PromQL of a built-in measurement.
-pub fn builtin(kind: Builtin, target: &Target, window: Duration) -> String {
-    let quantile = |q: f64| {
-        format!(
-            "histogram_quantile({q}, sum by (le) (rate(zgate_request_duration_seconds_bucket{}[{window}])))",
-            selector(target, "")
-        )
-    };
-    match kind {
-        Builtin::ErrorRatio => format!(
-            "sum(rate(zgate_requests_total{}[{window}])) / sum(rate(zgate_requests_total{}[{window}]))",
-            selector(target, ",outcome!=\"ok\""),
-            selector(target, "")
-        ),
-        Builtin::LatencyP99 => quantile(0.99),
-        Builtin::LatencyP50 => quantile(0.5),
-    }
+/// Every request of a pool over `range`: the count behind a verdict.
+pub fn requests(target: &Target, range: Duration) -> String {
+    format!(
+        "sum(increase(zgate_requests_total{}[{range}]))",
+        selector(target, "")
+    )
 }
 
-/// The number of requests a pool served in the window: the sample count behind a verdict.
-pub fn sample_count(target: &Target, window: Duration) -> String {
+/// A pool's requests that did not end `ok` (errors, timeouts, unavailable) over `range`.
+pub fn errors(target: &Target, range: Duration) -> String {
     format!(
-        "sum(increase(zgate_requests_total{}[{window}]))",
+        "sum(increase(zgate_requests_total{}[{range}]))",
+        selector(target, ",outcome!=\"ok\"")
+    )
+}
+
+/// A pool's latency histogram over `range`, one series per bucket edge (`le`): the count
+/// below the threshold's edge and the total, and the quantile's interpolation.
+pub fn buckets(target: &Target, range: Duration) -> String {
+    format!(
+        "sum by (le) (increase(zgate_request_duration_seconds_bucket{}[{range}]))",
         selector(target, "")
     )
 }
@@ -107,15 +104,15 @@ mod tests {
     }
 
     #[test]
-    fn builtins_select_the_pool() {
-        let q = builtin(
-            Builtin::ErrorRatio,
-            &target("echo"),
-            Duration::from_secs(300),
-        );
+    fn builtins_count_the_pool() {
+        let q = errors(&target("echo"), Duration::from_secs(300));
         assert_eq!(
             q,
-            "sum(rate(zgate_requests_total{service=\"echo\",namespace=\"trading\",pool=\"canary\",outcome!=\"ok\"}[5m])) / sum(rate(zgate_requests_total{service=\"echo\",namespace=\"trading\",pool=\"canary\"}[5m]))"
+            "sum(increase(zgate_requests_total{service=\"echo\",namespace=\"trading\",pool=\"canary\",outcome!=\"ok\"}[5m]))"
+        );
+        assert_eq!(
+            buckets(&target("echo"), Duration::from_secs(90)),
+            "sum by (le) (increase(zgate_request_duration_seconds_bucket{service=\"echo\",namespace=\"trading\",pool=\"canary\"}[1m30s]))"
         );
     }
 

@@ -4,15 +4,29 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use zdeploy_api::service::Builtin;
+use zdeploy_api::service::{Builtin, Tally};
 
 use super::exposition::{self, Exposition};
 use super::promql::Target;
 
-/// Scrapes kept, oldest first, with the moment each was taken.
+/// Scrapes kept, oldest first, with the moment each was taken, and the first scrape of the
+/// current canary, kept for as long as it lives: its counts are counted from there.
 #[derive(Debug, Default)]
 pub struct ScrapeHistory {
     scrapes: VecDeque<(Instant, Exposition)>,
+    baseline: Option<(Instant, Exposition)>,
+}
+
+/// What the scrapes say of one metric of one pool: its value and, when the metric is a
+/// rate, its counts.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Measured {
+    /// The ratio, or the quantile in seconds.
+    pub value: Option<f64>,
+    /// All requests and bad ones (errors, or slower than the latency threshold).
+    pub tally: Tally,
+    /// Why the counts are missing, when they are.
+    pub missing: Option<String>,
 }
 
 impl ScrapeHistory {
@@ -27,45 +41,119 @@ impl ScrapeHistory {
         }
     }
 
-    /// The newest scrape and the oldest one taken at or after `since`.
-    fn span(&self, since: Instant) -> Option<(&Exposition, &Exposition)> {
-        let (_, last) = self.scrapes.back()?;
-        let (_, first) = self.scrapes.iter().find(|(t, _)| *t >= since)?;
-        Some((first, last))
+    /// The first scrape taken at or after `since` (the canary's start), pinned so that the
+    /// counts since then survive the history's trimming.
+    fn pinned(&mut self, since: Instant) -> Option<&Exposition> {
+        let stale = self.baseline.as_ref().is_none_or(|(t, _)| *t < since);
+        if stale {
+            self.baseline = self.scrapes.iter().find(|(t, _)| *t >= since).cloned();
+        }
+        self.baseline.as_ref().map(|(_, e)| e)
     }
 
-    /// A built-in measurement of `target` over the scrapes since `since`: (value, requests).
-    pub fn measure(&self, kind: Builtin, target: &Target, since: Instant) -> (Option<f64>, f64) {
-        let Some((first, last)) = self.span(since) else {
-            return (None, 0.0);
+    /// A built-in measurement of `target` over the span `from` picks: since the canary
+    /// started (pinned) or over a sliding window. `edge` is the latency threshold whose
+    /// slower requests are the bad ones.
+    pub fn measure(
+        &mut self,
+        kind: Builtin,
+        target: &Target,
+        from: From,
+        edge: Option<f64>,
+    ) -> Measured {
+        let first = match from {
+            From::Pinned(since) => self.pinned(since).cloned(),
+            From::Window(since) => self
+                .scrapes
+                .iter()
+                .find(|(t, _)| *t >= since)
+                .map(|(_, e)| e.clone()),
         };
-        let labels = labels(target);
-        let increase = |name: &str, extra: Option<(&str, &str)>| -> f64 {
-            let mut m = labels.clone();
-            m.extend(extra);
-            let total = |e: &Exposition| e.select(name, &m).iter().map(|s| s.value).sum::<f64>();
-            let (a, b) = (total(first), total(last));
-            // A counter that went down was reset (gateway restart): count from zero.
-            if b < a { b } else { b - a }
+        let (Some(first), Some((_, last))) = (first, self.scrapes.back()) else {
+            return Measured::default();
         };
-        let requests = increase("zgate_requests_total", None);
-        let value = match kind {
-            Builtin::ErrorRatio => {
-                let ok = increase("zgate_requests_total", Some(("outcome", "ok")));
-                (requests > 0.0).then(|| (requests - ok) / requests)
-            }
-            Builtin::LatencyP99 | Builtin::LatencyP50 => {
-                let q = if kind == Builtin::LatencyP99 {
-                    0.99
-                } else {
-                    0.5
-                };
-                let buckets = bucket_increases(first, last, &labels);
-                quantile(q, &buckets)
-            }
-        };
-        (value, requests)
+        measure(kind, target, &first, last, edge)
     }
+}
+
+/// Where the counted span starts.
+#[derive(Clone, Copy, Debug)]
+pub enum From {
+    /// At the first scrape at or after this moment, for as long as it lives (a canary).
+    Pinned(Instant),
+    /// At the first scrape at or after this moment, among those kept (a sliding window).
+    Window(Instant),
+}
+
+fn measure(
+    kind: Builtin,
+    target: &Target,
+    first: &Exposition,
+    last: &Exposition,
+    edge: Option<f64>,
+) -> Measured {
+    let labels = labels(target);
+    let increase = |name: &str, extra: Option<(&str, &str)>| -> f64 {
+        let mut m = labels.clone();
+        m.extend(extra);
+        let total = |e: &Exposition| e.select(name, &m).iter().map(|s| s.value).sum::<f64>();
+        let (a, b) = (total(first), total(last));
+        // A counter that went down was reset (gateway restart): count from zero.
+        if b < a { b } else { b - a }
+    };
+    match kind {
+        Builtin::ErrorRatio => {
+            let requests = increase("zgate_requests_total", None);
+            let ok = increase("zgate_requests_total", Some(("outcome", "ok")));
+            let tally = Tally {
+                requests: requests.round() as u64,
+                bad: (requests - ok).max(0.0).round() as u64,
+            };
+            Measured {
+                value: (requests > 0.0).then(|| (requests - ok) / requests),
+                tally,
+                missing: None,
+            }
+        }
+        Builtin::LatencyP99 | Builtin::LatencyP50 => {
+            let q = 1.0 - kind.share_above().unwrap_or(0.01);
+            let buckets = bucket_increases(first, last, &labels);
+            let value = quantile(q, &buckets);
+            let requests = buckets.last().map_or(0.0, |b| b.1);
+            let Some(edge) = edge else {
+                return Measured {
+                    value,
+                    ..Measured::default()
+                };
+            };
+            match buckets
+                .iter()
+                .find(|(bound, _)| (bound - edge).abs() < 1e-9)
+            {
+                Some(&(_, fast)) => Measured {
+                    value,
+                    tally: Tally {
+                        requests: requests.round() as u64,
+                        bad: (requests - fast).max(0.0).round() as u64,
+                    },
+                    missing: None,
+                },
+                None => Measured {
+                    value,
+                    tally: Tally::default(),
+                    missing: Some(missing_edge(edge)),
+                },
+            }
+        }
+    }
+}
+
+/// Why a latency gate cannot be counted, and the fix.
+pub fn missing_edge(edge: f64) -> String {
+    format!(
+        "zgate's latency histogram has no bucket edge at {edge}s, so requests slower than the threshold cannot be counted: start zgate with --latency-edge {}ms (zdeploy up and the rendered zgate take it from the manifest)",
+        (edge * 1000.0).round()
+    )
 }
 
 fn labels(target: &Target) -> Vec<(&str, &str)> {
@@ -80,7 +168,7 @@ fn labels(target: &Target) -> Vec<(&str, &str)> {
 }
 
 /// (upper bound, cumulative increase) per bucket, sorted by bound.
-fn bucket_increases(
+pub fn bucket_increases(
     first: &Exposition,
     last: &Exposition,
     labels: &[(&str, &str)],
@@ -193,14 +281,72 @@ mod tests {
             namespace: None,
             pool: "canary".into(),
         };
-        let (ratio, n) = h.measure(Builtin::ErrorRatio, &target, t0);
-        assert_eq!(n, 100.0);
-        assert_eq!(ratio, Some(0.2));
-        let (p99, _) = h.measure(Builtin::LatencyP99, &target, t0);
+        let errors = h.measure(Builtin::ErrorRatio, &target, From::Pinned(t0), None);
+        assert_eq!(
+            errors.tally,
+            Tally {
+                requests: 100,
+                bad: 20
+            }
+        );
+        assert_eq!(errors.value, Some(0.2));
+        let p99 = h.measure(Builtin::LatencyP99, &target, From::Pinned(t0), Some(0.1));
         // 50 of 100 new requests fell between 0.1 s and 1 s: p99 interpolates to 0.982.
-        assert!((p99.unwrap() - 0.982).abs() < 1e-9, "{p99:?}");
-        let (none, n) = h.measure(Builtin::ErrorRatio, &target, t0 + Duration::from_secs(5));
-        assert_eq!((none, n), (None, 0.0));
+        assert!((p99.value.unwrap() - 0.982).abs() < 1e-9, "{p99:?}");
+        assert_eq!(
+            p99.tally,
+            Tally {
+                requests: 100,
+                bad: 50
+            }
+        );
+        // No bucket edge at the threshold: no counts, and the fix named.
+        let none = h.measure(Builtin::LatencyP99, &target, From::Pinned(t0), Some(0.8));
+        assert!(none.missing.unwrap().contains("--latency-edge 800ms"));
+        let later = h.measure(
+            Builtin::ErrorRatio,
+            &target,
+            From::Window(t0 + Duration::from_secs(5)),
+            None,
+        );
+        assert_eq!(later, Measured::default());
+    }
+
+    #[test]
+    fn a_canary_is_counted_from_its_first_scrape_however_short_the_history() {
+        let t0 = Instant::now();
+        let keep = Duration::from_secs(1);
+        let mut h = ScrapeHistory::default();
+        let target = Target {
+            service: "echo".into(),
+            namespace: None,
+            pool: "canary".into(),
+        };
+        h.record(t0, page(10, 0, 10, 0), keep);
+        // The canary starts now; its first scrape becomes the baseline.
+        let start = t0 + Duration::from_millis(1);
+        h.record(t0 + Duration::from_secs(1), page(20, 1, 20, 0), keep);
+        assert_eq!(
+            h.measure(Builtin::ErrorRatio, &target, From::Pinned(start), None)
+                .tally,
+            Tally::default()
+        );
+        for i in 2..10 {
+            h.record(
+                t0 + Duration::from_secs(i),
+                page(20 + 10 * i, 1 + i, 20, 0),
+                keep,
+            );
+        }
+        let m = h.measure(Builtin::ErrorRatio, &target, From::Pinned(start), None);
+        // Counted from the scrape at 1 s (21 requests, 1 error) to the last (120, 10).
+        assert_eq!(
+            m.tally,
+            Tally {
+                requests: 99,
+                bad: 9
+            }
+        );
     }
 
     #[test]

@@ -76,6 +76,7 @@ fn measured(verdict: Verdict, started: Timestamp) -> Input {
     Input::Analysis {
         verdict,
         measurements: vec![Measurement {
+            evidence: None,
             metric: "error-ratio".into(),
             query: "q".into(),
             value: Some(0.0),

@@ -256,6 +256,7 @@ pub fn analysis(min_samples: u64) -> Analysis {
         name: name.into(),
         builtin: Some(b),
         query: None,
+        counts: None,
         window: zdeploy_api::Duration::from_secs(10),
         max: Some(max),
         min: None,
@@ -267,6 +268,7 @@ pub fn analysis(min_samples: u64) -> Analysis {
         failure_limit: 0,
         inconclusive_limit: 10,
         min_samples,
+        alpha: 0.01,
         metrics: vec![
             metric("error-ratio", Builtin::ErrorRatio, 0.01),
             metric("latency-p99", Builtin::LatencyP99, 0.8),

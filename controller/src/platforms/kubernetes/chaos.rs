@@ -29,9 +29,9 @@ use zdeploy_chaos::target::pools;
 use zdeploy_gateway::follow::{FAULTS_KEY, StoredFault};
 
 use super::controller::{Analyzers, Error, MetricsSource, Stats};
-use crate::analysis::Analyzer;
 use crate::analysis::prometheus::Prometheus;
 use crate::analysis::webhook::AlertInbox;
+use crate::analysis::{Analyzer, Span};
 use crate::experiment::{gateway_fault, skipped, steady_analysis, summary};
 
 /// The finalizer that removes a schedule's gateway faults before it goes.
@@ -121,9 +121,9 @@ impl ChaosContext {
         let key = format!("{ns}/{}", cs.name_any());
         let analyzer = self.analyzers.current(key, cs.metadata.generation, || {
             let (source, target) = self.metrics.source_for(&x.service, ns, pools(x.pool)[0]);
-            Analyzer::new(source, target, steady_analysis(ss), None)
+            Analyzer::new(source, target, steady_analysis(ss), None, Span::Window)
         });
-        let run = analyzer.lock().await.run(&[], age).await;
+        let run = analyzer.lock().await.run(age).await;
         Some(match run.verdict {
             Verdict::Pass => Check::Pass,
             Verdict::Fail => Check::Fail(summary(&run)),

@@ -24,7 +24,7 @@ use zdeploy_api::{ZmqService, ZmqServiceStatus};
 
 use super::render::{Rendered, render};
 use crate::analysis::promql::Target;
-use crate::analysis::{Analyzer, Source};
+use crate::analysis::{Analyzer, Source, Span};
 use crate::engine::{self, Action as EngineAction, Command, Input};
 use crate::platforms::local::api::CommandRequest;
 
@@ -160,18 +160,22 @@ impl Context {
         let key = format!("{ns}/{name}");
         let analyzer = self.analyzers.current(key, svc.metadata.generation, || {
             let (source, target) = self.metrics.source_for(&name, &ns, "canary");
-            Analyzer::new(
+            let mut analyzer = Analyzer::new(
                 source,
                 target,
                 svc.spec.strategy.canary.analysis.clone(),
                 None,
-            )
+                Span::CanaryLife,
+            );
+            // A controller that restarted carries on from the counts it recorded.
+            analyzer.resume(&status.analysis);
+            analyzer
         });
         let age: std::time::Duration = now
             .duration_since(rollout.started.0)
             .try_into()
             .unwrap_or_default();
-        let run = analyzer.lock().await.run(&[], age).await;
+        let run = analyzer.lock().await.run(age).await;
         Some(Input::Analysis {
             verdict: run.verdict,
             measurements: run.measurements,
@@ -603,7 +607,7 @@ mod tests {
         let mut make = || {
             made += 1;
             let (source, target) = MetricsSource::Scrape.source_for("echo", "trading", "canary");
-            Analyzer::new(source, target, Default::default(), None)
+            Analyzer::new(source, target, Default::default(), None, Span::CanaryLife)
         };
         let analyzers = Analyzers::default();
         let first = analyzers.current("trading/echo".into(), Some(1), &mut make);

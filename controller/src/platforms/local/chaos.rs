@@ -13,7 +13,7 @@ use zdeploy_api::chaos::{ChaosRun, ChaosSchedule, ChaosScheduleStatus, RunVerdic
 use zdeploy_api::service::Verdict;
 
 use crate::analysis::promql::Target;
-use crate::analysis::{Analyzer, Source};
+use crate::analysis::{Analyzer, Source, Span};
 use crate::experiment::{steady_analysis, summary};
 
 /// A schedule the runtime runs, with its recorded status.
@@ -83,13 +83,14 @@ impl Experiment {
                 target,
                 steady_analysis(ss),
                 None,
+                Span::Window,
             )
         });
         if let Some(a) = analyzer.as_mut() {
             a.observe().await?;
             tokio::time::sleep(Duration::from_secs(1)).await;
             // The window reaches back past the first scrape, one second ago.
-            let before = a.run(&[], Duration::from_millis(1500)).await;
+            let before = a.run(Duration::from_millis(1500)).await;
             if before.verdict != Verdict::Pass {
                 return Err(format!(
                     "not steady before the experiment: {}",
@@ -161,7 +162,7 @@ impl Experiment {
                     return Step::Wait;
                 };
                 self.next_check = now + every;
-                let during = a.run(&[], since.elapsed()).await;
+                let during = a.run(since.elapsed()).await;
                 if during.verdict == Verdict::Fail {
                     let seen = since.elapsed();
                     return Step::Done(self.run(
@@ -182,7 +183,7 @@ impl Experiment {
                     return Step::Wait;
                 }
                 self.next_check = now + every;
-                let after = a.run(&[], since.elapsed()).await;
+                let after = a.run(since.elapsed()).await;
                 if after.verdict == Verdict::Pass {
                     return Step::Done(self.run(
                         RunVerdict::Held,

@@ -22,7 +22,7 @@ use zdeploy_gateway::{Gateway, GatewayConfig, PoolConfig};
 
 use crate::analysis::promql::Target;
 use crate::analysis::webhook::AlertInbox;
-use crate::analysis::{AnalysisRun, Analyzer, Source};
+use crate::analysis::{AnalysisRun, Analyzer, Source, Span};
 use crate::engine::{self, Action, Command, Input};
 use api::{ChaosQueued, ChaosReply, ChaosRequest, CommandReply, Queued, StatusView};
 use chaos::{Experiment, Scheduled, Step};
@@ -246,6 +246,7 @@ impl Runtime {
             target,
             svc.spec.strategy.canary.analysis.clone(),
             inbox.clone(),
+            Span::CanaryLife,
         );
 
         let token = state.token().map_err(|e| format!("admin token: {e}"))?;
@@ -391,7 +392,7 @@ impl Runtime {
             return;
         };
         let started = Timestamp::now();
-        let run = self.analyzer.run(&[], since.elapsed()).await;
+        let run = self.analyzer.run(since.elapsed()).await;
         let _ = self
             .events
             .send(RuntimeEvent::Analysis(Box::new(run.clone())));
