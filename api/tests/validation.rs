@@ -106,7 +106,7 @@ fn analysis_rules_name_the_metric() {
     assert!(
         found
             .iter()
-            .any(|p| p.contains("metrics[0]: must set exactly one of builtin and query")),
+            .any(|p| p.contains("metrics[0]: must set exactly one of builtin, query and counts")),
         "{found:?}"
     );
     assert!(
@@ -196,4 +196,76 @@ fn the_zmq_container_names_the_image_of_the_revision() {
             .any(|p| p.contains("spec.zmq.container: names no container")),
         "{found:?}"
     );
+}
+
+fn with_metrics(metrics: &str) -> String {
+    MINIMAL.to_string() + "  strategy:\n    canary:\n      analysis:\n        metrics:\n" + metrics
+}
+
+#[test]
+fn a_latency_threshold_must_be_a_bucket_edge_below_the_timeout() {
+    let found = problems(&with_metrics(
+        "          - {name: p99, builtin: latencyP99, max: 0.8005}\n          - {name: p50, builtin: latencyP50, max: 2.5}\n",
+    ));
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(
+        found[0].contains("metrics[0].max: is not a bucket edge zgate can have"),
+        "{}",
+        found[0]
+    );
+    assert!(found[0].contains("whole milliseconds"), "{}", found[0]);
+    assert!(
+        found[1].contains("metrics[1].max: must be below zmq.requestTimeout (2s)"),
+        "{}",
+        found[1]
+    );
+    // Whole milliseconds below the timeout are edges zgate is given.
+    assert!(
+        problems(&with_metrics(
+            "          - {name: p99, builtin: latencyP99, max: 0.35}\n"
+        ))
+        .is_empty()
+    );
+}
+
+#[test]
+fn a_counted_rate_is_strictly_between_0_and_1_and_a_metric_has_one_source() {
+    let found = problems(&with_metrics(
+        "          - {name: e, builtin: errorRatio, max: 0}\n          - {name: c, builtin: errorRatio, counts: {errors: a, total: b}, max: 0.01}\n",
+    ));
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(
+        found[0].contains("metrics[0].max: must be a rate between 0 and 1"),
+        "{}",
+        found[0]
+    );
+    assert!(
+        found[1].contains("must set exactly one of builtin, query and counts"),
+        "{}",
+        found[1]
+    );
+    let counts = "          - name: http-5xx\n            counts:\n              errors: 'sum(increase(http_requests_total{code=~\"5..\",pool=\"{{pool}}\"}[{{interval}}]))'\n              total: 'sum(increase(http_requests_total{pool=\"{{pool}}\"}[{{interval}}]))'\n            max: 0.01\n";
+    assert!(
+        problems(&with_metrics(counts)).is_empty(),
+        "{:?}",
+        problems(&with_metrics(counts))
+    );
+}
+
+#[test]
+fn alpha_is_a_probability_the_schema_bounds() {
+    let text =
+        MINIMAL.to_string() + "  strategy:\n    canary:\n      analysis:\n        alpha: 0.9\n";
+    let found = problems(&text);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].contains("spec.strategy.canary.analysis.alpha"),
+        "{}",
+        found[0]
+    );
+    let docs = validate_str(MINIMAL).unwrap();
+    let Some(Resource::ZmqService(svc)) = &docs[0].resource else {
+        panic!("minimal manifest refused");
+    };
+    assert_eq!(svc.spec.strategy.canary.analysis.alpha, 0.01);
 }

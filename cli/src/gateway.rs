@@ -53,9 +53,13 @@ pub struct Args {
     #[arg(long)]
     admin_token_file: Option<PathBuf>,
     /// Take weights from this ConfigMap (NAMESPACE/NAME, key weights.json) through the
-    /// Kubernetes API, before serving and every 250 ms after.
+    /// Kubernetes API: read before serving, then watched.
     #[arg(long)]
     weights_configmap: Option<String>,
+    /// Add a latency bucket edge (repeatable), e.g. 800ms: a latency gate is judged on the
+    /// count of requests slower than its threshold, which needs an edge there.
+    #[arg(long = "latency-edge")]
+    latency_edges: Vec<Duration>,
 }
 
 impl Args {
@@ -80,6 +84,7 @@ impl Args {
         };
         config.hwm = self.hwm;
         config.heartbeat = self.heartbeat;
+        config.latency_edges = self.latency_edges.iter().map(|d| d.get()).collect();
         config.metrics = self.metrics;
         config.admin = self.admin;
         if let Some(f) = &self.admin_token_file {

@@ -12,7 +12,7 @@ const HARD: &str = "a,b \"quoted\" {braces} back\\slash";
 
 #[test]
 fn prometheus_client_output_from_zgate() {
-    let m = GatewayMetrics::new(HARD, &["stable".into(), "canary".into()]);
+    let m = GatewayMetrics::new(HARD, &["stable".into(), "canary".into()], &[]);
     m.pools[1].count(Outcome::Error, 0.3);
     m.pools[1].count(Outcome::Ok, 0.001);
     let e = parse(&m.encode()).expect("zgate's output parses");

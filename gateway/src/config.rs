@@ -42,6 +42,9 @@ pub struct GatewayConfig {
     pub admin: Option<SocketAddr>,
     /// Bearer token the admin API requires; mandatory when `admin` is not loopback.
     pub admin_token: Option<String>,
+    /// Latency bucket edges beyond the defaults: the analysis' latency thresholds, whose
+    /// slower requests are counted.
+    pub latency_edges: Vec<std::time::Duration>,
 }
 
 /// A gateway configuration that cannot work.
@@ -140,6 +143,7 @@ impl GatewayConfig {
             metrics: None,
             admin: None,
             admin_token: None,
+            latency_edges: Vec::new(),
         }
     }
 

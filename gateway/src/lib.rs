@@ -97,7 +97,11 @@ impl Gateway {
                     .collect(),
             },
         ));
-        let metrics = Arc::new(GatewayMetrics::new(&config.service, &pools));
+        let metrics = Arc::new(GatewayMetrics::new(
+            &config.service,
+            &pools,
+            &config.latency_edges,
+        ));
         let (plane, frontend) = DataPlane::bind(&config, control.clone(), metrics.clone())
             .map_err(|e| GatewayError::Zmq(e, config.frontend.clone()))?;
         let data_plane = std::thread::Builder::new()

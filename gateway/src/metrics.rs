@@ -4,10 +4,11 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
@@ -45,30 +46,58 @@ impl Outcome {
     }
 }
 
-/// Upper bounds of the latency buckets, in seconds (800 ms is the default p99 gate).
+/// Upper bounds of the latency buckets, in seconds (800 ms is the default p99 gate). The
+/// latency thresholds of a service's analysis are added to these: a gate is judged on the
+/// count of requests slower than its threshold, which only a bucket edge there gives.
 const LATENCY_BOUNDS: [f64; 15] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.8, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// The default bucket edges plus `extra`, sorted, each once.
+pub fn latency_bounds(extra: &[Duration]) -> Arc<[f64]> {
+    let mut bounds: Vec<f64> = LATENCY_BOUNDS
+        .iter()
+        .copied()
+        .chain(extra.iter().map(Duration::as_secs_f64))
+        .collect();
+    bounds.sort_by(f64::total_cmp);
+    bounds.dedup_by(|a, b| (*a - *b).abs() < 1e-12);
+    bounds.into()
+}
+
 /// A latency histogram with one writer, the data plane: it updates buckets with plain
 /// relaxed loads and stores (no lock, no locked instruction) while `/metrics` reads them.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct LatencyHistogram {
     inner: Arc<HistogramCells>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct HistogramCells {
+    /// Upper bounds, sorted; +Inf is implied.
+    bounds: Arc<[f64]>,
     /// Per-bucket counts; the last one is +Inf.
-    buckets: [AtomicU64; LATENCY_BOUNDS.len() + 1],
+    buckets: Box<[AtomicU64]>,
     sum_bits: AtomicU64,
 }
 
 impl LatencyHistogram {
+    /// An empty histogram with these (sorted) bucket bounds.
+    pub fn new(bounds: Arc<[f64]>) -> Self {
+        let buckets = (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect();
+        Self {
+            inner: Arc::new(HistogramCells {
+                bounds,
+                buckets,
+                sum_bits: AtomicU64::new(0),
+            }),
+        }
+    }
+
     /// Records one observation. Only the data plane thread may call this.
     pub fn observe(&self, seconds: f64) {
         let c = &self.inner;
-        let i = LATENCY_BOUNDS.partition_point(|b| *b < seconds);
+        let i = c.bounds.partition_point(|b| *b < seconds);
         let bucket = &c.buckets[i];
         bucket.store(bucket.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         let sum = f64::from_bits(c.sum_bits.load(Ordering::Relaxed)) + seconds;
@@ -83,7 +112,8 @@ impl TypedMetric for LatencyHistogram {
 impl EncodeMetric for LatencyHistogram {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
         let c = &self.inner;
-        let buckets: Vec<(f64, u64)> = LATENCY_BOUNDS
+        let buckets: Vec<(f64, u64)> = c
+            .bounds
             .iter()
             .copied()
             .chain([f64::INFINITY])
@@ -97,6 +127,16 @@ impl EncodeMetric for LatencyHistogram {
 
     fn metric_type(&self) -> MetricType {
         MetricType::Histogram
+    }
+}
+
+/// Makes each pool's histogram with the gateway's bucket bounds.
+#[derive(Clone, Debug)]
+struct Buckets(Arc<[f64]>);
+
+impl MetricConstructor<LatencyHistogram> for Buckets {
+    fn new_metric(&self) -> LatencyHistogram {
+        LatencyHistogram::new(self.0.clone())
     }
 }
 
@@ -162,12 +202,15 @@ pub struct GatewayMetrics {
 }
 
 impl GatewayMetrics {
-    /// Registers every series for `service` and `pools`, all at 0.
-    pub fn new(service: &str, pools: &[String]) -> Self {
+    /// Registers every series for `service` and `pools`, all at 0, with latency bucket
+    /// edges at the defaults and at `latency_edges`.
+    pub fn new(service: &str, pools: &[String], latency_edges: &[Duration]) -> Self {
+        let bounds = latency_bounds(latency_edges);
         let labels = [(Cow::Borrowed("service"), Cow::Owned(service.to_string()))];
         let mut registry = Registry::with_prefix_and_labels("zgate", labels.into_iter());
         let requests = Family::<OutcomeLabels, Counter>::default();
-        let latency = Family::<PoolLabels, LatencyHistogram>::default();
+        let latency =
+            Family::<PoolLabels, LatencyHistogram, Buckets>::new_with_constructor(Buckets(bounds));
         let in_flight = Family::<PoolLabels, Gauge>::default();
         let weight = Family::<PoolLabels, Gauge>::default();
         let live = Family::<PoolLabels, Gauge>::default();
@@ -268,7 +311,7 @@ mod tests {
 
     #[test]
     fn every_series_exists_at_zero() {
-        let m = GatewayMetrics::new("echo", &["stable".into(), "canary".into()]);
+        let m = GatewayMetrics::new("echo", &["stable".into(), "canary".into()], &[]);
         let text = m.encode();
         for pool in ["stable", "canary"] {
             for o in Outcome::ALL {
@@ -287,8 +330,8 @@ mod tests {
 
     #[test]
     fn latency_histogram_counts_into_the_right_buckets() {
-        let m = GatewayMetrics::new("echo", &["stable".into()]);
-        for s in [0.0001, 0.0009, 0.7, 0.9, 20.0] {
+        let m = GatewayMetrics::new("echo", &["stable".into()], &[Duration::from_millis(300)]);
+        for s in [0.0001, 0.0009, 0.3, 0.7, 0.9, 20.0] {
             m.pools[0].latency.observe(s);
         }
         let text = m.encode();
@@ -297,13 +340,17 @@ mod tests {
                 "zgate_request_duration_seconds_bucket{{service=\"echo\",le=\"{le}\",pool=\"stable\"}}"
             )
         };
+        // 0.3 is the edge asked for: an observation at the edge counts as at or below it.
         for (le, n) in [
             ("0.0005", 1),
             ("0.001", 2),
-            ("0.8", 3),
-            ("1.0", 4),
-            ("10.0", 4),
-            ("+Inf", 5),
+            ("0.25", 2),
+            ("0.3", 3),
+            ("0.5", 3),
+            ("0.8", 4),
+            ("1.0", 5),
+            ("10.0", 5),
+            ("+Inf", 6),
         ] {
             assert!(
                 text.contains(&format!("{} {n}", line(le))),
@@ -312,7 +359,7 @@ mod tests {
         }
         assert!(
             text.contains(
-                "zgate_request_duration_seconds_count{service=\"echo\",pool=\"stable\"} 5"
+                "zgate_request_duration_seconds_count{service=\"echo\",pool=\"stable\"} 6"
             )
         );
     }

@@ -200,6 +200,7 @@ impl Target {
         let metrics = Arc::new(GatewayMetrics::new(
             service,
             &["stable".into(), "canary".into()],
+            &[],
         ));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();

@@ -381,7 +381,7 @@ fn render_gateway(
         ..Default::default()
     });
     let endpoint = |p: &str| format!("tcp://{name}-{p}.{ns}.svc.cluster.local:{port}");
-    let args = vec![
+    let mut args = vec![
         "gateway".to_string(),
         "--service".into(),
         name.to_string(),
@@ -399,6 +399,11 @@ fn render_gateway(
         "--metrics".into(),
         format!("0.0.0.0:{METRICS_PORT}"),
     ];
+    // Latency gates count the requests slower than their thresholds: edges there.
+    for edge in svc.spec.latency_edges() {
+        args.push("--latency-edge".into());
+        args.push(zdeploy_api::Duration::from(edge).to_string());
+    }
     let container = Container {
         name: "zgate".into(),
         image: Some(ZGATE_IMAGE.into()),

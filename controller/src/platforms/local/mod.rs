@@ -34,8 +34,10 @@ use zdeploy_gateway::control::ActiveFault;
 
 /// How often the engine is given the time.
 const TICK: Duration = Duration::from_millis(100);
-/// How often the embedded scrape samples zgate between analyses.
-const SCRAPE_EVERY: Duration = Duration::from_millis(250);
+/// How often the embedded scrape samples zgate between analyses. Every scrape is also a
+/// look for the sequential tests (valid at any number of looks): a breach they already
+/// show is judged at once instead of at the next interval.
+const SCRAPE_EVERY: Duration = Duration::from_millis(50);
 /// How often chaos schedules are planned and a running experiment advanced.
 const CHAOS_EVERY: Duration = Duration::from_millis(100);
 
@@ -178,6 +180,7 @@ impl Runtime {
                 },
             ],
         );
+        gw.latency_edges = svc.spec.latency_edges();
         // A restarted runtime never sends more to the canary than the recorded weight.
         let w = status.canary_weight;
         gw.weights = [
@@ -241,13 +244,17 @@ impl Runtime {
             namespace: None,
             pool: "canary".into(),
         };
-        let analyzer = Analyzer::new(
+        let mut analyzer = Analyzer::new(
             source,
             target,
             svc.spec.strategy.canary.analysis.clone(),
             inbox.clone(),
             Span::CanaryLife,
         );
+        if canary_since.is_some() {
+            // zgate starts again from zero: the canary's counts so far are in the status.
+            analyzer.resume(&status.analysis);
+        }
 
         let token = state.token().map_err(|e| format!("admin token: {e}"))?;
         let (cmd_tx, commands) = mpsc::channel(16);
@@ -365,6 +372,10 @@ impl Runtime {
                     if let Err(e) = self.analyzer.observe().await {
                         tracing::warn!("{e}");
                     }
+                    let age = self.canary_since.map(|t| t.elapsed()).unwrap_or_default();
+                    if self.status.rollout.is_some() && self.analyzer.breach(age) {
+                        self.analyse().await;
+                    }
                 }
                 _ = analysis.tick(), if self.status.rollout.is_some() => self.analyse().await,
                 _ = notified => self.analyse().await,
@@ -449,6 +460,7 @@ impl Runtime {
                     .map_err(|e| format!("canary did not start: {e}"))?;
                 wait_live(&self.gateway, "canary", self.local.replicas as usize).await?;
                 self.canary_since = Some(Instant::now());
+                self.analyzer.new_canary();
                 self.note(format!(
                     "canary {revision} running on {}",
                     self.canary.endpoints().join(", ")
