@@ -355,3 +355,82 @@ async fn a_canary_younger_than_the_shortest_window_is_not_judged_on_older_data()
         reasons(&run)
     );
 }
+
+fn scraping(target: &Target) -> Analyzer {
+    Analyzer::new(
+        Source::scrape(&format!("http://{}/metrics", target.addr)),
+        canary("echo"),
+        analysis(20),
+        None,
+        Span::CanaryLife,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_recomputes_the_verdict_from_the_recorded_counts_and_counts_on() {
+    // Before the restart: a canary failing a fifth of its requests is failed, with counts.
+    let before = Target::start("echo").await;
+    let load = before.traffic(1, 40, 10, 0.002);
+    let mut a = scraping(&before);
+    a.observe().await.unwrap();
+    let failed = until(&mut a, Verdict::Fail, Duration::from_secs(10)).await;
+    assert_eq!(failed.verdict, Verdict::Fail, "{}", reasons(&failed));
+    let recorded = failed.measurements[0].evidence.clone().expect("counted");
+    load.abort();
+    drop(before);
+
+    // After: zgate's counters start from zero. The recorded counts alone give the same
+    // verdict and the same evidence...
+    let after = Target::start("echo").await;
+    let mut b = scraping(&after);
+    b.resume(&failed.measurements);
+    let again = b.run(AGE).await;
+    assert_eq!(again.verdict, Verdict::Fail, "{}", reasons(&again));
+    let e = again.measurements[0].evidence.clone().unwrap();
+    assert_eq!((e.canary, e.evidence), (recorded.canary, recorded.evidence));
+    // ...and new requests add to them.
+    let _more = after.traffic(1, 50, 0, 0.002);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let on = b.run(AGE).await;
+    let e = on.measurements[0].evidence.clone().unwrap();
+    assert!(
+        e.canary.requests > recorded.canary.requests,
+        "{e:?} after {recorded:?}"
+    );
+    assert_eq!(e.canary.bad, recorded.canary.bad);
+    // A new canary starts from zero.
+    b.new_canary();
+    let started = Instant::now();
+    b.observe().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let fresh = b.run(started.elapsed()).await;
+    let e = fresh.measurements[0]
+        .evidence
+        .clone()
+        .unwrap_or_else(|| panic!("{}", reasons(&fresh)));
+    assert!(e.canary.requests < recorded.canary.requests, "{e:?}");
+    assert_eq!(e.canary.bad, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_embedded_scrape_sees_a_breach_between_intervals() {
+    let target = Target::start("echo").await;
+    let mut a = scraping(&target);
+    a.observe().await.unwrap();
+    assert!(!a.breach(AGE), "no traffic is no breach");
+    let _load = target.traffic(1, 8, 2, 0.002);
+    let start = Instant::now();
+    loop {
+        a.observe().await.unwrap();
+        if a.breach(AGE) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "never saw the breach"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let run = a.run(AGE).await;
+    assert_eq!(run.verdict, Verdict::Fail, "{}", reasons(&run));
+}

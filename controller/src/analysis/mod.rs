@@ -153,6 +153,9 @@ impl Analyzer {
     /// Forgets counts carried from before a restart: a new canary starts from zero.
     pub fn new_canary(&mut self) {
         self.carried.clear();
+        if let Source::Scrape { history, .. } = &mut self.source {
+            history.forget_baseline();
+        }
     }
 
     /// Takes a scrape for the embedded source (a no-op for Prometheus); call it often.
@@ -187,8 +190,9 @@ impl Analyzer {
             .filter(|m| needs_counts(m))
             .cloned()
             .collect();
+        let asked = Instant::now();
         metrics.iter().any(|m| {
-            let (_, reading) = self.scraped(m, canary_age);
+            let (_, reading) = self.scraped(m, canary_age, asked);
             judge(m, &self.spec, &reading).verdict == Verdict::Fail
         })
     }
@@ -196,6 +200,8 @@ impl Analyzer {
     /// Analyses every metric; `canary_age` is how long the canary has taken traffic, which
     /// bounds every span so an older canary's traffic never counts against this one.
     pub async fn run(&mut self, canary_age: Duration) -> AnalysisRun {
+        // The canary's start is `canary_age` before now, not before the scrape below ends.
+        let asked = Instant::now();
         let mut measurements = Vec::new();
         if matches!(self.source, Source::Scrape { .. })
             && let Err(e) = self.observe().await
@@ -204,7 +210,7 @@ impl Analyzer {
         }
         let metrics = self.spec.metrics.clone();
         for m in &metrics {
-            measurements.push(self.measure(m, canary_age).await);
+            measurements.push(self.measure(m, canary_age, asked).await);
         }
         measurements.extend(self.alerts().await);
         AnalysisRun {
@@ -222,10 +228,11 @@ impl Analyzer {
     }
 
     /// A metric's reading from the scrapes taken so far, counts carried over a restart
-    /// included; and the description of what was measured.
-    fn scraped(&mut self, m: &Metric, canary_age: Duration) -> (String, Reading) {
+    /// included; and the description of what was measured. `asked` is when the canary
+    /// was `canary_age` old.
+    fn scraped(&mut self, m: &Metric, canary_age: Duration, asked: Instant) -> (String, Reading) {
         let range = self.range(m, canary_age);
-        let since = Instant::now() - range;
+        let since = asked - range;
         let from = match self.span {
             Span::CanaryLife => From::Pinned(since),
             Span::Window => From::Window(since),
@@ -274,9 +281,9 @@ impl Analyzer {
         )
     }
 
-    async fn measure(&mut self, m: &Metric, canary_age: Duration) -> Measurement {
+    async fn measure(&mut self, m: &Metric, canary_age: Duration, asked: Instant) -> Measurement {
         if matches!(self.source, Source::Scrape { .. }) {
-            let (query, reading) = self.scraped(m, canary_age);
+            let (query, reading) = self.scraped(m, canary_age, asked);
             return record(m, query, &reading, &self.spec);
         }
         let range = zdeploy_api::Duration::from(Duration::from_secs(

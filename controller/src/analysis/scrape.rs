@@ -14,8 +14,14 @@ use super::promql::Target;
 #[derive(Debug, Default)]
 pub struct ScrapeHistory {
     scrapes: VecDeque<(Instant, Exposition)>,
+    /// The canary's start it was pinned for, and the scrape.
     baseline: Option<(Instant, Exposition)>,
 }
+
+/// A canary start this much later than the pinned one is a new canary. Callers derive the
+/// start from an age measured a moment before, so the same canary's start jitters by the
+/// time a scrape takes; a new canary starts seconds after the last one at the earliest.
+const NEW_CANARY_AFTER: Duration = Duration::from_secs(1);
 
 /// What the scrapes say of one metric of one pool: its value and, when the metric is a
 /// rate, its counts.
@@ -41,12 +47,24 @@ impl ScrapeHistory {
         }
     }
 
+    /// Drops the pinned first scrape: the next canary pins its own.
+    pub fn forget_baseline(&mut self) {
+        self.baseline = None;
+    }
+
     /// The first scrape taken at or after `since` (the canary's start), pinned so that the
     /// counts since then survive the history's trimming.
     fn pinned(&mut self, since: Instant) -> Option<&Exposition> {
-        let stale = self.baseline.as_ref().is_none_or(|(t, _)| *t < since);
+        let stale = self
+            .baseline
+            .as_ref()
+            .is_none_or(|(pinned_for, _)| since > *pinned_for + NEW_CANARY_AFTER);
         if stale {
-            self.baseline = self.scrapes.iter().find(|(t, _)| *t >= since).cloned();
+            self.baseline = self
+                .scrapes
+                .iter()
+                .find(|(t, _)| *t >= since)
+                .map(|(_, e)| (since, e.clone()));
         }
         self.baseline.as_ref().map(|(_, e)| e)
     }
