@@ -28,8 +28,11 @@ fn kubernetes_validate(yaml: &str, version: &str) {
         bin.exists(),
         "kubernetes-validate is missing: run ./tests/run"
     );
+    // Tests run in parallel: each call writes a file of its own.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let file = std::env::temp_dir().join(format!(
-        "zdeploy-render-{}-{version}.yaml",
+        "zdeploy-render-{}-{call}-{version}.yaml",
         std::process::id()
     ));
     std::fs::write(&file, yaml).unwrap();

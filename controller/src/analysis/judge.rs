@@ -176,7 +176,7 @@ pub fn judge(metric: &Metric, analysis: &Analysis, r: &Reading) -> Judged {
     for check in checks.iter().copied().filter(|c| c.counted()) {
         let Some(canary) = r.canary.filter(|c| c.requests > 0) else {
             return inconclusive(
-                "no canary requests counted yet (no traffic, or no series for this service and pool)"
+                "no requests counted yet (no traffic, or no series for this service and pool)"
                     .into(),
             );
         };
@@ -226,7 +226,7 @@ pub fn judge(metric: &Metric, analysis: &Analysis, r: &Reading) -> Judged {
         };
         if e >= threshold {
             failures.push(format!(
-                "evidence {} >= {} that the canary is {words}: {} canary requests (95% CI {}-{})",
+                "evidence {} >= {} of a rate {words}: {} requests (95% CI {}-{})",
                 number(e),
                 number(threshold),
                 describe(canary, &bad_word),
@@ -256,7 +256,7 @@ pub fn judge(metric: &Metric, analysis: &Analysis, r: &Reading) -> Judged {
         return Judged::new(
             Verdict::Inconclusive,
             format!(
-                "only {:.0} canary requests, {need} needed to pass{shown}",
+                "only {:.0} requests, {need} needed to pass{shown}",
                 r.samples
             ),
             evidence,
@@ -304,7 +304,7 @@ pub fn judge(metric: &Metric, analysis: &Analysis, r: &Reading) -> Judged {
     }
     let reason = match &evidence {
         Some(e) => format!(
-            "within bounds: {} canary requests (95% CI {}-{}), evidence {} < {}",
+            "within bounds: {} requests (95% CI {}-{}), evidence {} < {}",
             describe(e.canary, &bad_word),
             percent(e.interval[0]),
             percent(e.interval[1]),

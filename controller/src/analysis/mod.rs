@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use zdeploy_api::service::{Analysis, Builtin, Measurement, Metric, Tally, Verdict};
 
-use judge::{Judged, Reading, judge, needs_counts, overall};
+use judge::{Judged, Reading, judge, needs_counts, needs_stable_counts, overall};
 use prometheus::Prometheus;
 use promql::Target;
 use scrape::{From, ScrapeHistory};
@@ -175,10 +175,11 @@ impl Analyzer {
         Ok(())
     }
 
-    /// Whether the scrapes taken so far already show a count-judged metric failing: the
-    /// tests are valid at every look, so the driver may ask after every scrape and run the
-    /// full analysis at once instead of waiting for the interval. Always false for
-    /// Prometheus, whose counters are judged every interval.
+    /// Whether the scrapes taken so far already show a count-judged bound (`max`, `min`)
+    /// broken: the tests are valid at every look, so the driver may ask after every scrape
+    /// and run the full analysis at once instead of waiting for the interval. Comparisons
+    /// with stable wait for the interval: they weigh moderate differences, where a few
+    /// seconds change nothing. Always false for Prometheus, judged every interval.
     pub fn breach(&mut self, canary_age: Duration) -> bool {
         if !matches!(self.source, Source::Scrape { .. }) {
             return false;
@@ -187,7 +188,7 @@ impl Analyzer {
             .spec
             .metrics
             .iter()
-            .filter(|m| needs_counts(m))
+            .filter(|m| needs_counts(m) && !needs_stable_counts(m))
             .cloned()
             .collect();
         let asked = Instant::now();

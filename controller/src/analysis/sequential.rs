@@ -7,11 +7,13 @@
 //!
 //! Why these tests:
 //! - One sample (`max`, `min`): the likelihood ratio of the counts against the bound p0,
-//!   mixed over a uniform prior on the alternative side. Against p0 it is a martingale;
-//!   against any rate on the null side it is a supermartingale (each request's factor has
-//!   expectation below 1), so the null may be composite. The uniform prior puts weight on
-//!   large rates, so a canary failing 20% of requests is caught in about a dozen of them.
-//!   The mixture has a closed form through the incomplete beta function.
+//!   mixed over a prior on the alternative side. Against p0 it is a martingale; against
+//!   any rate on the null side it is a supermartingale (each request's factor has
+//!   expectation below 1), so the null may be composite. Above a bound the prior's
+//!   density falls as p^-3/4: about as much weight on a canary failing 20% of requests as
+//!   a uniform prior (caught in about fifteen of them), seven times more near 2% (caught
+//!   in a few thousand requests rather than tens of thousands). Below a bound (`min`) it is
+//!   uniform. Both mixtures have closed forms through the incomplete beta function.
 //! - Two samples (`relative`, canary against stable): the numerator mixes both pools' rates
 //!   over uniform priors (a product of two beta functions); the denominator is the
 //!   likelihood maximised over the whole null (canary at most stable + margin, or stable x
@@ -22,6 +24,9 @@
 //!   every error, which counters do not keep.
 
 use super::special::{ln_beta, ln_beta_lower, ln_beta_upper};
+
+/// The prior above a bound has density proportional to p^-PRIOR_DECAY.
+const PRIOR_DECAY: f64 = 0.75;
 use zdeploy_api::service::Tally;
 
 /// Which side of the bound the canary's rate must stay on.
@@ -81,7 +86,10 @@ pub fn ln_evidence(t: Tally, bound: Bound) -> f64 {
             if p0 >= 1.0 {
                 return f64::NEG_INFINITY;
             }
-            ln_beta_upper(p0, a, b) - (1.0 - p0).ln() - ln_likelihood(t, p0)
+            // ∫_p0^1 p^-c dp = (1 - p0^(1-c)) / (1-c) normalises the prior.
+            let c = PRIOR_DECAY;
+            let norm = ((1.0 - p0.powf(1.0 - c)) / (1.0 - c)).ln();
+            ln_beta_upper(p0, a - c, b) - norm - ln_likelihood(t, p0)
         }
         Bound::AtLeast(p0) => {
             let p0 = p0.clamp(0.0, 1.0);

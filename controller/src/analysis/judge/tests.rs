@@ -64,8 +64,7 @@ fn few_requests_without_evidence_are_inconclusive() {
     let j = judge(&m, &analysis(vec![m.clone()], 100), &counted(30, 1));
     assert_eq!(j.verdict, Verdict::Inconclusive, "{}", j.reason);
     assert!(
-        j.reason
-            .contains("only 30 canary requests, 100 needed to pass"),
+        j.reason.contains("only 30 requests, 100 needed to pass"),
         "{}",
         j.reason
     );

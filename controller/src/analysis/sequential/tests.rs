@@ -25,7 +25,9 @@ fn one_sample_evidence_is_the_mixture_it_claims_to_be() {
     for (n, k, p0) in [(30, 6, 0.01), (100, 1, 0.01), (200, 9, 0.05), (50, 0, 0.02)] {
         let t = tally(n, k);
         let lr = |p: f64| (p / p0).powi(k as i32) * ((1.0 - p) / (1.0 - p0)).powi((n - k) as i32);
-        let above = integrate(lr, p0, 1.0) / (1.0 - p0);
+        let c = 0.75;
+        let norm = (1.0 - p0.powf(1.0 - c)) / (1.0 - c);
+        let above = integrate(|p| lr(p) * p.powf(-c), p0, 1.0) / norm;
         let below = integrate(lr, 0.0, p0) / p0;
         let e = ln_evidence(t, Bound::AtMost(p0)).exp();
         assert!(

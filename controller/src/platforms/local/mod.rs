@@ -37,7 +37,7 @@ const TICK: Duration = Duration::from_millis(100);
 /// How often the embedded scrape samples zgate between analyses. Every scrape is also a
 /// look for the sequential tests (valid at any number of looks): a breach they already
 /// show is judged at once instead of at the next interval.
-const SCRAPE_EVERY: Duration = Duration::from_millis(50);
+pub const SCRAPE_EVERY: Duration = Duration::from_millis(25);
 /// How often chaos schedules are planned and a running experiment advanced.
 const CHAOS_EVERY: Duration = Duration::from_millis(100);
 
