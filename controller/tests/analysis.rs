@@ -432,3 +432,48 @@ async fn the_embedded_scrape_sees_a_breach_between_intervals() {
     let run = a.run(AGE).await;
     assert_eq!(run.verdict, Verdict::Fail, "{}", reasons(&run));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prometheus_counts_latency_above_the_bucket_edge_and_custom_counts() {
+    let target = Target::start("echo").await;
+    // Every canary request takes a second: all of them are slower than 800 ms.
+    let _slow = target.traffic(1, 30, 0, 1.0);
+    let _stable = target.traffic(0, 30, 0, 0.002);
+    let prom = Prometheus::start(&target.addr, None, None).await;
+    let mut spec = analysis(10);
+    // A counts metric over the same counters, as a service's own HTTP metrics would be.
+    let mut own = spec.metrics[0].clone();
+    own.name = "own-5xx".into();
+    own.builtin = None;
+    own.counts = Some(zdeploy_api::service::CountQueries {
+        errors: "sum(increase(zgate_requests_total{service=\"{{service}}\",pool=\"{{pool}}\",outcome=\"error\"}[{{interval}}]))".into(),
+        total: "sum(increase(zgate_requests_total{service=\"{{service}}\",pool=\"{{pool}}\"}[{{interval}}]))".into(),
+    });
+    spec.metrics.push(own);
+    let mut a = on_prometheus(&prom, "echo", spec);
+    let run = until(&mut a, Verdict::Fail, Duration::from_secs(20)).await;
+    assert_eq!(run.verdict, Verdict::Fail, "{}", reasons(&run));
+    let latency = &run.measurements[1];
+    assert_eq!(latency.verdict, Verdict::Fail, "{}", reasons(&run));
+    assert!(
+        latency.reason.contains("slower than 0.8s"),
+        "{}",
+        latency.reason
+    );
+    let e = latency.evidence.as_ref().unwrap();
+    assert_eq!(e.canary.bad, e.canary.requests, "{e:?}");
+    assert!(
+        latency.query.contains("sum by (le) (increase("),
+        "{}",
+        latency.query
+    );
+    // No errors: the counts metric passes on the same traffic, with its counts shown.
+    let own = &run.measurements[2];
+    assert_eq!(own.verdict, Verdict::Pass, "{}", reasons(&run));
+    assert!(own.evidence.as_ref().unwrap().canary.requests >= 10);
+    assert!(
+        own.query.contains("outcome=\"error\"}[1h]"),
+        "{}",
+        own.query
+    );
+}

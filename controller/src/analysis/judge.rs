@@ -136,7 +136,12 @@ fn describe(t: Tally, what: &str) -> String {
     } else {
         t.bad as f64 / t.requests as f64
     };
-    format!("{} {what} of {} ({})", t.bad, t.requests, percent(rate))
+    format!(
+        "{} {what} of {} requests ({})",
+        t.bad,
+        t.requests,
+        percent(rate)
+    )
 }
 
 fn share_of(bound: Bound) -> f64 {
@@ -226,7 +231,7 @@ pub fn judge(metric: &Metric, analysis: &Analysis, r: &Reading) -> Judged {
         };
         if e >= threshold {
             failures.push(format!(
-                "evidence {} >= {} of a rate {words}: {} requests (95% CI {}-{})",
+                "evidence {} >= {} of a rate {words}: {}, 95% CI {}-{}",
                 number(e),
                 number(threshold),
                 describe(canary, &bad_word),
@@ -304,7 +309,7 @@ pub fn judge(metric: &Metric, analysis: &Analysis, r: &Reading) -> Judged {
     }
     let reason = match &evidence {
         Some(e) => format!(
-            "within bounds: {} requests (95% CI {}-{}), evidence {} < {}",
+            "within bounds: {}, 95% CI {}-{}, evidence {} < {}",
             describe(e.canary, &bad_word),
             percent(e.interval[0]),
             percent(e.interval[1]),

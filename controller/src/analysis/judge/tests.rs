@@ -129,7 +129,11 @@ fn relative_checks_compare_with_stable_and_wait_for_it() {
     });
     let j = judge(&m, &a, &r);
     assert_eq!(j.verdict, Verdict::Fail, "{}", j.reason);
-    assert!(j.reason.contains("stable's 40 bad of 9000"), "{}", j.reason);
+    assert!(
+        j.reason.contains("stable's 40 bad of 9000 requests"),
+        "{}",
+        j.reason
+    );
     // Stable without traffic: inconclusive, never a pass or a failure.
     let mut r = counted(400, 1);
     r.stable = Some(Tally::default());
