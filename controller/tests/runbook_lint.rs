@@ -145,8 +145,8 @@ fn a_runbook_listing_an_unknown_alert_is_reported() {
     edit(
         &d.0,
         "runbooks/rollout-stuck.md",
-        "version: 1.0.0",
         "version: 1.1.0",
+        "version: 1.2.0",
     );
     let m = messages(&d.0);
     assert_eq!(
