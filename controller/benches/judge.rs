@@ -119,13 +119,19 @@ impl Events {
     }
 }
 
+/// A pool's counts since the canary started.
+#[derive(Clone, Copy, Default)]
+struct Counts {
+    requests: u64,
+    errors: u64,
+    slow: u64,
+}
+
 /// One pool's traffic and counts.
 struct Pool {
     errors: Events,
     slow: Events,
-    requests: u64,
-    bad: u64,
-    slower: u64,
+    counts: Counts,
 }
 
 impl Pool {
@@ -133,20 +139,13 @@ impl Pool {
         Self {
             errors: Events::new(r.errors, rng),
             slow: Events::new(r.slow, rng),
-            requests: 0,
-            bad: 0,
-            slower: 0,
+            counts: Counts::default(),
         }
     }
 }
 
 /// One interval's counts of one pool.
-#[derive(Clone, Copy, Default)]
-struct Slice {
-    requests: u64,
-    errors: u64,
-    slow: u64,
-}
+type Slice = Counts;
 
 fn ratio(k: u64, n: u64) -> f64 {
     if n == 0 {
@@ -286,8 +285,8 @@ fn mann_whitney(analysis: &Analysis, life: &[(Slice, Slice)], now: Timestamp) ->
 /// zdeploy's judge on the counts since the canary started.
 fn sequential(
     analysis: &Analysis,
-    canary: &Pool,
-    stable: &Pool,
+    canary: Counts,
+    stable: Counts,
     now: Timestamp,
 ) -> Vec<Measurement> {
     analysis
@@ -295,9 +294,9 @@ fn sequential(
         .iter()
         .map(|m| {
             let is_latency = m.latency_edge().is_some();
-            let tally = |p: &Pool| Tally {
-                requests: p.requests,
-                bad: if is_latency { p.slower } else { p.bad },
+            let tally = |c: Counts| Tally {
+                requests: c.requests,
+                bad: if is_latency { c.slow } else { c.errors },
             };
             let reading = Reading {
                 value: None,
@@ -330,6 +329,15 @@ fn fast_bounds(analysis: &Analysis) -> Vec<(usize, Bound, bool)> {
             Some((i, bound, latency))
         })
         .collect()
+}
+
+/// The engine's input for an analysis that ended at `now`.
+fn analysed(measurements: Vec<Measurement>, now: Timestamp) -> Input {
+    Input::Analysis {
+        verdict: overall(measurements.iter().map(|m| m.verdict)),
+        measurements,
+        started: now,
+    }
 }
 
 fn at(t0: Timestamp, d: Duration) -> Timestamp {
@@ -366,7 +374,7 @@ fn rollout(spec: &ZmqServiceSpec, who: Judge, cell: &Cell, seed: u64) -> Ending 
     let mut final_pause_since: Option<Timestamp> = None;
     let mut elapsed = Duration::ZERO;
     let mut events = Vec::new();
-    let ending = |status: &ZmqServiceStatus, canary: &Pool| Ending {
+    let ending = |status: &ZmqServiceStatus, canary: Counts| Ending {
         rolled_back: status
             .history
             .first()
@@ -376,14 +384,14 @@ fn rollout(spec: &ZmqServiceSpec, who: Judge, cell: &Cell, seed: u64) -> Ending 
             .first()
             .is_some_and(|h| h.outcome == zdeploy_api::service::Outcome::Promoted),
         canary_requests: canary.requests,
-        canary_bad: canary.bad + canary.slower,
+        canary_bad: canary.errors + canary.slow,
     };
     while status.rollout.is_some() && elapsed < CAP {
         let start = at(t0, elapsed);
         let w = f64::from(status.canary_weight.percent()) / 100.0;
         let n_c = (per_interval as f64 * w).round() as u64;
         let n_s = per_interval - n_c;
-        let (c0, s0) = (canary.requests, stable.requests);
+        let (c0, s0) = (canary.counts.requests, stable.counts.requests);
         // Stable's traffic for the whole interval.
         events.clear();
         stable.errors.take(s0 + n_s, &mut rng, &mut events);
@@ -412,8 +420,8 @@ fn rollout(spec: &ZmqServiceSpec, who: Judge, cell: &Cell, seed: u64) -> Ending 
                 }
                 last_look = Some(look);
                 let end = (c0 + (look + 1) * per_look).min(c0 + n_c);
-                let k_err = canary.bad + err_at.partition_point(|p| *p < end) as u64;
-                let k_slow = canary.slower + slow_at.partition_point(|p| *p < end) as u64;
+                let k_err = canary.counts.errors + err_at.partition_point(|p| *p < end) as u64;
+                let k_slow = canary.counts.slow + slow_at.partition_point(|p| *p < end) as u64;
                 let broken = fast.iter().any(|(i, bound, latency)| {
                     let t = Tally {
                         requests: end,
@@ -437,33 +445,20 @@ fn rollout(spec: &ZmqServiceSpec, who: Judge, cell: &Cell, seed: u64) -> Ending 
             }
         }
         if let Some((look, end, k_err, k_slow)) = tripped {
-            // Stable is left at the interval's start: the bounds tripped do not need it.
-            canary.requests = end;
-            canary.bad = k_err;
-            canary.slower = k_slow;
+            // Stable is taken at the interval's start: the bounds tripped do not need it.
+            let seen = Counts {
+                requests: end,
+                errors: k_err,
+                slow: k_slow,
+            };
             let now = at(start, LOOK * (look as u32 + 1));
-            let measurements = sequential(analysis, &canary, &stable, now);
-            let verdict = overall(measurements.iter().map(|m| m.verdict));
-            feed(
-                &mut status,
-                Input::Analysis {
-                    verdict,
-                    measurements,
-                    started: now,
-                },
-                now,
-            );
+            let measurements = sequential(analysis, seen, stable.counts, now);
+            feed(&mut status, analysed(measurements, now), now);
             if status.rollout.is_none() {
-                return ending(&status, &canary);
+                return ending(&status, seen);
             }
         }
-        canary.requests = c0 + n_c;
-        canary.bad += err_at.len() as u64;
-        canary.slower += slow_at.len() as u64;
-        stable.requests = s0 + n_s;
-        stable.bad += s_err;
-        stable.slower += s_slow;
-        life.push((
+        let (c, s) = (
             Slice {
                 requests: n_c,
                 errors: err_at.len() as u64,
@@ -474,7 +469,13 @@ fn rollout(spec: &ZmqServiceSpec, who: Judge, cell: &Cell, seed: u64) -> Ending 
                 errors: s_err,
                 slow: s_slow,
             },
-        ));
+        );
+        for (pool, slice) in [(&mut canary, c), (&mut stable, s)] {
+            pool.counts.requests += slice.requests;
+            pool.counts.errors += slice.errors;
+            pool.counts.slow += slice.slow;
+        }
+        life.push((c, s));
         elapsed += interval;
         let now = at(t0, elapsed);
         feed(&mut status, Input::Tick, now);
@@ -484,18 +485,9 @@ fn rollout(spec: &ZmqServiceSpec, who: Judge, cell: &Cell, seed: u64) -> Ending 
         let measurements = match who {
             Judge::Threshold => threshold(analysis, &life, now),
             Judge::MannWhitney => mann_whitney(analysis, &life, now),
-            Judge::Sequential => sequential(analysis, &canary, &stable, now),
+            Judge::Sequential => sequential(analysis, canary.counts, stable.counts, now),
         };
-        let verdict = overall(measurements.iter().map(|m| m.verdict));
-        feed(
-            &mut status,
-            Input::Analysis {
-                verdict,
-                measurements,
-                started: now,
-            },
-            now,
-        );
+        feed(&mut status, analysed(measurements, now), now);
         // The operator promotes the final pause after a while.
         let last_step = spec.strategy.canary.steps.len().saturating_sub(1);
         let at_final_pause = status.phase == Phase::Paused
@@ -513,7 +505,7 @@ fn rollout(spec: &ZmqServiceSpec, who: Judge, cell: &Cell, seed: u64) -> Ending 
             }
         }
     }
-    ending(&status, &canary)
+    ending(&status, canary.counts)
 }
 
 fn median(mut v: Vec<u64>) -> Option<u64> {
