@@ -60,6 +60,10 @@ pub struct Args {
     /// count of requests slower than its threshold, which needs an edge there.
     #[arg(long = "latency-edge")]
     latency_edges: Vec<Duration>,
+    /// Largest message (all frames) accepted from a client or backend, in bytes; a peer
+    /// sending a larger one is disconnected before zgate holds it.
+    #[arg(long, default_value_t = 8 << 20)]
+    max_message_bytes: i64,
 }
 
 impl Args {
@@ -85,6 +89,7 @@ impl Args {
         config.hwm = self.hwm;
         config.heartbeat = self.heartbeat;
         config.latency_edges = self.latency_edges.iter().map(|d| d.get()).collect();
+        config.max_message_size = self.max_message_bytes;
         config.metrics = self.metrics;
         config.admin = self.admin;
         if let Some(f) = &self.admin_token_file {

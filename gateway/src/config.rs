@@ -45,6 +45,9 @@ pub struct GatewayConfig {
     /// Latency bucket edges beyond the defaults: the analysis' latency thresholds, whose
     /// slower requests are counted.
     pub latency_edges: Vec<std::time::Duration>,
+    /// Largest message accepted from a client or a backend, in bytes; a peer that sends a
+    /// larger one is disconnected.
+    pub max_message_size: i64,
 }
 
 /// A gateway configuration that cannot work.
@@ -144,6 +147,7 @@ impl GatewayConfig {
             admin: None,
             admin_token: None,
             latency_edges: Vec::new(),
+            max_message_size: 8 << 20,
         }
     }
 

@@ -6,10 +6,20 @@
 //! gateway pops the request id, checks the request is still waiting, and sends
 //! `[client-id, hops..., "", reply...]` back. Frames move, they are never copied. Every
 //! request gets exactly one reply: the service's, or a one-frame error
-//! `ERR zgate <code>: <detail>` (codes: timeout, unavailable, malformed, injected).
+//! `ERR zgate <code>: <detail>` (codes: timeout, unavailable, overloaded, malformed,
+//! bad_reply, injected).
+//!
+//! One pool never holds up another: a pool that cannot take a request now keeps it in its
+//! own bounded backlog (answered `overloaded` when that is full) while the frontend goes on
+//! reading; a pool counts as live only through connections whose ZMTP handshake completed,
+//! and not while requests are outstanding without any reply for longer than the timeout
+//! (a frozen or deadlocked service: libzmq's I/O thread still answers heartbeats).
+//! A request id is a sequence number and a keyed hash of it: a backend cannot forge the id
+//! of a request it was not sent, and a reply counts only from the pool its request went to.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashSet};
+use std::collections::{BinaryHeap, HashSet, VecDeque};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,16 +46,42 @@ struct Pending {
     received: Instant,
     /// Counted in the pool's in-flight gauge (false when answered on arrival).
     in_flight: bool,
+    /// Handed to the pool's socket (counted in the pool's outstanding requests).
+    sent: bool,
 }
 
 struct Pool {
     name: String,
     socket: zmq::Socket,
     monitor: zmq::Socket,
+    /// Connections whose handshake completed, by address.
     live: HashSet<Vec<u8>>,
     metrics: PoolMetrics,
     /// Endpoints the socket is connected to.
     connected: Vec<String>,
+    /// Requests waiting for room in this pool's queues, oldest first (ids of `pending`).
+    backlog: VecDeque<u64>,
+    /// Requests sent and not finished.
+    outstanding: usize,
+    /// Since when requests have been outstanding without a reply from this pool.
+    unanswered_since: Option<Instant>,
+}
+
+impl Pool {
+    /// Whether requests are outstanding and no reply came for longer than `timeout`.
+    fn stalled(&self, now: Instant, timeout: Duration) -> bool {
+        self.unanswered_since
+            .is_some_and(|t| now.saturating_duration_since(t) > timeout)
+    }
+
+    fn publish_live(&self, now: Instant, timeout: Duration) {
+        let live = if self.stalled(now, timeout) {
+            0
+        } else {
+            self.live.len()
+        };
+        self.metrics.live_backends.set(live as i64);
+    }
 }
 
 /// The sockets and state of a running data plane.
@@ -62,8 +98,10 @@ pub struct DataPlane {
     faults: Vec<Option<ActiveFault>>,
     pending: PendingRing<Pending>,
     held: BinaryHeap<Reverse<(Instant, u64)>>,
-    /// A request whose pool is connected but full: the frontend is not read until it leaves.
-    parked: Option<u64>,
+    /// Requests a pool's backlog holds at most.
+    backlog_limit: usize,
+    /// The key of the hash that makes request ids unguessable.
+    id_key: std::collections::hash_map::RandomState,
     // Dropped last: libzmq needs every socket closed before the context terminates.
     _context: zmq::Context,
 }
@@ -72,6 +110,8 @@ fn tune(s: &zmq::Socket, config: &GatewayConfig) -> zmq::Result<()> {
     s.set_sndhwm(config.hwm)?;
     s.set_rcvhwm(config.hwm)?;
     s.set_linger(0)?;
+    // A peer announcing a larger frame is disconnected before zgate holds any of it.
+    s.set_maxmsgsize(config.max_message_size)?;
     let hb = config.heartbeat.get().as_millis() as i32;
     if hb > 0 {
         s.set_heartbeat_ivl(hb)?;
@@ -107,9 +147,11 @@ impl DataPlane {
             socket.set_reconnect_ivl(100)?;
             socket.set_reconnect_ivl_max(1000)?;
             let addr = format!("inproc://zgate-monitor-{i}");
+            // Live means handshaken: a stopped process still accepts TCP connections.
             socket.monitor(
                 &addr,
-                (zmq::SocketEvent::CONNECTED as u16 | zmq::SocketEvent::DISCONNECTED as u16) as i32,
+                (zmq::SocketEvent::HANDSHAKE_SUCCEEDED as u16
+                    | zmq::SocketEvent::DISCONNECTED as u16) as i32,
             )?;
             let monitor = context.socket(zmq::PAIR)?;
             monitor.connect(&addr)?;
@@ -127,6 +169,9 @@ impl DataPlane {
                 live: HashSet::new(),
                 metrics: metrics.pools[i].clone(),
                 connected: addresses,
+                backlog: VecDeque::new(),
+                outstanding: 0,
+                unanswered_since: None,
             });
         }
         let plane = Self {
@@ -142,7 +187,8 @@ impl DataPlane {
             metrics,
             pending: PendingRing::default(),
             held: BinaryHeap::new(),
-            parked: None,
+            backlog_limit: usize::try_from(config.hwm).unwrap_or(1).max(1),
+            id_key: std::collections::hash_map::RandomState::new(),
             _context: context,
         };
         plane.publish_weights(&settings.weights);
@@ -175,7 +221,10 @@ impl DataPlane {
             }
             let now = Instant::now();
             self.expire(now);
-            self.retry_parked();
+            for i in 0..n {
+                self.send_backlog(i);
+                self.pools[i].publish_live(now, self.timeout);
+            }
             self.send_held(now);
         }
         while let Some((id, _)) = self.pending.oldest() {
@@ -215,7 +264,7 @@ impl DataPlane {
                 }
             }
             pool.connected = wanted.clone();
-            pool.metrics.live_backends.set(pool.live.len() as i64);
+            pool.publish_live(Instant::now(), self.timeout);
         }
     }
 
@@ -234,26 +283,25 @@ impl DataPlane {
         if let Some(Reverse((due, _))) = self.held.peek() {
             wait = wait.min(due.saturating_duration_since(now));
         }
-        let parked_pool = self
-            .parked
-            .and_then(|id| self.pending.get(id))
-            .map(|p| p.pool);
         let mut items = Vec::with_capacity(1 + 2 * self.pools.len());
-        // Backpressure: while a request waits for room, clients wait in their own queues.
-        let front = if parked_pool.is_some() {
-            zmq::PollEvents::empty()
-        } else {
-            zmq::POLLIN
-        };
-        items.push(self.frontend.as_poll_item(front));
-        items.extend(self.pools.iter().enumerate().map(|(i, p)| {
-            let out = if parked_pool == Some(i) {
-                zmq::POLLOUT
-            } else {
+        items.push(self.frontend.as_poll_item(zmq::POLLIN));
+        items.extend(self.pools.iter().map(|p| {
+            // A pool with a backlog is woken when it has room again.
+            let out = if p.backlog.is_empty() {
                 zmq::PollEvents::empty()
+            } else {
+                zmq::POLLOUT
             };
             p.socket.as_poll_item(zmq::POLLIN | out)
         }));
+        // A stall is seen a timeout after the oldest unanswered send.
+        for p in &self.pools {
+            if let Some(t) = p.unanswered_since {
+                wait = wait.min(
+                    (t + self.timeout).saturating_duration_since(now) + Duration::from_millis(1),
+                );
+            }
+        }
         items.extend(
             self.pools
                 .iter()
@@ -267,9 +315,6 @@ impl DataPlane {
 
     fn drain_frontend(&mut self) {
         for _ in 0..BATCH {
-            if self.parked.is_some() {
-                break;
-            }
             match recv_frames(&self.frontend) {
                 Some(frames) => self.on_request(frames),
                 None => break,
@@ -296,12 +341,12 @@ impl DataPlane {
                 continue;
             }
             let code = u16::from_le_bytes([event[0], event[1]]);
-            if code == zmq::SocketEvent::CONNECTED as u16 {
+            if code == zmq::SocketEvent::HANDSHAKE_SUCCEEDED as u16 {
                 pool.live.insert(addr.to_vec());
             } else if code == zmq::SocketEvent::DISCONNECTED as u16 {
                 pool.live.remove(&addr[..]);
             }
-            pool.metrics.live_backends.set(pool.live.len() as i64);
+            pool.publish_live(Instant::now(), self.timeout);
         }
     }
 
@@ -319,6 +364,14 @@ impl DataPlane {
             self.deliver(frames, [zmq::Message::from(text)]);
             return;
         };
+        if delim + 1 >= frames.len() {
+            // Forwarded, it would time out at a REP service and count against the pool.
+            self.metrics.malformed.inc();
+            frames.truncate(delim);
+            let text = "ERR zgate malformed: request has no body after the empty delimiter frame";
+            self.deliver(frames, [zmq::Message::from(text)]);
+            return;
+        }
         let pool = if self.sticky {
             self.router.pick_sticky(&frames[0])
         } else {
@@ -335,6 +388,7 @@ impl DataPlane {
             pool,
             received: now,
             in_flight: true,
+            sent: false,
         };
         if action == FaultAction::Error {
             p.in_flight = false;
@@ -359,71 +413,144 @@ impl DataPlane {
         }
     }
 
+    /// The id a backend sees: the sequence number and a keyed hash of it.
+    fn wire_id(&self, id: u64) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        out[..8].copy_from_slice(&id.to_le_bytes());
+        out[8..].copy_from_slice(&self.id_key.hash_one(id).to_le_bytes());
+        out
+    }
+
     /// Sends a pending request's body to its pool: answered `unavailable` when the pool
-    /// has no live backend, parked when the pool is connected but its queues are full.
+    /// has no live backend or has stalled, kept in the pool's backlog when its queues are
+    /// full (answered `overloaded` when the backlog is full too). The frontend never waits.
     fn dispatch(&mut self, id: u64) {
-        let Some(p) = self.pending.get_mut(id) else {
+        let now = Instant::now();
+        let Some(p) = self.pending.get(id) else {
             return;
         };
         if p.frames.len() <= p.envelope {
             return;
         }
-        let pool = p.pool;
-        if send_request(&self.pools[pool].socket, id, &mut p.frames, p.envelope) {
+        let i = p.pool;
+        let pool = &self.pools[i];
+        if pool.live.is_empty() || pool.stalled(now, self.timeout) {
+            let why = if pool.live.is_empty() {
+                format!("unavailable: no live backend in pool {}", pool.name)
+            } else {
+                format!(
+                    "unavailable: pool {} has not replied for {} with {} requests outstanding",
+                    pool.name,
+                    zdeploy_api::Duration::from(self.timeout),
+                    pool.outstanding
+                )
+            };
+            let p = self.pending.remove(id).expect("looked up above");
+            self.finish_with_error(p, Outcome::Unavailable, &why);
             return;
         }
-        if self.pools[pool].live.is_empty() {
-            let p = self.pending.remove(id).expect("looked up above");
-            let detail = format!(
-                "unavailable: no live backend in pool {}",
-                self.pools[pool].name
+        // Order is kept: behind a backlog, a request waits its turn.
+        if pool.backlog.is_empty() && self.try_send(id) {
+            return;
+        }
+        self.drop_stale_backlog(i);
+        let pool = &mut self.pools[i];
+        if pool.backlog.len() >= self.backlog_limit {
+            let why = format!(
+                "overloaded: pool {} is full ({} requests waiting for room)",
+                pool.name,
+                pool.backlog.len()
             );
-            self.finish_with_error(p, Outcome::Unavailable, &detail);
+            let p = self.pending.remove(id).expect("looked up above");
+            self.finish_with_error(p, Outcome::Unavailable, &why);
         } else {
-            self.parked = Some(id);
+            pool.backlog.push_back(id);
         }
     }
 
-    fn retry_parked(&mut self) {
-        if let Some(id) = self.parked.take() {
-            self.dispatch(id);
+    /// Sends request `id` to its pool now if the pool has room; true when sent.
+    fn try_send(&mut self, id: u64) -> bool {
+        let wire = self.wire_id(id);
+        let Some(p) = self.pending.get_mut(id) else {
+            return true;
+        };
+        let pool = &mut self.pools[p.pool];
+        if !send_request(&pool.socket, &wire, &mut p.frames, p.envelope) {
+            return false;
+        }
+        p.sent = true;
+        pool.outstanding += 1;
+        pool.unanswered_since.get_or_insert_with(Instant::now);
+        true
+    }
+
+    /// Forgets backlog entries whose requests were answered meanwhile (timed out).
+    fn drop_stale_backlog(&mut self, i: usize) {
+        while let Some(&id) = self.pools[i].backlog.front() {
+            if self.pending.get(id).is_some() {
+                break;
+            }
+            self.pools[i].backlog.pop_front();
+        }
+    }
+
+    /// Sends what a pool's backlog holds, oldest first, while the pool has room.
+    fn send_backlog(&mut self, i: usize) {
+        self.drop_stale_backlog(i);
+        while let Some(&id) = self.pools[i].backlog.front() {
+            if self.pending.get(id).is_some() && !self.try_send(id) {
+                return;
+            }
+            self.pools[i].backlog.pop_front();
         }
     }
 
     fn on_reply(&mut self, pool: usize, mut frames: Vec<zmq::Message>) {
-        let Some(id) = frames
+        // Any reply, late ones too, shows the pool is answering.
+        let p = &mut self.pools[pool];
+        p.unanswered_since = (p.outstanding > 0).then(Instant::now);
+        let Some(wire) = frames
             .first()
-            .and_then(|f| <[u8; 8]>::try_from(&f[..]).ok())
-            .map(u64::from_le_bytes)
+            .and_then(|f| <[u8; 16]>::try_from(&f[..]).ok())
         else {
+            self.metrics.rejected_reply(pool);
             tracing::warn!(pool = %self.pools[pool].name, "reply without a request id; dropped");
             return;
         };
-        let Some(mut p) = self.pending.remove(id) else {
+        let id = u64::from_le_bytes(wire[..8].try_into().expect("8 bytes"));
+        let Some(waiting) = self.pending.get(id) else {
             self.pools[pool].metrics.late_replies.inc();
             return;
         };
-        // The service echoes `[id, ""]`; the reply body starts after that delimiter.
-        let body_at = frames
-            .iter()
-            .skip(1)
-            .position(|f| f.is_empty())
-            .map_or(1, |d| d + 2);
-        let body_at = body_at.min(frames.len());
-        let outcome = if is_error_reply(&self.classifier, &frames[body_at..]) {
+        // Only the pool the request went to may answer it, with the id it was given.
+        if waiting.pool != pool || wire != self.wire_id(id) {
+            self.metrics.rejected_reply(pool);
+            return;
+        }
+        let mut p = self.pending.remove(id).expect("looked up above");
+        // The service echoes `[id, ""]`, then its reply: anything else is the pool's error.
+        if frames.len() < 3 || !frames[1].is_empty() {
+            let detail = format!(
+                "bad_reply: pool {} answered without an empty delimiter frame and a body",
+                self.pools[pool].name
+            );
+            self.finish_with_error(p, Outcome::Error, &detail);
+            return;
+        }
+        let outcome = if is_error_reply(&self.classifier, &frames[2..]) {
             Outcome::Error
         } else {
             Outcome::Ok
         };
         p.frames.truncate(p.envelope);
         let envelope = std::mem::take(&mut p.frames);
-        self.deliver(envelope, frames.drain(body_at..));
+        self.deliver(envelope, frames.drain(2..));
         self.count(&p, outcome);
     }
 
     fn send_held(&mut self, now: Instant) {
         while let Some(Reverse((due, id))) = self.held.peek().copied() {
-            if due > now || self.parked.is_some() {
+            if due > now {
                 break;
             }
             self.held.pop();
@@ -457,11 +584,18 @@ impl DataPlane {
         self.count(&p, outcome);
     }
 
-    fn count(&self, p: &Pending, outcome: Outcome) {
-        let m = &self.pools[p.pool].metrics;
-        m.count(outcome, p.received.elapsed().as_secs_f64());
+    fn count(&mut self, p: &Pending, outcome: Outcome) {
+        let pool = &mut self.pools[p.pool];
+        pool.metrics
+            .count(outcome, p.received.elapsed().as_secs_f64());
         if p.in_flight {
-            m.in_flight.dec();
+            pool.metrics.in_flight.dec();
+        }
+        if p.sent {
+            pool.outstanding = pool.outstanding.saturating_sub(1);
+            if pool.outstanding == 0 {
+                pool.unanswered_since = None;
+            }
         }
     }
 
@@ -516,14 +650,11 @@ fn recv_frames(socket: &zmq::Socket) -> Option<Vec<zmq::Message>> {
 /// false (and nothing moved) when no backend can take the request now.
 fn send_request(
     socket: &zmq::Socket,
-    id: u64,
+    id: &[u8; 16],
     frames: &mut Vec<zmq::Message>,
     from: usize,
 ) -> bool {
-    if socket
-        .send(&id.to_le_bytes()[..], zmq::SNDMORE | zmq::DONTWAIT)
-        .is_err()
-    {
+    if socket.send(&id[..], zmq::SNDMORE | zmq::DONTWAIT).is_err() {
         return false;
     }
     let last = frames.len() - from - 1;

@@ -196,9 +196,11 @@ pub struct GatewayMetrics {
     pub registry: Registry,
     /// One entry per pool, in pool order.
     pub pools: Vec<PoolMetrics>,
-    /// Requests without an empty delimiter frame.
+    /// Requests without an empty delimiter frame or without a body.
     pub malformed: Counter,
     undeliverable: [Counter; 2],
+    /// Replies dropped per pool: no request id, a forged one, or another pool's request.
+    rejected: Vec<Counter>,
 }
 
 impl GatewayMetrics {
@@ -216,6 +218,7 @@ impl GatewayMetrics {
         let live = Family::<PoolLabels, Gauge>::default();
         let late = Family::<PoolLabels, Counter>::default();
         let undeliverable = Family::<ReasonLabels, Counter>::default();
+        let rejected = Family::<PoolLabels, Counter>::default();
         let malformed = Counter::default();
         registry.register(
             "requests",
@@ -249,14 +252,27 @@ impl GatewayMetrics {
         );
         registry.register(
             "malformed_requests",
-            "Requests without an empty delimiter frame",
+            "Requests without an empty delimiter frame or without a body",
             malformed.clone(),
+        );
+        registry.register(
+            "replies_rejected",
+            "Replies dropped because their request id was missing, forged or another pool's, by pool",
+            rejected.clone(),
         );
         registry.register(
             "replies_undeliverable",
             "Replies dropped because the client was gone or not reading",
             undeliverable.clone(),
         );
+        let rejected = pools
+            .iter()
+            .map(|name| {
+                rejected
+                    .get_or_create(&PoolLabels { pool: name.clone() })
+                    .clone()
+            })
+            .collect();
         let pools = pools
             .iter()
             .map(|name| {
@@ -288,6 +304,14 @@ impl GatewayMetrics {
             pools,
             malformed,
             undeliverable,
+            rejected,
+        }
+    }
+
+    /// Counts a reply dropped from pool `i`: no request id, a forged one, or another pool's.
+    pub fn rejected_reply(&self, i: usize) {
+        if let Some(c) = self.rejected.get(i) {
+            c.inc();
         }
     }
 
