@@ -171,8 +171,10 @@ fn a_frozen_canary_never_holds_up_stable() {
         during >= 0.9 * before,
         "stable fell from {before:.0}/s to {during:.0}/s"
     );
+    // Below 5 ms a p99 on this 2-core machine is the scheduler's noise (2.8 to 7.9 ms
+    // over runs of the same healthy phase); the stall this guards against took seconds.
     assert!(
-        p99_during < 2 * p99_before.max(Duration::from_millis(1)),
+        p99_during < 2 * p99_before.max(Duration::from_millis(5)),
         "stable's p99 went from {p99_before:?} to {p99_during:?}"
     );
 }
