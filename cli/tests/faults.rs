@@ -178,3 +178,204 @@ fn a_frozen_canary_never_holds_up_stable() {
         "stable's p99 went from {p99_before:?} to {p99_during:?}"
     );
 }
+
+/// A gateway at 50/50 in front of a well-behaved stable and a canary that misbehaves `how`.
+fn with_misbehaving_canary(how: &str) -> (support::Proc, support::Proc, support::Gw) {
+    let stable = peer(&["rep", "--name", "stable"]);
+    let canary = peer(&["router", "--name", "canary", "--misbehave", how]);
+    let gw = gateway(&[
+        "--pool",
+        &format!("stable={}", stable.endpoint()),
+        "--pool",
+        &format!("canary={}", canary.endpoint()),
+        "--weights",
+        "stable=50,canary=50",
+        "--timeout",
+        "500ms",
+    ]);
+    gw.wait_live("canary", 1.0);
+    (stable, canary, gw)
+}
+
+/// Every request answered once, within the timeout and a margin, and only to its sender.
+fn assert_one_reply_each_to_its_sender(records: &[Record], timeout: Duration) {
+    let unanswered = records.iter().filter(|r| r.reply.is_none()).count();
+    let foreign = records.iter().filter(|r| r.foreign).count();
+    let worst = records
+        .iter()
+        .filter_map(Record::latency)
+        .max()
+        .unwrap_or_default();
+    assert_eq!(unanswered, 0, "every request gets a reply");
+    assert_eq!(
+        foreign, 0,
+        "a reply reached a client other than its requester"
+    );
+    assert!(
+        worst <= timeout + Duration::from_millis(100),
+        "a reply took {worst:?}"
+    );
+}
+
+fn first_words(records: &[Record], pool_word: &str) -> usize {
+    records
+        .iter()
+        .filter(|r| {
+            r.reply
+                .as_ref()
+                .is_some_and(|(_, f)| f.starts_with(pool_word))
+        })
+        .count()
+}
+
+#[test]
+fn a_backend_that_guesses_request_ids_reaches_no_other_client() {
+    for how in ["guess", "short-id"] {
+        let (_stable, _canary, gw) = with_misbehaving_canary(how);
+        let records = load(&gw.frontend, 200.0, 100, Duration::from_secs(3));
+        assert_one_reply_each_to_its_sender(&records, Duration::from_millis(500));
+        // The canary's forged replies are dropped; its requests time out instead.
+        let rejected = gw.metric("zgate_replies_rejected_total{service=\"zgate\",pool=\"canary\"}");
+        let timeouts = first_words(&records, "ERR zgate timeout");
+        eprintln!(
+            "{how}: {} requests, {rejected} replies rejected, {timeouts} timeouts",
+            records.len()
+        );
+        assert!(
+            rejected >= 100.0,
+            "{how}: only {rejected} forged replies rejected"
+        );
+        assert!(
+            timeouts >= 100,
+            "{how}: {timeouts} canary requests timed out"
+        );
+        assert_eq!(
+            gw.requests("canary", "ok"),
+            0.0,
+            "{how}: a forged reply counted as ok"
+        );
+    }
+}
+
+#[test]
+fn replies_without_delimiter_or_body_are_the_pools_errors_answered_to_the_client() {
+    for how in ["empty", "bare", "no-delimiter"] {
+        let (_stable, _canary, gw) = with_misbehaving_canary(how);
+        let records = load(&gw.frontend, 200.0, 100, Duration::from_secs(2));
+        assert_one_reply_each_to_its_sender(&records, Duration::from_millis(500));
+        let bad = first_words(&records, "ERR zgate bad_reply");
+        eprintln!(
+            "{how}: {} requests, {bad} answered bad_reply",
+            records.len()
+        );
+        assert!(bad >= 100, "{how}: only {bad} bad replies answered");
+        assert_eq!(gw.requests("canary", "ok"), 0.0, "{how}: counted as ok");
+        assert!(gw.requests("canary", "error") >= bad as f64);
+    }
+}
+
+#[test]
+fn a_backend_that_replies_twice_is_answered_once() {
+    let (_stable, _canary, gw) = with_misbehaving_canary("twice");
+    let records = load(&gw.frontend, 200.0, 100, Duration::from_secs(2));
+    assert_one_reply_each_to_its_sender(&records, Duration::from_millis(500));
+    let late = gw.metric("zgate_late_replies_total{service=\"zgate\",pool=\"canary\"}");
+    let ok = gw.requests("canary", "ok");
+    assert!(
+        ok >= 100.0 && late >= ok - 1.0,
+        "{ok} canary replies, {late} second copies dropped"
+    );
+}
+
+#[test]
+fn a_request_without_a_body_is_malformed_and_never_forwarded() {
+    let stable = peer(&["rep", "--name", "stable"]);
+    let gw = gateway(&["--pool", &format!("stable={}", stable.endpoint())]);
+    gw.wait_live("stable", 1.0);
+    let ctx = zmq::Context::new();
+    let c = support::zmq_client(&ctx, zmq::DEALER, &gw.frontend);
+    c.send(&b""[..], 0).unwrap(); // the delimiter alone
+    let reply = c.recv_multipart(0).unwrap();
+    assert_eq!(reply[0], b"");
+    assert!(
+        String::from_utf8_lossy(&reply[1]).starts_with("ERR zgate malformed: request has no body"),
+        "{reply:?}"
+    );
+    assert_eq!(
+        gw.metric("zgate_malformed_requests_total{service=\"zgate\"}"),
+        1.0
+    );
+    assert_eq!(
+        gw.requests("stable", "timeout"),
+        0.0,
+        "nothing reached the pool"
+    );
+    assert_eq!(
+        gw.metric("zgate_requests_in_flight{service=\"zgate\",pool=\"stable\"}"),
+        0.0
+    );
+}
+
+/// Opens a raw TCP connection, completes the ZMTP 3.0 NULL handshake as a DEALER, announces
+/// one frame of `announced` bytes and sends up to `send` bytes of it; returns what was sent
+/// before zgate closed the connection.
+fn oversized_frame(addr: &str, announced: u64, send: usize) -> usize {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let mut greeting = vec![0xFF, 0, 0, 0, 0, 0, 0, 0, 0, 0x7F, 3, 0];
+    greeting.extend_from_slice(b"NULL");
+    greeting.resize(64, 0);
+    s.write_all(&greeting).unwrap();
+    let mut ready = vec![5u8];
+    ready.extend_from_slice(b"READY");
+    ready.push(11);
+    ready.extend_from_slice(b"Socket-Type");
+    ready.extend_from_slice(&6u32.to_be_bytes());
+    ready.extend_from_slice(b"DEALER");
+    s.write_all(&[0x04, ready.len() as u8]).unwrap();
+    s.write_all(&ready).unwrap();
+    // A long frame, no more frames after it.
+    s.write_all(&[0x02]).unwrap();
+    s.write_all(&announced.to_be_bytes()).unwrap();
+    let chunk = vec![0u8; 1 << 20];
+    let mut sent = 0;
+    while sent < send {
+        match s.write(&chunk) {
+            Ok(n) => sent += n,
+            Err(_) => break,
+        }
+    }
+    sent
+}
+
+#[test]
+fn oversized_frames_are_refused_and_memory_stays_bounded() {
+    let stable = peer(&["rep", "--name", "stable"]);
+    let gw = gateway(&["--pool", &format!("stable={}", stable.endpoint())]);
+    gw.wait_live("stable", 1.0);
+    let addr = gw.frontend.trim_start_matches("tcp://").to_string();
+    let before = gw.proc.rss_kib() / 1024;
+    // Four peers announce a 16 GiB frame each and try to send 256 MiB of it.
+    let attackers: Vec<_> = (0..4)
+        .map(|_| {
+            let a = addr.clone();
+            std::thread::spawn(move || oversized_frame(&a, 16 << 30, 256 << 20))
+        })
+        .collect();
+    let sent: Vec<usize> = attackers.into_iter().map(|t| t.join().unwrap()).collect();
+    let after = gw.proc.rss_kib() / 1024;
+    eprintln!(
+        "RSS {before} MiB before, {after} MiB after; bytes taken before the disconnect: {sent:?}"
+    );
+    assert!(after < 100, "zgate grew to {after} MiB");
+    assert!(
+        sent.iter().all(|n| *n < 256 << 20),
+        "a peer sent its whole frame: {sent:?}"
+    );
+    // zgate still serves.
+    let ctx = zmq::Context::new();
+    let c = support::zmq_client(&ctx, zmq::REQ, &gw.frontend);
+    c.send("still here", 0).unwrap();
+    let r = c.recv_multipart(0).unwrap();
+    assert!(r[0].starts_with(b"OK stable"), "{r:?}");
+}

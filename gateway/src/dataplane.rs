@@ -513,17 +513,22 @@ impl DataPlane {
             .first()
             .and_then(|f| <[u8; 16]>::try_from(&f[..]).ok())
         else {
+            // Counted, not logged: a misbehaving backend must not flood the log.
             self.metrics.rejected_reply(pool);
-            tracing::warn!(pool = %self.pools[pool].name, "reply without a request id; dropped");
             return;
         };
         let id = u64::from_le_bytes(wire[..8].try_into().expect("8 bytes"));
+        // An id zgate did not make is forged (or guessed), whether or not it is waiting.
+        if wire != self.wire_id(id) {
+            self.metrics.rejected_reply(pool);
+            return;
+        }
         let Some(waiting) = self.pending.get(id) else {
             self.pools[pool].metrics.late_replies.inc();
             return;
         };
-        // Only the pool the request went to may answer it, with the id it was given.
-        if waiting.pool != pool || wire != self.wire_id(id) {
+        // Only the pool the request went to may answer it.
+        if waiting.pool != pool {
             self.metrics.rejected_reply(pool);
             return;
         }

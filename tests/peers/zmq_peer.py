@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Real libzmq peers (pyzmq) for zdeploy's tests: REP and ROUTER services, REQ and
 pipelined DEALER clients. Each prints one line "ready <endpoint>" when listening, and
-clients print a JSON summary on exit."""
+clients print a JSON summary on exit. A ROUTER service can misbehave on purpose
+(--misbehave): answer with a guessed request id, reply twice, or send replies without
+a delimiter or a body."""
 
 import argparse
 import json
@@ -26,6 +28,27 @@ def answer(args, frames):
         time.sleep(args.delay_ms / 1000.0)
     status = b"ERR" if random.random() < args.error_ratio else b"OK"
     return [status + b" " + args.name.encode()] + frames
+
+
+def misbehave(how, envelope, reply):
+    """The messages a misbehaving ROUTER service sends instead of envelope + reply.
+    envelope is [peer, request-id, ""]."""
+    peer, rid = envelope[0], envelope[1]
+    if how == "guess":
+        # The next request id, as a backend that knows ids are sequential would guess it.
+        seq = int.from_bytes(rid[:8], "little") + 1
+        return [[peer, seq.to_bytes(8, "little") + rid[8:], b""] + reply]
+    if how == "short-id":
+        return [[peer, rid[:8], b""] + reply]
+    if how == "twice":
+        return [envelope + reply, envelope + reply]
+    if how == "empty":
+        return [[peer, rid, b""]]
+    if how == "bare":
+        return [[peer, rid]]
+    if how == "no-delimiter":
+        return [[peer, rid] + reply]
+    raise ValueError(how)
 
 
 def serve(args):
@@ -56,7 +79,11 @@ def serve(args):
             envelope, body = frames[: d + 1], frames[d + 1 :]
         if log:
             log.write(body[0][:64].decode("utf-8", "replace") + "\n")
-        sock.send_multipart(envelope + answer(args, body))
+        if args.misbehave and kind == zmq.ROUTER:
+            for msg in misbehave(args.misbehave, envelope, answer(args, body)):
+                sock.send_multipart(msg)
+        else:
+            sock.send_multipart(envelope + answer(args, body))
 
 
 def client(args):
@@ -126,6 +153,11 @@ def main():
     p.add_argument("--size", type=int, default=0)
     p.add_argument("--parts", type=int, default=1)
     p.add_argument("--recv-timeout-ms", type=int, default=10000)
+    p.add_argument(
+        "--misbehave",
+        choices=["guess", "short-id", "twice", "empty", "bare", "no-delimiter"],
+        help="router only: answer wrongly on purpose",
+    )
     args = p.parse_args()
     (serve if args.mode in ("rep", "router") else client)(args)
 
