@@ -477,3 +477,85 @@ async fn prometheus_counts_latency_above_the_bucket_edge_and_custom_counts() {
         own.query
     );
 }
+
+/// `n` firing alerts for `service` as Alertmanager sends them, with long labels and
+/// annotations as a real group has (about 640 bytes an alert).
+fn alerts(service: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            format!(
+                r#"{{"status":"firing","fingerprint":"{service}-{i}","labels":{{"alertname":"CanaryErrorRateHigh","service":"{service}","pool":"canary","instance":"10.0.{}.{}:9464","job":"zgate","severity":"page"}},"annotations":{{"summary":"{}","runbook_url":"https://runbooks.example.com/canary-error-ratio-high.md"}}}}"#,
+                i / 250,
+                i % 250,
+                "x".repeat(380)
+            )
+        })
+        .collect()
+}
+
+/// A webhook body holding `alerts`.
+fn group(alerts: &[String]) -> String {
+    format!(
+        r#"{{"version":"4","status":"firing","alerts":[{}]}}"#,
+        alerts.join(",")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_webhook_takes_a_large_group_and_keeps_only_what_it_can_act_on() {
+    let inbox = Arc::new(AlertInbox::only_for("echo"));
+    let url = support::webhook(inbox.clone(), "t").await;
+    zdeploy_controller::tls::install_ring_provider();
+    let http = reqwest::Client::new();
+    // 10,000 alerts of other services with the canary's one among them: 6 MB and more.
+    let mut many = alerts("other", 5_000);
+    many.extend(alerts("echo", 1));
+    many.extend(alerts("other-too", 4_999));
+    let big = group(&many);
+    assert!(big.len() > 6_000_000, "{} bytes", big.len());
+    let r = http
+        .post(&url)
+        .bearer_auth("t")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    assert_eq!(
+        inbox.take_matching("echo", None, "canary").len(),
+        1,
+        "the canary's alert acts"
+    );
+    // Many groups for services zdeploy does not run: nothing is kept.
+    for _ in 0..41 {
+        let r = http
+            .post(&url)
+            .bearer_auth("t")
+            .body(group(&alerts("elsewhere", 3_000)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(
+        inbox.sizes(),
+        (0, 1),
+        "only echo's firing alert is remembered"
+    );
+    // The controller's inbox keeps any service, but never more than MAX_KEPT of each.
+    let any = Arc::new(AlertInbox::default());
+    let url = support::webhook(any.clone(), "t").await;
+    for round in 0..4 {
+        let body = group(&alerts(&format!("svc{round}"), 3_000));
+        let r = http
+            .post(&url)
+            .bearer_auth("t")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let kept = zdeploy_controller::analysis::webhook::MAX_KEPT;
+    assert_eq!(any.sizes(), (kept, kept));
+}

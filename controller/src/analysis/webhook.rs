@@ -2,12 +2,16 @@
 //! service and the canary pool lands in the inbox at once and wakes the rollout. The inbox
 //! also tracks which alerts are firing now (until Alertmanager sends them resolved), which
 //! the chaos guard reads: no experiment starts while an alert fires for its service.
+//!
+//! Bounded: a body may hold a large group (up to [`MAX_BODY`]); only alerts labelled with
+//! a service zdeploy runs are kept (one service for `zdeploy up`, any for the controller),
+//! and at most [`MAX_KEPT`] of each kind, so a busy Alertmanager cannot grow the process.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use serde::Deserialize;
@@ -24,17 +28,49 @@ pub struct PushedAlert {
     pub runbook_url: Option<String>,
 }
 
+/// The largest webhook body taken: a group of 10,000 alerts is about 6.4 MB.
+pub const MAX_BODY: usize = 32 << 20;
+/// Alerts kept waiting, and alerts remembered as firing, at most each.
+pub const MAX_KEPT: usize = 10_000;
+
 /// Alerts pushed by Alertmanager, waiting to be taken by the rollout driver.
 #[derive(Debug, Default)]
 pub struct AlertInbox {
     alerts: Mutex<Vec<PushedAlert>>,
     /// Alerts firing now, by fingerprint.
     firing: Mutex<BTreeMap<String, PushedAlert>>,
+    /// The one service whose alerts are kept; any labelled service when `None`.
+    service: Option<String>,
     /// Woken on every new firing alert.
     pub notify: Notify,
 }
 
 impl AlertInbox {
+    /// An inbox that keeps only the alerts of `service` (`zdeploy up` runs one service).
+    pub fn only_for(service: &str) -> Self {
+        Self {
+            service: Some(service.to_string()),
+            ..Self::default()
+        }
+    }
+
+    /// Whether an alert with these labels is one zdeploy can act on.
+    fn wants(&self, labels: &BTreeMap<String, String>) -> bool {
+        match (labels.get("service"), &self.service) {
+            (None, _) => false,
+            (Some(s), Some(only)) => s == only,
+            (Some(_), None) => true,
+        }
+    }
+
+    /// Alerts waiting to be taken, and alerts remembered as firing.
+    pub fn sizes(&self) -> (usize, usize) {
+        (
+            self.alerts.lock().expect("inbox lock").len(),
+            self.firing.lock().expect("inbox lock").len(),
+        )
+    }
+
     /// Firing alerts for `service` (and `namespace`, when given) on the `pool` pool, taken out.
     pub fn take_matching(
         &self,
@@ -73,7 +109,13 @@ impl AlertInbox {
     }
 
     fn push(&self, alert: PushedAlert) {
-        self.alerts.lock().expect("inbox lock").push(alert);
+        let mut alerts = self.alerts.lock().expect("inbox lock");
+        if alerts.len() >= MAX_KEPT {
+            // Nobody took the oldest: drop it rather than grow.
+            alerts.remove(0);
+        }
+        alerts.push(alert);
+        drop(alerts);
         self.notify.notify_waiters();
     }
 }
@@ -119,6 +161,7 @@ struct Shared {
 pub fn router(inbox: Arc<AlertInbox>, token: String) -> Router {
     Router::new()
         .route("/alertmanager", post(receive))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(Arc::new(Shared { inbox, token }))
 }
 
@@ -142,8 +185,12 @@ async fn receive(
             );
         }
     };
-    let mut firing = 0;
+    let (mut firing, mut ignored) = (0, 0);
     for a in payload.alerts {
+        if !shared.inbox.wants(&a.labels) {
+            ignored += 1;
+            continue;
+        }
         let key = a
             .fingerprint
             .clone()
@@ -156,13 +203,18 @@ async fn receive(
         let mut now_firing = shared.inbox.firing.lock().expect("inbox lock");
         if a.status == "firing" {
             firing += 1;
-            now_firing.insert(key, alert.clone());
+            if now_firing.len() < MAX_KEPT || now_firing.contains_key(&key) {
+                now_firing.insert(key, alert.clone());
+            }
             drop(now_firing);
             shared.inbox.push(alert);
         } else {
             now_firing.remove(&key);
         }
     }
-    tracing::info!(firing, "alertmanager webhook received");
-    (StatusCode::OK, format!("{firing} firing alerts received\n"))
+    tracing::info!(firing, ignored, "alertmanager webhook received");
+    (
+        StatusCode::OK,
+        format!("{firing} firing alerts received, {ignored} for no service zdeploy runs\n"),
+    )
 }

@@ -234,7 +234,9 @@ impl Runtime {
             ));
         }
 
-        let inbox = config.webhook.map(|_| Arc::new(AlertInbox::default()));
+        let inbox = config
+            .webhook
+            .map(|_| Arc::new(AlertInbox::only_for(&name)));
         let source = match &config.prometheus {
             Some(url) => Source::prometheus(url),
             None => Source::scrape(&metrics_url),
