@@ -174,3 +174,51 @@ fn a_killed_zdeploy_up_resumes_the_same_step() {
     assert_eq!(code, 0, "{out}");
     assert_eq!(status(&state, "ticks")["status"]["canaryWeight"], 60);
 }
+
+#[test]
+fn a_recorded_step_the_manifest_does_not_have_is_refused_never_promoted() {
+    let dir = tempdir("tampered");
+    let file = manifest(&dir, "steps", "[{setWeight: 30}, {pause: {}}]");
+    let state = dir.join("state");
+    let mut first = up(&file, &state);
+    let (code, out) = zdeploy(
+        &state,
+        &["rollout", "steps", "--image", "example.com/steps:v2"],
+    );
+    assert_eq!(code, 0, "{out}");
+    first.proc.signal("KILL");
+    first.proc.wait_exit(Duration::from_secs(5));
+    drop(first);
+
+    let recorded = state.join("steps/status.json");
+    let text = std::fs::read_to_string(&recorded).unwrap();
+    for (tampered, want) in [
+        (
+            text.replace("\"currentStep\": 1", "\"currentStep\": 99"),
+            "currentStep is 99, but the manifest has 2 steps",
+        ),
+        ("{ not json".to_string(), "key must be a string"),
+    ] {
+        std::fs::write(&recorded, &tampered).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_zdeploy"))
+            .args([
+                "up",
+                "-f",
+                file.to_str().unwrap(),
+                "--frontend",
+                "tcp://127.0.0.1:*",
+            ])
+            .args(["--state-dir", state.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains(&recorded.display().to_string()),
+            "names the file: {stderr}"
+        );
+        assert!(stderr.contains(want), "{stderr}");
+        // Nothing recorded is lost or overwritten.
+        assert_eq!(std::fs::read_to_string(&recorded).unwrap(), tampered);
+    }
+}

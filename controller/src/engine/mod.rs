@@ -128,6 +128,24 @@ fn event(warning: bool, reason: &str, message: String) -> Action {
     }
 }
 
+/// Checks that a recorded status (read back after a restart) fits `spec`: a step the
+/// manifest does not have would otherwise read as "all steps done" and promote the canary
+/// without analysis. Returns the field and the rule broken.
+pub fn check_recorded(spec: &ZmqServiceSpec, status: &ZmqServiceStatus) -> Result<(), String> {
+    let steps = spec.strategy.canary.steps.len();
+    match (status.rollout.is_some(), status.current_step) {
+        (true, None) => Err("currentStep is missing while a rollout is recorded".into()),
+        (true, Some(s)) if s as usize > steps => Err(format!(
+            "currentStep is {s}, but the manifest has {steps} steps (0 to {steps})"
+        )),
+        (false, Some(s)) => Err(format!("currentStep is {s}, but no rollout is recorded")),
+        _ if status.rollout.is_some() && status.canary_revision.is_none() => {
+            Err("canaryRevision is missing while a rollout is recorded".into())
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Computes the next status and actions. Feeding the same inputs gives the same outputs.
 pub fn step(
     spec: &ZmqServiceSpec,

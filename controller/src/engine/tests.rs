@@ -471,3 +471,28 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_recorded_status_must_fit_the_manifest() {
+    let spec = spec();
+    let mut s = stable();
+    assert_eq!(check_recorded(&spec, &s), Ok(()));
+    s = step(&spec, &s, &rollout(None), at(0)).status;
+    assert_eq!(check_recorded(&spec, &s), Ok(()));
+    let steps = spec.strategy.canary.steps.len() as u32;
+    s.current_step = Some(steps);
+    assert_eq!(
+        check_recorded(&spec, &s),
+        Ok(()),
+        "all steps done is a step"
+    );
+    s.current_step = Some(99);
+    let e = check_recorded(&spec, &s).unwrap_err();
+    assert!(e.contains("currentStep is 99"), "{e}");
+    s.current_step = None;
+    assert!(
+        check_recorded(&spec, &s)
+            .unwrap_err()
+            .contains("currentStep is missing")
+    );
+}

@@ -139,6 +139,12 @@ impl Runtime {
             .load_status()
             .map_err(|e| format!("reading recorded status: {e}"))?
             .unwrap_or_default();
+        crate::engine::check_recorded(&svc.spec, &status).map_err(|e| {
+            format!(
+                "recorded status {}: {e}; fix it, or remove it to start again from the manifest",
+                state.status_path().display()
+            )
+        })?;
         let resumed = status.stable_revision.is_some();
         status
             .stable_revision

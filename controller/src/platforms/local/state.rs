@@ -61,13 +61,22 @@ impl StateDir {
 
     /// The recorded status, if any.
     pub fn load_status(&self) -> std::io::Result<Option<ZmqServiceStatus>> {
-        match std::fs::read(self.dir.join("status.json")) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map(Some)
-                .map_err(std::io::Error::other),
+        let path = self.status_path();
+        match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
+                std::io::Error::other(format!(
+                    "{}: {e}; fix it, or remove it to start again from the manifest",
+                    path.display()
+                ))
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// Where the status is recorded.
+    pub fn status_path(&self) -> PathBuf {
+        self.dir.join("status.json")
     }
 
     /// Records the status (atomically).
