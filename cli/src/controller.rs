@@ -12,7 +12,7 @@ use zdeploy_controller::platforms::kubernetes::leader::{self, Leader};
 #[derive(clap::Args)]
 pub struct Args {
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
-    #[arg(long, default_value = "0.0.0.0:8080")]
+    #[arg(long, default_value = "0.0.0.0:8080", value_parser = crate::listen::listen_addr)]
     probes: SocketAddr,
     /// Judge canaries with this Prometheus (default: scrape each service's zgate directly).
     #[arg(long)]
@@ -23,7 +23,7 @@ pub struct Args {
     /// Receive Alertmanager webhooks here (POST /alertmanager): a firing alert labelled with
     /// a service, its namespace and pool="canary" rolls that canary back at once, and no
     /// chaos run starts for a service while an alert for it fires.
-    #[arg(long, requires = "webhook_token_file")]
+    #[arg(long, requires = "webhook_token_file", value_parser = crate::listen::listen_addr)]
     alertmanager_webhook: Option<SocketAddr>,
     /// File holding the bearer token Alertmanager must send.
     #[arg(long)]

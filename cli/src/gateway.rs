@@ -44,10 +44,10 @@ pub struct Args {
     #[arg(long, default_value = "1s")]
     heartbeat: Duration,
     /// Serve Prometheus metrics on this address (`/metrics`).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::listen::listen_addr)]
     metrics: Option<SocketAddr>,
     /// Serve the admin API (weights, faults) on this address.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::listen::listen_addr)]
     admin: Option<SocketAddr>,
     /// File holding the bearer token the admin API requires (required off loopback).
     #[arg(long)]

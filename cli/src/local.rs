@@ -42,10 +42,10 @@ pub struct UpArgs {
     #[arg(long)]
     prometheus: Option<String>,
     /// Address of the admin API the other verbs use (loopback only).
-    #[arg(long, default_value = "127.0.0.1:0")]
+    #[arg(long, default_value = "127.0.0.1:0", value_parser = crate::listen::listen_addr)]
     admin: SocketAddr,
     /// Also receive Alertmanager webhooks here (POST /alertmanager, same bearer token).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::listen::listen_addr)]
     alertmanager_webhook: Option<SocketAddr>,
     #[command(flatten)]
     state: StateArgs,

@@ -7,6 +7,7 @@ mod controller;
 mod demo;
 mod gateway;
 mod install;
+mod listen;
 mod local;
 mod render;
 mod runbook;

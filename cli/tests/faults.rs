@@ -379,3 +379,70 @@ fn oversized_frames_are_refused_and_memory_stays_bounded() {
     let r = c.recv_multipart(0).unwrap();
     assert!(r[0].starts_with(b"OK stable"), "{r:?}");
 }
+
+#[test]
+fn a_low_descriptor_limit_is_raised_and_many_idle_connections_starve_nothing() {
+    let stable = peer(&["rep", "--name", "stable"]);
+    let hard: u64 = String::from_utf8(
+        std::process::Command::new("sh")
+            .args(["-c", "ulimit -H -n"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap_or(u64::MAX);
+    // Started with a soft limit of 256, as a service manager or a shell might.
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args(["-c", "ulimit -S -n 256 && exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_zdeploy"))
+        .args([
+            "gateway",
+            "--frontend",
+            "tcp://127.0.0.1:*",
+            "--metrics",
+            "127.0.0.1:0",
+        ])
+        .args(["--pool", &format!("stable={}", stable.endpoint())]);
+    let proc = support::Proc::start(cmd, "zgate ready:");
+    let field = |w: &str| {
+        let mut it = proc.ready.split_whitespace();
+        it.find(|x| *x == w).and(it.next()).unwrap().to_string()
+    };
+    let (frontend, metrics) = (field("frontend"), field("metrics"));
+    let scrape = || {
+        support::http()
+            .get(&metrics)
+            .send()
+            .unwrap()
+            .text()
+            .unwrap()
+    };
+    let limit: u64 = scrape()
+        .lines()
+        .find_map(|l| l.strip_prefix("zgate_open_files_limit{service=\"zgate\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the limit is in /metrics");
+    assert_eq!(limit, hard, "the soft limit was raised to the hard one");
+    // 1,100 idle connections: more than the limit zgate was started with (this test
+    // process needs room for them too).
+    zdeploy_gateway::limits::raise_open_files();
+    let addr = frontend.trim_start_matches("tcp://");
+    let idle: Vec<std::net::TcpStream> = (0..1_100)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        scrape().contains("zgate_requests_total"),
+        "/metrics answers"
+    );
+    let ctx = zmq::Context::new();
+    let c = support::zmq_client(&ctx, zmq::REQ, &frontend);
+    c.set_rcvtimeo(2_000).unwrap();
+    c.send("after the crowd", 0).unwrap();
+    let r = c.recv_multipart(0).expect("a new client is served");
+    assert!(r[0].starts_with(b"OK stable"), "{r:?}");
+    drop(idle);
+}

@@ -134,6 +134,12 @@ fn weight_changes_apply_within_100ms_and_zero_means_nothing() {
     );
 
     let canary_before = gw.requests("canary", "ok");
+    let (status, body) = gw.put("/weights", r#"{"stable":90,"canary":90}"#);
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("must add up to 100") && body.contains("180"),
+        "{body}"
+    );
     let (status, body) = gw.put("/weights", r#"{"stable":100}"#);
     assert_eq!(
         (status, body.as_str()),

@@ -68,6 +68,11 @@ pub enum ConfigError {
     /// Every weight is zero.
     #[error("at least one pool needs a weight above 0")]
     AllZero,
+    /// The weights are shares of all requests: they must add up to 100.
+    #[error(
+        "weights must add up to 100 (they are percentages of all requests); these add up to {0}"
+    )]
+    NotHundred(u32),
     /// No pool at all.
     #[error("give at least one --pool")]
     NoPools,
@@ -111,7 +116,7 @@ pub fn parse_weights(s: &str) -> Result<BTreeMap<String, Weight>, ConfigError> {
         .collect()
 }
 
-/// Checks `weights` against the pool names: no unknown pool, not all zero.
+/// Checks `weights` against the pool names: no unknown pool, not all zero, a sum of 100.
 pub fn check_weights(
     pools: &[String],
     weights: &BTreeMap<String, Weight>,
@@ -121,6 +126,10 @@ pub fn check_weights(
     }
     if weights.values().all(|w| *w == Weight::ZERO) {
         return Err(ConfigError::AllZero);
+    }
+    let sum: u32 = weights.values().map(|w| u32::from(w.percent())).sum();
+    if sum != 100 {
+        return Err(ConfigError::NotHundred(sum));
     }
     Ok(())
 }
@@ -204,6 +213,14 @@ mod tests {
         assert!(matches!(c.check(), Err(ConfigError::UnknownPool(..))));
         c.weights = parse_weights("stable=0").unwrap();
         assert_eq!(c.check(), Err(ConfigError::AllZero));
+        // 90 + 90 would be reported as 90/90 but split 50/50: refused.
+        let two = vec![
+            PoolConfig::parse("stable=tcp://127.0.0.1:1").unwrap(),
+            PoolConfig::parse("canary=tcp://127.0.0.1:3").unwrap(),
+        ];
+        let mut both = GatewayConfig::new("echo", "tcp://127.0.0.1:2", two);
+        both.weights = parse_weights("stable=90,canary=90").unwrap();
+        assert_eq!(both.check(), Err(ConfigError::NotHundred(180)));
         c.weights = parse_weights("stable=100").unwrap();
         c.admin = Some("0.0.0.0:9465".parse().unwrap());
         assert!(matches!(c.check(), Err(ConfigError::AdminWithoutToken(_))));

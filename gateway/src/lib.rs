@@ -9,6 +9,7 @@ pub mod control;
 mod dataplane;
 pub mod discovery;
 pub mod follow;
+pub mod limits;
 pub mod metrics;
 mod pending;
 pub mod router;
@@ -102,6 +103,9 @@ impl Gateway {
             &pools,
             &config.latency_edges,
         ));
+        metrics
+            .open_files_limit
+            .set(i64::try_from(limits::raise_open_files()).unwrap_or(i64::MAX));
         let (plane, frontend) = DataPlane::bind(&config, control.clone(), metrics.clone())
             .map_err(|e| GatewayError::Zmq(e, config.frontend.clone()))?;
         let data_plane = std::thread::Builder::new()

@@ -201,6 +201,8 @@ pub struct GatewayMetrics {
     undeliverable: [Counter; 2],
     /// Replies dropped per pool: no request id, a forged one, or another pool's request.
     rejected: Vec<Counter>,
+    /// The soft open-file limit zgate runs with (raised to the hard limit at start).
+    pub open_files_limit: Gauge,
 }
 
 impl GatewayMetrics {
@@ -219,6 +221,12 @@ impl GatewayMetrics {
         let late = Family::<PoolLabels, Counter>::default();
         let undeliverable = Family::<ReasonLabels, Counter>::default();
         let rejected = Family::<PoolLabels, Counter>::default();
+        let open_files_limit = Gauge::default();
+        registry.register(
+            "open_files_limit",
+            "Soft limit on open descriptors (each connection is one), raised to the hard limit at start",
+            open_files_limit.clone(),
+        );
         let malformed = Counter::default();
         registry.register(
             "requests",
@@ -305,6 +313,7 @@ impl GatewayMetrics {
             malformed,
             undeliverable,
             rejected,
+            open_files_limit,
         }
     }
 
