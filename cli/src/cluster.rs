@@ -181,8 +181,7 @@ pub struct FileArgs {
 }
 
 fn services(args: &FileArgs) -> anyhow::Result<Vec<ZmqService>> {
-    let text = std::fs::read_to_string(&args.file)
-        .with_context(|| format!("reading {}", args.file.display()))?;
+    let text = crate::manifest::read(&args.file)?;
     let mut out = Vec::new();
     let mut problems = Vec::new();
     for d in validate_str(&text)? {

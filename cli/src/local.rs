@@ -53,8 +53,7 @@ pub struct UpArgs {
 
 /// Loads the first ZmqService of a manifest file, with every problem named.
 pub fn load_service(file: &PathBuf) -> anyhow::Result<zdeploy_api::ZmqService> {
-    let text =
-        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let text = crate::manifest::read(file)?;
     let services = zdeploy_api::validate::load_services(&text)
         .map_err(|e| anyhow::anyhow!("{}:\n{e}", file.display()))?;
     services
@@ -65,8 +64,7 @@ pub fn load_service(file: &PathBuf) -> anyhow::Result<zdeploy_api::ZmqService> {
 
 /// Loads every ChaosSchedule of a manifest file, with every problem named.
 pub fn load_chaos(file: &PathBuf) -> anyhow::Result<Vec<zdeploy_api::ChaosSchedule>> {
-    let text =
-        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let text = crate::manifest::read(file)?;
     let docs = zdeploy_api::validate::validate_str(&text)?;
     let mut out = Vec::new();
     let mut problems = Vec::new();

@@ -9,6 +9,7 @@ mod gateway;
 mod install;
 mod listen;
 mod local;
+mod manifest;
 mod render;
 mod runbook;
 mod signals;

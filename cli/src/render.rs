@@ -18,7 +18,7 @@ pub struct Args {
 
 /// Prints every object of every ZmqService in the file.
 pub fn run(args: &Args) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(&args.file)?;
+    let text = crate::manifest::read(&args.file)?;
     let docs = zdeploy_api::validate::validate_str(&text)?;
     let mut problems = Vec::new();
     for d in docs {

@@ -1,6 +1,5 @@
 //! `zdeploy validate`: checks manifest files, directories or stdin and reports every problem.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -130,10 +129,7 @@ fn print_text(reports: &[Report]) {
 /// The (name, text) of every input that `arg` names.
 fn read_inputs(arg: &str) -> anyhow::Result<Vec<(String, String)>> {
     if arg == "-" {
-        let mut text = String::new();
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .context("reading stdin")?;
+        let text = crate::manifest::read_from(std::io::stdin(), "<stdin>")?;
         return Ok(vec![("<stdin>".into(), text)]);
     }
     let path = Path::new(arg);
@@ -150,8 +146,7 @@ fn read_inputs(arg: &str) -> anyhow::Result<Vec<(String, String)>> {
     files
         .into_iter()
         .map(|f| {
-            let text =
-                std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+            let text = crate::manifest::read(&f)?;
             Ok((f.display().to_string(), text))
         })
         .collect()

@@ -1,5 +1,7 @@
 //! `zdeploy validate` as a user runs it: real child processes, real files, exit codes.
 
+mod support;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -98,4 +100,44 @@ fn a_missing_file_is_an_error_not_a_pass() {
     let out = zdeploy(&["validate", "-f", "no/such/file.yaml"], None);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no/such/file.yaml"));
+}
+
+#[test]
+fn manifests_in_utf16_or_with_a_bom_are_read_and_other_encodings_named() {
+    let dir = support::tempdir("encodings");
+    let text = std::fs::read_to_string(root().join("manifests/examples/echo.yaml")).unwrap();
+    // What PowerShell's Out-File (UTF-16 LE with BOM) and Notepad's "UTF-8 with BOM" write.
+    let mut utf16 = vec![0xFF, 0xFE];
+    utf16.extend(text.encode_utf16().flat_map(u16::to_le_bytes));
+    let mut bom = vec![0xEF, 0xBB, 0xBF];
+    bom.extend(text.as_bytes());
+    for (name, bytes) in [("utf16.yaml", utf16), ("bom.yaml", bom)] {
+        let f = dir.join(name);
+        std::fs::write(&f, bytes).unwrap();
+        let (code, out, err) = support::zdeploy(&["validate", "-f", f.to_str().unwrap()]);
+        assert_eq!(code, 0, "{name}: {out}{err}");
+        assert!(out.contains("ZmqService/echo: valid"), "{out}");
+    }
+    let gbk = dir.join("gbk.yaml");
+    std::fs::write(&gbk, b"metadata: {name: \xC3\xFB\xD7\xD6}\n").unwrap();
+    let (code, _, err) = support::zdeploy(&["validate", "-f", gbk.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("gbk.yaml is not UTF-8") && err.contains("Set-Content -Encoding utf8"),
+        "{err}"
+    );
+    let dup = dir.join("dup.yaml");
+    std::fs::write(
+        &dup,
+        text.replacen("  replicas: 3\n", "  replicas: 3\n  replicas: 4\n", 1),
+    )
+    .unwrap();
+    let (code, out, err) = support::zdeploy(&["validate", "-f", dup.to_str().unwrap()]);
+    let all = format!("{out}{err}");
+    assert_ne!(code, 0);
+    assert!(
+        all.contains("duplicate mapping key: replicas (a key may appear once"),
+        "{all}"
+    );
+    assert!(!all.contains("DuplicateKeyPolicy"), "{all}");
 }

@@ -5,6 +5,7 @@ mod lines;
 mod path;
 mod rules;
 mod schema;
+pub mod text;
 
 use std::fmt;
 
@@ -90,10 +91,24 @@ pub struct Document {
 #[error("not valid YAML: {0}")]
 pub struct SyntaxError(pub String);
 
+/// The parser's message with its library advice put in zdeploy's words.
+fn in_our_words(message: &str) -> String {
+    let duplicate = regex::Regex::new(r", set DuplicateKeyPolicy in Options if acceptable")
+        .expect("a valid regex");
+    let budget = regex::Regex::new(r"budget breached: \w+ \{ \w+: \d+ \}").expect("a valid regex");
+    let m = duplicate.replace_all(message, " (a key may appear once in a mapping: remove one)");
+    budget
+        .replace_all(
+            &m,
+            "too many YAML nodes for a manifest (it is not a ZmqService, or it repeats itself)",
+        )
+        .into_owned()
+}
+
 /// Validates every document of a (multi-document) YAML text.
 pub fn validate_str(text: &str) -> Result<Vec<Document>, SyntaxError> {
-    let values: Vec<Value> =
-        serde_saphyr::from_str_multiple(text).map_err(|e| SyntaxError(e.to_string()))?;
+    let values: Vec<Value> = serde_saphyr::from_str_multiple(text)
+        .map_err(|e| SyntaxError(in_our_words(&e.to_string())))?;
     let index = LineIndex::build(text);
     let docs = values
         .into_iter()
