@@ -24,7 +24,7 @@ pub fn decode(bytes: &[u8]) -> Result<String, String> {
     }
     let convert = "save it as UTF-8: in PowerShell `Get-Content FILE | Set-Content -Encoding utf8 FILE.utf8`, elsewhere `iconv -f ENCODING -t UTF-8 FILE`";
     let utf16 = |body: &[u8], from: fn([u8; 2]) -> u16| -> Result<String, String> {
-        if body.len() % 2 != 0 {
+        if !body.len().is_multiple_of(2) {
             return Err(format!(
                 "is UTF-16 with an odd number of bytes (cut short?): {convert}"
             ));
