@@ -52,7 +52,7 @@ pub struct UpArgs {
 }
 
 /// Loads the first ZmqService of a manifest file, with every problem named.
-pub fn load_service(file: &PathBuf) -> anyhow::Result<zdeploy_api::ZmqService> {
+pub fn load_service(file: &std::path::Path) -> anyhow::Result<zdeploy_api::ZmqService> {
     let text = crate::manifest::read(file)?;
     let services = zdeploy_api::validate::load_services(&text)
         .map_err(|e| anyhow::anyhow!("{}:\n{e}", file.display()))?;
@@ -63,7 +63,7 @@ pub fn load_service(file: &PathBuf) -> anyhow::Result<zdeploy_api::ZmqService> {
 }
 
 /// Loads every ChaosSchedule of a manifest file, with every problem named.
-pub fn load_chaos(file: &PathBuf) -> anyhow::Result<Vec<zdeploy_api::ChaosSchedule>> {
+pub fn load_chaos(file: &std::path::Path) -> anyhow::Result<Vec<zdeploy_api::ChaosSchedule>> {
     let text = crate::manifest::read(file)?;
     let docs = zdeploy_api::validate::validate_str(&text)?;
     let mut out = Vec::new();
