@@ -446,3 +446,136 @@ fn a_low_descriptor_limit_is_raised_and_many_idle_connections_starve_nothing() {
     assert!(r[0].starts_with(b"OK stable"), "{r:?}");
     drop(idle);
 }
+
+#[test]
+fn zgate_killed_and_restarted_under_load_answers_nothing_twice_and_clients_come_back() {
+    let stable = peer(&["rep", "--name", "stable"]);
+    let canary = peer(&["rep", "--name", "canary"]);
+    let frontend = format!("tcp://127.0.0.1:{}", support::free_port());
+    let args = [
+        "--pool".to_string(),
+        format!("stable={}", stable.endpoint()),
+        "--pool".to_string(),
+        format!("canary={}", canary.endpoint()),
+        "--weights".to_string(),
+        "stable=90,canary=10".to_string(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut first = support::gateway_on(&frontend, &args);
+    first.wait_live("canary", 1.0);
+    let endpoint = frontend.clone();
+    let start = Instant::now();
+    let loader = std::thread::spawn(move || load(&endpoint, 300.0, 300, Duration::from_secs(12)));
+    std::thread::sleep(Duration::from_secs(4));
+    first.proc.signal("KILL");
+    first.proc.wait_exit(Duration::from_secs(5));
+    let killed = start.elapsed();
+    std::thread::sleep(Duration::from_secs(1));
+    let second = support::gateway_on(&frontend, &args);
+    second.wait_live("canary", 1.0);
+    let back = start.elapsed();
+    let records = loader.join().unwrap();
+
+    let in_flight_at_kill = records
+        .iter()
+        .filter(|r| {
+            r.sent < start + killed && r.reply.as_ref().is_none_or(|(t, _)| *t > start + killed)
+        })
+        .count();
+    let lost = records.iter().filter(|r| r.reply.is_none()).count();
+    let after: Vec<&Record> = records
+        .iter()
+        .filter(|r| r.sent > start + back + Duration::from_secs(1))
+        .collect();
+    let answered_after = after.iter().filter(|r| r.reply.is_some()).count();
+    let foreign = records.iter().filter(|r| r.foreign).count();
+    eprintln!(
+        "{} requests; {in_flight_at_kill} in flight at the kill, {lost} never answered; {answered_after}/{} sent after the restart answered",
+        records.len(),
+        after.len()
+    );
+    assert_eq!(foreign, 0, "no reply reaches another client");
+    assert!(
+        lost <= in_flight_at_kill,
+        "only requests zgate held when it died are lost"
+    );
+    assert!(
+        after.len() > 1000,
+        "the clients sent again after the restart"
+    );
+    assert_eq!(
+        answered_after,
+        after.len(),
+        "every request after the restart is answered"
+    );
+    // The restarted zgate answered each request it took once: its counts match the replies.
+    let counted = second.requests("stable", "ok") + second.requests("canary", "ok");
+    let replied_ok = records
+        .iter()
+        .filter(|r| {
+            r.reply
+                .as_ref()
+                .is_some_and(|(t, f)| *t > start + back && f.starts_with("OK"))
+        })
+        .count() as f64;
+    assert!(
+        counted >= replied_ok,
+        "{counted} counted, {replied_ok} OK replies seen after the restart"
+    );
+}
+
+/// How long the soak runs: 2 minutes in the suite, `ZDEPLOY_SOAK_SECONDS` on demand.
+fn soak_length() -> Duration {
+    let secs = std::env::var("ZDEPLOY_SOAK_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(120);
+    Duration::from_secs(secs)
+}
+
+#[test]
+fn a_soak_at_a_steady_rate_keeps_memory_and_descriptors_flat() {
+    let stable = peer(&["rep", "--name", "stable"]);
+    let canary = peer(&["rep", "--name", "canary", "--error-ratio", "0.01"]);
+    let gw = gateway(&[
+        "--pool",
+        &format!("stable={}", stable.endpoint()),
+        "--pool",
+        &format!("canary={}", canary.endpoint()),
+        "--weights",
+        "stable=80,canary=20",
+    ]);
+    gw.wait_live("canary", 1.0);
+    let length = soak_length();
+    let endpoint = gw.frontend.clone();
+    let loader = std::thread::spawn(move || load(&endpoint, 300.0, 50, length));
+    // Samples every 10 s; the first 20 s are warm-up (allocator arenas, libzmq pipes).
+    let mut samples = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < length {
+        std::thread::sleep(Duration::from_secs(10));
+        let _ = gw.scrape(); // the metrics path is part of the soak
+        samples.push((
+            start.elapsed().as_secs(),
+            gw.proc.rss_kib(),
+            gw.proc.open_fds(),
+        ));
+    }
+    let records = loader.join().unwrap();
+    eprintln!("soak (seconds, RSS KiB, open fds): {samples:?}");
+    let steady: Vec<_> = samples.iter().filter(|(t, _, _)| *t >= 20).collect();
+    let (first, last) = (steady.first().unwrap(), steady.last().unwrap());
+    let unanswered = records.iter().filter(|r| r.reply.is_none()).count();
+    assert_eq!(unanswered, 0, "every request answered during the soak");
+    assert!(
+        last.1 <= first.1 + 8 * 1024,
+        "RSS grew from {} to {} KiB",
+        first.1,
+        last.1
+    );
+    let fds: Vec<usize> = steady.iter().map(|s| s.2).collect();
+    assert!(
+        fds.iter().max().unwrap() - fds.iter().min().unwrap() <= 2,
+        "open descriptors moved: {fds:?}"
+    );
+}

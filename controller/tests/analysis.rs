@@ -559,3 +559,28 @@ async fn the_webhook_takes_a_large_group_and_keeps_only_what_it_can_act_on() {
     let kept = zdeploy_controller::analysis::webhook::MAX_KEPT;
     assert_eq!(any.sizes(), (kept, kept));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prometheus_killed_mid_analysis_gives_no_verdict_until_it_is_back() {
+    let target = Target::start("echo").await;
+    // A canary failing every request: only a missing source can keep it from failing.
+    let _bad = target.traffic(1, 0, 50, 0.002);
+    let mut prom = Prometheus::start(&target.addr, None, None).await;
+    let mut a = on_prometheus(&prom, "echo", analysis(0));
+    // Killed while the analysis runs: whatever the run saw, it cannot be a pass.
+    let (run, ()) = tokio::join!(a.run(AGE), async {
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        prom.kill();
+    });
+    assert_ne!(run.verdict, Verdict::Pass, "{}", reasons(&run));
+    // Dead: every run is inconclusive, never a pass and never a failure on no data.
+    for _ in 0..3 {
+        let run = a.run(AGE).await;
+        assert_eq!(run.verdict, Verdict::Inconclusive, "{}", reasons(&run));
+        assert!(
+            run.measurements[0].reason.contains("unreachable"),
+            "{}",
+            reasons(&run)
+        );
+    }
+}

@@ -28,6 +28,7 @@ use zdeploy_api::service::ErrorClassifier;
 use crate::classify::is_error_reply;
 use crate::config::GatewayConfig;
 use crate::control::{ActiveFault, Control, FaultAction};
+use crate::envelope;
 use crate::metrics::{GatewayMetrics, Outcome, PoolMetrics, Undeliverable};
 use crate::pending::PendingRing;
 use crate::router::WeightedRoundRobin;
@@ -352,26 +353,25 @@ impl DataPlane {
 
     fn on_request(&mut self, mut frames: Vec<zmq::Message>) {
         let now = Instant::now();
-        let Some(delim) = frames
-            .iter()
-            .skip(1)
-            .position(|f| f.is_empty())
-            .map(|d| d + 1)
-        else {
-            self.metrics.malformed.inc();
-            frames.truncate(1);
-            let text = "ERR zgate malformed: request has no empty delimiter frame; REQ sockets add one, DEALER clients must send it";
-            self.deliver(frames, [zmq::Message::from(text)]);
-            return;
+        let delim = match envelope::request(&frames) {
+            envelope::Request::Routable { delimiter } => delimiter,
+            envelope::Request::NoDelimiter => {
+                self.metrics.malformed.inc();
+                frames.truncate(1);
+                let text = "ERR zgate malformed: request has no empty delimiter frame; REQ sockets add one, DEALER clients must send it";
+                self.deliver(frames, [zmq::Message::from(text)]);
+                return;
+            }
+            envelope::Request::NoBody { delimiter } => {
+                // Forwarded, it would time out at a REP service and count against the pool.
+                self.metrics.malformed.inc();
+                frames.truncate(delimiter);
+                let text =
+                    "ERR zgate malformed: request has no body after the empty delimiter frame";
+                self.deliver(frames, [zmq::Message::from(text)]);
+                return;
+            }
         };
-        if delim + 1 >= frames.len() {
-            // Forwarded, it would time out at a REP service and count against the pool.
-            self.metrics.malformed.inc();
-            frames.truncate(delim);
-            let text = "ERR zgate malformed: request has no body after the empty delimiter frame";
-            self.deliver(frames, [zmq::Message::from(text)]);
-            return;
-        }
         let pool = if self.sticky {
             self.router.pick_sticky(&frames[0])
         } else {
@@ -414,8 +414,8 @@ impl DataPlane {
     }
 
     /// The id a backend sees: the sequence number and a keyed hash of it.
-    fn wire_id(&self, id: u64) -> [u8; 16] {
-        let mut out = [0u8; 16];
+    fn wire_id(&self, id: u64) -> [u8; envelope::ID_LEN] {
+        let mut out = [0u8; envelope::ID_LEN];
         out[..8].copy_from_slice(&id.to_le_bytes());
         out[8..].copy_from_slice(&self.id_key.hash_one(id).to_le_bytes());
         out
@@ -509,13 +509,14 @@ impl DataPlane {
         // Any reply, late ones too, shows the pool is answering.
         let p = &mut self.pools[pool];
         p.unanswered_since = (p.outstanding > 0).then(Instant::now);
-        let Some(wire) = frames
-            .first()
-            .and_then(|f| <[u8; 16]>::try_from(&f[..]).ok())
-        else {
-            // Counted, not logged: a misbehaving backend must not flood the log.
-            self.metrics.rejected_reply(pool);
-            return;
+        let (wire, well_formed) = match envelope::reply(&frames) {
+            envelope::Reply::Answer { id } => (id, true),
+            envelope::Reply::Malformed { id } => (id, false),
+            envelope::Reply::NoId => {
+                // Counted, not logged: a misbehaving backend must not flood the log.
+                self.metrics.rejected_reply(pool);
+                return;
+            }
         };
         let id = u64::from_le_bytes(wire[..8].try_into().expect("8 bytes"));
         // An id zgate did not make is forged (or guessed), whether or not it is waiting.
@@ -534,7 +535,7 @@ impl DataPlane {
         }
         let mut p = self.pending.remove(id).expect("looked up above");
         // The service echoes `[id, ""]`, then its reply: anything else is the pool's error.
-        if frames.len() < 3 || !frames[1].is_empty() {
+        if !well_formed {
             let detail = format!(
                 "bad_reply: pool {} answered without an empty delimiter frame and a body",
                 self.pools[pool].name
@@ -655,7 +656,7 @@ fn recv_frames(socket: &zmq::Socket) -> Option<Vec<zmq::Message>> {
 /// false (and nothing moved) when no backend can take the request now.
 fn send_request(
     socket: &zmq::Socket,
-    id: &[u8; 16],
+    id: &[u8; envelope::ID_LEN],
     frames: &mut Vec<zmq::Message>,
     from: usize,
 ) -> bool {

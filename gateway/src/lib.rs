@@ -8,6 +8,7 @@ pub mod config;
 pub mod control;
 mod dataplane;
 pub mod discovery;
+pub mod envelope;
 pub mod follow;
 pub mod limits;
 pub mod metrics;

@@ -136,6 +136,13 @@ impl Proc {
         }
     }
 
+    /// Open descriptors, from /proc.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
     /// Resident memory in KiB, from /proc.
     pub fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
@@ -255,11 +262,16 @@ pub struct Gw {
 
 /// Starts `zdeploy gateway` on free loopback ports with the extra `args`.
 pub fn gateway(args: &[&str]) -> Gw {
+    gateway_on("tcp://127.0.0.1:*", args)
+}
+
+/// Starts `zdeploy gateway` with its frontend on `frontend` (metrics and admin on free ports).
+pub fn gateway_on(frontend: &str, args: &[&str]) -> Gw {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_zdeploy"));
     cmd.args([
         "gateway",
         "--frontend",
-        "tcp://127.0.0.1:*",
+        frontend,
         "--metrics",
         "127.0.0.1:0",
         "--admin",

@@ -86,11 +86,17 @@ async fn wait_http_ok(url: &str, what: &str) {
 /// A Prometheus server scraping `target` every second, evaluating `rules` every second.
 pub struct Prometheus {
     pub url: String,
-    _daemon: Daemon,
+    daemon: Daemon,
     _dir: TempDir,
 }
 
 impl Prometheus {
+    /// Kills Prometheus at once (SIGKILL), as a crash or an OOM kill would.
+    pub fn kill(&mut self) {
+        let _ = self.daemon.0.kill();
+        let _ = self.daemon.0.wait();
+    }
+
     /// Starts Prometheus and returns once it has scraped `target` (ready is not scraping).
     pub async fn start(target: &str, rules: Option<&str>, alertmanager: Option<&str>) -> Self {
         let dir = TempDir::new("prometheus");
@@ -125,7 +131,7 @@ impl Prometheus {
         let url = format!("http://127.0.0.1:{port}");
         let p = Self {
             url,
-            _daemon: Daemon(child),
+            daemon: Daemon(child),
             _dir: dir,
         };
         wait_http_ok(&format!("{}/-/ready", p.url), "Prometheus").await;
