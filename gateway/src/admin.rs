@@ -109,31 +109,46 @@ async fn get_weights(State(control): State<Arc<Control>>) -> Json<BTreeMap<Strin
     Json(weights_json(&control))
 }
 
-async fn put_weights(State(control): State<Arc<Control>>, body: axum::body::Bytes) -> Response {
-    let wanted: BTreeMap<String, i64> = match serde_json::from_slice(&body) {
-        Ok(w) => w,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("body must be a JSON object like {{\"stable\":90,\"canary\":10}}: {e}"),
-            );
-        }
-    };
+/// The weights a `PUT /weights` body asks for, in pool order; pools left out get 0 (the
+/// body is the whole new split). No I/O: the handler calls it, and the fuzzer.
+pub fn weights_from_body(pools: &[String], body: &[u8]) -> Result<Vec<Weight>, String> {
+    let wanted: BTreeMap<String, i64> = serde_json::from_slice(body).map_err(|e| {
+        format!("body must be a JSON object like {{\"stable\":90,\"canary\":10}}: {e}")
+    })?;
     let mut weights = BTreeMap::new();
     for (pool, n) in wanted {
-        match Weight::new(n) {
-            Ok(w) => weights.insert(pool, w),
-            Err(e) => return error(StatusCode::BAD_REQUEST, format!("{pool}: {e}")),
-        };
+        let w = Weight::new(n).map_err(|e| format!("{pool}: {e}"))?;
+        weights.insert(pool, w);
     }
-    if let Err(e) = check_weights(control.pools(), &weights) {
-        return error(StatusCode::BAD_REQUEST, e.to_string());
-    }
-    // Pools left out of the body go to 0: the body is the whole new split.
-    let ordered: Vec<Weight> = control
-        .pools()
+    check_weights(pools, &weights).map_err(|e| e.to_string())?;
+    Ok(pools
         .iter()
         .map(|p| weights.get(p).copied().unwrap_or(Weight::ZERO))
+        .collect())
+}
+
+/// The fault a `PUT /faults/{pool}` body asks for, checked. No I/O.
+pub fn fault_from_body(body: &[u8]) -> Result<FaultSpec, String> {
+    let spec: FaultSpec = serde_json::from_slice(body).map_err(|e| {
+        format!(
+            "body must be like {{\"latency\":\"200ms\",\"errorRatio\":0.1,\"dropRatio\":0,\"duration\":\"30s\"}}: {e}"
+        )
+    })?;
+    match spec.problem() {
+        Some(problem) => Err(problem),
+        None => Ok(spec),
+    }
+}
+
+async fn put_weights(State(control): State<Arc<Control>>, body: axum::body::Bytes) -> Response {
+    let ordered = match weights_from_body(control.pools(), &body) {
+        Ok(w) => w,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let weights: BTreeMap<&String, Weight> = control
+        .pools()
+        .iter()
+        .zip(ordered.iter().copied())
         .collect();
     control.update(|s| s.weights = ordered);
     tracing::info!(?weights, "weights changed");
@@ -184,20 +199,10 @@ async fn put_fault(
             ),
         );
     };
-    let spec: FaultSpec = match serde_json::from_slice(&body) {
+    let spec = match fault_from_body(&body) {
         Ok(s) => s,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "body must be like {{\"latency\":\"200ms\",\"errorRatio\":0.1,\"dropRatio\":0,\"duration\":\"30s\"}}: {e}"
-                ),
-            );
-        }
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    if let Some(problem) = spec.problem() {
-        return error(StatusCode::BAD_REQUEST, problem);
-    }
     let until = Instant::now() + spec.duration.get();
     tracing::info!(pool, ?spec, "fault injected");
     control.update(|s| {

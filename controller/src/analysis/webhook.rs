@@ -176,45 +176,67 @@ async fn receive(
             "missing or wrong bearer token\n".into(),
         );
     }
-    let payload: Payload = match serde_json::from_slice(&body) {
-        Ok(p) => p,
-        Err(e) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                format!("not an Alertmanager webhook payload: {e}\n"),
+    match shared.inbox.receive(&body) {
+        Ok(r) => {
+            tracing::info!(
+                firing = r.firing,
+                ignored = r.ignored,
+                "alertmanager webhook received"
             );
+            (
+                StatusCode::OK,
+                format!(
+                    "{} firing alerts received, {} for no service zdeploy runs\n",
+                    r.firing, r.ignored
+                ),
+            )
         }
-    };
-    let (mut firing, mut ignored) = (0, 0);
-    for a in payload.alerts {
-        if !shared.inbox.wants(&a.labels) {
-            ignored += 1;
-            continue;
-        }
-        let key = a
-            .fingerprint
-            .clone()
-            .unwrap_or_else(|| format!("{:?}", a.labels));
-        let alert = PushedAlert {
-            name: a.labels.get("alertname").cloned().unwrap_or_default(),
-            runbook_url: a.annotations.get("runbook_url").cloned(),
-            labels: a.labels,
-        };
-        let mut now_firing = shared.inbox.firing.lock().expect("inbox lock");
-        if a.status == "firing" {
-            firing += 1;
-            if now_firing.len() < MAX_KEPT || now_firing.contains_key(&key) {
-                now_firing.insert(key, alert.clone());
-            }
-            drop(now_firing);
-            shared.inbox.push(alert);
-        } else {
-            now_firing.remove(&key);
-        }
+        Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")),
     }
-    tracing::info!(firing, ignored, "alertmanager webhook received");
-    (
-        StatusCode::OK,
-        format!("{firing} firing alerts received, {ignored} for no service zdeploy runs\n"),
-    )
+}
+
+/// What one webhook body brought.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Received {
+    /// Firing alerts taken in.
+    pub firing: usize,
+    /// Alerts for no service zdeploy runs, left out.
+    pub ignored: usize,
+}
+
+impl AlertInbox {
+    /// Takes in one webhook body (Alertmanager's version 4 payload): firing alerts join
+    /// the inbox, resolved ones leave the firing set. No I/O: the HTTP handler calls it.
+    pub fn receive(&self, body: &[u8]) -> Result<Received, String> {
+        let payload: Payload = serde_json::from_slice(body)
+            .map_err(|e| format!("not an Alertmanager webhook payload: {e}"))?;
+        let mut r = Received::default();
+        for a in payload.alerts {
+            if !self.wants(&a.labels) {
+                r.ignored += 1;
+                continue;
+            }
+            let key = a
+                .fingerprint
+                .clone()
+                .unwrap_or_else(|| format!("{:?}", a.labels));
+            let alert = PushedAlert {
+                name: a.labels.get("alertname").cloned().unwrap_or_default(),
+                runbook_url: a.annotations.get("runbook_url").cloned(),
+                labels: a.labels,
+            };
+            let mut now_firing = self.firing.lock().expect("inbox lock");
+            if a.status == "firing" {
+                r.firing += 1;
+                if now_firing.len() < MAX_KEPT || now_firing.contains_key(&key) {
+                    now_firing.insert(key, alert.clone());
+                }
+                drop(now_firing);
+                self.push(alert);
+            } else {
+                now_firing.remove(&key);
+            }
+        }
+        Ok(r)
+    }
 }
