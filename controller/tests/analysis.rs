@@ -25,8 +25,13 @@ fn canary(service: &str) -> Who {
 /// Runs the analysis until it gives `want` (at most `limit`); returns the last run.
 /// An analyzer of `service`'s canary by `spec`, asking `prom`.
 fn on_prometheus(prom: &Prometheus, service: &str, spec: Analysis) -> Analyzer {
+    prometheus_at(&prom.url, service, spec)
+}
+
+/// An analyzer of `service`'s canary by `spec`, asking whatever answers at `url`.
+fn prometheus_at(url: &str, service: &str, spec: Analysis) -> Analyzer {
     Analyzer::new(
-        Source::prometheus(&prom.url),
+        Source::prometheus(url),
         canary(service),
         spec,
         None,
@@ -244,13 +249,7 @@ async fn the_webhook_refuses_a_wrong_token() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_source_that_fails_is_inconclusive_never_a_pass() {
     let down = format!("http://127.0.0.1:{}", support::free_port());
-    let mut a = Analyzer::new(
-        Source::prometheus(&down),
-        canary("echo"),
-        analysis(0),
-        None,
-        Span::CanaryLife,
-    );
+    let mut a = prometheus_at(&down, "echo", analysis(0));
     let run = a.run(AGE).await;
     assert_eq!(run.verdict, Verdict::Inconclusive, "{}", reasons(&run));
     assert!(
@@ -274,13 +273,7 @@ async fn a_source_that_fails_is_inconclusive_never_a_pass() {
             }),
         );
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    let mut garbage = Analyzer::new(
-        Source::prometheus(&url),
-        canary("echo"),
-        analysis(0),
-        None,
-        Span::CanaryLife,
-    );
+    let mut garbage = prometheus_at(&url, "echo", analysis(0));
     let run = garbage.run(AGE).await;
     assert_eq!(run.verdict, Verdict::Inconclusive, "{}", reasons(&run));
     assert!(
@@ -501,6 +494,16 @@ fn group(alerts: &[String]) -> String {
     )
 }
 
+/// POSTs `body` to the webhook at `url` with the bearer `token`.
+async fn post(http: &reqwest::Client, url: &str, token: &str, body: String) -> reqwest::Response {
+    http.post(url)
+        .bearer_auth(token)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_webhook_takes_a_large_group_and_keeps_only_what_it_can_act_on() {
     let inbox = Arc::new(AlertInbox::only_for("echo"));
@@ -513,13 +516,7 @@ async fn the_webhook_takes_a_large_group_and_keeps_only_what_it_can_act_on() {
     many.extend(alerts("other-too", 4_999));
     let big = group(&many);
     assert!(big.len() > 6_000_000, "{} bytes", big.len());
-    let r = http
-        .post(&url)
-        .bearer_auth("t")
-        .body(big)
-        .send()
-        .await
-        .unwrap();
+    let r = post(&http, &url, "t", big).await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     assert_eq!(
         inbox.take_matching("echo", None, "canary").len(),
@@ -528,13 +525,7 @@ async fn the_webhook_takes_a_large_group_and_keeps_only_what_it_can_act_on() {
     );
     // Many groups for services zdeploy does not run: nothing is kept.
     for _ in 0..41 {
-        let r = http
-            .post(&url)
-            .bearer_auth("t")
-            .body(group(&alerts("elsewhere", 3_000)))
-            .send()
-            .await
-            .unwrap();
+        let r = post(&http, &url, "t", group(&alerts("elsewhere", 3_000))).await;
         assert_eq!(r.status(), 200);
     }
     assert_eq!(
@@ -547,13 +538,7 @@ async fn the_webhook_takes_a_large_group_and_keeps_only_what_it_can_act_on() {
     let url = support::webhook(any.clone(), "t").await;
     for round in 0..4 {
         let body = group(&alerts(&format!("svc{round}"), 3_000));
-        let r = http
-            .post(&url)
-            .bearer_auth("t")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+        let r = post(&http, &url, "t", body).await;
         assert_eq!(r.status(), 200);
     }
     let kept = zdeploy_controller::analysis::webhook::MAX_KEPT;
