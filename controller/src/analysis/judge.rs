@@ -30,61 +30,79 @@ pub struct Reading {
     pub error: Option<String>,
 }
 
-/// One check of a metric, as it is judged.
+/// A check judged from counts by a sequential test.
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum Check {
+enum Counted {
     /// The canary's bad-request rate against a bound, by the one-sample test.
     Rate(Bound),
     /// The canary's rate against stable's, by the two-sample test.
     Relative(Comparison),
-    /// The canary's value at most this (no counts: a threshold).
-    ValueAtMost(f64),
+}
+
+/// A check of a value against a threshold (no counts, no sequential guarantee).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Valued {
+    /// The canary's value at most this.
+    AtMost(f64),
     /// The canary's value at least this.
-    ValueAtLeast(f64),
+    AtLeast(f64),
     /// The canary's value against stable's value.
-    ValueRelative(Comparison),
+    Relative(Comparison),
 }
 
-impl Check {
-    fn counted(self) -> bool {
-        matches!(self, Check::Rate(_) | Check::Relative(_))
-    }
+/// The checks a metric asks for, each in the form it is judged in.
+#[derive(Default)]
+struct Checks {
+    counted: Vec<Counted>,
+    valued: Vec<Valued>,
 }
 
-/// The checks a metric asks for, in the form each is judged in.
-fn checks(m: &Metric) -> Vec<Check> {
-    let mut out = Vec::new();
-    let comparisons = m.relative.iter().flat_map(|r| {
-        r.margin
-            .map(Comparison::Margin)
-            .into_iter()
-            .chain(r.factor.map(Comparison::Factor))
-    });
+fn checks(m: &Metric) -> Checks {
+    let mut out = Checks::default();
+    let comparisons: Vec<Comparison> = m
+        .relative
+        .iter()
+        .flat_map(|r| {
+            r.margin
+                .map(Comparison::Margin)
+                .into_iter()
+                .chain(r.factor.map(Comparison::Factor))
+        })
+        .collect();
     if m.judges_rate() {
-        out.extend(m.max.map(|b| Check::Rate(Bound::AtMost(b))));
-        out.extend(m.min.map(|b| Check::Rate(Bound::AtLeast(b))));
-        out.extend(comparisons.map(Check::Relative));
+        out.counted
+            .extend(m.max.map(|b| Counted::Rate(Bound::AtMost(b))));
+        out.counted
+            .extend(m.min.map(|b| Counted::Rate(Bound::AtLeast(b))));
+        out.counted
+            .extend(comparisons.into_iter().map(Counted::Relative));
     } else if let Some(share) = m.builtin.and_then(|b| b.share_above()) {
         // "p99 at most 800 ms" is "at most 1% of requests slower than 800 ms".
-        out.extend(m.max.map(|_| Check::Rate(Bound::AtMost(share))));
-        out.extend(m.min.map(Check::ValueAtLeast));
-        out.extend(comparisons.map(Check::ValueRelative));
+        out.counted
+            .extend(m.max.map(|_| Counted::Rate(Bound::AtMost(share))));
+        out.valued.extend(m.min.map(Valued::AtLeast));
+        out.valued
+            .extend(comparisons.into_iter().map(Valued::Relative));
     } else {
-        out.extend(m.max.map(Check::ValueAtMost));
-        out.extend(m.min.map(Check::ValueAtLeast));
-        out.extend(comparisons.map(Check::ValueRelative));
+        out.valued.extend(m.max.map(Valued::AtMost));
+        out.valued.extend(m.min.map(Valued::AtLeast));
+        out.valued
+            .extend(comparisons.into_iter().map(Valued::Relative));
     }
     out
 }
 
 /// Whether the metric needs counts from its source (bad and all requests).
 pub fn needs_counts(m: &Metric) -> bool {
-    checks(m).iter().any(|c| c.counted())
+    !checks(m).counted.is_empty()
 }
 
 /// Whether the metric's counted checks compare with stable, so stable's counts are needed.
 pub fn needs_stable_counts(m: &Metric) -> bool {
-    checks(m).iter().any(|c| matches!(c, Check::Relative(_)))
+    checks(m)
+        .counted
+        .iter()
+        .any(|c| matches!(c, Counted::Relative(_)))
 }
 
 /// The level of evidence at which one count-judged check fails: alpha is shared equally
@@ -93,9 +111,8 @@ pub fn fail_at(analysis: &Analysis) -> f64 {
     let checks = analysis
         .metrics
         .iter()
-        .flat_map(checks)
-        .filter(|c| c.counted())
-        .count()
+        .map(|m| checks(m).counted.len())
+        .sum::<usize>()
         .max(1);
     checks as f64 / analysis.alpha
 }
@@ -178,7 +195,7 @@ pub fn judge(metric: &Metric, analysis: &Analysis, r: &Reading) -> Judged {
     let mut evidence: Option<Evidence> = None;
     let mut failures = Vec::new();
     let mut waiting = Vec::new();
-    for check in checks.iter().copied().filter(|c| c.counted()) {
+    for check in checks.counted.iter().copied() {
         let Some(canary) = r.canary.filter(|c| c.requests > 0) else {
             return inconclusive(
                 "no requests counted yet (no traffic, or no series for this service and pool)"
@@ -187,7 +204,7 @@ pub fn judge(metric: &Metric, analysis: &Analysis, r: &Reading) -> Judged {
         };
         let interval = wilson_interval(canary, INTERVAL_Z);
         let (ln_e, stable, words) = match check {
-            Check::Rate(bound) => {
+            Counted::Rate(bound) => {
                 let words = match bound {
                     _ if !metric.judges_rate() => format!(
                         "{bad_word} more often than the allowed {}",
@@ -198,7 +215,7 @@ pub fn judge(metric: &Metric, analysis: &Analysis, r: &Reading) -> Judged {
                 };
                 (ln_evidence(canary, bound), None, words)
             }
-            Check::Relative(cmp) => {
+            Counted::Relative(cmp) => {
                 let Some(stable) = r.stable.filter(|s| s.requests > 0) else {
                     waiting.push("stable has served no requests to compare with".to_string());
                     continue;
@@ -219,7 +236,6 @@ pub fn judge(metric: &Metric, analysis: &Analysis, r: &Reading) -> Judged {
                     words,
                 )
             }
-            _ => unreachable!("only counted checks"),
         };
         let e = ln_e.exp();
         let this = Evidence {
@@ -272,7 +288,7 @@ pub fn judge(metric: &Metric, analysis: &Analysis, r: &Reading) -> Judged {
     }
 
     // Threshold checks on values.
-    let value_checks: Vec<Check> = checks.iter().copied().filter(|c| !c.counted()).collect();
+    let value_checks = checks.valued;
     let value = r.value.filter(|v| !v.is_nan());
     if !value_checks.is_empty() {
         let Some(v) = value else {
@@ -280,13 +296,13 @@ pub fn judge(metric: &Metric, analysis: &Analysis, r: &Reading) -> Judged {
         };
         for check in value_checks {
             let failed = match check {
-                Check::ValueAtMost(max) if v > max => {
+                Valued::AtMost(max) if v > max => {
                     Some(format!("{v:.4} is above the maximum {max}"))
                 }
-                Check::ValueAtLeast(min) if v < min => {
+                Valued::AtLeast(min) if v < min => {
                     Some(format!("{v:.4} is below the minimum {min}"))
                 }
-                Check::ValueRelative(cmp) => {
+                Valued::Relative(cmp) => {
                     let Some(s) = r.stable_value.filter(|s| !s.is_nan()) else {
                         return inconclusive("no stable value to compare with".into());
                     };
