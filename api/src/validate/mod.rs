@@ -7,8 +7,11 @@ mod rules;
 mod schema;
 pub mod text;
 
+use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::{Mutex, OnceLock};
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -195,12 +198,24 @@ fn validate_value(index: usize, value: Value) -> Document {
     }
 }
 
+/// `K`'s CRD, generated once: making it is most of the cost of validating a document.
+fn crd_of<K: CustomResourceExt + 'static>() -> &'static CustomResourceDefinition {
+    type Crds = Mutex<BTreeMap<std::any::TypeId, &'static CustomResourceDefinition>>;
+    static CRDS: OnceLock<Crds> = OnceLock::new();
+    let mut crds = CRDS
+        .get_or_init(Default::default)
+        .lock()
+        .expect("CRD cache lock");
+    crds.entry(std::any::TypeId::of::<K>())
+        .or_insert_with(|| Box::leak(Box::new(K::crd())))
+}
+
 /// Checks `value` against `K`'s CRD schema, then deserializes it; `None` with problems on failure.
-fn typed<K: CustomResourceExt + DeserializeOwned>(
+fn typed<K: CustomResourceExt + DeserializeOwned + 'static>(
     value: &Value,
     problems: &mut Vec<Problem>,
 ) -> Option<K> {
-    let crd = K::crd();
+    let crd = crd_of::<K>();
     let root_schema = crd
         .spec
         .versions
