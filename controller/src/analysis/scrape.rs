@@ -52,9 +52,9 @@ impl ScrapeHistory {
         self.baseline = None;
     }
 
-    /// The first scrape taken at or after `since` (the canary's start), pinned so that the
+    /// Pins the first scrape taken at or after `since` (the canary's start), so that the
     /// counts since then survive the history's trimming.
-    fn pinned(&mut self, since: Instant) -> Option<&Exposition> {
+    fn pin(&mut self, since: Instant) {
         let stale = self
             .baseline
             .as_ref()
@@ -66,7 +66,6 @@ impl ScrapeHistory {
                 .find(|(t, _)| *t >= since)
                 .map(|(_, e)| (since, e.clone()));
         }
-        self.baseline.as_ref().map(|(_, e)| e)
     }
 
     /// A built-in measurement of `target` over the span `from` picks: since the canary
@@ -79,18 +78,22 @@ impl ScrapeHistory {
         from: From,
         edge: Option<f64>,
     ) -> Measured {
+        // Borrowed, not copied: this runs for every metric at every scrape.
+        if let From::Pinned(since) = from {
+            self.pin(since);
+        }
         let first = match from {
-            From::Pinned(since) => self.pinned(since).cloned(),
+            From::Pinned(_) => self.baseline.as_ref().map(|(_, e)| e),
             From::Window(since) => self
                 .scrapes
                 .iter()
                 .find(|(t, _)| *t >= since)
-                .map(|(_, e)| e.clone()),
+                .map(|(_, e)| e),
         };
         let (Some(first), Some((_, last))) = (first, self.scrapes.back()) else {
             return Measured::default();
         };
-        measure(kind, target, &first, last, edge)
+        measure(kind, target, first, last, edge)
     }
 }
 
