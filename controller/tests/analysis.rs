@@ -50,6 +50,16 @@ async fn until(a: &mut Analyzer, want: Verdict, limit: Duration) -> AnalysisRun 
     }
 }
 
+/// The run is inconclusive, and its first measurement says `because`.
+fn assert_inconclusive(run: &AnalysisRun, because: &str) {
+    assert_eq!(run.verdict, Verdict::Inconclusive, "{}", reasons(run));
+    assert!(
+        run.measurements[0].reason.contains(because),
+        "{}",
+        reasons(run)
+    );
+}
+
 fn reasons(run: &AnalysisRun) -> String {
     run.measurements
         .iter()
@@ -105,23 +115,11 @@ async fn too_few_requests_and_no_series_are_inconclusive_not_failures() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let mut a = on_prometheus(&prom, "echo", analysis(20));
     let run = a.run(AGE).await;
-    assert_eq!(run.verdict, Verdict::Inconclusive, "{}", reasons(&run));
-    assert!(
-        run.measurements[0]
-            .reason
-            .contains("requests, 20 needed to pass"),
-        "{}",
-        reasons(&run)
-    );
+    assert_inconclusive(&run, "requests, 20 needed to pass");
 
     let mut none = on_prometheus(&prom, "no-such-service", analysis(0));
     let run = none.run(AGE).await;
-    assert_eq!(run.verdict, Verdict::Inconclusive, "{}", reasons(&run));
-    assert!(
-        run.measurements[0].reason.contains("no requests counted"),
-        "{}",
-        reasons(&run)
-    );
+    assert_inconclusive(&run, "no requests counted");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -251,12 +249,7 @@ async fn a_source_that_fails_is_inconclusive_never_a_pass() {
     let down = format!("http://127.0.0.1:{}", support::free_port());
     let mut a = prometheus_at(&down, "echo", analysis(0));
     let run = a.run(AGE).await;
-    assert_eq!(run.verdict, Verdict::Inconclusive, "{}", reasons(&run));
-    assert!(
-        run.measurements[0].reason.contains("unreachable"),
-        "{}",
-        reasons(&run)
-    );
+    assert_inconclusive(&run, "unreachable");
 
     // Something that answers, but not Prometheus' API (HTML, 500s): also inconclusive.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -275,12 +268,7 @@ async fn a_source_that_fails_is_inconclusive_never_a_pass() {
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
     let mut garbage = prometheus_at(&url, "echo", analysis(0));
     let run = garbage.run(AGE).await;
-    assert_eq!(run.verdict, Verdict::Inconclusive, "{}", reasons(&run));
-    assert!(
-        run.measurements[0].reason.contains("not its API"),
-        "{}",
-        reasons(&run)
-    );
+    assert_inconclusive(&run, "not its API");
     let mut scrape = Analyzer::new(
         Source::scrape(&format!("{url}/metrics")),
         canary("echo"),
@@ -339,12 +327,7 @@ async fn a_canary_younger_than_the_shortest_window_is_not_judged_on_older_data()
     let prom = Prometheus::start(&target.addr, None, None).await;
     let mut a = on_prometheus(&prom, "echo", analysis(0));
     let run = a.run(Duration::from_secs(2)).await;
-    assert_eq!(run.verdict, Verdict::Inconclusive, "{}", reasons(&run));
-    assert!(
-        run.measurements[0].reason.contains("Prometheus needs 4s"),
-        "{}",
-        reasons(&run)
-    );
+    assert_inconclusive(&run, "Prometheus needs 4s");
 }
 
 fn scraping(target: &Target) -> Analyzer {
@@ -561,11 +544,6 @@ async fn prometheus_killed_mid_analysis_gives_no_verdict_until_it_is_back() {
     // Dead: every run is inconclusive, never a pass and never a failure on no data.
     for _ in 0..3 {
         let run = a.run(AGE).await;
-        assert_eq!(run.verdict, Verdict::Inconclusive, "{}", reasons(&run));
-        assert!(
-            run.measurements[0].reason.contains("unreachable"),
-            "{}",
-            reasons(&run)
-        );
+        assert_inconclusive(&run, "unreachable");
     }
 }
