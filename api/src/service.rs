@@ -699,6 +699,10 @@ pub struct ZmqServiceStatus {
     /// Human-readable summary of the current state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The spec's image the controller last acted on: a GitOps rollout starts when the
+    /// spec's image changes from it, never because a CLI rollout left stable elsewhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec_revision: Option<String>,
     /// Id of the last `zdeploy.io/command` annotation carried out (each runs once).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_command: Option<String>,

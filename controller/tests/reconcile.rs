@@ -39,7 +39,7 @@ async fn api_server(
                     json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": "the object has been modified", "reason": "Conflict", "code": 409}),
                 );
             }
-            object["status"] = call.body["status"].clone();
+            support::merge_patch(&mut object["status"], &call.body["status"]);
             (200, object.clone())
         } else if call.path.contains("/zmqservices/") {
             // The finalizer's JSON patch: remove it from our copy.
@@ -77,7 +77,13 @@ fn no_metrics() -> MetricsSource {
     }
 }
 
-type Outcome = (Result<kube::runtime::controller::Action, Error>, Vec<Call>);
+/// The reconcile's result, every request, and the status as the server holds it after
+/// the status patches (merged as a real server merges them).
+type Outcome = (
+    Result<kube::runtime::controller::Action, Error>,
+    Vec<Call>,
+    Value,
+);
 
 async fn run(object: Value, conflict: bool) -> Outcome {
     run_with(object, conflict, no_metrics()).await
@@ -87,11 +93,17 @@ async fn run_with(object: Value, conflict: bool, metrics: MetricsSource) -> Outc
     let (mock, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(mock, "trading");
     let server = tokio::spawn(api_server(handle, object.clone(), conflict));
-    let svc: ZmqService = serde_json::from_value(object).unwrap();
+    let object_sent = object.clone();
+    let svc: ZmqService = serde_json::from_value(object_sent).unwrap();
     let ctx = Arc::new(Context::new(client, metrics));
     let result = reconcile(Arc::new(svc), ctx).await;
     // Dropping the client ends the mock server.
-    (result, server.await.unwrap())
+    let calls = server.await.unwrap();
+    let mut status = object["status"].clone();
+    for c in calls.iter().filter(|c| c.path.ends_with("/status")) {
+        support::merge_patch(&mut status, &c.body["status"]);
+    }
+    (result, calls, status)
 }
 
 fn applies(calls: &[Call]) -> Vec<String> {
@@ -118,16 +130,9 @@ fn find<'a>(calls: &'a [Call], kind_path: &str, name: &str) -> &'a Call {
         .unwrap_or_else(|| panic!("no apply of {kind_path}/{name} in {:?}", applies(calls)))
 }
 
-fn status_patch(calls: &[Call]) -> Option<&Value> {
-    calls
-        .iter()
-        .find(|c| c.path.ends_with("/zmqservices/echo/status"))
-        .map(|c| &c.body["status"])
-}
-
 #[tokio::test]
 async fn first_deploy_applies_everything_and_records_stable() {
-    let (result, calls) = run(
+    let (result, calls, recorded) = run(
         service(
             "registry.example.com/trading/echo:2.0.3-ltsc2022",
             None,
@@ -180,7 +185,7 @@ async fn first_deploy_applies_everything_and_records_stable() {
         find(&calls, "deployments", "echo-canary").body["spec"]["replicas"],
         0
     );
-    let status = status_patch(&calls).expect("status recorded");
+    let status = &recorded;
     assert_eq!(
         status["stableRevision"],
         "registry.example.com/trading/echo:2.0.3-ltsc2022"
@@ -218,7 +223,7 @@ fn healthy() -> Value {
 
 #[tokio::test]
 async fn a_new_image_starts_a_canary() {
-    let (result, calls) = run(
+    let (result, calls, recorded) = run(
         service(
             "registry.example.com/trading/echo:2.1.0-ltsc2022",
             Some(healthy()),
@@ -244,7 +249,7 @@ async fn a_new_image_starts_a_canary() {
         find(&calls, "configmaps", "echo-weights").body["data"]["weights.json"],
         r#"{"stable":90,"canary":10}"#
     );
-    let status = status_patch(&calls).unwrap();
+    let status = &recorded;
     assert_eq!(
         (
             status["phase"].as_str(),
@@ -286,7 +291,7 @@ fn seconds_ago(s: i64) -> String {
 #[tokio::test]
 async fn a_restarted_controller_resumes_from_the_recorded_status() {
     let status = progressing(&seconds_ago(10));
-    let (result, calls) = run(
+    let (result, calls, recorded) = run(
         service(
             "registry.example.com/trading/echo:2.1.0-ltsc2022",
             Some(status),
@@ -306,7 +311,7 @@ async fn a_restarted_controller_resumes_from_the_recorded_status() {
         find(&calls, "deployments", "echo-canary").body["spec"]["replicas"],
         3
     );
-    let status = status_patch(&calls).expect("the analysis is recorded");
+    let status = &recorded;
     assert_eq!(
         (
             status["currentStep"].as_u64(),
@@ -327,7 +332,7 @@ async fn a_restarted_controller_resumes_from_the_recorded_status() {
 #[tokio::test]
 async fn a_finished_pause_advances_the_step() {
     let status = progressing(&seconds_ago(121));
-    let (result, calls) = run(
+    let (result, _, recorded) = run(
         service(
             "registry.example.com/trading/echo:2.1.0-ltsc2022",
             Some(status),
@@ -338,7 +343,7 @@ async fn a_finished_pause_advances_the_step() {
     )
     .await;
     result.unwrap();
-    let status = status_patch(&calls).unwrap();
+    let status = &recorded;
     assert_eq!(
         status["currentStep"], 2,
         "on to the analysis step: {status}"
@@ -361,9 +366,9 @@ async fn a_failing_canary_in_prometheus_is_rolled_back_by_the_controller() {
         json!({}),
         false,
     );
-    let (result, calls) = run_with(object, false, metrics).await;
+    let (result, calls, recorded) = run_with(object, false, metrics).await;
     result.unwrap();
-    let status = status_patch(&calls).unwrap();
+    let status = &recorded;
     assert_eq!(status["phase"], "RolledBack", "{status}");
     assert!(
         status["history"][0]["reason"]
@@ -393,7 +398,7 @@ async fn a_failing_canary_in_prometheus_is_rolled_back_by_the_controller() {
 async fn a_rollback_writes_weight_zero_before_the_canary_scales_down() {
     let command =
         json!({"zdeploy.io/command": r#"{"id":"c-1","command":"rollback","reason":"paged"}"#});
-    let (result, calls) = run(
+    let (result, calls, recorded) = run(
         service(
             "registry.example.com/trading/echo:2.1.0-ltsc2022",
             Some(progressing(&seconds_ago(10))),
@@ -435,7 +440,7 @@ async fn a_rollback_writes_weight_zero_before_the_canary_scales_down() {
         requeue.contains("requeue_after: Some(3.") || requeue.contains("requeue_after: Some(2."),
         "back after the drain: {requeue}"
     );
-    let status = status_patch(&calls).unwrap().clone();
+    let status = recorded.clone();
     assert_eq!(status["phase"], "RolledBack");
     assert_eq!(status["lastCommand"], "c-1");
     assert_eq!(
@@ -471,7 +476,7 @@ async fn a_stopped_canary_scales_down_once_it_has_drained() {
         "started": seconds_ago(60), "ended": seconds_ago(4), "outcome": "RolledBack", "reason": "paged"}]);
     let command =
         json!({"zdeploy.io/command": r#"{"id":"c-1","command":"rollback","reason":"paged"}"#});
-    let (result, calls) = run(
+    let (result, calls, _) = run(
         service(
             "registry.example.com/trading/echo:2.1.0-ltsc2022",
             Some(status),
@@ -505,7 +510,7 @@ async fn a_conflict_is_retried_quickly_and_then_succeeds() {
         json!({}),
         false,
     );
-    let (result, _) = run(object.clone(), true).await;
+    let (result, _, _) = run(object.clone(), true).await;
     let err = result.expect_err("the 409 surfaces");
     assert!(err.to_string().contains("modified"), "{err}");
     assert_eq!(err.metric_label(), "conflict");
@@ -523,14 +528,14 @@ async fn a_conflict_is_retried_quickly_and_then_succeeds() {
         action,
         kube::runtime::controller::Action::requeue(std::time::Duration::from_millis(200))
     );
-    let (again, calls) = run(object, false).await;
+    let (again, _, recorded) = run(object, false).await;
     again.unwrap();
-    assert_eq!(status_patch(&calls).unwrap()["phase"], "Progressing");
+    assert_eq!(recorded["phase"], "Progressing");
 }
 
 #[tokio::test]
 async fn a_deleted_service_is_cleaned_up_and_released() {
-    let (result, calls) = run(
+    let (result, calls, _) = run(
         service(
             "registry.example.com/trading/echo:2.0.3-ltsc2022",
             Some(healthy()),
@@ -626,5 +631,34 @@ async fn an_alertmanager_webhook_becomes_a_rollback_command() {
                 serde_json::to_vec(&service("echo:2", None, json!({}), false)).unwrap(),
             ))
             .unwrap(),
+    );
+}
+
+#[tokio::test]
+async fn a_release_from_the_cli_is_not_undone_by_the_spec_image() {
+    // `zdeploy rollout --image 2.0.4` was promoted; the spec (kept in git) still names
+    // 2.0.3, which the controller last acted on. Only a change of the spec starts a rollout.
+    let status = json!({"phase": "Healthy", "stableRevision": "registry.example.com/trading/echo:2.0.4-ltsc2022",
+        "specRevision": "registry.example.com/trading/echo:2.0.3-ltsc2022", "canaryWeight": 0, "observedGeneration": 1});
+    let (result, calls, recorded) = run(
+        service(
+            "registry.example.com/trading/echo:2.0.3-ltsc2022",
+            Some(status),
+            json!({}),
+            false,
+        ),
+        false,
+    )
+    .await;
+    result.unwrap();
+    assert_eq!(
+        find(&calls, "configmaps", "echo-weights").body["data"]["weights.json"],
+        r#"{"stable":100,"canary":0}"#
+    );
+    assert_ne!(recorded["phase"], "Progressing", "{recorded}");
+    let stable = find(&calls, "deployments", "echo-stable");
+    assert_eq!(
+        stable.body["spec"]["template"]["spec"]["containers"][0]["image"],
+        "registry.example.com/trading/echo:2.0.4-ltsc2022"
     );
 }

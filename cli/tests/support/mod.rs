@@ -98,6 +98,27 @@ impl Proc {
         }
     }
 
+    /// Starts `cmd` with stdout and stderr appended to `log`, without waiting.
+    pub fn start_logged(mut cmd: Command, log: &std::path::Path) -> Proc {
+        let out = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        cmd.stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .stdin(Stdio::null());
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+        let (_, lines) = mpsc::channel();
+        Proc {
+            child,
+            ready: String::new(),
+            lines,
+        }
+    }
+
     /// The next stdout line starting with `word`, waiting at most `limit`.
     pub fn wait_line(&mut self, word: &str, limit: Duration) -> String {
         let deadline = std::time::Instant::now() + limit;

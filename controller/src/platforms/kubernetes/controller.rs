@@ -222,33 +222,60 @@ struct Annotated {
     request: CommandRequest,
 }
 
-/// What happened since the last reconcile, as an engine input.
-fn input_for(svc: &ZmqService, status: &ZmqServiceStatus) -> (Input, Option<String>) {
+/// What happened since the last reconcile: the engine input, the command id it carries
+/// out, and the spec image to record as acted on.
+struct Observed {
+    input: Input,
+    command_id: Option<String>,
+    spec_revision: Option<String>,
+}
+
+/// A command annotation not yet carried out comes first; then a change of the spec's
+/// image (GitOps) starts a rollout once no rollout runs.
+fn observe(svc: &ZmqService, status: &ZmqServiceStatus) -> Observed {
     if let Some(raw) = svc.annotations().get(COMMAND_ANNOTATION)
         && let Ok(a) = serde_json::from_str::<Annotated>(raw)
         && status.last_command.as_deref() != Some(a.id.as_str())
     {
         let cmd = a.request.into_command(svc.spec.image());
-        return (Input::Command(cmd), Some(a.id));
+        return Observed {
+            input: Input::Command(cmd),
+            command_id: Some(a.id),
+            spec_revision: None,
+        };
     }
-    // GitOps: a new image in the spec starts a rollout.
     let image = svc.spec.image();
-    let released = status.stable_revision.as_deref() == Some(image.as_str())
-        || status.canary_revision.as_deref() == Some(image.as_str());
-    let rejected = status
-        .history
-        .first()
-        .is_some_and(|h| h.revision == image && status.rollout.is_none());
-    if status.rollout.is_none() && !released && !rejected {
-        return (
-            Input::Command(Command::Rollout {
-                revision: image,
-                canary: None,
-            }),
-            None,
-        );
+    let settled = |input| Observed {
+        input,
+        command_id: None,
+        spec_revision: Some(image.clone()),
+    };
+    // A status written before specRevision existed: the spec was last acted on when
+    // its image became stable.
+    let seen = status
+        .spec_revision
+        .as_deref()
+        .or(status.stable_revision.as_deref());
+    if seen == Some(image.as_str()) {
+        return settled(Input::Tick);
     }
-    (Input::Tick, None)
+    if status.rollout.is_some() {
+        // Decided when the running rollout ends; the change is not forgotten.
+        return Observed {
+            input: Input::Tick,
+            command_id: None,
+            spec_revision: None,
+        };
+    }
+    let released = status.stable_revision.as_deref() == Some(image.as_str());
+    let rejected = status.history.first().is_some_and(|h| h.revision == image);
+    if released || rejected {
+        return settled(Input::Tick);
+    }
+    settled(Input::Command(Command::Rollout {
+        revision: image.clone(),
+        canary: None,
+    }))
 }
 
 async fn apply_all<K>(client: &Client, ns: &str, objects: &[K]) -> Result<(), Error>
@@ -298,9 +325,9 @@ async fn apply(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
         .stable_revision
         .get_or_insert_with(|| svc.spec.image());
     before.observed_generation = svc.metadata.generation;
-    let (input, command_id) = input_for(&svc, &before);
+    let observed = observe(&svc, &before);
     let now = Timestamp::now();
-    let mut d = engine::step(&svc.spec, &before, &input, now);
+    let mut d = engine::step(&svc.spec, &before, &observed.input, now);
     if d.refused.is_none()
         && let Some(measured) = ctx.analyse(&svc, &d.status, now).await
     {
@@ -310,8 +337,11 @@ async fn apply(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
         d.status = judged.status;
     }
     crate::runbooks::pin_in(&mut d.status, &mut d.actions);
-    if let Some(id) = command_id {
+    if let Some(id) = observed.command_id {
         d.status.last_command = Some(id);
+    }
+    if let Some(image) = observed.spec_revision {
+        d.status.spec_revision = Some(image);
     }
     if let Some(why) = &d.refused {
         d.status.message = Some(format!("command refused: {why}"));
@@ -322,7 +352,16 @@ async fn apply(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
     apply_rendered(&ctx.client, &ns, &render(&desired, now)).await?;
     if d.status != recorded {
         let api: Api<ZmqService> = Api::namespaced(ctx.client.clone(), &ns);
-        let patch = serde_json::json!({ "status": d.status });
+        // Fields the new status no longer has (a finished rollout) must be removed.
+        // A first status is written whole (defaults included).
+        let was = match &svc.status {
+            Some(s) => serde_json::to_value(s),
+            None => Ok(serde_json::json!({})),
+        }
+        .map_err(|e| Error::Invalid(format!("status: {e}")))?;
+        let now_is =
+            serde_json::to_value(&d.status).map_err(|e| Error::Invalid(format!("status: {e}")))?;
+        let patch = serde_json::json!({ "status": super::merge_patch::between(&was, &now_is) });
         api.patch_status(
             &svc.name_any(),
             &PatchParams::default(),

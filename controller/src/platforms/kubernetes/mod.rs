@@ -5,4 +5,5 @@ pub mod chaos;
 pub mod conditions;
 pub mod controller;
 pub mod leader;
+pub mod merge_patch;
 pub mod render;

@@ -1,0 +1,56 @@
+//! The cluster suite: zdeploy against a real control plane (etcd, kube-apiserver,
+//! kube-controller-manager, kube-scheduler, kwok nodes) built from Go modules by
+//! `tests/controlplane/build`. One control plane serves every scenario; the scenarios
+//! run one after another (they share the controller's Lease in zdeploy-system), each in
+//! its own namespace. Nothing is skipped: missing binaries fail the suite.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod controlplane;
+mod rollout;
+mod scenario;
+
+use std::sync::Arc;
+
+use controlplane::ControlPlane;
+use libtest_mimic::{Arguments, Failed, Trial};
+
+fn main() {
+    let mut args = Arguments::from_args();
+    args.test_threads = Some(1);
+    let cp = if args.list {
+        None
+    } else {
+        let cp = ControlPlane::start();
+        println!(
+            "control plane {} ready at {} in {:.1} s",
+            cp.version,
+            cp.server,
+            cp.started_in.as_secs_f64()
+        );
+        Some(Arc::new(cp))
+    };
+    let trials = vec![
+        trial(&cp, "rollout_through_the_cli", rollout::through_the_cli),
+        trial(&cp, "rollout_through_gitops", rollout::through_gitops),
+    ];
+    let conclusion = libtest_mimic::run(&args, trials);
+    drop(cp);
+    conclusion.exit();
+}
+
+/// A scenario run against the shared control plane.
+fn trial(
+    cp: &Option<Arc<ControlPlane>>,
+    name: &str,
+    test: fn(&ControlPlane) -> Result<(), Failed>,
+) -> Trial {
+    let cp = cp.clone();
+    Trial::test(name, move || {
+        test(
+            cp.as_deref()
+                .expect("the control plane runs when tests run"),
+        )
+    })
+}

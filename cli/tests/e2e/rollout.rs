@@ -1,0 +1,200 @@
+//! A service's life through the controller, as the installed ServiceAccount: first
+//! deploy, a rollout from the CLI, pause and resume, promotion, rollback and retry,
+//! status conditions for `kubectl wait`, a GitOps-style spec change by another field
+//! manager, then deletion through the finalizer and the garbage collector.
+
+use std::time::Duration;
+
+use libtest_mimic::Failed;
+
+use crate::controlplane::ControlPlane;
+use crate::scenario::{Namespace, eventually};
+
+const V1: &str = "registry.example.com/trading/echo:2.0.3-ltsc2022";
+const V2: &str = "registry.example.com/trading/echo:2.0.4-ltsc2022";
+const V3: &str = "registry.example.com/trading/echo:2.0.5-ltsc2022";
+
+fn wait_condition(cp: &ControlPlane, ns: &str, condition: &str) {
+    cp.kubectl(&[
+        "wait",
+        &format!("--for=condition={condition}"),
+        "zmqservice/echo",
+        "-n",
+        ns,
+        "--timeout=60s",
+    ]);
+}
+
+fn canary_image(cp: &ControlPlane, ns: &str) -> String {
+    let d = cp.json(&["get", "deployment", "echo-canary", "-n", ns]);
+    d["spec"]["template"]["spec"]["containers"][0]["image"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Deploy, rollout, pause, resume, promote, rollback, retry, history, deletion.
+pub fn through_the_cli(cp: &ControlPlane) -> Result<(), Failed> {
+    cp.install();
+    cp.windows_runtime_class();
+    let ns = Namespace::new(cp, "rollout");
+    let mut ctl = cp.controller("e2e-a");
+    ctl.wait_leading(Duration::from_secs(30));
+    let lease = cp.json(&["get", "lease", "zdeploy-controller", "-n", "zdeploy-system"]);
+    assert_eq!(lease["spec"]["holderIdentity"], "e2e-a");
+
+    let file = cp.echo_manifest(&ns.name, |t| t);
+    cp.zdeploy(&["apply", "-f", &file.display().to_string()]);
+    wait_condition(cp, &ns.name, "Available");
+    let s = cp.status(&ns.name, "echo");
+    assert_eq!(s["stableRevision"], V1, "{s}");
+    assert_eq!(cp.weights(&ns.name, "echo")["canary"], 0);
+    let stable = cp.json(&["get", "deployment", "echo-stable", "-n", &ns.name]);
+    assert_eq!(
+        stable["metadata"]["ownerReferences"][0]["kind"],
+        "ZmqService"
+    );
+
+    // A rollout from the CLI: the annotation, never the spec.
+    cp.zdeploy(&[
+        "rollout", "echo", "-n", &ns.name, "--canary", "10", "--image", V2,
+    ]);
+    wait_condition(cp, &ns.name, "Progressing");
+    assert_eq!(cp.weights(&ns.name, "echo")["canary"], 10);
+    assert_eq!(canary_image(cp, &ns.name), V2);
+    let svc = cp.json(&["get", "zmqservice", "echo", "-n", &ns.name]);
+    assert_eq!(
+        svc["spec"]["template"]["spec"]["containers"][0]["image"], V1,
+        "the CLI must not change the spec"
+    );
+
+    cp.zdeploy(&["pause", "echo", "-n", &ns.name]);
+    eventually("the rollout is paused", Duration::from_secs(30), || {
+        (cp.status(&ns.name, "echo")["phase"] == "Paused").then_some(())
+    });
+    cp.zdeploy(&["resume", "echo", "-n", &ns.name]);
+    eventually("the rollout resumes", Duration::from_secs(30), || {
+        (cp.status(&ns.name, "echo")["phase"] == "Progressing").then_some(())
+    });
+
+    cp.zdeploy(&["promote", "echo", "-n", &ns.name, "--full"]);
+    eventually("the canary becomes stable", Duration::from_secs(30), || {
+        (cp.status(&ns.name, "echo")["stableRevision"] == V2).then_some(())
+    });
+    assert_eq!(cp.weights(&ns.name, "echo")["canary"], 0);
+    let stable = cp.json(&["get", "deployment", "echo-stable", "-n", &ns.name]);
+    assert_eq!(
+        stable["spec"]["template"]["spec"]["containers"][0]["image"],
+        V2
+    );
+
+    cp.zdeploy(&[
+        "rollout", "echo", "-n", &ns.name, "--canary", "25", "--image", V3,
+    ]);
+    eventually("the canary takes 25%", Duration::from_secs(30), || {
+        (cp.weights(&ns.name, "echo")["canary"] == 25).then_some(())
+    });
+    cp.zdeploy(&["rollback", "echo", "-n", &ns.name, "--reason", "e2e"]);
+    wait_condition(cp, &ns.name, "RolledBack");
+    assert_eq!(cp.weights(&ns.name, "echo")["canary"], 0);
+    let s = cp.status(&ns.name, "echo");
+    assert_eq!(s["phase"], "RolledBack", "{s}");
+    assert_eq!(s["history"][0]["revision"], V3);
+    assert_eq!(s["stableRevision"], V2);
+
+    cp.zdeploy(&["retry", "echo", "-n", &ns.name]);
+    eventually(
+        "the retry starts the canary",
+        Duration::from_secs(30),
+        || {
+            let s = cp.status(&ns.name, "echo");
+            (s["phase"] == "Progressing" && s["canaryRevision"] == V3).then_some(())
+        },
+    );
+    cp.zdeploy(&["rollback", "echo", "-n", &ns.name, "--reason", "e2e again"]);
+    let history = cp.zdeploy(&["history", "echo", "-n", &ns.name]);
+    for rev in [V2, V3] {
+        assert!(history.contains(rev), "history lists {rev}:\n{history}");
+    }
+
+    // Deletion: the finalizer runs, then the garbage collector removes what it owned.
+    cp.kubectl(&[
+        "delete",
+        "zmqservice",
+        "echo",
+        "-n",
+        &ns.name,
+        "--timeout=60s",
+    ]);
+    eventually(
+        "the owned Deployments are garbage-collected",
+        Duration::from_secs(60),
+        || {
+            let out = cp.kubectl(&["get", "deployments", "-n", &ns.name, "-o", "name"]);
+            out.trim().is_empty().then_some(())
+        },
+    );
+
+    ctl.proc.signal("TERM");
+    assert_eq!(ctl.proc.wait_exit(Duration::from_secs(15)), Some(0));
+    let lease = cp.json(&["get", "lease", "zdeploy-controller", "-n", "zdeploy-system"]);
+    assert!(
+        lease["spec"]["holderIdentity"].is_null(),
+        "a stopped controller gives the Lease up: {lease}"
+    );
+    let log = ctl.log();
+    assert!(
+        !log.contains("forbidden"),
+        "the controller was refused by RBAC:\n{log}"
+    );
+    Ok(())
+}
+
+/// Another field manager (a GitOps tool) server-side applies the manifest and then a new
+/// image: no conflict with what zdeploy writes, a rollout starts, and a second apply of the
+/// same manifest changes nothing.
+pub fn through_gitops(cp: &ControlPlane) -> Result<(), Failed> {
+    cp.install();
+    cp.windows_runtime_class();
+    let ns = Namespace::new(cp, "gitops");
+    let ctl = cp.controller("e2e-gitops");
+    ctl.wait_leading(Duration::from_secs(30));
+    let apply = |file: &std::path::Path| {
+        cp.kubectl(&[
+            "apply",
+            "--server-side",
+            "--field-manager=argocd-controller",
+            "-f",
+            &file.display().to_string(),
+        ])
+    };
+    let v1 = cp.echo_manifest(&ns.name, |t| t);
+    apply(&v1);
+    wait_condition(cp, &ns.name, "Available");
+    let v2 = cp.echo_manifest(&ns.name, |t| t.replace(V1, V2));
+    apply(&v2);
+    eventually(
+        "the spec change starts a canary",
+        Duration::from_secs(30),
+        || (cp.status(&ns.name, "echo")["canaryRevision"] == V2).then_some(()),
+    );
+    let out = cp.kubectl_as(
+        &cp.admin,
+        &[
+            "diff",
+            "--server-side",
+            "--field-manager=argocd-controller",
+            "-f",
+            &v2.display().to_string(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "drift after the controller reconciled:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (code, out, err) = cp.zdeploy_as(&cp.admin, &["diff", "-f", &v2.display().to_string()]);
+    assert_eq!(code, 0, "zdeploy diff sees drift: {out}{err}");
+    Ok(())
+}
