@@ -373,6 +373,9 @@ impl ControlPlane {
                 format!("--client-ca-file={}", s(&ca)),
                 format!("--cert-dir={}", s(&dir.join("apiserver"))),
                 "--authorization-mode=Node,RBAC".into(),
+                // As kubeadm and the clouds run it: a privileged container is refused by
+                // the Windows rules, not by cluster policy.
+                "--allow-privileged=true".into(),
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
                 format!("--service-account-key-file={}", s(&dir.join("sa.pub"))),
                 format!(

@@ -8,8 +8,11 @@
 mod support;
 
 mod controlplane;
+mod leader;
+mod placement;
 mod rollout;
 mod scenario;
+mod zgate;
 
 use std::sync::Arc;
 
@@ -34,6 +37,31 @@ fn main() {
     let trials = vec![
         trial(&cp, "rollout_through_the_cli", rollout::through_the_cli),
         trial(&cp, "rollout_through_gitops", rollout::through_gitops),
+        trial(
+            &cp,
+            "pools_land_on_their_windows_build",
+            placement::pools_land_on_their_windows_build,
+        ),
+        trial(
+            &cp,
+            "windows_rules_match_the_api_server",
+            placement::windows_rules_match_the_api_server,
+        ),
+        trial(
+            &cp,
+            "the_crd_schema_refuses_what_validate_refuses",
+            placement::the_crd_schema_refuses_what_validate_refuses,
+        ),
+        trial(
+            &cp,
+            "zgate_follows_its_configmap_through_the_api",
+            zgate::follows_its_configmap_through_the_api,
+        ),
+        trial(
+            &cp,
+            "a_standby_takes_over_from_a_killed_leader",
+            leader::a_standby_takes_over_from_a_killed_leader,
+        ),
     ];
     let conclusion = libtest_mimic::run(&args, trials);
     drop(cp);

@@ -128,7 +128,12 @@ impl ControlPlane {
         let text = std::fs::read_to_string(support::root().join("manifests/examples/echo.yaml"))
             .unwrap()
             .replace("namespace: trading", &format!("namespace: {ns}"));
-        self.file(&format!("echo-{ns}.yaml"), &edit(text))
+        let text = edit(text);
+        // Named by content: two variants in one namespace are two files.
+        let mut h = std::hash::DefaultHasher::new();
+        std::hash::Hash::hash(&text, &mut h);
+        let name = format!("manifest-{:016x}.yaml", std::hash::Hasher::finish(&h));
+        self.file(&name, &text)
     }
 
     /// The rollout weights zgate reads, from the ConfigMap.

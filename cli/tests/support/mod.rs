@@ -288,7 +288,13 @@ pub fn gateway(args: &[&str]) -> Gw {
 
 /// Starts `zdeploy gateway` with its frontend on `frontend` (metrics and admin on free ports).
 pub fn gateway_on(frontend: &str, args: &[&str]) -> Gw {
+    gateway_with(frontend, args, |_| {})
+}
+
+/// As `gateway_on`, with `configure` applied to the command first (e.g. its environment).
+pub fn gateway_with(frontend: &str, args: &[&str], configure: impl FnOnce(&mut Command)) -> Gw {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_zdeploy"));
+    configure(&mut cmd);
     cmd.args([
         "gateway",
         "--frontend",
