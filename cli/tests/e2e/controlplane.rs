@@ -118,6 +118,8 @@ pub struct ControlPlane {
     // Stopped in reverse start order: the nodes' keeper first, etcd last. A mutex: an
     // outage test stops and starts the API server through a shared control plane.
     daemons: Mutex<Vec<Daemon>>,
+    /// When the API server was started again by `with_apiserver_down`.
+    restarts: Mutex<Vec<jiff::Timestamp>>,
 }
 
 /// The folder `tests/controlplane/build` puts the binaries in (the version is the
@@ -303,7 +305,7 @@ impl ControlPlane {
         let audit_policy = dir.join("audit-policy.yaml");
         std::fs::write(
             &audit_policy,
-            "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n- level: Metadata\n  userGroups: [\"system:serviceaccounts:zdeploy-system\"]\n- level: None\n",
+            "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n- level: Metadata\n  userGroups: [\"system:serviceaccounts:zdeploy-system\", \"system:serviceaccounts:e2e-zgate\"]\n- level: None\n",
         )
         .unwrap();
         let etcd_port = support::free_port();
@@ -333,6 +335,7 @@ impl ControlPlane {
             started_in: Duration::ZERO,
             etcd_port,
             daemons: Mutex::new(Vec::new()),
+            restarts: Mutex::new(Vec::new()),
         };
         let s = |p: &Path| p.display().to_string();
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
@@ -376,6 +379,8 @@ impl ControlPlane {
                 // As kubeadm and the clouds run it: a privileged container is refused by
                 // the Windows rules, not by cluster policy.
                 "--allow-privileged=true".into(),
+                // Hardened clusters run it: owned objects need the owner's finalizers.
+                "--enable-admission-plugins=OwnerReferencesPermissionEnforcement".into(),
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
                 format!("--service-account-key-file={}", s(&dir.join("sa.pub"))),
                 format!(
@@ -565,6 +570,11 @@ impl ControlPlane {
         path
     }
 
+    /// When the API server was restarted (outage tests).
+    pub fn restarts(&self) -> Vec<jiff::Timestamp> {
+        self.restarts.lock().unwrap().clone()
+    }
+
     /// The audit records (JSON) of requests made by `user`, in order.
     pub fn audit(&self, user: &str) -> Vec<serde_json::Value> {
         let text = std::fs::read_to_string(self.dir.join("audit.log")).unwrap_or_default();
@@ -600,6 +610,7 @@ impl ControlPlane {
                 .find(|d| d.name == "kube-apiserver")
                 .expect("the API server runs");
             api.restart();
+            self.restarts.lock().unwrap().push(jiff::Timestamp::now());
         }
         self.wait(
             "kube-apiserver answers /readyz after a restart",

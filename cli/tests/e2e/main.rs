@@ -7,9 +7,11 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod chaos;
 mod controlplane;
 mod leader;
 mod placement;
+mod rbac;
 mod rollout;
 mod scenario;
 mod zgate;
@@ -61,6 +63,17 @@ fn main() {
             &cp,
             "a_standby_takes_over_from_a_killed_leader",
             leader::a_standby_takes_over_from_a_killed_leader,
+        ),
+        trial(
+            &cp,
+            "chaos_pod_kill_and_gateway_faults",
+            chaos::pod_kill_and_gateway_faults,
+        ),
+        // Last: it reads the audit log the scenarios above wrote.
+        trial(
+            &cp,
+            "rbac_roles_are_exactly_what_is_used",
+            rbac::roles_are_exactly_what_is_used,
         ),
     ];
     let conclusion = libtest_mimic::run(&args, trials);

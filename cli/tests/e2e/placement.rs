@@ -71,11 +71,7 @@ fn assert_on_build(cp: &ControlPlane, ns: &str, selector: &str, count: usize, bu
 /// only) land on their own builds; zgate and the controller on Linux; no pod fails to
 /// schedule.
 pub fn pools_land_on_their_windows_build(cp: &ControlPlane) -> Result<(), Failed> {
-    cp.install();
-    cp.windows_runtime_class();
-    let ns = Namespace::new(cp, "placement");
-    let ctl = cp.controller("e2e-placement");
-    ctl.wait_leading(Duration::from_secs(30));
+    let (ns, _ctl) = cp.stage("placement");
     let echo = cp.echo_manifest(&ns.name, |t| t);
     let quotes = cp.echo_manifest(&ns.name, |t| {
         t.replace("  name: echo\n", "  name: quotes\n")

@@ -8,7 +8,7 @@ use std::time::Duration;
 use libtest_mimic::Failed;
 
 use crate::controlplane::ControlPlane;
-use crate::scenario::{Namespace, eventually};
+use crate::scenario::eventually;
 
 const V1: &str = "registry.example.com/trading/echo:2.0.3-ltsc2022";
 const V2: &str = "registry.example.com/trading/echo:2.0.4-ltsc2022";
@@ -35,13 +35,9 @@ fn canary_image(cp: &ControlPlane, ns: &str) -> String {
 
 /// Deploy, rollout, pause, resume, promote, rollback, retry, history, deletion.
 pub fn through_the_cli(cp: &ControlPlane) -> Result<(), Failed> {
-    cp.install();
-    cp.windows_runtime_class();
-    let ns = Namespace::new(cp, "rollout");
-    let mut ctl = cp.controller("e2e-a");
-    ctl.wait_leading(Duration::from_secs(30));
+    let (ns, mut ctl) = cp.stage("rollout");
     let lease = cp.json(&["get", "lease", "zdeploy-controller", "-n", "zdeploy-system"]);
-    assert_eq!(lease["spec"]["holderIdentity"], "e2e-a");
+    assert_eq!(lease["spec"]["holderIdentity"], "e2e-rollout");
 
     let file = cp.echo_manifest(&ns.name, |t| t);
     cp.zdeploy(&["apply", "-f", &file.display().to_string()]);
@@ -154,11 +150,7 @@ pub fn through_the_cli(cp: &ControlPlane) -> Result<(), Failed> {
 /// image: no conflict with what zdeploy writes, a rollout starts, and a second apply of the
 /// same manifest changes nothing.
 pub fn through_gitops(cp: &ControlPlane) -> Result<(), Failed> {
-    cp.install();
-    cp.windows_runtime_class();
-    let ns = Namespace::new(cp, "gitops");
-    let ctl = cp.controller("e2e-gitops");
-    ctl.wait_leading(Duration::from_secs(30));
+    let (ns, _ctl) = cp.stage("gitops");
     let apply = |file: &std::path::Path| {
         cp.kubectl(&[
             "apply",

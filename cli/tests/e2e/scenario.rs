@@ -90,6 +90,17 @@ impl ControlPlane {
         }
     }
 
+    /// A service's world: zdeploy installed, the Windows RuntimeClass, a namespace of its
+    /// own (`e2e-TAG`) and a controller `e2e-TAG` that leads.
+    pub fn stage(&self, tag: &str) -> (Namespace<'_>, Controller) {
+        self.install();
+        self.windows_runtime_class();
+        let ns = Namespace::new(self, tag);
+        let ctl = self.controller(&format!("e2e-{tag}"));
+        ctl.wait_leading(Duration::from_secs(30));
+        (ns, ctl)
+    }
+
     /// The controller's own identity: a token for the installed ServiceAccount.
     pub fn controller_kubeconfig(&self) -> PathBuf {
         self.service_account_kubeconfig("zdeploy-system", "zdeploy-controller")
@@ -197,6 +208,14 @@ impl Drop for Controller {
     // A controller stopped by TERM gives up its Lease, so the next scenario's
     // controller leads at once instead of after the Lease expires.
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!(
+                "--- controller log (last 30 lines):\n{}",
+                lines[lines.len().saturating_sub(30)..].join("\n")
+            );
+        }
         if matches!(self.proc.child.try_wait(), Ok(None)) {
             self.proc.signal("TERM");
             let deadline = Instant::now() + Duration::from_secs(10);

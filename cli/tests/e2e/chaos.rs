@@ -1,0 +1,120 @@
+//! Chaos through the controller against real objects: a podKill deletes at most
+//! maxTargets of the pool's pods and the ReplicaSet replaces them; a gateway fault
+//! reaches the weights ConfigMap with its end, never touching the weights, and deleting
+//! the schedule removes it.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use libtest_mimic::Failed;
+
+use crate::controlplane::ControlPlane;
+use crate::scenario::eventually;
+
+fn running_pods(cp: &ControlPlane, ns: &str, selector: &str) -> BTreeSet<String> {
+    let pods = cp.json(&["get", "pods", "-n", ns, "-l", selector]);
+    pods["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| {
+            p["status"]["phase"] == "Running" && p["metadata"]["deletionTimestamp"].is_null()
+        })
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn schedule(cp: &ControlPlane, ns: &str, name: &str, run: &str, experiment: &str) {
+    let file = cp.file(
+        &format!("chaos-{ns}-{name}.yaml"),
+        &format!(
+            "apiVersion: zdeploy.io/v1alpha1\nkind: ChaosSchedule\nmetadata:\n  name: {name}\n  namespace: {ns}\n  annotations: {{zdeploy.io/run-now: {run}}}\nspec:\n  schedule: \"0 3 1 * *\"\n  experiment: {experiment}\n"
+        ),
+    );
+    cp.kubectl(&["apply", "-f", &file.display().to_string()]);
+}
+
+/// podKill with maxTargets 2 of 3 stable pods; then a gateway latency fault.
+pub fn pod_kill_and_gateway_faults(cp: &ControlPlane) -> Result<(), Failed> {
+    let (ns, _ctl) = cp.stage("chaos");
+    let file = cp.echo_manifest(&ns.name, |t| t);
+    cp.zdeploy(&["apply", "-f", &file.display().to_string()]);
+    let stable = "app.kubernetes.io/name=echo,zdeploy.io/pool=stable";
+    let before = eventually("3 stable pods run", Duration::from_secs(60), || {
+        let p = running_pods(cp, &ns.name, stable);
+        (p.len() == 3).then_some(p)
+    });
+
+    schedule(
+        cp,
+        &ns.name,
+        "kill",
+        "e2e-kill-1",
+        "{service: echo, pool: stable, fault: {podKill: {}}, mode: fixed, value: 3, maxTargets: 2, duration: 10s}",
+    );
+    let after = eventually(
+        "the killed pods are replaced",
+        Duration::from_secs(60),
+        || {
+            let p = running_pods(cp, &ns.name, stable);
+            (p.len() == 3 && p != before).then_some(p)
+        },
+    );
+    let killed = before.difference(&after).count();
+    assert!(
+        (1..=2).contains(&killed),
+        "podKill with maxTargets 2 deleted {killed} of {before:?} (now {after:?})"
+    );
+    let cs = cp.json(&["get", "chaosschedule", "kill", "-n", &ns.name]);
+    assert_eq!(cs["status"]["lastRunRequest"], "e2e-kill-1", "{cs}");
+    cp.kubectl(&[
+        "delete",
+        "chaosschedule",
+        "kill",
+        "-n",
+        &ns.name,
+        "--timeout=60s",
+    ]);
+
+    schedule(
+        cp,
+        &ns.name,
+        "latency",
+        "e2e-latency-1",
+        "{service: echo, pool: canary, fault: {gatewayLatency: {latency: 300ms}}, duration: 10m}",
+    );
+    let faults = eventually(
+        "the fault reaches the ConfigMap",
+        Duration::from_secs(60),
+        || {
+            let cm = cp.json(&["get", "configmap", "echo-weights", "-n", &ns.name]);
+            cm["data"]["faults.json"].as_str().map(String::from)
+        },
+    );
+    let faults: serde_json::Value = serde_json::from_str(&faults).unwrap();
+    assert_eq!(faults["canary"]["fault"]["latency"], "300ms");
+    assert_eq!(
+        cp.weights(&ns.name, "echo")["canary"],
+        0,
+        "chaos never touches the weights"
+    );
+    let cs = cp.json(&["get", "chaosschedule", "latency", "-n", &ns.name]);
+    assert_eq!(
+        cs["status"]["active"]["faultEnds"],
+        faults["canary"]["until"]
+    );
+    cp.kubectl(&[
+        "delete",
+        "chaosschedule",
+        "latency",
+        "-n",
+        &ns.name,
+        "--timeout=60s",
+    ]);
+    let cm = cp.json(&["get", "configmap", "echo-weights", "-n", &ns.name]);
+    assert!(
+        cm["data"].get("faults.json").is_none(),
+        "the finalizer removed the fault: {cm}"
+    );
+    Ok(())
+}
