@@ -9,6 +9,7 @@ use kube::ResourceExt;
 use zdeploy_api::chaos::RunVerdict;
 use zdeploy_controller::platforms::local::api::ChaosRequest;
 use zdeploy_controller::platforms::local::chaos::Scheduled;
+use zdeploy_controller::platforms::local::state::StateDir;
 
 use crate::Output;
 use crate::cluster::{self, ClusterArgs};
@@ -152,7 +153,10 @@ pub async fn run(cmd: &ChaosCommand) -> anyhow::Result<ExitCode> {
                 .next()
                 .with_context(|| format!("{} holds no ChaosSchedule", file.display()))?;
             let name = cs.name_any();
-            let run = if cluster.given() {
+            // As the rollout verbs: the cluster when one is named or no local runtime
+            // runs the experiment's service.
+            let local = StateDir::existing(&state.state_dir, &cs.spec.experiment.service);
+            let run = if cluster.given() || local.is_none() {
                 match cluster::chaos_run(cluster, cs, *dry_run).await? {
                     cluster::ChaosOutcome::Plan(plan) => {
                         println!("{plan}");

@@ -118,3 +118,55 @@ pub fn pod_kill_and_gateway_faults(cp: &ControlPlane) -> Result<(), Failed> {
     );
     Ok(())
 }
+
+/// The chaos verbs of the CLI against the cluster's schedules: `chaos run` applies a
+/// schedule, asks the controller for a run and reports its verdict; `list` and `history`
+/// read it; `pause` sets only the annotation, never the spec kept in git.
+pub fn chaos_verbs_of_the_cli(cp: &ControlPlane) -> Result<(), Failed> {
+    let (ns, _ctl) = cp.stage("chaos-cli");
+    let file = cp.echo_manifest(&ns.name, |t| t);
+    cp.zdeploy(&["apply", "-f", &file.display().to_string()]);
+    eventually("echo is deployed", Duration::from_secs(60), || {
+        cp.status(&ns.name, "echo")["stableRevision"]
+            .as_str()
+            .map(|_| ())
+    });
+    let drill = cp.file(
+        "drill.yaml",
+        &format!(
+            "apiVersion: zdeploy.io/v1alpha1\nkind: ChaosSchedule\nmetadata: {{name: drill, namespace: {}}}\nspec:\n  schedule: \"0 3 1 * *\"\n  experiment: {{service: echo, pool: canary, fault: {{gatewayLatency: {{latency: 300ms}}}}, duration: 3s}}\n",
+            ns.name
+        ),
+    );
+    let drill = drill.display().to_string();
+    let dry = cp.zdeploy(&["chaos", "run", "-f", &drill, "--dry-run"]);
+    assert!(dry.contains("dry run, nothing changed"), "{dry}");
+    let (code, _, _) = cp.zdeploy_as(&cp.admin, &["chaos", "history", "drill", "-n", &ns.name]);
+    assert_ne!(code, 0, "a dry run created the schedule");
+
+    let run: serde_json::Value =
+        serde_json::from_str(&cp.zdeploy(&["chaos", "run", "-f", &drill, "-o", "json"])).unwrap();
+    assert_eq!(run["verdict"], "held", "{run}");
+    let list = cp.zdeploy(&["chaos", "list", "-n", &ns.name]);
+    let row = list.lines().nth(1).unwrap_or_default();
+    assert!(row.starts_with("drill") && row.contains("echo"), "{list}");
+    let history: serde_json::Value = serde_json::from_str(
+        &cp.zdeploy(&["chaos", "history", "drill", "-n", &ns.name, "-o", "json"]),
+    )
+    .unwrap();
+    assert_eq!(history[0]["verdict"], "held", "{history}");
+
+    let before = cp.json(&["get", "chaosschedule", "drill", "-n", &ns.name]);
+    let out = cp.zdeploy(&["chaos", "pause", "drill", "-n", &ns.name]);
+    assert_eq!(out.trim(), "drill: paused");
+    let after = cp.json(&["get", "chaosschedule", "drill", "-n", &ns.name]);
+    assert_eq!(
+        after["metadata"]["annotations"]["zdeploy.io/suspend"],
+        "true"
+    );
+    assert_eq!(
+        after["spec"], before["spec"],
+        "pause never touches the spec"
+    );
+    Ok(())
+}

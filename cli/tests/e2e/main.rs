@@ -16,7 +16,7 @@ mod rollout;
 mod scenario;
 mod zgate;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use controlplane::ControlPlane;
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -24,18 +24,9 @@ use libtest_mimic::{Arguments, Failed, Trial};
 fn main() {
     let mut args = Arguments::from_args();
     args.test_threads = Some(1);
-    let cp = if args.list {
-        None
-    } else {
-        let cp = ControlPlane::start();
-        println!(
-            "control plane {} ready at {} in {:.1} s",
-            cp.version,
-            cp.server,
-            cp.started_in.as_secs_f64()
-        );
-        Some(Arc::new(cp))
-    };
+    // Started by the first scenario that runs (none for `--list` or a filter that matches
+    // nothing), on the main thread: scenarios run there one after another.
+    let cp: Arc<OnceLock<ControlPlane>> = Arc::default();
     let trials = vec![
         trial(&cp, "rollout_through_the_cli", rollout::through_the_cli),
         trial(&cp, "rollout_through_gitops", rollout::through_gitops),
@@ -69,6 +60,7 @@ fn main() {
             "chaos_pod_kill_and_gateway_faults",
             chaos::pod_kill_and_gateway_faults,
         ),
+        trial(&cp, "chaos_verbs_of_the_cli", chaos::chaos_verbs_of_the_cli),
         // Last: it reads the audit log the scenarios above wrote.
         trial(
             &cp,
@@ -83,15 +75,21 @@ fn main() {
 
 /// A scenario run against the shared control plane.
 fn trial(
-    cp: &Option<Arc<ControlPlane>>,
+    cp: &Arc<OnceLock<ControlPlane>>,
     name: &str,
     test: fn(&ControlPlane) -> Result<(), Failed>,
 ) -> Trial {
     let cp = cp.clone();
     Trial::test(name, move || {
-        test(
-            cp.as_deref()
-                .expect("the control plane runs when tests run"),
-        )
+        test(cp.get_or_init(|| {
+            let cp = ControlPlane::start();
+            println!(
+                "control plane {} ready at {} in {:.1} s",
+                cp.version,
+                cp.server,
+                cp.started_in.as_secs_f64()
+            );
+            cp
+        }))
     })
 }
