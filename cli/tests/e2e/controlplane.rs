@@ -122,17 +122,18 @@ pub struct ControlPlane {
     restarts: Mutex<Vec<jiff::Timestamp>>,
 }
 
-/// The folder `tests/controlplane/build` puts the binaries in (the version is the
-/// `k8s.io/kubernetes` requirement of its go.mod).
+/// The folder `tests/controlplane/build` puts the binaries in: for the Kubernetes version
+/// its go.mod pins, or the one in ZDEPLOY_KUBERNETES_VERSION (built with `build VERSION`).
 fn bin_dir() -> (PathBuf, String) {
     let gomod = std::fs::read_to_string(support::root().join("tests/controlplane/go.mod"))
         .expect("tests/controlplane/go.mod");
-    let version = gomod
+    let pinned = gomod
         .lines()
         .find_map(|l| l.strip_prefix("require k8s.io/kubernetes "))
         .expect("go.mod requires k8s.io/kubernetes")
         .trim()
         .to_string();
+    let version = std::env::var("ZDEPLOY_KUBERNETES_VERSION").unwrap_or(pinned);
     let bin = support::root()
         .join(".cache/controlplane")
         .join(&version)
@@ -147,7 +148,7 @@ fn bin_dir() -> (PathBuf, String) {
     ] {
         assert!(
             bin.join(b).exists(),
-            "{} is missing: run ./tests/run (or tests/controlplane/build), which builds the control plane once",
+            "{} is missing: run ./tests/run (or tests/controlplane/build {version}), which builds the control plane once",
             bin.join(b).display()
         );
     }
