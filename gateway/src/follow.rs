@@ -17,6 +17,7 @@ use zdeploy_api::Weight;
 
 use crate::config::check_weights;
 use crate::control::{ActiveFault, Control, FaultSpec};
+use crate::watch_retry::WatchRetry;
 
 /// The key holding `{"stable":90,"canary":10}`.
 pub const KEY: &str = "weights.json";
@@ -129,7 +130,7 @@ pub async fn follow(
         // Only this object: the watch is authorised by the Role's resourceNames.
         let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
         let mut changes = watcher(api, config)
-            .backoff(Retry::default())
+            .backoff(WatchRetry::default())
             .touched_objects()
             .boxed();
         while let Some(change) = changes.next().await {
@@ -166,52 +167,9 @@ pub async fn follow(
     }))
 }
 
-/// Delays between watch retries: doubling from 100 ms to at most 1 s. kube's default
-/// (up to 30 s) left zgate on old weights for 6 s after an API server restart in the
-/// cluster suite, and a rollback must reach every replica at once; one small watch a
-/// second per replica is cheap for the server.
-struct Retry(Duration);
-
-impl Retry {
-    const FIRST: Duration = Duration::from_millis(100);
-    const MAX: Duration = Duration::from_secs(1);
-}
-
-impl Default for Retry {
-    fn default() -> Self {
-        Retry(Self::FIRST)
-    }
-}
-
-impl Iterator for Retry {
-    type Item = Duration;
-
-    fn next(&mut self) -> Option<Duration> {
-        let now = self.0;
-        self.0 = (now * 2).min(Self::MAX);
-        Some(now)
-    }
-}
-
-impl kube::runtime::utils::Backoff for Retry {
-    fn reset(&mut self) {
-        self.0 = Self::FIRST;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn watch_retries_double_to_a_second_and_start_again_after_a_success() {
-        use kube::runtime::utils::Backoff;
-        let mut r = Retry::default();
-        let ms: Vec<u128> = r.by_ref().take(6).map(|d| d.as_millis()).collect();
-        assert_eq!(ms, [100, 200, 400, 800, 1000, 1000]);
-        r.reset();
-        assert_eq!(r.next(), Some(Duration::from_millis(100)));
-    }
 
     fn pools() -> Vec<String> {
         vec!["stable".into(), "canary".into()]

@@ -14,6 +14,7 @@ pub mod limits;
 pub mod metrics;
 mod pending;
 pub mod router;
+pub mod watch_retry;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

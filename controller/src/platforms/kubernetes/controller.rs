@@ -21,6 +21,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use zdeploy_api::{ZmqService, ZmqServiceStatus};
+use zdeploy_gateway::watch_retry::WatchRetry;
 
 use super::render::{Rendered, render};
 use crate::analysis::promql::Target;
@@ -561,6 +562,7 @@ pub async fn run(
             Api::<ConfigMap>::all(client.clone()),
             watcher::Config::default(),
         )
+        .trigger_backoff(WatchRetry::default())
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|result| {
@@ -577,6 +579,7 @@ pub async fn run(
             watcher::Config::default(),
             move |svc| super::chaos::aimed_at(&svc, &known.state()),
         )
+        .trigger_backoff(WatchRetry::default())
         .shutdown_on_signal()
         .run(
             super::chaos::reconcile,
