@@ -679,3 +679,69 @@ fn a_pool_given_by_name_connects_to_every_address_of_the_name() {
     let r = client(&["req", "--connect", &gw.frontend, "--count", "20"]);
     assert_eq!(ok_count(&r, "stable"), 20, "{r}");
 }
+
+/// A listener that answers every connection with a ZMTP 3.0 greeting announcing CURVE
+/// (zgate speaks NULL): the mechanism mismatch of a differently built peer.
+fn curve_greeter() -> (String, std::thread::JoinHandle<()>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("tcp://{}", listener.local_addr().unwrap());
+    let greeter = std::thread::spawn(move || {
+        let mut greeting = vec![0xFF, 0, 0, 0, 0, 0, 0, 0, 0, 0x7F, 3, 0];
+        let mut mechanism = b"CURVE".to_vec();
+        mechanism.resize(20, 0);
+        greeting.extend(mechanism);
+        greeting.extend([0u8; 32]);
+        // Bounded: for 5 s, whatever zgate does (libzmq reconnects about every 100 ms).
+        listener.set_nonblocking(true).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            match listener.accept() {
+                Ok((mut conn, _)) => {
+                    let _ = conn.set_nonblocking(false);
+                    let _ = conn.write_all(&greeting);
+                    let mut sink = [0u8; 64];
+                    let _ = conn.set_read_timeout(Some(std::time::Duration::from_millis(200)));
+                    let _ = conn.read(&mut sink);
+                }
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            }
+        }
+    });
+    (endpoint, greeter)
+}
+
+#[test]
+fn a_backend_that_fails_the_zmtp_handshake_is_counted_with_its_reason() {
+    let stable = peer(&["rep", "--name", "stable"]);
+    let (canary, greeter) = curve_greeter();
+    let gw = gateway(&[
+        "--pool",
+        &format!("stable={}", stable.endpoint()),
+        "--pool",
+        &format!("canary={canary}"),
+    ]);
+    let series =
+        r#"zgate_handshake_failures_total{service="zgate",pool="canary",reason="protocol"}"#;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while gw.metric(series) < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no handshake failure counted:\n{}",
+            gw.scrape()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(
+        gw.metric(r#"zgate_backends_live{service="zgate",pool="canary"}"#),
+        0.0
+    );
+    assert_eq!(
+        gw.metric(
+            r#"zgate_handshake_failures_total{service="zgate",pool="stable",reason="protocol"}"#
+        ),
+        0.0
+    );
+    drop(gw);
+    greeter.join().unwrap();
+}

@@ -29,7 +29,7 @@ use crate::classify::is_error_reply;
 use crate::config::GatewayConfig;
 use crate::control::{ActiveFault, Control, FaultAction};
 use crate::envelope;
-use crate::metrics::{GatewayMetrics, Outcome, PoolMetrics, Undeliverable};
+use crate::metrics::{GatewayMetrics, HandshakeFailure, Outcome, PoolMetrics, Undeliverable};
 use crate::pending::PendingRing;
 use crate::router::WeightedRoundRobin;
 
@@ -152,7 +152,10 @@ impl DataPlane {
             socket.monitor(
                 &addr,
                 (zmq::SocketEvent::HANDSHAKE_SUCCEEDED as u16
-                    | zmq::SocketEvent::DISCONNECTED as u16) as i32,
+                    | zmq::SocketEvent::DISCONNECTED as u16
+                    | zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL as u16
+                    | zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL as u16
+                    | zmq::SocketEvent::HANDSHAKE_FAILED_AUTH as u16) as i32,
             )?;
             let monitor = context.socket(zmq::PAIR)?;
             monitor.connect(&addr)?;
@@ -346,6 +349,13 @@ impl DataPlane {
                 pool.live.insert(addr.to_vec());
             } else if code == zmq::SocketEvent::DISCONNECTED as u16 {
                 pool.live.remove(&addr[..]);
+            } else if let Some(why) = handshake_failure(code) {
+                pool.metrics.handshake_failed(why);
+                tracing::warn!(
+                    pool = %pool.name,
+                    backend = %String::from_utf8_lossy(addr),
+                    "ZeroMQ handshake with a backend failed ({why:?}): is it a ZeroMQ peer of a compatible version and security mechanism?"
+                );
             }
             pool.publish_live(Instant::now(), self.timeout);
         }
@@ -636,6 +646,18 @@ impl DataPlane {
 }
 
 /// Receives one whole multipart message without blocking; `None` when nothing is queued.
+/// The failure a monitor event code reports, if it is a failed handshake.
+fn handshake_failure(code: u16) -> Option<HandshakeFailure> {
+    use zmq::SocketEvent as E;
+    [
+        (E::HANDSHAKE_FAILED_PROTOCOL, HandshakeFailure::Protocol),
+        (E::HANDSHAKE_FAILED_AUTH, HandshakeFailure::Auth),
+        (E::HANDSHAKE_FAILED_NO_DETAIL, HandshakeFailure::Other),
+    ]
+    .into_iter()
+    .find_map(|(event, why)| (event as u16 == code).then_some(why))
+}
+
 fn recv_frames(socket: &zmq::Socket) -> Option<Vec<zmq::Message>> {
     let mut frames = Vec::with_capacity(4);
     loop {

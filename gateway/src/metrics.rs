@@ -156,6 +156,35 @@ struct ReasonLabels {
     reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolReasonLabels {
+    pool: String,
+    reason: String,
+}
+
+/// Why libzmq's socket monitor says a ZMTP handshake with a backend failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    /// The peer broke the protocol (not ZMTP, or an incompatible greeting).
+    Protocol,
+    /// The security mechanism refused the peer.
+    Auth,
+    /// libzmq gave no detail.
+    Other,
+}
+
+impl HandshakeFailure {
+    const ALL: [Self; 3] = [Self::Protocol, Self::Auth, Self::Other];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Protocol => "protocol",
+            Self::Auth => "auth",
+            Self::Other => "other",
+        }
+    }
+}
+
 /// Handles for one pool's series.
 #[derive(Clone, Debug)]
 pub struct PoolMetrics {
@@ -170,6 +199,7 @@ pub struct PoolMetrics {
     pub live_backends: Gauge,
     /// Replies that came after their request had timed out (dropped).
     pub late_replies: Counter,
+    handshake_failures: [Counter; 3],
 }
 
 impl PoolMetrics {
@@ -177,6 +207,11 @@ impl PoolMetrics {
     pub fn count(&self, outcome: Outcome, seconds: f64) {
         self.requests[outcome as usize].inc();
         self.latency.observe(seconds);
+    }
+
+    /// Counts a backend connection whose ZMTP handshake failed.
+    pub fn handshake_failed(&self, why: HandshakeFailure) {
+        self.handshake_failures[why as usize].inc();
     }
 }
 
@@ -221,6 +256,7 @@ impl GatewayMetrics {
         let late = Family::<PoolLabels, Counter>::default();
         let undeliverable = Family::<ReasonLabels, Counter>::default();
         let rejected = Family::<PoolLabels, Counter>::default();
+        let handshakes = Family::<PoolReasonLabels, Counter>::default();
         let open_files_limit = Gauge::default();
         registry.register(
             "open_files_limit",
@@ -269,6 +305,11 @@ impl GatewayMetrics {
             rejected.clone(),
         );
         registry.register(
+            "handshake_failures",
+            "Backend connections whose ZeroMQ handshake failed, by pool and reason (protocol, auth, other)",
+            handshakes.clone(),
+        );
+        registry.register(
             "replies_undeliverable",
             "Replies dropped because the client was gone or not reading",
             undeliverable.clone(),
@@ -299,6 +340,14 @@ impl GatewayMetrics {
                     weight: weight.get_or_create(&pl).clone(),
                     live_backends: live.get_or_create(&pl).clone(),
                     late_replies: late.get_or_create(&pl).clone(),
+                    handshake_failures: HandshakeFailure::ALL.map(|r| {
+                        handshakes
+                            .get_or_create(&PoolReasonLabels {
+                                pool: name.clone(),
+                                reason: r.label().into(),
+                            })
+                            .clone()
+                    }),
                 }
             })
             .collect();
