@@ -341,7 +341,7 @@ impl ControlPlane {
         let s = |p: &Path| p.display().to_string();
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
-        cp.daemons.get_mut().unwrap().push(Daemon::start(
+        cp.start_daemon(
             "etcd",
             d,
             &bin.join("etcd"),
@@ -358,12 +358,12 @@ impl ControlPlane {
                 "--unsafe-no-fsync".into(),
                 "--log-level=warn".into(),
             ],
-        ));
+        );
         cp.wait("etcd answers /health", Duration::from_secs(30), |cp| {
             cp.etcd_healthy()
         });
 
-        cp.daemons.get_mut().unwrap().push(Daemon::start(
+        cp.start_daemon(
             "kube-apiserver",
             d,
             &bin.join("kube-apiserver"),
@@ -396,14 +396,14 @@ impl ControlPlane {
                 format!("--audit-log-path={}", s(&dir.join("audit.log"))),
                 "--v=0".into(),
             ],
-        ));
+        );
         cp.wait(
             "kube-apiserver answers /readyz",
             Duration::from_secs(90),
             |cp| cp.kubectl_status(&["get", "--raw=/readyz"]),
         );
 
-        cp.daemons.get_mut().unwrap().push(Daemon::start(
+        cp.start_daemon(
             "kube-controller-manager",
             d,
             &bin.join("kube-controller-manager"),
@@ -420,8 +420,8 @@ impl ControlPlane {
                 "--cluster-name=zdeploy-e2e".into(),
                 "--v=0".into(),
             ],
-        ));
-        cp.daemons.get_mut().unwrap().push(Daemon::start(
+        );
+        cp.start_daemon(
             "kube-scheduler",
             d,
             &bin.join("kube-scheduler"),
@@ -431,8 +431,8 @@ impl ControlPlane {
                 "--leader-elect=false".into(),
                 "--v=0".into(),
             ],
-        ));
-        cp.daemons.get_mut().unwrap().push(Daemon::start(
+        );
+        cp.start_daemon(
             "kwok",
             d,
             &bin.join("kwok"),
@@ -447,7 +447,7 @@ impl ControlPlane {
                 "--cidr=10.244.0.1/16".into(),
                 "--node-ip=10.0.0.1".into(),
             ],
-        ));
+        );
         cp.wait(
             "the controller manager creates the default ServiceAccount",
             Duration::from_secs(60),
@@ -465,6 +465,12 @@ impl ControlPlane {
         });
         cp.started_in = began.elapsed();
         cp
+    }
+
+    /// Starts one process of the control plane, its log in the control plane's folder.
+    fn start_daemon(&mut self, name: &'static str, dir: &Path, program: &Path, args: &[String]) {
+        let d = Daemon::start(name, dir, program, args);
+        self.daemons.get_mut().unwrap().push(d);
     }
 
     fn etcd_healthy(&self) -> bool {
@@ -595,24 +601,18 @@ impl ControlPlane {
     /// Runs `during` with the API server stopped (etcd and the rest keep running), then
     /// starts it again and waits until it is ready.
     pub fn with_apiserver_down(&self, during: impl FnOnce()) {
-        {
+        let on_apiserver = |act: fn(&mut Daemon)| {
             let mut daemons = self.daemons.lock().unwrap();
             let api = daemons
                 .iter_mut()
                 .find(|d| d.name == "kube-apiserver")
                 .expect("the API server runs");
-            api.stop();
-        }
+            act(api);
+        };
+        on_apiserver(Daemon::stop);
         during();
-        {
-            let mut daemons = self.daemons.lock().unwrap();
-            let api = daemons
-                .iter_mut()
-                .find(|d| d.name == "kube-apiserver")
-                .expect("the API server runs");
-            api.restart();
-            self.restarts.lock().unwrap().push(jiff::Timestamp::now());
-        }
+        on_apiserver(Daemon::restart);
+        self.restarts.lock().unwrap().push(jiff::Timestamp::now());
         self.wait(
             "kube-apiserver answers /readyz after a restart",
             Duration::from_secs(90),

@@ -87,6 +87,11 @@ impl Proc {
         cmd.stdout(Stdio::null())
             .stderr(Stdio::null())
             .stdin(Stdio::null());
+        Proc::unread(cmd)
+    }
+
+    /// Spawns `cmd` whose stdout this side does not read.
+    fn unread(mut cmd: Command) -> Proc {
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
@@ -108,15 +113,7 @@ impl Proc {
         cmd.stdout(out.try_clone().unwrap())
             .stderr(out)
             .stdin(Stdio::null());
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
-        let (_, lines) = mpsc::channel();
-        Proc {
-            child,
-            ready: String::new(),
-            lines,
-        }
+        Proc::unread(cmd)
     }
 
     /// The next stdout line starting with `word`, waiting at most `limit`.
