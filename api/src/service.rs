@@ -193,6 +193,11 @@ pub struct Strategy {
     /// A rollout that makes no progress for this long is rolled back.
     #[serde(default = "default_progress_deadline")]
     pub progress_deadline: Duration,
+    /// Ready canary pods that zgate cannot reach for this long (a Windows firewall or an
+    /// antivirus blocking the port, a ZeroMQ handshake that fails) roll the rollout back.
+    /// No weight goes to the canary before zgate reaches one of its pods.
+    #[serde(default = "default_reach_deadline")]
+    pub reach_deadline: Duration,
     /// Canary steps and analysis.
     #[serde(default)]
     pub canary: Canary,
@@ -203,6 +208,7 @@ impl Default for Strategy {
         Self {
             router: Router::default(),
             progress_deadline: default_progress_deadline(),
+            reach_deadline: default_reach_deadline(),
             canary: Canary::default(),
         }
     }
@@ -210,6 +216,10 @@ impl Default for Strategy {
 
 fn default_progress_deadline() -> Duration {
     Duration::from_secs(600)
+}
+
+fn default_reach_deadline() -> Duration {
+    Duration::from_secs(120)
 }
 
 /// The canary: steps run in order, analysis runs in the background throughout.
@@ -657,6 +667,13 @@ pub struct RolloutState {
     /// Why it is paused, when it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pause_reason: Option<String>,
+    /// When zgate first had a live connection to a canary pod; the canary gets no weight
+    /// before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reached: Option<Time>,
+    /// Since when the canary's pods have been ready while zgate cannot reach any of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreachable_since: Option<Time>,
 }
 
 /// The observed state of a ZmqService.

@@ -8,7 +8,7 @@ use anyhow::Context;
 use zdeploy_api::Duration;
 use zdeploy_api::service::{ErrorClassifier, StatusFrame};
 use zdeploy_gateway::config::parse_weights;
-use zdeploy_gateway::{Gateway, GatewayConfig, PoolConfig};
+use zdeploy_gateway::{Discovery, Gateway, GatewayConfig, PoolConfig};
 
 /// Arguments of `zdeploy gateway`.
 #[derive(clap::Args)]
@@ -19,6 +19,11 @@ pub struct Args {
     /// A pool of backends: NAME=ENDPOINT[,ENDPOINT...]; repeat for each pool.
     #[arg(long = "pool", required = true)]
     pools: Vec<String>,
+    /// How a pool endpoint given by name becomes backends: dns (resolve it every 2 s) or
+    /// endpointslices (the name is a Service's, tcp://SERVICE.NAMESPACE.svc.cluster.local:PORT:
+    /// follow its EndpointSlices through the Kubernetes API, readiness and termination included).
+    #[arg(long, default_value = "dns")]
+    discovery: Discovery,
     /// Initial weights, NAME=N,... (0-100); pools left out get 0. Default: the first pool takes all.
     #[arg(long)]
     weights: Option<String>,
@@ -74,6 +79,7 @@ impl Args {
             .map(|p| PoolConfig::parse(p))
             .collect::<Result<Vec<_>, _>>()?;
         let mut config = GatewayConfig::new(&self.service, &self.frontend, pools);
+        config.discovery = self.discovery;
         if let Some(w) = &self.weights {
             config.weights = parse_weights(w)?;
         }
@@ -110,14 +116,20 @@ impl Args {
 /// Runs the gateway until a signal asks it to stop.
 pub async fn run(args: &Args) -> anyhow::Result<()> {
     let mut config = args.config()?;
-    let source = match &args.weights_configmap {
-        Some(target) => {
+    let needs_api = args.weights_configmap.is_some() || args.discovery == Discovery::EndpointSlices;
+    let client = match needs_api {
+        true => Some(
+            kube::Client::try_default()
+                .await
+                .context("connecting to the Kubernetes API (for --weights-configmap or --discovery endpointslices)")?,
+        ),
+        false => None,
+    };
+    let source = match (&args.weights_configmap, &client) {
+        (Some(target), Some(client)) => {
             let (ns, name) = target
                 .split_once('/')
                 .context("--weights-configmap: write NAMESPACE/NAME")?;
-            let client = kube::Client::try_default()
-                .await
-                .context("connecting to the Kubernetes API for --weights-configmap")?;
             // The recorded weights before the first request: never more to the canary than recorded.
             let api = kube::Api::namespaced(client.clone(), ns);
             let pools = config.pool_names();
@@ -125,11 +137,24 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
                 .await
                 .map_err(anyhow::Error::msg)?;
             config.weights = pools.into_iter().zip(weights).collect();
-            Some((client, ns.to_string(), name.to_string()))
+            Some((client.clone(), ns.to_string(), name.to_string()))
         }
-        None => None,
+        _ => None,
     };
+    let configured: Vec<Vec<String>> = config.pools.iter().map(|p| p.endpoints.clone()).collect();
     let gateway = Gateway::start(config).await?;
+    let _endpoints = match (&client, args.discovery) {
+        (Some(client), Discovery::EndpointSlices) => Some(
+            zdeploy_gateway::endpointslices::follow(
+                client.clone(),
+                configured,
+                gateway.control().clone(),
+            )
+            .await
+            .map_err(anyhow::Error::msg)?,
+        ),
+        _ => None,
+    };
     let _follow = match source {
         Some((client, ns, name)) => Some(
             zdeploy_gateway::follow::follow(client, ns, name, gateway.control().clone())

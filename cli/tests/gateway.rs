@@ -660,13 +660,23 @@ fn a_pool_given_by_name_connects_to_every_address_of_the_name() {
     let svc = peer(&["rep", "--name", "stable"]);
     let port = svc.endpoint().rsplit(':').next().unwrap().to_string();
     let gw = gateway(&["--pool", &format!("stable=tcp://localhost:{port}")]);
+    // `/endpoints` is what the data plane sees: live once connected.
+    gw.wait_live("stable", 1.0);
     let endpoints = support::http()
         .get(format!("{}/endpoints", gw.admin))
         .send()
         .unwrap()
         .json::<serde_json::Value>()
         .unwrap();
-    let stable: Vec<String> = serde_json::from_value(endpoints["stable"].clone()).unwrap();
+    let stable: Vec<String> = endpoints["stable"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            assert_eq!(b["state"], "serving", "{endpoints}");
+            b["address"].as_str().unwrap().to_string()
+        })
+        .collect();
     assert!(
         stable.contains(&format!("tcp://127.0.0.1:{port}")),
         "the name was resolved to its addresses: {stable:?}"
@@ -675,7 +685,6 @@ fn a_pool_given_by_name_connects_to_every_address_of_the_name() {
         !stable.iter().any(|e| e.contains("localhost")),
         "{stable:?}"
     );
-    gw.wait_live("stable", 1.0);
     let r = client(&["req", "--connect", &gw.frontend, "--count", "20"]);
     assert_eq!(ok_count(&r, "stable"), 20, "{r}");
 }
@@ -744,4 +753,42 @@ fn a_backend_that_fails_the_zmtp_handshake_is_counted_with_its_reason() {
     );
     drop(gw);
     greeter.join().unwrap();
+}
+
+#[test]
+fn a_pool_whose_last_backend_dies_is_routed_nothing_until_one_is_back() {
+    let stable = peer(&["rep", "--name", "stable", "--heartbeat"]);
+    let canary = peer(&["rep", "--name", "canary", "--heartbeat"]);
+    let canary_endpoint = canary.endpoint();
+    let gw = gateway(&[
+        "--pool",
+        &format!("stable={}", stable.endpoint()),
+        "--pool",
+        &format!("canary={canary_endpoint}"),
+        "--weights",
+        "stable=50,canary=50",
+    ]);
+    gw.wait_live("stable", 1.0);
+    gw.wait_live("canary", 1.0);
+    drop(canary);
+    gw.wait_live("canary", 0.0);
+    // The configured split is unchanged; zgate routes the canary's share to stable.
+    let r = client(&["req", "--connect", &gw.frontend, "--count", "200"]);
+    assert_eq!(ok_count(&r, "stable"), 200, "{r}");
+    assert_eq!(gw.requests("canary", "unavailable"), 0.0);
+    let weight = |name: &str, pool: &str| {
+        gw.metric(&format!(r#"zgate_{name}{{service="zgate",pool="{pool}"}}"#))
+    };
+    assert_eq!(weight("pool_weight", "canary"), 50.0);
+    assert_eq!(weight("pool_routed_weight", "canary"), 0.0);
+    assert_eq!(weight("pool_routed_weight", "stable"), 50.0);
+    assert_eq!(weight("pool_withheld_total", "canary"), 1.0);
+    // The canary comes back on its address: it gets its share again.
+    let port = canary_endpoint.rsplit(':').next().unwrap();
+    let bind = format!("tcp://127.0.0.1:{port}");
+    let _back = peer(&["rep", "--name", "canary", "--heartbeat", "--bind", &bind]);
+    gw.wait_live("canary", 1.0);
+    let r = client(&["req", "--connect", &gw.frontend, "--count", "200"]);
+    assert_eq!(ok_count(&r, "canary"), 100, "{r}");
+    assert_eq!(weight("pool_routed_weight", "canary"), 50.0);
 }

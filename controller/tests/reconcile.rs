@@ -245,18 +245,25 @@ async fn a_new_image_starts_a_canary() {
         stable.body["spec"]["template"]["spec"]["containers"][0]["image"],
         "registry.example.com/trading/echo:2.0.3-ltsc2022"
     );
+    // No zgate replica reports a live canary pod here: the canary gets no weight yet.
     assert_eq!(
         find(&calls, "configmaps", "echo-weights").body["data"]["weights.json"],
-        r#"{"stable":90,"canary":10}"#
+        r#"{"stable":100,"canary":0}"#
     );
     let status = &recorded;
     assert_eq!(
         (
             status["phase"].as_str(),
             status["currentStep"].as_u64(),
-            status["canaryWeight"].as_u64()
+            status["canaryWeight"].as_u64(),
+            status["message"].as_str()
         ),
-        (Some("Progressing"), Some(1), Some(10))
+        (
+            Some("Progressing"),
+            Some(0),
+            Some(0),
+            Some("waiting for zgate to reach a canary pod")
+        )
     );
     assert_eq!(
         conditions(status),

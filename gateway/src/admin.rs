@@ -17,7 +17,7 @@ use serde_json::json;
 use zdeploy_api::{Duration, Weight};
 
 use crate::config::check_weights;
-use crate::control::{ActiveFault, Control, FaultSpec};
+use crate::control::{ActiveFault, BackendView, Control, FaultSpec};
 use crate::metrics::GatewayMetrics;
 
 /// The `/metrics` endpoint.
@@ -94,13 +94,16 @@ fn weights_json(control: &Control) -> BTreeMap<String, Weight> {
         .collect()
 }
 
-async fn get_endpoints(State(control): State<Arc<Control>>) -> Json<BTreeMap<String, Vec<String>>> {
+/// Each pool's backends as the data plane sees them: address, state, live.
+async fn get_endpoints(
+    State(control): State<Arc<Control>>,
+) -> Json<BTreeMap<String, Vec<BackendView>>> {
     Json(
         control
             .pools()
             .iter()
             .cloned()
-            .zip(control.snapshot().endpoints)
+            .zip(control.backends())
             .collect(),
     )
 }

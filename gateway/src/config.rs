@@ -15,6 +15,29 @@ pub struct PoolConfig {
     pub endpoints: Vec<String>,
 }
 
+/// How pool endpoints given by name become addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Discovery {
+    /// Resolve the name every 2 s; every address it gives is a backend.
+    #[default]
+    Dns,
+    /// The name is a Service's: follow its EndpointSlices through the Kubernetes API
+    /// (readiness and termination included).
+    EndpointSlices,
+}
+
+impl std::str::FromStr for Discovery {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "dns" => Ok(Self::Dns),
+            "endpointslices" => Ok(Self::EndpointSlices),
+            _ => Err(format!("{s:?}: write dns or endpointslices")),
+        }
+    }
+}
+
 /// Everything a gateway needs to run.
 #[derive(Clone, Debug)]
 pub struct GatewayConfig {
@@ -24,6 +47,8 @@ pub struct GatewayConfig {
     pub frontend: String,
     /// The pools, in order.
     pub pools: Vec<PoolConfig>,
+    /// How pool endpoints given by name are found.
+    pub discovery: Discovery,
     /// Initial weight of each pool, by name; pools left out start at 0.
     pub weights: BTreeMap<String, Weight>,
     /// A request without a reply after this long is answered with a timeout error.
@@ -146,6 +171,7 @@ impl GatewayConfig {
             service: service.to_string(),
             frontend: frontend.to_string(),
             pools,
+            discovery: Discovery::Dns,
             weights,
             timeout: Duration::from_secs(2),
             sticky: false,

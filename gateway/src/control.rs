@@ -1,5 +1,6 @@
-//! Settings the admin API changes while the data plane runs: weights and faults.
-//! The data plane reads them lock-free until the generation number moves.
+//! Settings the admin API changes while the data plane runs: weights, faults and the
+//! endpoints of each pool. The data plane reads them lock-free until the generation number
+//! moves, and publishes what it sees of each backend in return.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -97,7 +98,49 @@ pub struct Settings {
     /// Fault of each pool, if any.
     pub faults: Vec<Option<ActiveFault>>,
     /// Endpoints each pool connects to (names resolved to addresses).
-    pub endpoints: Vec<Vec<String>>,
+    pub endpoints: Vec<Vec<Endpoint>>,
+}
+
+/// Whether a backend endpoint may take new requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum EndpointState {
+    /// Ready: takes new requests.
+    Serving,
+    /// Not ready or terminating: no new requests, while those it has finish.
+    Draining,
+}
+
+/// One backend address of a pool and what it may do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The ZeroMQ endpoint, `tcp://10.0.0.7:5555`.
+    pub address: String,
+    /// Serving or draining.
+    pub state: EndpointState,
+}
+
+impl Endpoint {
+    /// An endpoint that takes requests.
+    pub fn serving(address: impl Into<String>) -> Self {
+        Self {
+            address: address.into(),
+            state: EndpointState::Serving,
+        }
+    }
+}
+
+/// What the data plane sees of one backend, for `GET /endpoints`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendView {
+    /// The ZeroMQ endpoint.
+    pub address: String,
+    /// `serving`, `draining`, or `removed` (gone from discovery, closing after its last
+    /// reply or the request timeout).
+    pub state: &'static str,
+    /// Its ZMTP handshake completed and it answers.
+    pub live: bool,
 }
 
 /// Settings shared between the admin API (writer) and the data plane (reader).
@@ -106,6 +149,7 @@ pub struct Control {
     pools: Vec<String>,
     generation: AtomicU64,
     settings: Mutex<Settings>,
+    backends: Mutex<Vec<Vec<BackendView>>>,
     shutdown: AtomicBool,
 }
 
@@ -116,6 +160,7 @@ impl Control {
             pools,
             generation: AtomicU64::new(0),
             settings: Mutex::new(settings),
+            backends: Mutex::default(),
             shutdown: AtomicBool::new(false),
         }
     }
@@ -144,6 +189,16 @@ impl Control {
     /// Increases whenever the settings change.
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
+    }
+
+    /// Records what the data plane sees of each pool's backends.
+    pub fn publish_backends(&self, views: Vec<Vec<BackendView>>) {
+        *self.backends.lock().expect("backends lock") = views;
+    }
+
+    /// What the data plane last published of each pool's backends, in pool order.
+    pub fn backends(&self) -> Vec<Vec<BackendView>> {
+        self.backends.lock().expect("backends lock").clone()
     }
 
     /// Asks the data plane to answer what is pending and stop.

@@ -1,14 +1,15 @@
 //! Endpoints by name: a pool given as `tcp://echo-stable.trading.svc.cluster.local:5555`
 //! (a headless Service) means every address the name resolves to, one connection each, so
 //! zgate reaches every pod. libzmq alone would resolve the name once, to one address.
-//! Names are resolved again every few seconds as pods come and go.
+//! Names are resolved again every few seconds as pods come and go. In a cluster, zgate
+//! follows EndpointSlices instead (`endpointslices.rs`): DNS says nothing of readiness.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::control::Control;
+use crate::control::{Control, Endpoint};
 
 /// How often names are resolved again.
 pub const EVERY: Duration = Duration::from_secs(2);
@@ -55,20 +56,27 @@ async fn resolve(configured: &[Vec<String>], previous: &[Vec<String>]) -> Vec<Ve
     out
 }
 
+fn serving(pools: &[Vec<String>]) -> Vec<Vec<Endpoint>> {
+    pools
+        .iter()
+        .map(|eps| eps.iter().map(Endpoint::serving).collect())
+        .collect()
+}
+
 /// Resolves the pools' names now and every `EVERY`, handing changes to the data plane.
 pub async fn follow(
     configured: Vec<Vec<String>>,
     control: Arc<Control>,
 ) -> tokio::task::JoinHandle<()> {
     let mut current = resolve(&configured, &[]).await;
-    control.update(|s| s.endpoints = current.clone());
+    control.update(|s| s.endpoints = serving(&current));
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(EVERY).await;
             let next = resolve(&configured, &current).await;
             if next != current {
                 tracing::info!(?next, "pool endpoints changed");
-                control.update(|s| s.endpoints = next.clone());
+                control.update(|s| s.endpoints = serving(&next));
                 current = next;
             }
         }

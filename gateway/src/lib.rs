@@ -8,6 +8,7 @@ pub mod config;
 pub mod control;
 mod dataplane;
 pub mod discovery;
+pub mod endpointslices;
 pub mod envelope;
 pub mod follow;
 pub mod limits;
@@ -22,8 +23,8 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-pub use config::{ConfigError, GatewayConfig, PoolConfig};
-pub use control::{Control, FaultSpec, Settings};
+pub use config::{ConfigError, Discovery, GatewayConfig, PoolConfig};
+pub use control::{Control, Endpoint, EndpointState, FaultSpec, Settings};
 
 use dataplane::DataPlane;
 use metrics::GatewayMetrics;
@@ -94,7 +95,7 @@ impl Gateway {
                     .map(|eps| {
                         eps.iter()
                             .filter(|e| discovery::named(e).is_none())
-                            .cloned()
+                            .map(Endpoint::serving)
                             .collect()
                     })
                     .collect(),
@@ -123,10 +124,12 @@ impl Gateway {
             data_plane: Some(data_plane),
             tasks: Vec::new(),
         };
-        if configured
-            .iter()
-            .flatten()
-            .any(|e| discovery::named(e).is_some())
+        // EndpointSlices are followed by the caller, who has the Kubernetes client.
+        if config.discovery == Discovery::Dns
+            && configured
+                .iter()
+                .flatten()
+                .any(|e| discovery::named(e).is_some())
         {
             gateway
                 .tasks
@@ -169,11 +172,18 @@ impl Gateway {
         &self.control
     }
 
-    /// Backends of `pool` with a live connection right now.
+    /// Backends of `pool` that can take a request right now.
     pub fn live_backends(&self, pool: &str) -> usize {
         self.control.pool_index(pool).map_or(0, |i| {
             self.metrics.pools[i].live_backends.get().max(0) as usize
         })
+    }
+
+    /// The handshake failure counted most often for `pool`'s backends, if any was.
+    pub fn handshake_failure(&self, pool: &str) -> Option<metrics::HandshakeFailure> {
+        self.control
+            .pool_index(pool)
+            .and_then(|i| self.metrics.pools[i].commonest_handshake_failure())
     }
 
     /// Requests forwarded to `pool` and not answered yet.

@@ -176,7 +176,8 @@ pub enum HandshakeFailure {
 impl HandshakeFailure {
     const ALL: [Self; 3] = [Self::Protocol, Self::Auth, Self::Other];
 
-    fn label(self) -> &'static str {
+    /// The `reason` label value.
+    pub fn label(self) -> &'static str {
         match self {
             Self::Protocol => "protocol",
             Self::Auth => "auth",
@@ -195,8 +196,13 @@ pub struct PoolMetrics {
     pub in_flight: Gauge,
     /// Configured weight.
     pub weight: Gauge,
-    /// Backends with a live connection.
+    /// Backends that can take a request: handshaken, serving, answering.
     pub live_backends: Gauge,
+    /// The weight requests are routed by: the configured one, or 0 while the pool has no
+    /// usable backend.
+    pub routed_weight: Gauge,
+    /// Times the pool lost its last usable backend while it had weight (routed 0 since).
+    pub withheld: Counter,
     /// Replies that came after their request had timed out (dropped).
     pub late_replies: Counter,
     handshake_failures: [Counter; 3],
@@ -212,6 +218,16 @@ impl PoolMetrics {
     /// Counts a backend connection whose ZMTP handshake failed.
     pub fn handshake_failed(&self, why: HandshakeFailure) {
         self.handshake_failures[why as usize].inc();
+    }
+
+    /// The handshake failure counted most often, if any was.
+    pub fn commonest_handshake_failure(&self) -> Option<HandshakeFailure> {
+        HandshakeFailure::ALL
+            .into_iter()
+            .map(|why| (self.handshake_failures[why as usize].get(), why))
+            .filter(|(n, _)| *n > 0)
+            .max_by_key(|(n, _)| *n)
+            .map(|(_, why)| why)
     }
 }
 
@@ -253,6 +269,8 @@ impl GatewayMetrics {
         let in_flight = Family::<PoolLabels, Gauge>::default();
         let weight = Family::<PoolLabels, Gauge>::default();
         let live = Family::<PoolLabels, Gauge>::default();
+        let routed = Family::<PoolLabels, Gauge>::default();
+        let withheld = Family::<PoolLabels, Counter>::default();
         let late = Family::<PoolLabels, Counter>::default();
         let undeliverable = Family::<ReasonLabels, Counter>::default();
         let rejected = Family::<PoolLabels, Counter>::default();
@@ -286,8 +304,18 @@ impl GatewayMetrics {
         );
         registry.register(
             "backends_live",
-            "Backends with a live connection, by pool",
+            "Backends that can take a request (handshake done, serving, answering), by pool",
             live.clone(),
+        );
+        registry.register(
+            "pool_routed_weight",
+            "Weight requests are routed by, in percent: the configured weight, or 0 while the pool has no live backend",
+            routed.clone(),
+        );
+        registry.register(
+            "pool_withheld",
+            "Times a pool with weight lost its last live backend and was routed 0% until one came back",
+            withheld.clone(),
         );
         registry.register(
             "late_replies",
@@ -339,6 +367,8 @@ impl GatewayMetrics {
                     in_flight: in_flight.get_or_create(&pl).clone(),
                     weight: weight.get_or_create(&pl).clone(),
                     live_backends: live.get_or_create(&pl).clone(),
+                    routed_weight: routed.get_or_create(&pl).clone(),
+                    withheld: withheld.get_or_create(&pl).clone(),
                     late_replies: late.get_or_create(&pl).clone(),
                     handshake_failures: HandshakeFailure::ALL.map(|r| {
                         handshakes

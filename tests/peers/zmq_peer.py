@@ -3,7 +3,8 @@
 pipelined DEALER clients. Each prints one line "ready <endpoint>" when listening, and
 clients print a JSON summary on exit. A ROUTER service can misbehave on purpose
 (--misbehave): answer with a guessed request id, reply twice, or send replies without
-a delimiter or a body."""
+a delimiter or a body. A REQ client with --count 0 sends until SIGTERM, then prints its
+summary."""
 
 import argparse
 import json
@@ -78,7 +79,8 @@ def serve(args):
             d = frames.index(b"", 1)
             envelope, body = frames[: d + 1], frames[d + 1 :]
         if log:
-            log.write(body[0][:64].decode("utf-8", "replace") + "\n")
+            stamp = "%.6f " % time.time() if args.log_times else ""
+            log.write(stamp + body[0][:64].decode("utf-8", "replace") + "\n")
         if args.misbehave and kind == zmq.ROUTER:
             for msg in misbehave(args.misbehave, envelope, answer(args, body)):
                 sock.send_multipart(msg)
@@ -111,9 +113,15 @@ def client(args):
             frames.append(payload)
         return ([b""] if kind == zmq.DEALER else []) + frames
 
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     if kind == zmq.REQ:
-        for i in range(args.count):
+        i = 0
+        while (i < args.count or args.count == 0) and not stopping:
+            if args.interval_ms:
+                time.sleep(args.interval_ms / 1000.0)
             sock.send_multipart(request(i))
+            i += 1
             summary["sent"] += 1
             try:
                 account(sock.recv_multipart())
@@ -148,6 +156,8 @@ def main():
     p.add_argument("--delay-ms", type=float, default=0.0)
     p.add_argument("--heartbeat", action="store_true")
     p.add_argument("--log")
+    p.add_argument("--log-times", action="store_true", help="prefix each logged request with the time")
+    p.add_argument("--interval-ms", type=float, default=0.0, help="req only: pause between requests")
     p.add_argument("--count", type=int, default=1)
     p.add_argument("--pipeline", type=int, default=100)
     p.add_argument("--size", type=int, default=0)

@@ -9,7 +9,7 @@ use std::time::Duration;
 use libtest_mimic::Failed;
 
 use crate::controlplane::ControlPlane;
-use crate::scenario::eventually;
+use crate::scenario::{Stage, eventually};
 
 fn running_pods(cp: &ControlPlane, ns: &str, selector: &str) -> BTreeSet<String> {
     let pods = cp.json(&["get", "pods", "-n", ns, "-l", selector]);
@@ -36,7 +36,11 @@ fn schedule(cp: &ControlPlane, ns: &str, name: &str, run: &str, experiment: &str
 
 /// podKill with maxTargets 2 of 3 stable pods; then a gateway latency fault.
 pub fn pod_kill_and_gateway_faults(cp: &ControlPlane) -> Result<(), Failed> {
-    let (ns, _ctl) = cp.stage("chaos");
+    let Stage {
+        ns,
+        ctl: _ctl,
+        pods: _pods,
+    } = cp.stage("chaos");
     let file = cp.echo_manifest(&ns.name, |t| t);
     cp.zdeploy(&["apply", "-f", &file.display().to_string()]);
     let stable = "app.kubernetes.io/name=echo,zdeploy.io/pool=stable";
@@ -123,7 +127,11 @@ pub fn pod_kill_and_gateway_faults(cp: &ControlPlane) -> Result<(), Failed> {
 /// schedule, asks the controller for a run and reports its verdict; `list` and `history`
 /// read it; `pause` sets only the annotation, never the spec kept in git.
 pub fn chaos_verbs_of_the_cli(cp: &ControlPlane) -> Result<(), Failed> {
-    let (ns, _ctl) = cp.stage("chaos-cli");
+    let Stage {
+        ns,
+        ctl: _ctl,
+        pods: _pods,
+    } = cp.stage("chaos-cli");
     let file = cp.echo_manifest(&ns.name, |t| t);
     cp.zdeploy(&["apply", "-f", &file.display().to_string()]);
     eventually("echo is deployed", Duration::from_secs(60), || {

@@ -444,8 +444,8 @@ impl ControlPlane {
                 ),
                 "--manage-all-nodes=true".into(),
                 "--node-lease-duration-seconds=40".into(),
-                "--cidr=10.244.0.1/16".into(),
-                "--node-ip=10.0.0.1".into(),
+                format!("--cidr={}", crate::netns::POD_CIDR),
+                format!("--node-ip={}", crate::netns::NODE_IP),
             ],
         );
         cp.wait(
@@ -582,12 +582,12 @@ impl ControlPlane {
         self.restarts.lock().unwrap().clone()
     }
 
-    /// The audit records (JSON) of requests made by `user`, in order.
-    pub fn audit(&self, user: &str) -> Vec<serde_json::Value> {
+    /// The audit records (JSON) of requests made by users `user` holds for, in order.
+    pub fn audit(&self, user: impl Fn(&str) -> bool) -> Vec<serde_json::Value> {
         let text = std::fs::read_to_string(self.dir.join("audit.log")).unwrap_or_default();
         text.lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|e| e["user"]["username"] == user)
+            .filter(|e| e["user"]["username"].as_str().is_some_and(&user))
             .collect()
     }
 

@@ -10,10 +10,13 @@ mod support;
 mod chaos;
 mod controlplane;
 mod leader;
+mod netns;
 mod placement;
+mod pods;
 mod rbac;
 mod rollout;
 mod scenario;
+mod traffic;
 mod zgate;
 
 use std::sync::{Arc, OnceLock};
@@ -22,6 +25,9 @@ use controlplane::ControlPlane;
 use libtest_mimic::{Arguments, Failed, Trial};
 
 fn main() {
+    if let Some(code) = netns::isolate() {
+        std::process::exit(code);
+    }
     let mut args = Arguments::from_args();
     args.test_threads = Some(1);
     // Started by the first scenario that runs (none for `--list` or a filter that matches
@@ -49,6 +55,21 @@ fn main() {
             &cp,
             "zgate_follows_its_configmap_through_the_api",
             zgate::follows_its_configmap_through_the_api,
+        ),
+        trial(
+            &cp,
+            "requests_through_zgate_survive_pod_churn",
+            traffic::requests_through_zgate_survive_pod_churn,
+        ),
+        trial(
+            &cp,
+            "a_bad_canary_is_rolled_back_through_the_controller",
+            traffic::a_bad_canary_is_rolled_back_through_the_controller,
+        ),
+        trial(
+            &cp,
+            "an_unreachable_canary_gets_nothing_and_is_rolled_back",
+            traffic::an_unreachable_canary_gets_nothing_and_is_rolled_back,
         ),
         trial(
             &cp,

@@ -11,7 +11,7 @@ use libtest_mimic::Failed;
 use serde_json::{Value, json};
 
 use crate::controlplane::{ControlPlane, WS2019, WS2022};
-use crate::scenario::{Namespace, eventually};
+use crate::scenario::{Namespace, Stage, eventually};
 
 /// Pod name -> node name for the Running pods of `selector` in `ns`.
 fn placed(cp: &ControlPlane, ns: &str, selector: &str) -> BTreeMap<String, String> {
@@ -71,7 +71,11 @@ fn assert_on_build(cp: &ControlPlane, ns: &str, selector: &str, count: usize, bu
 /// only) land on their own builds; zgate and the controller on Linux; no pod fails to
 /// schedule.
 pub fn pools_land_on_their_windows_build(cp: &ControlPlane) -> Result<(), Failed> {
-    let (ns, _ctl) = cp.stage("placement");
+    let Stage {
+        ns,
+        ctl: _ctl,
+        pods: _pods,
+    } = cp.stage("placement");
     let echo = cp.echo_manifest(&ns.name, |t| t);
     let quotes = cp.echo_manifest(&ns.name, |t| {
         t.replace("  name: echo\n", "  name: quotes\n")

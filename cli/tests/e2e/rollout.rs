@@ -8,7 +8,7 @@ use std::time::Duration;
 use libtest_mimic::Failed;
 
 use crate::controlplane::ControlPlane;
-use crate::scenario::eventually;
+use crate::scenario::{Stage, eventually};
 
 const V1: &str = "registry.example.com/trading/echo:2.0.3-ltsc2022";
 const V2: &str = "registry.example.com/trading/echo:2.0.4-ltsc2022";
@@ -35,7 +35,11 @@ fn canary_image(cp: &ControlPlane, ns: &str) -> String {
 
 /// Deploy, rollout, pause, resume, promote, rollback, retry, history, deletion.
 pub fn through_the_cli(cp: &ControlPlane) -> Result<(), Failed> {
-    let (ns, mut ctl) = cp.stage("rollout");
+    let Stage {
+        ns,
+        mut ctl,
+        pods: _pods,
+    } = cp.stage("rollout");
     let lease = cp.json(&["get", "lease", "zdeploy-controller", "-n", "zdeploy-system"]);
     assert_eq!(lease["spec"]["holderIdentity"], "e2e-rollout");
 
@@ -154,7 +158,11 @@ pub fn through_the_cli(cp: &ControlPlane) -> Result<(), Failed> {
 /// image: no conflict with what zdeploy writes, a rollout starts, and a second apply of the
 /// same manifest changes nothing.
 pub fn through_gitops(cp: &ControlPlane) -> Result<(), Failed> {
-    let (ns, _ctl) = cp.stage("gitops");
+    let Stage {
+        ns,
+        ctl: _ctl,
+        pods: _pods,
+    } = cp.stage("gitops");
     let apply = |file: &std::path::Path| {
         cp.kubectl(&[
             "apply",

@@ -1,6 +1,6 @@
 //! What every cluster scenario needs: a namespace of its own, kubectl and zdeploy as the
 //! admin, the installed controller running out of cluster with its ServiceAccount's
-//! token, and polling with a limit.
+//! token, the processes of the namespace's pods, and polling with a limit.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::controlplane::ControlPlane;
+use crate::pods::{Behaviour, PodRunner, Setup};
 use crate::support::{self, Proc};
 
 /// Polls `probe` every 250 ms for at most `limit`; panics with `what` when it never holds.
@@ -21,6 +22,14 @@ pub fn eventually<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Opt
         assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
         std::thread::sleep(Duration::from_millis(250));
     }
+}
+
+/// A scenario's namespace, its pods' processes and its controller; dropped in this order
+/// (the pods' processes stop before the namespace goes).
+pub struct Stage<'a> {
+    pub pods: PodRunner,
+    pub ctl: Controller,
+    pub ns: Namespace<'a>,
 }
 
 /// A namespace for one scenario, deleted (with what is in it) on drop.
@@ -91,14 +100,34 @@ impl ControlPlane {
     }
 
     /// A service's world: zdeploy installed, the Windows RuntimeClass, a namespace of its
-    /// own (`e2e-TAG`) and a controller `e2e-TAG` that leads.
-    pub fn stage(&self, tag: &str) -> (Namespace<'_>, Controller) {
+    /// own (`e2e-TAG`), the processes of its pods (images in `behaviours` misbehave) and a
+    /// controller `e2e-TAG` that leads.
+    pub fn stage_with(&self, tag: &str, behaviours: &[(&str, Behaviour)]) -> Stage<'_> {
         self.install();
         self.windows_runtime_class();
         let ns = Namespace::new(self, tag);
+        // zgate's identity first, so its pods have a token the moment they start.
+        self.kubectl(&["create", "serviceaccount", "echo-zgate", "-n", &ns.name]);
+        let zgate = self.service_account_kubeconfig(&ns.name, "echo-zgate");
+        let pods = PodRunner::start(Setup {
+            kubectl: self.kubectl_path(),
+            admin: self.admin.clone(),
+            namespace: ns.name.clone(),
+            dir: support::tempdir(&format!("pods-{tag}")),
+            identities: [("echo-zgate".to_string(), zgate)].into(),
+            behaviours: behaviours
+                .iter()
+                .map(|(image, b)| (image.to_string(), *b))
+                .collect(),
+        });
         let ctl = self.controller(&format!("e2e-{tag}"));
         ctl.wait_leading(Duration::from_secs(30));
-        (ns, ctl)
+        Stage { pods, ctl, ns }
+    }
+
+    /// `stage_with` where every pod serves.
+    pub fn stage(&self, tag: &str) -> Stage<'_> {
+        self.stage_with(tag, &[])
     }
 
     /// The controller's own identity: a token for the installed ServiceAccount.

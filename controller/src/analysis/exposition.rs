@@ -67,6 +67,17 @@ impl Exposition {
         MetricType::Untyped
     }
 
+    /// One exposition of every sample of `parts` (the replicas of one service): a
+    /// selection over it adds their values up.
+    pub fn merge(parts: Vec<Exposition>) -> Exposition {
+        let mut out = Exposition::default();
+        for p in parts {
+            out.samples.extend(p.samples);
+            out.types.extend(p.types);
+        }
+        out
+    }
+
     /// Samples named `name` whose labels include every pair in `matching`.
     pub fn select(&self, name: &str, matching: &[(&str, &str)]) -> Vec<&Sample> {
         self.samples

@@ -33,8 +33,8 @@ pub enum Source {
     Prometheus(Prometheus),
     /// zgate's `/metrics`, scraped by zdeploy itself.
     Scrape {
-        /// The `/metrics` URL.
-        url: String,
+        /// The `/metrics` URLs: every zgate replica's; their counts add up.
+        urls: Vec<String>,
         /// Scrapes taken so far.
         history: ScrapeHistory,
         /// The HTTP client.
@@ -51,7 +51,7 @@ impl Source {
             .build()
             .expect("building an HTTP client");
         Source::Scrape {
-            url: url.to_string(),
+            urls: vec![url.to_string()],
             history: ScrapeHistory::default(),
             http,
         }
@@ -168,11 +168,32 @@ impl Analyzer {
             .max()
             .unwrap_or_default()
             + Duration::from_secs(5);
-        if let Source::Scrape { url, history, http } = &mut self.source {
-            let page = scrape::scrape(http, url).await?;
-            history.record(Instant::now(), page, keep);
+        if let Source::Scrape {
+            urls,
+            history,
+            http,
+        } = &mut self.source
+        {
+            if urls.is_empty() {
+                return Err("no zgate replica to scrape yet".into());
+            }
+            let mut pages = Vec::with_capacity(urls.len());
+            for url in urls.iter() {
+                pages.push(scrape::scrape(http, url).await?);
+            }
+            history.record(Instant::now(), exposition::Exposition::merge(pages), keep);
         }
         Ok(())
+    }
+
+    /// Sets the `/metrics` URLs the embedded scrape reads (every zgate replica); none
+    /// keeps the ones it has. A no-op for Prometheus.
+    pub fn scrape_targets(&mut self, targets: Vec<String>) {
+        if let Source::Scrape { urls, .. } = &mut self.source
+            && !targets.is_empty()
+        {
+            *urls = targets;
+        }
     }
 
     /// Whether the scrapes taken so far already show a count-judged bound (`max`, `min`)
@@ -241,7 +262,7 @@ impl Analyzer {
         let carried = self.carried.get(&m.name).copied().unwrap_or_default();
         let canary = self.canary.clone();
         let stable = canary.with_pool("stable");
-        let Source::Scrape { url, history, .. } = &mut self.source else {
+        let Source::Scrape { urls, history, .. } = &mut self.source else {
             unreachable!("scraped() is called for the embedded source only");
         };
         let Some(b) = m.builtin else {
@@ -274,9 +295,10 @@ impl Analyzer {
         };
         (
             format!(
-                "{} of pool {} {over} (embedded scrape of {url})",
+                "{} of pool {} {over} (embedded scrape of {})",
                 builtin_name(b),
-                canary.pool
+                canary.pool,
+                urls.join(", ")
             ),
             r,
         )

@@ -6,15 +6,17 @@
 //! step reached; an analysis step is passed only by a passing analysis that began after
 //! the step did; an inconclusive result never moves a rollout forward; a breach (failed
 //! analysis or firing alert) wins over any pause; a rollback sets the canary weight to 0
-//! before it scales the canary down.
+//! before it scales the canary down; behind zgate, the canary gets no weight before zgate
+//! has reached one of its pods.
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use zdeploy_api::Weight;
 use zdeploy_api::service::{
-    HISTORY_LIMIT, Measurement, Outcome, Phase, RolloutRecord, RolloutState, Step, Verdict,
+    HISTORY_LIMIT, Measurement, Outcome, Phase, RolloutRecord, RolloutState, Router, Step, Verdict,
     ZmqServiceSpec, ZmqServiceStatus,
 };
+use zdeploy_gateway::metrics::HandshakeFailure;
 
 /// Something that happened: time passed, a measurement came in, or a person asked.
 #[derive(Clone, Debug, PartialEq)]
@@ -42,7 +44,27 @@ pub enum Input {
     /// The driver was away and is back: the time nobody drove the rollout does not count
     /// against the canary's progress deadline.
     Restarted,
+    /// What the driver sees of zgate's connections to the canary's pods.
+    Reach(Reach),
 }
+
+/// Whether zgate can reach the canary's pods.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reach {
+    /// No canary pod is ready yet (the progress deadline bounds the wait).
+    NotReady,
+    /// Canary pods are ready and zgate has no live connection to any of them; `handshake`
+    /// is why libzmq refused them, when it did.
+    Unreachable {
+        /// The handshake failure zgate counted for the canary, if any.
+        handshake: Option<HandshakeFailure>,
+    },
+    /// zgate has a live connection to a canary pod.
+    Live,
+}
+
+/// The runbook of a canary that zgate cannot reach.
+pub const UNREACHABLE_RUNBOOK: &str = "canary-unreachable";
 
 /// What a person can ask.
 #[derive(Clone, Debug, PartialEq)]
@@ -158,6 +180,13 @@ pub fn step(
         actions: Vec::new(),
         refused: None,
     };
+    // A rollout recorded before `reached` existed, with weight already: zgate reached it.
+    if let Some(r) = d.status.rollout.as_mut()
+        && r.reached.is_none()
+        && d.status.canary_weight > Weight::ZERO
+    {
+        r.reached = Some(r.started.clone());
+    }
     match input {
         Input::Tick => advance(spec, &mut d, now),
         Input::Restarted => {
@@ -184,8 +213,60 @@ pub fn step(
             }
         }
         Input::Command(c) => command(spec, &mut d, c, now),
+        Input::Reach(reach) => reached(spec, &mut d, *reach, now),
     }
     d
+}
+
+/// Records what zgate sees of the canary before it first reaches it: live lets the steps
+/// go on; ready and unreachable for the reach deadline rolls back, with the cause.
+fn reached(spec: &ZmqServiceSpec, d: &mut Decision, reach: Reach, now: Timestamp) {
+    let Some(r) = d.status.rollout.as_mut() else {
+        return;
+    };
+    if r.reached.is_some() {
+        return;
+    }
+    match reach {
+        Reach::NotReady => r.unreachable_since = None,
+        Reach::Live => {
+            r.reached = Some(time(now));
+            r.unreachable_since = None;
+            r.last_progress = time(now);
+            d.actions.push(event(
+                false,
+                "CanaryReached",
+                "zgate reaches the canary's pods".into(),
+            ));
+            advance(spec, d, now);
+        }
+        Reach::Unreachable { handshake } => {
+            let since = r.unreachable_since.get_or_insert_with(|| time(now)).clone();
+            let deadline = spec.strategy.reach_deadline;
+            if elapsed(&since, now) < deadline.get() {
+                d.status.message = Some(format!(
+                    "canary pods ready, zgate cannot reach them yet (rolled back after {deadline})"
+                ));
+                return;
+            }
+            let port = spec.zmq.port;
+            let reason = match handshake {
+                None => format!(
+                    "canary pods ready but zgate cannot reach them on port {port} for {deadline}: check the Windows firewall and antivirus on the node"
+                ),
+                Some(why) => format!(
+                    "canary pods ready but their ZeroMQ handshake with zgate fails ({}) on port {port} for {deadline}: check the libzmq version and security mechanism of the build",
+                    why.label()
+                ),
+            };
+            rollback(d, &reason, Some(UNREACHABLE_RUNBOOK.into()), now);
+        }
+    }
+}
+
+/// Behind zgate, the canary gets no weight (and no step runs) before zgate reached it.
+pub fn waiting_for_reach(spec: &ZmqServiceSpec, r: &RolloutState) -> bool {
+    spec.strategy.router == Router::Gateway && r.reached.is_none()
 }
 
 fn command(spec: &ZmqServiceSpec, d: &mut Decision, c: &Command, now: Timestamp) {
@@ -274,6 +355,8 @@ fn start(d: &mut Decision, revision: String, canary: Option<Weight>, now: Timest
         inconclusive_streak: 0,
         paused: false,
         pause_reason: None,
+        reached: None,
+        unreachable_since: None,
     });
     d.actions.push(Action::StartCanary {
         revision: revision.clone(),
@@ -313,6 +396,10 @@ fn advance(spec: &ZmqServiceSpec, d: &mut Decision, now: Timestamp) {
             spec.strategy.progress_deadline
         );
         rollback(d, &reason, spec.runbooks.first().map(|r| r.id.clone()), now);
+        return;
+    }
+    if waiting_for_reach(spec, &r) {
+        d.status.message = Some("waiting for zgate to reach a canary pod".into());
         return;
     }
     // `--canary N` applies first, then the steps after the last setWeight at or below N.

@@ -72,6 +72,11 @@ fn rollout(canary: Option<u8>) -> Input {
     })
 }
 
+/// zgate reports a live connection to a canary pod.
+fn live() -> Input {
+    Input::Reach(Reach::Live)
+}
+
 fn measured(verdict: Verdict, started: Timestamp) -> Input {
     Input::Analysis {
         verdict,
@@ -105,7 +110,7 @@ fn run(status: ZmqServiceStatus, inputs: &[(i64, Input)]) -> (Decision, Vec<Acti
 
 #[test]
 fn a_rollout_starts_the_canary_then_sets_the_first_weight() {
-    let (d, actions) = run(stable(), &[(0, rollout(None))]);
+    let (d, actions) = run(stable(), &[(0, rollout(None)), (0, live())]);
     assert_eq!(
         actions[0],
         Action::StartCanary {
@@ -119,15 +124,21 @@ fn a_rollout_starts_the_canary_then_sets_the_first_weight() {
 
 #[test]
 fn a_timed_pause_ends_on_time() {
-    let (d, _) = run(stable(), &[(0, rollout(None)), (29, Input::Tick)]);
+    let (d, _) = run(
+        stable(),
+        &[(0, rollout(None)), (0, live()), (29, Input::Tick)],
+    );
     assert_eq!(d.status.current_step, Some(1));
-    let (d, _) = run(stable(), &[(0, rollout(None)), (30, Input::Tick)]);
+    let (d, _) = run(
+        stable(),
+        &[(0, rollout(None)), (0, live()), (30, Input::Tick)],
+    );
     assert_eq!(d.status.current_step, Some(2), "on to the analysis step");
 }
 
 #[test]
 fn an_analysis_step_needs_a_pass_that_began_after_it() {
-    let base = [(0, rollout(None)), (30, Input::Tick)];
+    let base = [(0, rollout(None)), (0, live()), (30, Input::Tick)];
     let mut early = base.to_vec();
     early.push((31, measured(Verdict::Pass, at(29))));
     assert_eq!(run(stable(), &early).0.status.current_step, Some(2));
@@ -145,7 +156,7 @@ fn an_analysis_step_needs_a_pass_that_began_after_it() {
 
 #[test]
 fn canary_flag_sets_the_first_weight_then_follows_the_steps() {
-    let (d, actions) = run(stable(), &[(0, rollout(Some(30)))]);
+    let (d, actions) = run(stable(), &[(0, rollout(Some(30))), (0, live())]);
     assert_eq!(
         actions
             .iter()
@@ -167,6 +178,7 @@ fn a_breach_during_a_pause_rolls_back_weight_first() {
         stable(),
         &[
             (0, rollout(None)),
+            (0, live()),
             (5, measured(Verdict::Fail, at(4))),
             (6, measured(Verdict::Fail, at(5))),
         ],
@@ -197,7 +209,11 @@ fn a_breach_during_a_pause_rolls_back_weight_first() {
 fn failures_within_the_limit_are_tolerated() {
     let (d, _) = run(
         stable(),
-        &[(0, rollout(None)), (5, measured(Verdict::Fail, at(4)))],
+        &[
+            (0, rollout(None)),
+            (0, live()),
+            (5, measured(Verdict::Fail, at(4))),
+        ],
     );
     assert_eq!(d.status.phase, Phase::Progressing);
     assert_eq!(d.status.rollout.unwrap().failures, 1);
@@ -209,6 +225,7 @@ fn a_pushed_alert_rolls_back_at_once_even_when_paused() {
         stable(),
         &[
             (0, rollout(None)),
+            (0, live()),
             (1, cmd(Command::Pause)),
             (
                 2,
@@ -229,7 +246,7 @@ fn a_pushed_alert_rolls_back_at_once_even_when_paused() {
 
 #[test]
 fn inconclusive_results_pause_and_never_promote() {
-    let mut inputs = vec![(0, rollout(None)), (30, Input::Tick)];
+    let mut inputs = vec![(0, rollout(None)), (0, live()), (30, Input::Tick)];
     for i in 0..3 {
         inputs.push((31 + i, measured(Verdict::Inconclusive, at(31 + i))));
     }
@@ -253,6 +270,7 @@ fn time_away_from_the_driver_does_not_count_against_the_progress_deadline() {
         stable(),
         &[
             (0, rollout(None)),
+            (0, live()),
             (30, Input::Tick),
             (1230, Input::Restarted),
             (1231, Input::Tick),
@@ -268,7 +286,12 @@ fn time_away_from_the_driver_does_not_count_against_the_progress_deadline() {
 fn the_progress_deadline_rolls_back() {
     let (d, _) = run(
         stable(),
-        &[(0, rollout(None)), (30, Input::Tick), (331, Input::Tick)],
+        &[
+            (0, rollout(None)),
+            (0, live()),
+            (30, Input::Tick),
+            (331, Input::Tick),
+        ],
     );
     assert_eq!(d.status.phase, Phase::RolledBack);
     assert!(d.status.history[0].reason.contains("progress deadline"));
@@ -280,6 +303,7 @@ fn promote_skips_a_pause_but_not_an_analysis() {
         stable(),
         &[
             (0, rollout(None)),
+            (0, live()),
             (1, cmd(Command::Promote { full: false })),
         ],
     );
@@ -288,6 +312,7 @@ fn promote_skips_a_pause_but_not_an_analysis() {
         stable(),
         &[
             (0, rollout(None)),
+            (0, live()),
             (1, cmd(Command::Promote { full: false })),
             (2, cmd(Command::Promote { full: false })),
         ],
@@ -301,6 +326,7 @@ fn promote_full_makes_the_canary_stable() {
         stable(),
         &[
             (0, rollout(None)),
+            (0, live()),
             (1, cmd(Command::Promote { full: true })),
         ],
     );
@@ -325,6 +351,7 @@ fn promote_full_makes_the_canary_stable() {
 fn the_last_step_promotes_only_after_a_passing_analysis() {
     let inputs = [
         (0, rollout(None)),
+        (0, live()),
         (30, Input::Tick),
         (32, measured(Verdict::Pass, at(31))),
         (40, cmd(Command::Promote { full: false })),
@@ -340,6 +367,7 @@ fn pause_holds_and_resume_continues() {
         stable(),
         &[
             (0, rollout(None)),
+            (0, live()),
             (1, cmd(Command::Pause)),
             (60, Input::Tick),
         ],
@@ -352,6 +380,7 @@ fn pause_holds_and_resume_continues() {
         stable(),
         &[
             (0, rollout(None)),
+            (0, live()),
             (1, cmd(Command::Pause)),
             (60, cmd(Command::Resume)),
             (95, Input::Tick),
@@ -362,12 +391,16 @@ fn pause_holds_and_resume_continues() {
 
 #[test]
 fn retry_restarts_the_rolled_back_revision_and_rollout_is_refused_midway() {
-    let (d, _) = run(stable(), &[(0, rollout(None)), (1, rollout(None))]);
+    let (d, _) = run(
+        stable(),
+        &[(0, rollout(None)), (0, live()), (1, rollout(None))],
+    );
     assert!(d.refused.unwrap().contains("in progress"));
     let (d, actions) = run(
         stable(),
         &[
             (0, rollout(None)),
+            (0, live()),
             (
                 1,
                 cmd(Command::Abort {
@@ -392,6 +425,7 @@ fn retry_restarts_the_rolled_back_revision_and_rollout_is_refused_midway() {
 fn a_restart_resumes_from_the_recorded_status() {
     let inputs = [
         (0, rollout(None)),
+        (0, live()),
         (30, Input::Tick),
         (32, measured(Verdict::Pass, at(31))),
         (33, Input::Tick),
@@ -420,6 +454,9 @@ fn any_input() -> impl Strategy<Value = Input> {
         1 => Just(cmd(Command::Retry)),
         1 => Just(cmd(Command::Pause)),
         1 => Just(cmd(Command::Resume)),
+        2 => Just(live()),
+        1 => Just(Input::Reach(Reach::NotReady)),
+        1 => Just(Input::Reach(Reach::Unreachable { handshake: None })),
     ]
 }
 
@@ -442,6 +479,9 @@ proptest! {
             prop_assert_eq!(&d, &step(&spec, &status, &stamped, at(now)));
             if let Input::Command(Command::Rollout { canary: Some(w), .. }) = &stamped {
                 cap = cap.max(*w);
+            }
+            if let Some(r) = &d.status.rollout && r.reached.is_none() {
+                prop_assert_eq!(d.status.canary_weight, Weight::ZERO, "weight before zgate reached the canary");
             }
             if d.status.rollout.is_some() {
                 let reached = d.status.current_step.unwrap_or(0) as usize;
@@ -494,5 +534,102 @@ fn a_recorded_status_must_fit_the_manifest() {
         check_recorded(&spec, &s)
             .unwrap_err()
             .contains("currentStep is missing")
+    );
+}
+
+#[test]
+fn the_canary_gets_no_weight_before_zgate_reaches_it() {
+    let (d, actions) = run(stable(), &[(0, rollout(Some(10)))]);
+    assert!(
+        !actions
+            .iter()
+            .any(|a| matches!(a, Action::SetCanaryWeight(w) if *w > Weight::ZERO)),
+        "{actions:?}"
+    );
+    assert_eq!(d.status.canary_weight, Weight::ZERO);
+    assert_eq!(
+        d.status.message.as_deref(),
+        Some("waiting for zgate to reach a canary pod")
+    );
+    let (d, actions) = run(
+        stable(),
+        &[
+            (0, rollout(Some(10))),
+            (3, Input::Reach(Reach::NotReady)),
+            (4, live()),
+        ],
+    );
+    assert!(actions.contains(&Action::SetCanaryWeight(Weight::new(10).unwrap())));
+    assert_eq!(d.status.rollout.unwrap().reached, Some(Time(at(4))));
+}
+
+#[test]
+fn ready_pods_zgate_cannot_reach_roll_back_at_the_reach_deadline_with_the_cause() {
+    let unreachable = Input::Reach(Reach::Unreachable { handshake: None });
+    let mut inputs = vec![(0, rollout(None)), (5, unreachable.clone())];
+    // 2m (the default) after it was first seen unreachable, not before.
+    inputs.push((124, unreachable.clone()));
+    let (d, _) = run(stable(), &inputs);
+    assert_eq!(d.status.phase, Phase::Progressing);
+    inputs.push((125, unreachable));
+    let (d, actions) = run(stable(), &inputs);
+    assert_eq!(d.status.phase, Phase::RolledBack);
+    let record = &d.status.history[0];
+    assert!(
+        record.reason.contains("cannot reach them on port 5555")
+            && record.reason.contains("Windows firewall and antivirus"),
+        "{}",
+        record.reason
+    );
+    assert_eq!(record.runbook.as_deref(), Some(UNREACHABLE_RUNBOOK));
+    assert!(
+        !actions
+            .iter()
+            .any(|a| matches!(a, Action::SetCanaryWeight(w) if *w > Weight::ZERO)),
+        "the unreachable canary never got weight: {actions:?}"
+    );
+}
+
+#[test]
+fn a_failing_handshake_is_the_reason_and_pods_not_ready_restart_the_count() {
+    let refused = Input::Reach(Reach::Unreachable {
+        handshake: Some(HandshakeFailure::Protocol),
+    });
+    let (d, _) = run(
+        stable(),
+        &[
+            (0, rollout(None)),
+            (5, refused.clone()),
+            (100, Input::Reach(Reach::NotReady)),
+            (110, refused.clone()),
+            (200, refused.clone()),
+        ],
+    );
+    assert_eq!(
+        d.status.phase,
+        Phase::Progressing,
+        "counted from 110 s, not 5 s"
+    );
+    let (d, _) = run(
+        stable(),
+        &[(0, rollout(None)), (5, refused.clone()), (125, refused)],
+    );
+    assert!(
+        d.status.history[0]
+            .reason
+            .contains("ZeroMQ handshake with zgate fails (protocol)"),
+        "{}",
+        d.status.history[0].reason
+    );
+}
+
+#[test]
+fn without_zgate_the_replicas_router_needs_no_reach() {
+    let mut spec = spec();
+    spec.strategy.router = Router::Replicas;
+    let d = step(&spec, &stable(), &rollout(Some(10)), at(0));
+    assert!(
+        d.actions
+            .contains(&Action::SetCanaryWeight(Weight::new(10).unwrap()))
     );
 }

@@ -23,6 +23,7 @@ use serde::de::DeserializeOwned;
 use zdeploy_api::{ZmqService, ZmqServiceStatus};
 use zdeploy_gateway::watch_retry::WatchRetry;
 
+use super::endpoints::Endpoints;
 use super::render::{Rendered, render};
 use crate::analysis::promql::Target;
 use crate::analysis::{Analyzer, Source, Span};
@@ -46,6 +47,76 @@ pub struct Context {
     pub metrics: MetricsSource,
     /// One analyzer per service (the embedded scrape keeps history between reconciles).
     analyzers: Analyzers,
+    /// The pods behind zdeploy's Services: zgate replicas to scrape, ready canary pods.
+    pub endpoints: Endpoints,
+    /// Scrapes each canary between analyses and wakes its reconcile on a breach.
+    watches: CanaryWatches,
+    http: reqwest::Client,
+}
+
+/// How often a canary's zgate replicas are scraped between analyses.
+const WATCH_EVERY: Duration = Duration::from_millis(100);
+
+/// One task per canary judged by the embedded scrape: it scrapes every `WATCH_EVERY` and,
+/// when the counts already show a bound broken, asks for a reconcile at once (which runs
+/// the analysis), so a breach rolls back within a scrape or two, not an interval.
+#[derive(Default)]
+struct CanaryWatches {
+    tasks: std::sync::Mutex<std::collections::HashMap<String, tokio::task::JoinHandle<()>>>,
+    wake: std::sync::OnceLock<
+        tokio::sync::mpsc::UnboundedSender<kube::runtime::reflector::ObjectRef<ZmqService>>,
+    >,
+}
+
+impl CanaryWatches {
+    /// Starts watching `svc`'s canary (started at `started`) unless it is watched already.
+    fn ensure(
+        &self,
+        svc: &ZmqService,
+        analyzer: SharedAnalyzer,
+        endpoints: Endpoints,
+        started: Timestamp,
+    ) {
+        let Some(wake) = self.wake.get().cloned() else {
+            return;
+        };
+        let (ns, name) = (svc.namespace().unwrap_or_default(), svc.name_any());
+        let key = format!("{ns}/{name}");
+        let mut tasks = self.tasks.lock().expect("watches lock");
+        if tasks.get(&key).is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        let reference = kube::runtime::reflector::ObjectRef::from_obj(svc);
+        tasks.insert(
+            key,
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(WATCH_EVERY).await;
+                    let age: Duration = Timestamp::now()
+                        .duration_since(started)
+                        .try_into()
+                        .unwrap_or_default();
+                    let mut a = analyzer.lock().await;
+                    a.scrape_targets(endpoints.zgate_metrics(&ns, &name));
+                    if a.observe().await.is_ok() && a.breach(age) {
+                        drop(a);
+                        if wake.send(reference.clone()).is_err() {
+                            return;
+                        }
+                        // The reconcile records the verdict; no second wake meanwhile.
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }),
+        );
+    }
+
+    /// Stops watching `key`'s canary.
+    fn stop(&self, key: &str) {
+        if let Some(t) = self.tasks.lock().expect("watches lock").remove(key) {
+            t.abort();
+        }
+    }
 }
 
 /// Where the controller measures canaries.
@@ -127,8 +198,16 @@ impl MetricsSource {
 }
 
 impl Context {
-    /// A context for `client`, reporting Events as `zdeploy-controller`.
+    /// A context for `client`, reporting Events as `zdeploy-controller`, that knows no
+    /// endpoints (a canary is never reached: see `with_endpoints`).
     pub fn new(client: Client, metrics: MetricsSource) -> Self {
+        let (store, _writer) = kube::runtime::reflector::store();
+        Self::with_endpoints(client, metrics, Endpoints(store))
+    }
+
+    /// A context for `client` that finds zgate replicas and canary pods in `endpoints`.
+    pub fn with_endpoints(client: Client, metrics: MetricsSource, endpoints: Endpoints) -> Self {
+        crate::tls::install_ring_provider();
         let reporter = Reporter {
             controller: "zdeploy-controller".into(),
             instance: std::env::var("POD_NAME").ok(),
@@ -138,28 +217,33 @@ impl Context {
             client,
             metrics,
             analyzers: Default::default(),
+            endpoints,
+            watches: CanaryWatches::default(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(2))
+                .build()
+                .expect("building an HTTP client"),
         }
     }
 
-    /// Runs the canary analysis of `svc` when one is due; `None` when it is not.
-    async fn analyse(
-        &self,
-        svc: &ZmqService,
-        status: &ZmqServiceStatus,
-        now: Timestamp,
-    ) -> Option<Input> {
-        let rollout = status.rollout.as_ref()?;
-        let every = svc.spec.strategy.canary.analysis.interval.get();
-        let last = status.analysis.iter().map(|m| m.at.0).max();
-        if last.is_some_and(|t| {
-            now.duration_since(t) < jiff::SignedDuration::try_from(every).unwrap_or_default()
-        }) {
-            return None;
+    /// What every zgate replica of `svc` sees of its canary.
+    async fn reach(&self, svc: &ZmqService) -> engine::Reach {
+        let (ns, name) = (svc.namespace().unwrap_or_default(), svc.name_any());
+        let mut pages = Vec::new();
+        for url in self.endpoints.zgate_metrics(&ns, &name) {
+            match crate::analysis::scrape::scrape(&self.http, &url).await {
+                Ok(p) => pages.push(p),
+                Err(e) => tracing::debug!("{e}"),
+            }
         }
+        super::endpoints::reach(&name, self.endpoints.canary_ready(&ns, &name), &pages)
+    }
+
+    fn analyzer(&self, svc: &ZmqService, status: &ZmqServiceStatus) -> SharedAnalyzer {
         let ns = svc.namespace().unwrap_or_default();
         let name = svc.name_any();
         let key = format!("{ns}/{name}");
-        let analyzer = self.analyzers.current(key, svc.metadata.generation, || {
+        self.analyzers.current(key, svc.metadata.generation, || {
             let (source, target) = self.metrics.source_for(&name, &ns, "canary");
             let mut analyzer = Analyzer::new(
                 source,
@@ -171,12 +255,39 @@ impl Context {
             // A controller that restarted carries on from the counts it recorded.
             analyzer.resume(&status.analysis);
             analyzer
-        });
+        })
+    }
+
+    /// Runs the canary analysis of `svc` when one is due; `None` when it is not.
+    async fn analyse(
+        &self,
+        svc: &ZmqService,
+        status: &ZmqServiceStatus,
+        now: Timestamp,
+    ) -> Option<Input> {
+        let rollout = status.rollout.as_ref()?;
+        // Nothing to judge before the canary takes traffic.
+        if engine::waiting_for_reach(&svc.spec, rollout) {
+            return None;
+        }
+        let analyzer = self.analyzer(svc, status);
         let age: std::time::Duration = now
             .duration_since(rollout.started.0)
             .try_into()
             .unwrap_or_default();
-        let run = analyzer.lock().await.run(age).await;
+        let mut analyzer = analyzer.lock().await;
+        let (ns, name) = (svc.namespace().unwrap_or_default(), svc.name_any());
+        analyzer.scrape_targets(self.endpoints.zgate_metrics(&ns, &name));
+        let every = svc.spec.strategy.canary.analysis.interval.get();
+        let last = status.analysis.iter().map(|m| m.at.0).max();
+        let due = last.is_none_or(|t| {
+            now.duration_since(t) >= jiff::SignedDuration::try_from(every).unwrap_or_default()
+        });
+        // Between intervals only a breach the scrapes already show is judged.
+        if !due && !analyzer.breach(age) {
+            return None;
+        }
+        let run = analyzer.run(age).await;
         Some(Input::Analysis {
             verdict: run.verdict,
             measurements: run.measurements,
@@ -329,6 +440,20 @@ async fn apply(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
     let observed = observe(&svc, &before);
     let now = Timestamp::now();
     let mut d = engine::step(&svc.spec, &before, &observed.input, now);
+    // Behind zgate, the canary takes weight once every zgate replica reaches it.
+    if d.refused.is_none()
+        && let Some(r) = &d.status.rollout
+        && engine::waiting_for_reach(&svc.spec, r)
+    {
+        let reached = engine::step(
+            &svc.spec,
+            &d.status,
+            &Input::Reach(ctx.reach(&svc).await),
+            now,
+        );
+        d.actions.extend(reached.actions);
+        d.status = reached.status;
+    }
     if d.refused.is_none()
         && let Some(measured) = ctx.analyse(&svc, &d.status, now).await
     {
@@ -382,11 +507,28 @@ async fn apply(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
             publish(&ctx.recorder, &reference, *warning, reason, note, "Rollout").await;
         }
     }
+    let key = format!("{ns}/{}", svc.name_any());
+    match &d.status.rollout {
+        Some(r) if !engine::waiting_for_reach(&svc.spec, r) => ctx.watches.ensure(
+            &svc,
+            ctx.analyzer(&svc, &d.status),
+            ctx.endpoints.clone(),
+            r.started.0,
+        ),
+        _ => ctx.watches.stop(&key),
+    }
     let interval = svc.spec.strategy.canary.analysis.interval.get();
+    let waiting = d
+        .status
+        .rollout
+        .as_ref()
+        .is_some_and(|r| engine::waiting_for_reach(&svc.spec, r));
     let drained = super::render::canary_drains_until(&desired)
         .and_then(|until| Duration::try_from(until.duration_since(now)).ok())
         .filter(|left| !left.is_zero());
     Ok(match (d.status.rollout.is_some(), drained) {
+        // Endpoint changes wake it too; this bounds the wait for zgate to reach the canary.
+        (true, _) if waiting => Action::requeue(Duration::from_secs(1)),
         (true, _) => Action::requeue(interval.max(Duration::from_secs(1))),
         // Come back when the stopped canary has drained, to scale it down.
         (false, Some(left)) => Action::requeue(left + Duration::from_millis(100)),
@@ -397,6 +539,7 @@ async fn apply(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
 async fn cleanup(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
     let key = format!("{}/{}", svc.namespace().unwrap_or_default(), svc.name_any());
     ctx.analyzers.forget(&key);
+    ctx.watches.stop(&key);
     // Owned objects go with the ZmqService (owner references); say so where people look.
     let note = format!(
         "{} deleted: its workloads, gateway and Services are garbage-collected",
@@ -546,7 +689,37 @@ pub async fn run(
     installed.map_err(|e| {
         Error::Invalid(format!("cannot list ZmqServices and ChaosSchedules ({e}): install the CRDs first (`zdeploy crds | kubectl apply -f -`)"))
     })?;
-    let ctx = Arc::new(Context::new(client.clone(), metrics.clone()));
+    // Every slice of zdeploy's Services, for the zgate replicas and the canary's readiness.
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use kube::runtime::WatchStreamExt;
+    let (store, writer) = kube::runtime::reflector::store();
+    let slices = Api::<EndpointSlice>::all(client.clone());
+    let slice_config = watcher::Config::default().labels(super::endpoints::SELECTOR);
+    let slice_events = kube::runtime::reflector(writer, watcher(slices, slice_config))
+        .backoff(WatchRetry::default())
+        .touched_objects();
+    // A slice change wakes the reconcile of the ZmqService behind it (canary pods ready).
+    let (wake, woken) = tokio::sync::mpsc::unbounded_channel();
+    let slice_wake = wake.clone();
+    let follow_slices = slice_events.for_each(move |slice| {
+        if let Ok(s) = slice
+            && let (Some(ns), Some(owner)) =
+                (s.namespace(), s.labels().get("app.kubernetes.io/instance"))
+        {
+            let _ = slice_wake.send(kube::runtime::reflector::ObjectRef::new(owner).within(&ns));
+        }
+        futures::future::ready(())
+    });
+    let ctx = Arc::new(Context::with_endpoints(
+        client.clone(),
+        metrics.clone(),
+        Endpoints(store),
+    ));
+    let _ = ctx.watches.wake.set(wake);
+    let woken = futures::stream::unfold(
+        woken,
+        |mut rx| async move { rx.recv().await.map(|r| (r, rx)) },
+    );
     let chaos_ctx = Arc::new(super::chaos::ChaosContext::new(
         client.clone(),
         metrics,
@@ -562,6 +735,7 @@ pub async fn run(
             Api::<ConfigMap>::all(client.clone()),
             watcher::Config::default(),
         )
+        .reconcile_on(woken)
         .trigger_backoff(WatchRetry::default())
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
@@ -590,7 +764,11 @@ pub async fn run(
             stats.tally(result);
             futures::future::ready(())
         });
-    futures::join!(rollouts, chaos);
+    // The slice watch ends with the process; the controllers end on a signal.
+    tokio::select! {
+        _ = async { futures::join!(rollouts, chaos) } => {}
+        _ = follow_slices => {}
+    }
     Ok(())
 }
 

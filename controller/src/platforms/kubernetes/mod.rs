@@ -4,6 +4,7 @@
 pub mod chaos;
 pub mod conditions;
 pub mod controller;
+pub mod endpoints;
 pub mod leader;
 pub mod merge_patch;
 pub mod render;

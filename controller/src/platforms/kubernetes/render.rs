@@ -391,6 +391,9 @@ fn render_gateway(
         format!("stable={}", endpoint("stable")),
         "--pool".into(),
         format!("canary={}", endpoint("canary")),
+        // Every pod of a pool, with its readiness and termination, pushed by watch.
+        "--discovery".into(),
+        "endpointslices".into(),
         // Weights come from the ConfigMap through the API: no restart on a change.
         "--weights-configmap".into(),
         format!("{ns}/{name}-weights"),
@@ -480,14 +483,23 @@ fn render_gateway(
     });
     r.roles.push(Role {
         metadata: meta(svc, format!("{name}-zgate"), gw.clone()),
-        rules: Some(vec![PolicyRule {
-            api_groups: Some(vec![String::new()]),
-            resources: Some(vec!["configmaps".into()]),
-            resource_names: Some(vec![format!("{name}-weights")]),
-            // list and watch with a metadata.name field selector are scoped by the name too.
-            verbs: vec!["get".into(), "list".into(), "watch".into()],
-            ..Default::default()
-        }]),
+        rules: Some(vec![
+            PolicyRule {
+                api_groups: Some(vec![String::new()]),
+                resources: Some(vec!["configmaps".into()]),
+                resource_names: Some(vec![format!("{name}-weights")]),
+                // list and watch with a metadata.name field selector are scoped by the name too.
+                verbs: vec!["get".into(), "list".into(), "watch".into()],
+                ..Default::default()
+            },
+            // The pools' endpoints: slice names are generated, so no resourceNames.
+            PolicyRule {
+                api_groups: Some(vec!["discovery.k8s.io".into()]),
+                resources: Some(vec!["endpointslices".into()]),
+                verbs: vec!["list".into(), "watch".into()],
+                ..Default::default()
+            },
+        ]),
     });
     r.role_bindings.push(RoleBinding {
         metadata: meta(svc, format!("{name}-zgate"), gw.clone()),

@@ -23,7 +23,7 @@ use zdeploy_gateway::{Gateway, GatewayConfig, PoolConfig};
 use crate::analysis::promql::Target;
 use crate::analysis::webhook::AlertInbox;
 use crate::analysis::{AnalysisRun, Analyzer, Source, Span};
-use crate::engine::{self, Action, Command, Input};
+use crate::engine::{self, Action, Command, Input, Reach};
 use api::{ChaosQueued, ChaosReply, ChaosRequest, CommandReply, Queued, StatusView};
 use chaos::{Experiment, Scheduled, Step};
 use process::Pool;
@@ -34,6 +34,8 @@ use zdeploy_gateway::control::ActiveFault;
 
 /// How often the engine is given the time.
 const TICK: Duration = Duration::from_millis(100);
+/// How long zgate may take to connect to the processes started with `zdeploy up`.
+const START_LIMIT: Duration = Duration::from_secs(10);
 /// How often the embedded scrape samples zgate between analyses. Every scrape is also a
 /// look for the sequential tests (valid at any number of looks): a breach they already
 /// show is judged at once instead of at the next interval.
@@ -103,12 +105,13 @@ pub struct Runtime {
 
 /// Waits until zgate holds a connection to every process of `pool`, so that no request
 /// meets a pool that is running but not yet connected.
-async fn wait_live(gateway: &Gateway, pool: &str, n: usize) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(10);
+async fn wait_live(gateway: &Gateway, pool: &str, n: usize, limit: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + limit;
     while gateway.live_backends(pool) < n {
         if Instant::now() > deadline {
             return Err(format!(
-                "zgate did not connect to the {pool} processes within 10s"
+                "zgate did not connect to the {pool} processes within {}",
+                zdeploy_api::Duration::from(limit)
             ));
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -213,7 +216,7 @@ impl Runtime {
         };
         let stable_image = status.stable_revision.clone().expect("set above");
         stable.start(&local, &stable_image).await?;
-        wait_live(&gateway, "stable", n).await?;
+        wait_live(&gateway, "stable", n, START_LIMIT).await?;
         note(format!(
             "stable {stable_image} running on {}",
             stable.endpoints().join(", ")
@@ -226,7 +229,7 @@ impl Runtime {
             status =
                 crate::engine::step(&svc.spec, &status, &Input::Restarted, Timestamp::now()).status;
             canary.start(&local, &image).await?;
-            wait_live(&gateway, "canary", n).await?;
+            wait_live(&gateway, "canary", n, START_LIMIT).await?;
             canary_since = Some(Instant::now());
             note(format!(
                 "resumed the rollout of {image} at step {} ({}%)",
@@ -374,6 +377,9 @@ impl Runtime {
                     for note in self.stable.restart_exited(&self.local).into_iter().chain(self.canary.restart_exited(&self.local)) {
                         self.note(note);
                     }
+                    if self.status.rollout.as_ref().is_some_and(|r| r.reached.is_none()) {
+                        self.feed(Input::Reach(self.reach())).await;
+                    }
                     self.feed(Input::Tick).await;
                 }
                 _ = scrape.tick(), if self.canary_since.is_some() => {
@@ -423,6 +429,19 @@ impl Runtime {
         self.feed(input).await;
     }
 
+    /// What zgate sees of the canary's processes.
+    fn reach(&self) -> Reach {
+        if self.gateway.live_backends("canary") > 0 {
+            Reach::Live
+        } else if self.canary.revision.is_none() {
+            Reach::NotReady
+        } else {
+            Reach::Unreachable {
+                handshake: self.gateway.handshake_failure("canary"),
+            }
+        }
+    }
+
     fn note(&self, s: String) {
         tracing::info!("{s}");
         let _ = self.events.send(RuntimeEvent::Note(s));
@@ -449,10 +468,15 @@ impl Runtime {
                     .send(RuntimeEvent::Status(Box::new(self.status.clone())));
             }
             for action in d.actions {
+                let started = matches!(action, Action::StartCanary { .. });
                 if let Err(reason) = self.apply(action).await {
                     // A canary that cannot start is rolled back like any other failure.
                     queue.push(Input::Command(Command::Abort { reason }));
                     break;
+                }
+                if started {
+                    // The engine gives the canary weight once zgate reaches it.
+                    queue.push(Input::Reach(self.reach()));
                 }
             }
         }
@@ -466,7 +490,20 @@ impl Runtime {
                     .start(&self.local, &revision)
                     .await
                     .map_err(|e| format!("canary did not start: {e}"))?;
-                wait_live(&self.gateway, "canary", self.local.replicas as usize).await?;
+                // Usually within milliseconds; one that never connects is the engine's to
+                // judge (the reach deadline), from what `reach` reports on every tick.
+                if let Err(e) = wait_live(
+                    &self.gateway,
+                    "canary",
+                    self.local.replicas as usize,
+                    Duration::from_secs(2),
+                )
+                .await
+                {
+                    self.note(format!(
+                        "{e}; no weight goes to the canary before zgate reaches it"
+                    ));
+                }
                 self.canary_since = Some(Instant::now());
                 self.analyzer.new_canary();
                 self.note(format!(
@@ -490,7 +527,13 @@ impl Runtime {
                     .start(&self.local, &revision)
                     .await
                     .map_err(|e| format!("new stable did not start: {e}"))?;
-                wait_live(&self.gateway, "stable", self.local.replicas as usize).await?;
+                wait_live(
+                    &self.gateway,
+                    "stable",
+                    self.local.replicas as usize,
+                    START_LIMIT,
+                )
+                .await?;
                 self.note(format!("stable now runs {revision}"));
             }
             Action::StopCanary => {

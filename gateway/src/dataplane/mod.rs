@@ -9,16 +9,21 @@
 //! `ERR zgate <code>: <detail>` (codes: timeout, unavailable, overloaded, malformed,
 //! bad_reply, injected).
 //!
+//! Each backend has its own DEALER (`backend.rs`): zgate picks the backend of each request
+//! round-robin among the pool's usable ones (handshaken, serving, answering), so a draining
+//! backend gets nothing new while its requests finish.
+//!
 //! One pool never holds up another: a pool that cannot take a request now keeps it in its
 //! own bounded backlog (answered `overloaded` when that is full) while the frontend goes on
-//! reading; a pool counts as live only through connections whose ZMTP handshake completed,
-//! and not while requests are outstanding without any reply for longer than the timeout
-//! (a frozen or deadlocked service: libzmq's I/O thread still answers heartbeats).
+//! reading. A pool with no usable backend gets weight 0 here, whatever its configured
+//! weight, until one is back (counted in `zgate_pool_withheld_total`).
 //! A request id is a sequence number and a keyed hash of it: a backend cannot forge the id
-//! of a request it was not sent, and a reply counts only from the pool its request went to.
+//! of a request it was not sent, and a reply counts only from the backend its request went to.
+
+mod backend;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashSet, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,11 +32,15 @@ use zdeploy_api::service::ErrorClassifier;
 
 use crate::classify::is_error_reply;
 use crate::config::GatewayConfig;
-use crate::control::{ActiveFault, Control, FaultAction};
+use crate::control::{ActiveFault, Control, Endpoint, FaultAction};
 use crate::envelope;
 use crate::metrics::{GatewayMetrics, HandshakeFailure, Outcome, PoolMetrics, Undeliverable};
 use crate::pending::PendingRing;
 use crate::router::WeightedRoundRobin;
+use backend::{Backend, Lifecycle, Tuning};
+
+/// A backend's place in the poll: (pool index, backend index in the pool).
+type Slot = (usize, usize);
 
 /// Messages taken from one socket before the others get a turn.
 const BATCH: usize = 1000;
@@ -44,44 +53,53 @@ struct Pending {
     /// Number of envelope frames at the front of `frames`.
     envelope: usize,
     pool: usize,
+    /// The backend it was sent to (its id), once sent.
+    backend: Option<u64>,
     received: Instant,
     /// Counted in the pool's in-flight gauge (false when answered on arrival).
     in_flight: bool,
-    /// Handed to the pool's socket (counted in the pool's outstanding requests).
-    sent: bool,
 }
 
 struct Pool {
     name: String,
-    socket: zmq::Socket,
-    monitor: zmq::Socket,
-    /// Connections whose handshake completed, by address.
-    live: HashSet<Vec<u8>>,
+    backends: Vec<Backend>,
+    /// Where the next round-robin choice starts.
+    cursor: usize,
     metrics: PoolMetrics,
-    /// Endpoints the socket is connected to.
-    connected: Vec<String>,
     /// Requests waiting for room in this pool's queues, oldest first (ids of `pending`).
     backlog: VecDeque<u64>,
-    /// Requests sent and not finished.
-    outstanding: usize,
-    /// Since when requests have been outstanding without a reply from this pool.
-    unanswered_since: Option<Instant>,
+    /// Whether a backend could take a request at the last look.
+    usable: bool,
 }
 
 impl Pool {
-    /// Whether requests are outstanding and no reply came for longer than `timeout`.
-    fn stalled(&self, now: Instant, timeout: Duration) -> bool {
-        self.unanswered_since
-            .is_some_and(|t| now.saturating_duration_since(t) > timeout)
+    fn usable_backends(&self, now: Instant, timeout: Duration) -> usize {
+        self.backends
+            .iter()
+            .filter(|b| b.usable(now, timeout))
+            .count()
     }
 
-    fn publish_live(&self, now: Instant, timeout: Duration) {
-        let live = if self.stalled(now, timeout) {
-            0
+    fn backend_mut(&mut self, id: u64) -> Option<&mut Backend> {
+        self.backends.iter_mut().find(|b| b.id == id)
+    }
+
+    /// Why the pool cannot take a request now.
+    fn unavailable(&self, timeout: Duration) -> String {
+        let serving_live = self
+            .backends
+            .iter()
+            .any(|b| b.live && b.lifecycle == Lifecycle::Serving);
+        if serving_live {
+            let outstanding: usize = self.backends.iter().map(|b| b.outstanding).sum();
+            format!(
+                "unavailable: pool {} has not replied for {} with {outstanding} requests outstanding",
+                self.name,
+                zdeploy_api::Duration::from(timeout),
+            )
         } else {
-            self.live.len()
-        };
-        self.metrics.live_backends.set(live as i64);
+            format!("unavailable: no live backend in pool {}", self.name)
+        }
     }
 }
 
@@ -89,6 +107,11 @@ impl Pool {
 pub struct DataPlane {
     frontend: zmq::Socket,
     pools: Vec<Pool>,
+    /// The configured weights; pools without a usable backend are routed 0 of them.
+    weights: Vec<zdeploy_api::Weight>,
+    tuning: Tuning,
+    /// The id the next backend gets.
+    next_backend: u64,
     control: Arc<Control>,
     metrics: Arc<GatewayMetrics>,
     classifier: ErrorClassifier,
@@ -104,22 +127,7 @@ pub struct DataPlane {
     /// The key of the hash that makes request ids unguessable.
     id_key: std::collections::hash_map::RandomState,
     // Dropped last: libzmq needs every socket closed before the context terminates.
-    _context: zmq::Context,
-}
-
-fn tune(s: &zmq::Socket, config: &GatewayConfig) -> zmq::Result<()> {
-    s.set_sndhwm(config.hwm)?;
-    s.set_rcvhwm(config.hwm)?;
-    s.set_linger(0)?;
-    // A peer announcing a larger frame is disconnected before zgate holds any of it.
-    s.set_maxmsgsize(config.max_message_size)?;
-    let hb = config.heartbeat.get().as_millis() as i32;
-    if hb > 0 {
-        s.set_heartbeat_ivl(hb)?;
-        s.set_heartbeat_timeout(hb * 3)?;
-        s.set_heartbeat_ttl(hb * 3)?;
-    }
-    Ok(())
+    context: zmq::Context,
 }
 
 impl DataPlane {
@@ -130,8 +138,13 @@ impl DataPlane {
         metrics: Arc<GatewayMetrics>,
     ) -> Result<(Self, String), zmq::Error> {
         let context = zmq::Context::new();
+        let tuning = Tuning {
+            hwm: config.hwm,
+            max_message_size: config.max_message_size,
+            heartbeat_ms: config.heartbeat.get().as_millis() as i32,
+        };
         let frontend = context.socket(zmq::ROUTER)?;
-        tune(&frontend, config)?;
+        tuning.apply(&frontend)?;
         // Replies to gone or stalled clients fail fast instead of vanishing silently.
         frontend.set_router_mandatory(true)?;
         frontend.bind(&config.frontend)?;
@@ -139,48 +152,25 @@ impl DataPlane {
             .get_last_endpoint()?
             .unwrap_or_else(|_| config.frontend.clone());
         let settings = control.snapshot();
-        let mut pools = Vec::new();
-        for (i, p) in config.pools.iter().enumerate() {
-            let socket = context.socket(zmq::DEALER)?;
-            tune(&socket, config)?;
-            // Queue only to connected backends: nothing waits for a dead pod to come back.
-            socket.set_immediate(true)?;
-            socket.set_reconnect_ivl(100)?;
-            socket.set_reconnect_ivl_max(1000)?;
-            let addr = format!("inproc://zgate-monitor-{i}");
-            // Live means handshaken: a stopped process still accepts TCP connections.
-            socket.monitor(
-                &addr,
-                (zmq::SocketEvent::HANDSHAKE_SUCCEEDED as u16
-                    | zmq::SocketEvent::DISCONNECTED as u16
-                    | zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL as u16
-                    | zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL as u16
-                    | zmq::SocketEvent::HANDSHAKE_FAILED_AUTH as u16) as i32,
-            )?;
-            let monitor = context.socket(zmq::PAIR)?;
-            monitor.connect(&addr)?;
-            // IPv6 addresses come from resolving pool names.
-            socket.set_ipv6(true)?;
-            // Names are connected once resolved (discovery), one connection per address.
-            let addresses = settings.endpoints[i].clone();
-            for e in &addresses {
-                socket.connect(e)?;
-            }
-            pools.push(Pool {
+        let pools = config
+            .pools
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Pool {
                 name: p.name.clone(),
-                socket,
-                monitor,
-                live: HashSet::new(),
+                backends: Vec::new(),
+                cursor: 0,
                 metrics: metrics.pools[i].clone(),
-                connected: addresses,
                 backlog: VecDeque::new(),
-                outstanding: 0,
-                unanswered_since: None,
-            });
-        }
-        let plane = Self {
+                usable: false,
+            })
+            .collect();
+        let mut plane = Self {
             frontend,
             pools,
+            weights: settings.weights.clone(),
+            tuning,
+            next_backend: 1,
             classifier: config.classifier.clone(),
             timeout: config.timeout.get(),
             sticky: config.sticky,
@@ -193,16 +183,21 @@ impl DataPlane {
             held: BinaryHeap::new(),
             backlog_limit: usize::try_from(config.hwm).unwrap_or(1).max(1),
             id_key: std::collections::hash_map::RandomState::new(),
-            _context: context,
+            context,
         };
+        // Names are connected once resolved (discovery), one backend per address.
+        for (i, wanted) in settings.endpoints.iter().enumerate() {
+            plane.follow_endpoints(i, wanted, Instant::now())?;
+        }
         plane.publish_weights(&settings.weights);
+        plane.publish_backends();
         Ok((plane, endpoint))
     }
 
     /// Runs until shutdown is requested, then answers whatever is still pending.
     pub fn run(mut self) {
         while !self.control.shutting_down() {
-            let ready = match self.poll() {
+            let (ready, slots) = match self.poll() {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::error!("zmq_poll failed: {e}");
@@ -211,25 +206,28 @@ impl DataPlane {
             };
             // After the poll, so a request that woke it is routed by the newest settings.
             self.reload_settings();
-            let n = self.pools.len();
             if ready[0] {
                 self.drain_frontend();
             }
-            for i in 0..n {
-                if ready[1 + i] {
-                    self.drain_pool(i);
+            let mut changed = false;
+            for (k, &(pool, backend)) in slots.iter().enumerate() {
+                if ready[1 + k] {
+                    self.drain_backend(pool, backend);
                 }
-                if ready[1 + n + i] {
-                    self.drain_monitor(i);
+                if ready[1 + slots.len() + k] {
+                    changed |= self.drain_monitor(pool, backend);
                 }
             }
             let now = Instant::now();
             self.expire(now);
-            for i in 0..n {
+            changed |= self.retire(now);
+            for i in 0..self.pools.len() {
                 self.send_backlog(i);
-                self.pools[i].publish_live(now, self.timeout);
             }
             self.send_held(now);
+            if self.refresh_usable(now) || changed {
+                self.publish_backends();
+            }
         }
         while let Some((id, _)) = self.pending.oldest() {
             if let Some(p) = self.pending.remove(id) {
@@ -248,28 +246,98 @@ impl DataPlane {
         }
         self.generation = generation;
         let s = self.control.snapshot();
-        self.router = WeightedRoundRobin::new(&s.weights);
+        self.weights = s.weights.clone();
         self.faults = s.faults;
         self.publish_weights(&s.weights);
-        for (pool, wanted) in self.pools.iter_mut().zip(&s.endpoints) {
-            if &pool.connected == wanted {
+        let now = Instant::now();
+        for (i, wanted) in s.endpoints.iter().enumerate() {
+            if let Err(e) = self.follow_endpoints(i, wanted, now) {
+                tracing::warn!(pool = %self.pools[i].name, "following endpoints: {e}");
+            }
+        }
+        self.route_by_usable(now);
+        self.publish_backends();
+    }
+
+    /// Brings pool `i`'s backends in line with `wanted`: new ones connected, gone ones
+    /// removed (closed after their last reply), the others serving or draining as told.
+    fn follow_endpoints(&mut self, i: usize, wanted: &[Endpoint], now: Instant) -> zmq::Result<()> {
+        let pool = &mut self.pools[i];
+        for b in &mut pool.backends {
+            let state = wanted
+                .iter()
+                .find(|e| e.address == b.address)
+                .map(|e| e.state);
+            let next = b.lifecycle.next(state, now);
+            if next != b.lifecycle {
+                tracing::info!(pool = %pool.name, backend = %b.address, "{:?} -> {next:?}", b.lifecycle);
+                b.lifecycle = next;
+            }
+        }
+        for e in wanted {
+            if pool.backends.iter().any(|b| b.address == e.address) {
                 continue;
             }
-            for gone in pool.connected.iter().filter(|e| !wanted.contains(e)) {
-                if let Err(e) = pool.socket.disconnect(gone) {
-                    tracing::warn!(pool = %pool.name, "disconnecting {gone}: {e}");
-                }
-                // libzmq reports no event for a disconnect it was asked for.
-                pool.live.remove(gone.as_bytes());
-            }
-            for new in wanted.iter().filter(|e| !pool.connected.contains(e)) {
-                if let Err(e) = pool.socket.connect(new) {
-                    tracing::warn!(pool = %pool.name, "connecting {new}: {e}");
-                }
-            }
-            pool.connected = wanted.clone();
-            pool.publish_live(Instant::now(), self.timeout);
+            let mut b =
+                Backend::connect(&self.context, self.tuning, self.next_backend, &e.address)?;
+            self.next_backend += 1;
+            b.lifecycle = b.lifecycle.next(Some(e.state), now);
+            pool.backends.push(b);
         }
+        Ok(())
+    }
+
+    /// Closes removed backends that are done; true when one was closed.
+    fn retire(&mut self, now: Instant) -> bool {
+        let timeout = self.timeout;
+        let mut any = false;
+        for pool in &mut self.pools {
+            let before = pool.backends.len();
+            pool.backends.retain(|b| !b.finished(now, timeout));
+            any |= pool.backends.len() != before;
+        }
+        any
+    }
+
+    /// Notes which pools can take a request; reroutes when that changed. True on a change.
+    fn refresh_usable(&mut self, now: Instant) -> bool {
+        let changed = self
+            .pools
+            .iter()
+            .any(|p| p.usable != (p.usable_backends(now, self.timeout) > 0));
+        for p in &self.pools {
+            p.metrics
+                .live_backends
+                .set(p.usable_backends(now, self.timeout) as i64);
+        }
+        if changed {
+            self.route_by_usable(now);
+        }
+        changed
+    }
+
+    /// Routes by the configured weights, with 0 for a pool that has no usable backend
+    /// (unless no pool has one: then requests are answered `unavailable` as configured).
+    fn route_by_usable(&mut self, now: Instant) {
+        let mut routed = self.weights.clone();
+        for (i, p) in self.pools.iter_mut().enumerate() {
+            let usable = p.usable_backends(now, self.timeout) > 0;
+            if p.usable && !usable && self.weights[i] != zdeploy_api::Weight::ZERO {
+                p.metrics.withheld.inc();
+                tracing::warn!(pool = %p.name, "no usable backend: routing 0% to it until one is back");
+            }
+            p.usable = usable;
+            if !usable {
+                routed[i] = zdeploy_api::Weight::ZERO;
+            }
+        }
+        if routed.iter().all(|w| *w == zdeploy_api::Weight::ZERO) {
+            routed = self.weights.clone();
+        }
+        for (p, w) in self.pools.iter().zip(&routed) {
+            p.metrics.routed_weight.set(i64::from(w.percent()));
+        }
+        self.router = WeightedRoundRobin::new(&routed);
     }
 
     fn publish_weights(&self, weights: &[zdeploy_api::Weight]) {
@@ -278,7 +346,24 @@ impl DataPlane {
         }
     }
 
-    fn poll(&self) -> zmq::Result<Vec<bool>> {
+    fn publish_backends(&self) {
+        let now = Instant::now();
+        self.control.publish_backends(
+            self.pools
+                .iter()
+                .map(|p| {
+                    p.backends
+                        .iter()
+                        .map(|b| b.view(now, self.timeout))
+                        .collect()
+                })
+                .collect(),
+        );
+    }
+
+    /// Polls the frontend, every backend and every backend's monitor; returns which are
+    /// readable and the `(pool, backend index)` of each backend slot.
+    fn poll(&self) -> zmq::Result<(Vec<bool>, Vec<Slot>)> {
         let now = Instant::now();
         let mut wait = Duration::from_millis(MAX_POLL_MS as u64);
         if let Some((_, p)) = self.pending.oldest() {
@@ -287,34 +372,38 @@ impl DataPlane {
         if let Some(Reverse((due, _))) = self.held.peek() {
             wait = wait.min(due.saturating_duration_since(now));
         }
-        let mut items = Vec::with_capacity(1 + 2 * self.pools.len());
+        let slots: Vec<Slot> = self
+            .pools
+            .iter()
+            .enumerate()
+            .flat_map(|(i, p)| (0..p.backends.len()).map(move |b| (i, b)))
+            .collect();
+        let mut items = Vec::with_capacity(1 + 2 * slots.len());
         items.push(self.frontend.as_poll_item(zmq::POLLIN));
-        items.extend(self.pools.iter().map(|p| {
-            // A pool with a backlog is woken when it has room again.
-            let out = if p.backlog.is_empty() {
+        for &(i, b) in &slots {
+            let pool = &self.pools[i];
+            // A pool with a backlog is woken when a backend has room again.
+            let out = if pool.backlog.is_empty() {
                 zmq::PollEvents::empty()
             } else {
                 zmq::POLLOUT
             };
-            p.socket.as_poll_item(zmq::POLLIN | out)
-        }));
-        // A stall is seen a timeout after the oldest unanswered send.
-        for p in &self.pools {
-            if let Some(t) = p.unanswered_since {
+            let backend = &pool.backends[b];
+            items.push(backend.socket.as_poll_item(zmq::POLLIN | out));
+            // A stall is seen a timeout after the oldest unanswered send.
+            if let Some(t) = backend.unanswered_since {
                 wait = wait.min(
                     (t + self.timeout).saturating_duration_since(now) + Duration::from_millis(1),
                 );
             }
         }
-        items.extend(
-            self.pools
-                .iter()
-                .map(|p| p.monitor.as_poll_item(zmq::POLLIN)),
-        );
+        for &(i, b) in &slots {
+            items.push(self.pools[i].backends[b].monitor.as_poll_item(zmq::POLLIN));
+        }
         // Round up so a deadline 0.4 ms away does not spin.
         let ms = wait.as_micros().div_ceil(1000) as i64;
         zmq::poll(&mut items, ms)?;
-        Ok(items.iter().map(|i| i.is_readable()).collect())
+        Ok((items.iter().map(|i| i.is_readable()).collect(), slots))
     }
 
     fn drain_frontend(&mut self) {
@@ -326,39 +415,44 @@ impl DataPlane {
         }
     }
 
-    fn drain_pool(&mut self, i: usize) {
+    fn drain_backend(&mut self, pool: usize, b: usize) {
         for _ in 0..BATCH {
-            match recv_frames(&self.pools[i].socket) {
-                Some(frames) => self.on_reply(i, frames),
+            match recv_frames(&self.pools[pool].backends[b].socket) {
+                Some(frames) => self.on_reply(pool, b, frames),
                 None => break,
             }
         }
     }
 
-    fn drain_monitor(&mut self, i: usize) {
-        let pool = &mut self.pools[i];
-        while let Some(frames) = recv_frames(&pool.monitor) {
-            let (Some(event), Some(addr)) = (frames.first(), frames.get(1)) else {
+    /// Reads a backend's monitor events; true when its liveness changed.
+    fn drain_monitor(&mut self, pool: usize, b: usize) -> bool {
+        let Pool {
+            name,
+            metrics,
+            backends,
+            ..
+        } = &mut self.pools[pool];
+        let backend = &mut backends[b];
+        let before = backend.live;
+        while let Some(frames) = recv_frames(&backend.monitor) {
+            let Some(event) = frames.first().filter(|e| e.len() >= 2) else {
                 continue;
             };
-            if event.len() < 2 {
-                continue;
-            }
             let code = u16::from_le_bytes([event[0], event[1]]);
             if code == zmq::SocketEvent::HANDSHAKE_SUCCEEDED as u16 {
-                pool.live.insert(addr.to_vec());
+                backend.live = true;
             } else if code == zmq::SocketEvent::DISCONNECTED as u16 {
-                pool.live.remove(&addr[..]);
+                backend.live = false;
             } else if let Some(why) = handshake_failure(code) {
-                pool.metrics.handshake_failed(why);
+                metrics.handshake_failed(why);
                 tracing::warn!(
-                    pool = %pool.name,
-                    backend = %String::from_utf8_lossy(addr),
+                    pool = %name,
+                    backend = %backend.address,
                     "ZeroMQ handshake with a backend failed ({why:?}): is it a ZeroMQ peer of a compatible version and security mechanism?"
                 );
             }
-            pool.publish_live(Instant::now(), self.timeout);
         }
+        backend.live != before
     }
 
     fn on_request(&mut self, mut frames: Vec<zmq::Message>) {
@@ -396,9 +490,9 @@ impl DataPlane {
             frames,
             envelope: delim,
             pool,
+            backend: None,
             received: now,
             in_flight: true,
-            sent: false,
         };
         if action == FaultAction::Error {
             p.in_flight = false;
@@ -432,7 +526,7 @@ impl DataPlane {
     }
 
     /// Sends a pending request's body to its pool: answered `unavailable` when the pool
-    /// has no live backend or has stalled, kept in the pool's backlog when its queues are
+    /// has no usable backend, kept in the pool's backlog when its backends' queues are
     /// full (answered `overloaded` when the backlog is full too). The frontend never waits.
     fn dispatch(&mut self, id: u64) {
         let now = Instant::now();
@@ -444,17 +538,8 @@ impl DataPlane {
         }
         let i = p.pool;
         let pool = &self.pools[i];
-        if pool.live.is_empty() || pool.stalled(now, self.timeout) {
-            let why = if pool.live.is_empty() {
-                format!("unavailable: no live backend in pool {}", pool.name)
-            } else {
-                format!(
-                    "unavailable: pool {} has not replied for {} with {} requests outstanding",
-                    pool.name,
-                    zdeploy_api::Duration::from(self.timeout),
-                    pool.outstanding
-                )
-            };
+        if pool.usable_backends(now, self.timeout) == 0 {
+            let why = pool.unavailable(self.timeout);
             let p = self.pending.remove(id).expect("looked up above");
             self.finish_with_error(p, Outcome::Unavailable, &why);
             return;
@@ -478,20 +563,30 @@ impl DataPlane {
         }
     }
 
-    /// Sends request `id` to its pool now if the pool has room; true when sent.
+    /// Sends request `id` now to the next usable backend of its pool that has room
+    /// (round-robin); true when sent.
     fn try_send(&mut self, id: u64) -> bool {
         let wire = self.wire_id(id);
         let Some(p) = self.pending.get_mut(id) else {
             return true;
         };
+        let now = Instant::now();
         let pool = &mut self.pools[p.pool];
-        if !send_request(&pool.socket, &wire, &mut p.frames, p.envelope) {
-            return false;
+        let n = pool.backends.len();
+        for k in 0..n {
+            let b = (pool.cursor + k) % n;
+            let backend = &mut pool.backends[b];
+            if !backend.usable(now, self.timeout)
+                || !send_request(&backend.socket, &wire, &mut p.frames, p.envelope)
+            {
+                continue;
+            }
+            backend.sent(now);
+            p.backend = Some(backend.id);
+            pool.cursor = b + 1;
+            return true;
         }
-        p.sent = true;
-        pool.outstanding += 1;
-        pool.unanswered_since.get_or_insert_with(Instant::now);
-        true
+        false
     }
 
     /// Forgets backlog entries whose requests were answered meanwhile (timed out).
@@ -515,10 +610,11 @@ impl DataPlane {
         }
     }
 
-    fn on_reply(&mut self, pool: usize, mut frames: Vec<zmq::Message>) {
-        // Any reply, late ones too, shows the pool is answering.
-        let p = &mut self.pools[pool];
-        p.unanswered_since = (p.outstanding > 0).then(Instant::now);
+    fn on_reply(&mut self, pool: usize, b: usize, mut frames: Vec<zmq::Message>) {
+        // Any reply, late ones too, shows the backend is answering.
+        let backend = &mut self.pools[pool].backends[b];
+        backend.replied(Instant::now());
+        let from = backend.id;
         let (wire, well_formed) = match envelope::reply(&frames) {
             envelope::Reply::Answer { id } => (id, true),
             envelope::Reply::Malformed { id } => (id, false),
@@ -538,8 +634,8 @@ impl DataPlane {
             self.pools[pool].metrics.late_replies.inc();
             return;
         };
-        // Only the pool the request went to may answer it.
-        if waiting.pool != pool {
+        // Only the backend the request went to may answer it.
+        if waiting.pool != pool || waiting.backend != Some(from) {
             self.metrics.rejected_reply(pool);
             return;
         }
@@ -607,11 +703,8 @@ impl DataPlane {
         if p.in_flight {
             pool.metrics.in_flight.dec();
         }
-        if p.sent {
-            pool.outstanding = pool.outstanding.saturating_sub(1);
-            if pool.outstanding == 0 {
-                pool.unanswered_since = None;
-            }
+        if let Some(b) = p.backend.and_then(|id| pool.backend_mut(id)) {
+            b.done();
         }
     }
 

@@ -1,0 +1,362 @@
+//! What runs in the suite's pods: kwok runs no containers, so for every pod of one
+//! namespace that kwok marks Running this starts what the pod's container would run,
+//! bound to the pod's address, and stops it when the pod object is gone (kwok keeps a
+//! deleted pod 1 s: the service finishes what it holds, as after SIGTERM). A service pod
+//! gets the pyzmq echo service, answering `OK <pod name>` (or, by image, one that fails
+//! every request, or nothing listening: a port the node's firewall blocks); a zgate pod
+//! gets `zdeploy gateway` with the pod's own arguments, as the pod's ServiceAccount, plus
+//! an admin API on loopback for the test to read.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use serde_json::Value;
+
+use crate::support::{self, Proc};
+
+/// How the service in a pod of a given image behaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Behaviour {
+    /// Answers every request `OK <pod>`.
+    Serve,
+    /// Answers every request `ERR <pod>`: a bad build.
+    FailEveryRequest,
+    /// Listens nowhere: the node's firewall blocks the port.
+    Unreachable,
+}
+
+/// One pod the runner played.
+#[derive(Clone, Debug)]
+pub struct PodRecord {
+    pub name: String,
+    pub ip: String,
+    pub pool: Option<String>,
+    /// When the runner saw it Running and started its process.
+    pub started: SystemTime,
+    /// When the runner saw it terminating (deletion requested).
+    pub terminating: Option<SystemTime>,
+    /// When the pod object was gone and its process stopped.
+    pub gone: Option<SystemTime>,
+    /// The service's request log (`TIME BODY` lines), for service pods.
+    pub log: Option<PathBuf>,
+    /// `http://127.0.0.1:PORT` of a zgate pod's admin API.
+    pub admin: Option<String>,
+}
+
+impl PodRecord {
+    /// When the service received each request, in order.
+    pub fn requests(&self) -> Vec<SystemTime> {
+        let Some(log) = &self.log else {
+            return Vec::new();
+        };
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_once(' ')?.0.parse::<f64>().ok())
+            .map(|t| SystemTime::UNIX_EPOCH + Duration::from_secs_f64(t))
+            .collect()
+    }
+}
+
+/// Where the runner finds kubectl, the cluster and the identities pods run as.
+pub struct Setup {
+    pub kubectl: PathBuf,
+    pub admin: PathBuf,
+    pub namespace: String,
+    /// Logs and files go here.
+    pub dir: PathBuf,
+    /// Kubeconfig of each ServiceAccount a zgate pod may run as.
+    pub identities: BTreeMap<String, PathBuf>,
+    /// Behaviour by image; images not listed serve.
+    pub behaviours: BTreeMap<String, Behaviour>,
+}
+
+#[derive(Default)]
+struct Pods {
+    running: BTreeMap<String, (PodRecord, Option<Proc>)>,
+    done: Vec<PodRecord>,
+}
+
+/// Plays the pods of one namespace until dropped.
+pub struct PodRunner {
+    pods: Arc<Mutex<Pods>>,
+    watch: Arc<Mutex<Option<Child>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PodRunner {
+    /// Starts following the pods of `setup.namespace`.
+    pub fn start(setup: Setup) -> Self {
+        let pods: Arc<Mutex<Pods>> = Arc::default();
+        let watch: Arc<Mutex<Option<Child>>> = Arc::default();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = {
+            let (pods, watch, stop) = (pods.clone(), watch.clone(), stop.clone());
+            std::thread::spawn(move || follow(&setup, &pods, &watch, &stop))
+        };
+        Self {
+            pods,
+            watch,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Every pod played so far: running ones, then those gone, each once.
+    pub fn pods(&self) -> Vec<PodRecord> {
+        let p = self.pods.lock().unwrap();
+        p.running
+            .values()
+            .map(|(r, _)| r.clone())
+            .chain(p.done.iter().cloned())
+            .collect()
+    }
+
+    /// The running pods of `pool` (`service` pods) or of zgate (`None`).
+    pub fn running(&self, pool: Option<&str>) -> Vec<PodRecord> {
+        let p = self.pods.lock().unwrap();
+        p.running
+            .values()
+            .filter(|(r, _)| {
+                r.gone.is_none() && r.terminating.is_none() && r.pool.as_deref() == pool
+            })
+            .map(|(r, _)| r.clone())
+            .collect()
+    }
+
+    /// The record of pod `name`, running or gone.
+    pub fn pod(&self, name: &str) -> Option<PodRecord> {
+        self.pods().into_iter().find(|r| r.name == name)
+    }
+}
+
+impl Drop for PodRunner {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(child) = self.watch.lock().unwrap().as_mut() {
+            let _ = child.kill();
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        // Dropping the processes stops them.
+        self.pods.lock().unwrap().running.clear();
+    }
+}
+
+/// Watches the namespace's pods with kubectl (again after the watch ends, as when the API
+/// server restarts) and plays each.
+fn follow(
+    setup: &Setup,
+    pods: &Mutex<Pods>,
+    watch: &Mutex<Option<Child>>,
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        let mut child = Command::new(&setup.kubectl)
+            .arg("--kubeconfig")
+            .arg(&setup.admin)
+            .args([
+                "get",
+                "pods",
+                "-n",
+                &setup.namespace,
+                "--watch",
+                "--output-watch-events",
+                "-o",
+                "json",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("running kubectl get pods --watch");
+        let stdout = child.stdout.take().unwrap();
+        *watch.lock().unwrap() = Some(child);
+        let events = serde_json::Deserializer::from_reader(std::io::BufReader::new(stdout))
+            .into_iter::<Value>();
+        for event in events {
+            let Ok(event) = event else { break };
+            on_event(setup, pods, &event);
+        }
+        if let Some(mut c) = watch.lock().unwrap().take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn on_event(setup: &Setup, pods: &Mutex<Pods>, event: &Value) {
+    let pod = &event["object"];
+    let Some(uid) = pod["metadata"]["uid"].as_str() else {
+        return;
+    };
+    let name = pod["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let gone = event["type"] == "DELETED";
+    let terminating = pod["metadata"]["deletionTimestamp"].is_string();
+    let ip = pod["status"]["podIP"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let running = pod["status"]["phase"] == "Running" && !ip.is_empty();
+    let mut p = pods.lock().unwrap();
+    if gone {
+        if let Some((mut record, proc)) = p.running.remove(uid) {
+            drop(proc);
+            record.gone = Some(SystemTime::now());
+            p.done.push(record);
+        }
+        return;
+    }
+    if let Some((record, _)) = p.running.get_mut(uid) {
+        if terminating && record.terminating.is_none() {
+            record.terminating = Some(SystemTime::now());
+        }
+        return;
+    }
+    if !running || terminating {
+        return;
+    }
+    let started = SystemTime::now();
+    let labels = &pod["metadata"]["labels"];
+    let component = labels["app.kubernetes.io/component"].as_str();
+    let (record, proc) = match component {
+        Some("service") => {
+            let pool = labels["zdeploy.io/pool"].as_str().map(String::from);
+            let log = setup.dir.join(format!("pod-{name}.log"));
+            let proc = service(pod, &name, &ip, &log, setup);
+            let record = PodRecord {
+                name: name.clone(),
+                ip,
+                pool,
+                started,
+                terminating: None,
+                gone: None,
+                log: Some(log),
+                admin: None,
+            };
+            (record, proc)
+        }
+        Some("gateway") => {
+            let (proc, admin) = gateway(pod, &name, &ip, setup);
+            let record = PodRecord {
+                name: name.clone(),
+                ip,
+                pool: None,
+                started,
+                terminating: None,
+                gone: None,
+                log: None,
+                admin: Some(admin),
+            };
+            (record, Some(proc))
+        }
+        _ => return,
+    };
+    p.running.insert(uid.to_string(), (record, proc));
+}
+
+fn container_port(pod: &Value) -> u64 {
+    pod["spec"]["containers"][0]["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == "zmq")
+        .and_then(|p| p["containerPort"].as_u64())
+        .unwrap_or(5555)
+}
+
+/// The echo service of a service pod, bound to its address; `None` when it listens nowhere.
+fn service(
+    pod: &Value,
+    name: &str,
+    ip: &str,
+    log: &std::path::Path,
+    setup: &Setup,
+) -> Option<Proc> {
+    let image = pod["spec"]["containers"][0]["image"]
+        .as_str()
+        .unwrap_or_default();
+    let behaviour = setup
+        .behaviours
+        .get(image)
+        .copied()
+        .unwrap_or(Behaviour::Serve);
+    let bind = format!("tcp://{ip}:{}", container_port(pod));
+    let mut cmd = Command::new(support::python());
+    cmd.arg(support::root().join("tests/peers/zmq_peer.py"))
+        .args([
+            "rep",
+            "--heartbeat",
+            "--log-times",
+            "--name",
+            name,
+            "--bind",
+            &bind,
+        ])
+        .arg("--log")
+        .arg(log);
+    match behaviour {
+        Behaviour::Serve => {}
+        Behaviour::FailEveryRequest => {
+            cmd.args(["--error-ratio", "1"]);
+        }
+        Behaviour::Unreachable => return None,
+    }
+    Some(Proc::start(cmd, "ready "))
+}
+
+/// zgate as the pod runs it: its arguments with "every interface" meaning the pod's
+/// address, as the pod's ServiceAccount.
+fn gateway(pod: &Value, name: &str, ip: &str, setup: &Setup) -> (Proc, String) {
+    let container = &pod["spec"]["containers"][0];
+    let args: Vec<String> = container["args"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_str())
+        .map(|a| {
+            a.replace("tcp://*:", &format!("tcp://{ip}:"))
+                .replace("0.0.0.0:", &format!("{ip}:"))
+        })
+        .collect();
+    let account = pod["spec"]["serviceAccountName"]
+        .as_str()
+        .unwrap_or("default");
+    let kubeconfig = setup
+        .identities
+        .get(account)
+        .unwrap_or_else(|| panic!("no kubeconfig for ServiceAccount {account} of pod {name}"));
+    let admin = format!("127.0.0.1:{}", support::free_port());
+    let log = setup.dir.join(format!("pod-{name}.log"));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_zdeploy"));
+    cmd.args(&args)
+        .args(["--admin", &admin])
+        .env("KUBECONFIG", kubeconfig)
+        .env("RUST_LOG", "info");
+    let proc = Proc::start_logged(cmd, &log);
+    // Ready once its admin API answers.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let url = format!("http://{admin}");
+    while support::http()
+        .get(format!("{url}/healthz"))
+        .send()
+        .is_err()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "zgate of pod {name} did not start: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (proc, url)
+}

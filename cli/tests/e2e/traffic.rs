@@ -1,0 +1,428 @@
+//! Real requests through zgate in the cluster: the pods' processes run at the pods'
+//! addresses (the pod runner), zgate follows the pools' EndpointSlices as its rendered
+//! ServiceAccount, and clients send requests through both zgate replicas all along while
+//! stable pods are deleted one after another, a canary takes traffic and is rolled back.
+//! Measured: how long a deleted pod still gets new requests, how soon a new pod gets its
+//! first; required: every request answered by a service, none by an error.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use libtest_mimic::Failed;
+use serde_json::Value;
+
+use crate::controlplane::ControlPlane;
+use crate::pods::{Behaviour, PodRecord, PodRunner};
+use crate::scenario::{Stage, eventually};
+use crate::support;
+
+const DELETIONS: usize = 20;
+const RUNS: usize = 5;
+/// A build that answers every request with an error.
+const BAD: &str = "registry.example.com/trading/echo:2.0.6-ltsc2022";
+/// A build whose port the node's firewall blocks.
+const BLOCKED: &str = "registry.example.com/trading/echo:2.0.7-ltsc2022";
+const V2: &str = "registry.example.com/trading/echo:2.0.4-ltsc2022";
+
+/// A REQ client sending through one zgate until stopped.
+struct Client(Child);
+
+impl Client {
+    fn start(frontend: &str) -> Self {
+        let child = Command::new(support::python())
+            .arg(support::root().join("tests/peers/zmq_peer.py"))
+            .args([
+                "req",
+                "--connect",
+                frontend,
+                "--count",
+                "0",
+                "--interval-ms",
+                "2",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Client(child)
+    }
+
+    /// Stops it and returns its summary.
+    fn stop(self) -> Value {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+        let out = self.0.wait_with_output().unwrap();
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+/// A zgate pod's backends of `pool` as its `/endpoints` shows them.
+fn backends(gw: &PodRecord, pool: &str) -> Vec<Value> {
+    let admin = gw.admin.as_ref().unwrap();
+    support::http()
+        .get(format!("{admin}/endpoints"))
+        .send()
+        .ok()
+        .and_then(|r| r.json::<Value>().ok())
+        .and_then(|v| v[pool].as_array().cloned())
+        .unwrap_or_default()
+}
+
+/// Every running pod of `pool` is a live serving backend of every zgate.
+fn all_live(runner: &PodRunner, pool: &str) -> bool {
+    let pods = runner.running(Some(pool));
+    let gateways = runner.running(None);
+    !gateways.is_empty()
+        && gateways.iter().all(|gw| {
+            let seen = backends(gw, pool);
+            pods.iter().all(|p| {
+                seen.iter().any(|b| {
+                    b["address"].as_str().is_some_and(|a| a.contains(&p.ip))
+                        && b["state"] == "serving"
+                        && b["live"] == true
+                })
+            })
+        })
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn median_max(mut v: Vec<Duration>) -> (f64, f64) {
+    v.sort();
+    (ms(v[v.len() / 2]), ms(v[v.len() - 1]))
+}
+
+fn since(later: SystemTime, earlier: SystemTime) -> Duration {
+    later.duration_since(earlier).unwrap_or_default()
+}
+
+/// Stable pods deleted one after another, a canary in and rolled back, with requests
+/// flowing through both zgate replicas the whole time.
+pub fn requests_through_zgate_survive_pod_churn(cp: &ControlPlane) -> Result<(), Failed> {
+    let Stage {
+        ns,
+        ctl: _ctl,
+        pods: runner,
+    } = cp.stage("traffic");
+    deploy(cp, &ns.name, &runner, |t| t);
+    let clients = clients(&runner);
+
+    let mut drained = Vec::new();
+    let mut first_request = Vec::new();
+    for i in 0..DELETIONS {
+        let before: Vec<String> = runner
+            .running(Some("stable"))
+            .iter()
+            .map(|p| p.name.clone())
+            .collect();
+        let victim = before[i % before.len()].clone();
+        let asked = SystemTime::now();
+        cp.kubectl(&["delete", "pod", &victim, "-n", &ns.name, "--wait=false"]);
+        let gone = eventually("the deleted pod goes", Duration::from_secs(30), || {
+            runner.pod(&victim).filter(|r| r.gone.is_some())
+        });
+        let replacement = eventually(
+            "a replacement is live in both zgates",
+            Duration::from_secs(30),
+            || {
+                let now: Vec<PodRecord> = runner.running(Some("stable"));
+                let new = now.into_iter().find(|p| !before.contains(&p.name))?;
+                all_live(&runner, "stable").then_some(new)
+            },
+        );
+        let last = gone.requests().into_iter().max().unwrap_or(asked);
+        drained.push(since(last, asked));
+        let first = eventually(
+            "the new pod gets a request",
+            Duration::from_secs(10),
+            || runner.pod(&replacement.name)?.requests().into_iter().min(),
+        );
+        first_request.push(since(first, replacement.started));
+    }
+    let (dm, dx) = median_max(drained.clone());
+    println!(
+        "deleted pod -> last new request to it, over {DELETIONS} deletions: median {dm:.0} ms, max {dx:.0} ms (from before the delete request)"
+    );
+    let (fm, fx) = median_max(first_request);
+    println!(
+        "new ready pod -> first request to it: median {fm:.0} ms, max {fx:.0} ms (from its process start)"
+    );
+    // Terminating, the pod is kept 1 s: a request after that would have been lost.
+    assert!(
+        dx < 1000.0,
+        "a deleted pod got requests for {dx:.0} ms: {drained:?}"
+    );
+
+    // A canary takes its share, then is rolled back by hand: its pods drain and go.
+    cp.zdeploy(&[
+        "rollout", "echo", "-n", &ns.name, "--canary", "25", "--image", V2,
+    ]);
+    eventually(
+        "the canary's pods are live in both zgates",
+        Duration::from_secs(60),
+        || {
+            (!runner.running(Some("canary")).is_empty() && all_live(&runner, "canary"))
+                .then_some(())
+        },
+    );
+    let canary: Vec<String> = runner
+        .running(Some("canary"))
+        .iter()
+        .map(|p| p.name.clone())
+        .collect();
+    eventually("the canary gets requests", Duration::from_secs(20), || {
+        canary
+            .iter()
+            .all(|c| runner.pod(c).is_some_and(|p| !p.requests().is_empty()))
+            .then_some(())
+    });
+    let asked = Instant::now();
+    cp.zdeploy(&[
+        "rollback",
+        "echo",
+        "-n",
+        &ns.name,
+        "--reason",
+        "e2e traffic",
+    ]);
+    eventually(
+        "the canary's pods are gone",
+        Duration::from_secs(60),
+        || {
+            canary
+                .iter()
+                .all(|c| runner.pod(c).is_some_and(|p| p.gone.is_some()))
+                .then_some(())
+        },
+    );
+    println!(
+        "rollback by hand -> canary pods gone: {:.1} s",
+        asked.elapsed().as_secs_f64()
+    );
+
+    for summary in stop(clients) {
+        assert_eq!(errors(&summary), Vec::<String>::new(), "{summary}");
+        assert!(
+            answered_by(&summary, "-canary-") > 0,
+            "the canary never answered: {summary}"
+        );
+    }
+    Ok(())
+}
+
+/// Applies the echo example (edited by `edit`) and waits until its 3 stable pods are live
+/// in both zgate replicas.
+fn deploy(cp: &ControlPlane, ns: &str, runner: &PodRunner, edit: impl Fn(String) -> String) {
+    let file = cp.echo_manifest(ns, edit);
+    cp.zdeploy(&["apply", "-f", &file.display().to_string()]);
+    eventually(
+        "3 stable pods live in both zgates",
+        Duration::from_secs(60),
+        || {
+            (runner.running(Some("stable")).len() == 3
+                && runner.running(None).len() == 2
+                && all_live(runner, "stable"))
+            .then_some(())
+        },
+    );
+}
+
+/// A client through each zgate replica, sending from now on.
+fn clients(runner: &PodRunner) -> Vec<Client> {
+    let clients = runner
+        .running(None)
+        .iter()
+        .map(|gw| Client::start(&format!("tcp://{}:5555", gw.ip)))
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    clients
+}
+
+/// Stops the clients; each must have sent plenty and had every request answered.
+fn stop(clients: Vec<Client>) -> Vec<Value> {
+    clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let summary = c.stop();
+            println!("client {i} through zgate: {summary}");
+            let sent = summary["sent"].as_u64().unwrap();
+            assert!(sent > 1000, "{summary}");
+            assert_eq!(summary["lost"], 0, "unanswered requests: {summary}");
+            assert_eq!(summary["received"], sent, "{summary}");
+            summary
+        })
+        .collect()
+}
+
+/// Replies by first words that are not a service's `OK`, with their counts.
+fn errors(summary: &Value) -> Vec<String> {
+    summary["by_first_word"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(w, _)| !w.starts_with("OK "))
+        .map(|(w, n)| format!("{w}: {n}"))
+        .collect()
+}
+
+/// Replies from pods whose name contains `part`.
+fn answered_by(summary: &Value, part: &str) -> u64 {
+    summary["by_first_word"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(w, _)| w.contains(part))
+        .filter_map(|(_, n)| n.as_u64())
+        .sum()
+}
+
+/// zgate's weight for the canary, in every replica.
+fn zgate_canary_weights(runner: &PodRunner) -> Vec<u64> {
+    runner
+        .running(None)
+        .iter()
+        .map(|gw| {
+            support::http()
+                .get(format!("{}/weights", gw.admin.as_ref().unwrap()))
+                .send()
+                .ok()
+                .and_then(|r| r.json::<Value>().ok())
+                .and_then(|w| w["canary"].as_u64())
+                .unwrap_or(u64::MAX)
+        })
+        .collect()
+}
+
+/// Five canaries of a build that fails every request: each rolled back by the controller,
+/// timed from the first bad reply the canary sent to zgate routing it nothing.
+pub fn a_bad_canary_is_rolled_back_through_the_controller(cp: &ControlPlane) -> Result<(), Failed> {
+    let Stage {
+        ns,
+        ctl: _ctl,
+        pods: runner,
+    } = cp.stage_with("bad-canary", &[(BAD, Behaviour::FailEveryRequest)]);
+    deploy(cp, &ns.name, &runner, |t| t);
+    let clients = clients(&runner);
+    let mut took = Vec::new();
+    for run in 0..RUNS {
+        let asked = SystemTime::now();
+        if run == 0 {
+            cp.zdeploy(&[
+                "rollout", "echo", "-n", &ns.name, "--canary", "10", "--image", BAD,
+            ]);
+        } else {
+            cp.zdeploy(&["retry", "echo", "-n", &ns.name]);
+        }
+        let first_bad = eventually(
+            "the canary answers a request",
+            Duration::from_secs(60),
+            || {
+                runner
+                    .pods()
+                    .iter()
+                    .filter(|p| p.pool.as_deref() == Some("canary"))
+                    .flat_map(|p| p.requests())
+                    .filter(|t| *t >= asked)
+                    .min()
+            },
+        );
+        // Polled fast: the moment every zgate replica routes nothing to the canary.
+        let zero = loop {
+            if zgate_canary_weights(&runner).iter().all(|w| *w == 0) {
+                break SystemTime::now();
+            }
+            assert!(
+                since(SystemTime::now(), first_bad) < Duration::from_secs(60),
+                "the bad canary was never taken off"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        took.push(since(zero, first_bad));
+        eventually(
+            "the rollout is rolled back",
+            Duration::from_secs(30),
+            || (cp.status(&ns.name, "echo")["phase"] == "RolledBack").then_some(()),
+        );
+        let s = cp.status(&ns.name, "echo");
+        assert!(
+            s["history"][0]["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("error-ratio")),
+            "{s}"
+        );
+    }
+    let mut sorted = took.clone();
+    sorted.sort();
+    println!(
+        "first bad reply of a canary -> zgate routing 0 to it, through the controller and the API server, over {RUNS} runs: median {:.0} ms, max {:.0} ms ({:?} ms)",
+        ms(sorted[RUNS / 2]),
+        ms(sorted[RUNS - 1]),
+        took.iter().map(|d| ms(*d).round()).collect::<Vec<_>>()
+    );
+    for summary in stop(clients) {
+        // Every request was answered by a service: errors only from the bad canary.
+        let others: Vec<String> = errors(&summary)
+            .into_iter()
+            .filter(|w| !w.starts_with("ERR echo-canary-"))
+            .collect();
+        assert!(others.is_empty(), "{others:?}: {summary}");
+    }
+    Ok(())
+}
+
+/// A canary whose pods are ready but whose port nothing answers on (the node's firewall):
+/// zgate never reaches it, it gets no weight and no request, and the controller rolls it
+/// back at the reach deadline with the firewall as the reason.
+pub fn an_unreachable_canary_gets_nothing_and_is_rolled_back(
+    cp: &ControlPlane,
+) -> Result<(), Failed> {
+    let Stage {
+        ns,
+        ctl: _ctl,
+        pods: runner,
+    } = cp.stage_with("unreachable", &[(BLOCKED, Behaviour::Unreachable)]);
+    deploy(cp, &ns.name, &runner, |t| {
+        t.replace(
+            "    progressDeadline: 15m\n",
+            "    progressDeadline: 15m\n    reachDeadline: 5s\n",
+        )
+    });
+    let clients = clients(&runner);
+    let asked = Instant::now();
+    cp.zdeploy(&[
+        "rollout", "echo", "-n", &ns.name, "--canary", "10", "--image", BLOCKED,
+    ]);
+    eventually("the canary's pods run", Duration::from_secs(30), || {
+        (!runner.running(Some("canary")).is_empty()).then_some(())
+    });
+    eventually(
+        "the rollout is rolled back",
+        Duration::from_secs(60),
+        || (cp.status(&ns.name, "echo")["phase"] == "RolledBack").then_some(()),
+    );
+    println!(
+        "unreachable canary rolled back {:.1} s after the rollout (reachDeadline 5s)",
+        asked.elapsed().as_secs_f64()
+    );
+    let s = cp.status(&ns.name, "echo");
+    let reason = s["history"][0]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("zgate cannot reach them on port 5555")
+            && reason.contains("Windows firewall and antivirus"),
+        "{s}"
+    );
+    assert_eq!(s["history"][0]["runbook"], "canary-unreachable", "{s}");
+    assert_eq!(cp.weights(&ns.name, "echo")["canary"], 0);
+    for summary in stop(clients) {
+        assert_eq!(errors(&summary), Vec::<String>::new(), "{summary}");
+        assert_eq!(answered_by(&summary, "-canary-"), 0, "{summary}");
+    }
+    Ok(())
+}
