@@ -566,15 +566,32 @@ impl ControlPlane {
 
     /// A kubeconfig for ServiceAccount `ns/name` with a token from the TokenRequest API.
     pub fn service_account_kubeconfig(&self, ns: &str, name: &str) -> PathBuf {
-        let token = self.kubectl(&["create", "token", name, "-n", ns, "--duration=2h"]);
-        let path = self.dir.join(format!("sa-{ns}-{name}.kubeconfig"));
-        let text = kubeconfig_text(
-            &self.server,
-            &self.dir.join("ca.crt"),
-            &Credential::Token(token.trim().to_string()),
-        );
-        std::fs::write(&path, text).unwrap();
-        path
+        (self.identities())(ns, name)
+    }
+
+    /// Makes `service_account_kubeconfig`s, apart from the control plane (for threads).
+    pub fn identities(&self) -> impl Fn(&str, &str) -> PathBuf + Send + 'static {
+        let (kubectl, admin) = (self.kubectl_path(), self.admin.clone());
+        let (server, dir) = (self.server.clone(), self.dir.clone());
+        move |ns, name| {
+            let out = Command::new(&kubectl)
+                .arg("--kubeconfig")
+                .arg(&admin)
+                .args(["create", "token", name, "-n", ns, "--duration=2h"])
+                .stdin(Stdio::null())
+                .output()
+                .expect("running kubectl");
+            assert!(
+                out.status.success(),
+                "kubectl create token {name} -n {ns}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            let path = dir.join(format!("sa-{ns}-{name}.kubeconfig"));
+            let text = kubeconfig_text(&server, &dir.join("ca.crt"), &Credential::Token(token));
+            std::fs::write(&path, text).unwrap();
+            path
+        }
     }
 
     /// When the API server was restarted (outage tests).

@@ -68,8 +68,8 @@ pub struct Setup {
     pub namespace: String,
     /// Logs and files go here.
     pub dir: PathBuf,
-    /// Kubeconfig of each ServiceAccount a zgate pod may run as.
-    pub identities: BTreeMap<String, PathBuf>,
+    /// Makes the kubeconfig of ServiceAccount (namespace, name), for zgate pods.
+    pub identity: Box<dyn Fn(&str, &str) -> PathBuf + Send>,
     /// Behaviour by image; images not listed serve.
     pub behaviours: BTreeMap<String, Behaviour>,
 }
@@ -172,7 +172,7 @@ fn follow(
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(watch_log(setup))
             .spawn()
             .expect("running kubectl get pods --watch");
         let stdout = child.stdout.take().unwrap();
@@ -189,6 +189,15 @@ fn follow(
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// kubectl's complaints, appended to the runner's log.
+fn watch_log(setup: &Setup) -> std::fs::File {
+    std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(setup.dir.join("kubectl-watch.log"))
+        .unwrap()
 }
 
 fn on_event(setup: &Setup, pods: &Mutex<Pods>, event: &Value) {
@@ -331,10 +340,7 @@ fn gateway(pod: &Value, name: &str, ip: &str, setup: &Setup) -> (Proc, String) {
     let account = pod["spec"]["serviceAccountName"]
         .as_str()
         .unwrap_or("default");
-    let kubeconfig = setup
-        .identities
-        .get(account)
-        .unwrap_or_else(|| panic!("no kubeconfig for ServiceAccount {account} of pod {name}"));
+    let kubeconfig = (setup.identity)(&setup.namespace, account);
     let admin = format!("127.0.0.1:{}", support::free_port());
     let log = setup.dir.join(format!("pod-{name}.log"));
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_zdeploy"));

@@ -106,15 +106,12 @@ impl ControlPlane {
         self.install();
         self.windows_runtime_class();
         let ns = Namespace::new(self, tag);
-        // zgate's identity first, so its pods have a token the moment they start.
-        self.kubectl(&["create", "serviceaccount", "echo-zgate", "-n", &ns.name]);
-        let zgate = self.service_account_kubeconfig(&ns.name, "echo-zgate");
         let pods = PodRunner::start(Setup {
             kubectl: self.kubectl_path(),
             admin: self.admin.clone(),
             namespace: ns.name.clone(),
             dir: support::tempdir(&format!("pods-{tag}")),
-            identities: [("echo-zgate".to_string(), zgate)].into(),
+            identity: Box::new(self.identities()),
             behaviours: behaviours
                 .iter()
                 .map(|(image, b)| (image.to_string(), *b))

@@ -221,16 +221,24 @@ pub fn requests_through_zgate_survive_pod_churn(cp: &ControlPlane) -> Result<(),
 fn deploy(cp: &ControlPlane, ns: &str, runner: &PodRunner, edit: impl Fn(String) -> String) {
     let file = cp.echo_manifest(ns, edit);
     cp.zdeploy(&["apply", "-f", &file.display().to_string()]);
-    eventually(
-        "3 stable pods live in both zgates",
-        Duration::from_secs(60),
-        || {
-            (runner.running(Some("stable")).len() == 3
-                && runner.running(None).len() == 2
-                && all_live(runner, "stable"))
-            .then_some(())
-        },
-    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(runner.running(Some("stable")).len() == 3
+        && runner.running(None).len() == 2
+        && all_live(runner, "stable"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "3 stable pods not live in both zgates within 60 s; pods:\n{}\nplayed: {:?}\nzgate sees: {:?}",
+            cp.kubectl(&["get", "pods", "-n", ns, "-o", "wide"]),
+            runner.pods(),
+            runner
+                .running(None)
+                .iter()
+                .map(|gw| backends(gw, "stable"))
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 /// A client through each zgate replica, sending from now on.
