@@ -102,8 +102,8 @@ fn a_missing_section_is_reported() {
     edit(
         &d.0,
         "runbooks/gateway-down.md",
-        "version: 1.0.0",
-        "version: 1.0.1",
+        "version: 1.1.0",
+        "version: 1.1.1",
     );
     let m = messages(&d.0);
     assert_eq!(
@@ -163,21 +163,21 @@ fn a_changed_body_needs_a_version_bump() {
     edit(
         &d.0,
         "runbooks/no-live-backend.md",
-        "The pool's share of requests fails at once.",
-        "The pool's share of requests fails.",
+        "The other pools carry the pool's share.",
+        "The other pools carry its share.",
     );
     let m = messages(&d.0);
     assert_eq!(
         m,
         [
-            "runbooks/no-live-backend.md: the body changed since the last commit but version is still 1.0.0: bump it"
+            "runbooks/no-live-backend.md: the body changed since the last commit but version is still 1.1.0: bump it"
         ]
     );
     edit(
         &d.0,
         "runbooks/no-live-backend.md",
-        "version: 1.0.0",
-        "version: 1.0.1",
+        "version: 1.1.0",
+        "version: 1.1.1",
     );
     assert_eq!(messages(&d.0), Vec::<String>::new());
 }

@@ -61,6 +61,9 @@ impl PodRecord {
     }
 }
 
+/// Makes the kubeconfig of ServiceAccount (namespace, name).
+pub type Identity = Box<dyn Fn(&str, &str) -> PathBuf + Send>;
+
 /// Where the runner finds kubectl, the cluster and the identities pods run as.
 pub struct Setup {
     pub kubectl: PathBuf,
@@ -68,8 +71,8 @@ pub struct Setup {
     pub namespace: String,
     /// Logs and files go here.
     pub dir: PathBuf,
-    /// Makes the kubeconfig of ServiceAccount (namespace, name), for zgate pods.
-    pub identity: Box<dyn Fn(&str, &str) -> PathBuf + Send>,
+    /// Makes the kubeconfig of a ServiceAccount, for zgate pods.
+    pub identity: Identity,
     /// Behaviour by image; images not listed serve.
     pub behaviours: BTreeMap<String, Behaviour>,
 }

@@ -440,6 +440,13 @@ async fn apply(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
     let observed = observe(&svc, &before);
     let now = Timestamp::now();
     let mut d = engine::step(&svc.spec, &before, &observed.input, now);
+    // A new canary (a retry seconds after a rollback too) is counted from zero.
+    if d.actions
+        .iter()
+        .any(|a| matches!(a, EngineAction::StartCanary { .. }))
+    {
+        ctx.analyzer(&svc, &d.status).lock().await.new_canary();
+    }
     // Behind zgate, the canary takes weight once every zgate replica reaches it.
     if d.refused.is_none()
         && let Some(r) = &d.status.rollout
