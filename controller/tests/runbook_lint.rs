@@ -102,8 +102,8 @@ fn a_missing_section_is_reported() {
     edit(
         &d.0,
         "runbooks/gateway-down.md",
-        "version: 1.1.0",
-        "version: 1.1.1",
+        "version: 1.0.0",
+        "version: 1.0.1",
     );
     let m = messages(&d.0);
     assert_eq!(

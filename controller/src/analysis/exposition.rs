@@ -67,12 +67,28 @@ impl Exposition {
         MetricType::Untyped
     }
 
-    /// One exposition of every sample of `parts` (the replicas of one service): a
-    /// selection over it adds their values up.
+    /// The sum of `parts` (the replicas of one service): one sample per series (name and
+    /// labels), its value the replicas' values added up, in the order first seen.
     pub fn merge(parts: Vec<Exposition>) -> Exposition {
         let mut out = Exposition::default();
+        let mut index: HashMap<(String, Vec<(String, String)>), usize> = HashMap::new();
         for p in parts {
-            out.samples.extend(p.samples);
+            for s in p.samples {
+                let key = (
+                    s.name.clone(),
+                    s.labels
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                );
+                match index.get(&key) {
+                    Some(&i) => out.samples[i].value += s.value,
+                    None => {
+                        index.insert(key, out.samples.len());
+                        out.samples.push(s);
+                    }
+                }
+            }
             out.types.extend(p.types);
         }
         out

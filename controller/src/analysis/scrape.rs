@@ -288,6 +288,45 @@ mod tests {
     }
 
     #[test]
+    fn the_replicas_of_zgate_add_up_series_by_series() {
+        let t0 = Instant::now();
+        let mut h = ScrapeHistory::default();
+        let both = |a: Exposition, b: Exposition| Exposition::merge(vec![a, b]);
+        h.record(
+            t0,
+            both(page(10, 0, 10, 0), page(20, 0, 20, 0)),
+            Duration::from_secs(60),
+        );
+        h.record(
+            t0 + Duration::from_secs(1),
+            both(page(15, 5, 20, 0), page(27, 1, 28, 0)),
+            Duration::from_secs(60),
+        );
+        let target = Target {
+            service: "echo".into(),
+            namespace: None,
+            pool: "canary".into(),
+        };
+        let errors = h.measure(Builtin::ErrorRatio, &target, From::Pinned(t0), None);
+        assert_eq!(
+            errors.tally,
+            Tally {
+                requests: 18,
+                bad: 6
+            }
+        );
+        // Every new request of either replica was fast: none above the 0.1 s edge.
+        let slow = h.measure(Builtin::LatencyP99, &target, From::Pinned(t0), Some(0.1));
+        assert_eq!(
+            slow.tally,
+            Tally {
+                requests: 18,
+                bad: 0
+            }
+        );
+    }
+
+    #[test]
     fn rates_come_from_the_difference_of_two_scrapes() {
         let t0 = Instant::now();
         let mut h = ScrapeHistory::default();
