@@ -10,6 +10,7 @@ use libtest_mimic::Failed;
 
 use crate::controlplane::ControlPlane;
 use crate::scenario::{Stage, eventually};
+use crate::traffic;
 
 fn running_pods(cp: &ControlPlane, ns: &str, selector: &str) -> BTreeSet<String> {
     let pods = cp.json(&["get", "pods", "-n", ns, "-l", selector]);
@@ -34,20 +35,18 @@ fn schedule(cp: &ControlPlane, ns: &str, name: &str, run: &str, experiment: &str
     cp.kubectl(&["apply", "-f", &file.display().to_string()]);
 }
 
-/// podKill with maxTargets 2 of 3 stable pods; then a gateway latency fault.
+/// podKill with maxTargets 2 of 3 stable pods, survived by clients sending through zgate
+/// all along with every request answered; then a gateway latency fault.
 pub fn pod_kill_and_gateway_faults(cp: &ControlPlane) -> Result<(), Failed> {
     let Stage {
         ns,
         ctl: _ctl,
-        pods: _pods,
+        pods,
     } = cp.stage("chaos");
-    let file = cp.echo_manifest(&ns.name, |t| t);
-    cp.zdeploy(&["apply", "-f", &file.display().to_string()]);
+    traffic::deploy(cp, &ns.name, &pods, |t| t);
     let stable = "app.kubernetes.io/name=echo,zdeploy.io/pool=stable";
-    let before = eventually("3 stable pods run", Duration::from_secs(60), || {
-        let p = running_pods(cp, &ns.name, stable);
-        (p.len() == 3).then_some(p)
-    });
+    let before = running_pods(cp, &ns.name, stable);
+    let clients = traffic::clients(&pods);
 
     schedule(
         cp,
@@ -69,6 +68,11 @@ pub fn pod_kill_and_gateway_faults(cp: &ControlPlane) -> Result<(), Failed> {
         (1..=2).contains(&killed),
         "podKill with maxTargets 2 deleted {killed} of {before:?} (now {after:?})"
     );
+    // The killed pods' last requests were answered while they drained.
+    std::thread::sleep(Duration::from_secs(2));
+    for summary in traffic::stop(clients) {
+        assert_eq!(traffic::errors(&summary), Vec::<String>::new(), "{summary}");
+    }
     let cs = cp.json(&["get", "chaosschedule", "kill", "-n", &ns.name]);
     assert_eq!(cs["status"]["lastRunRequest"], "e2e-kill-1", "{cs}");
     cp.kubectl(&[

@@ -25,7 +25,7 @@ const BLOCKED: &str = "registry.example.com/trading/echo:2.0.7-ltsc2022";
 const V2: &str = "registry.example.com/trading/echo:2.0.4-ltsc2022";
 
 /// A REQ client sending through one zgate until stopped.
-struct Client(Child);
+pub struct Client(Child);
 
 impl Client {
     fn start(frontend: &str) -> Self {
@@ -218,7 +218,7 @@ pub fn requests_through_zgate_survive_pod_churn(cp: &ControlPlane) -> Result<(),
 
 /// Applies the echo example (edited by `edit`) and waits until its 3 stable pods are live
 /// in both zgate replicas.
-fn deploy(cp: &ControlPlane, ns: &str, runner: &PodRunner, edit: impl Fn(String) -> String) {
+pub fn deploy(cp: &ControlPlane, ns: &str, runner: &PodRunner, edit: impl Fn(String) -> String) {
     let file = cp.echo_manifest(ns, edit);
     cp.zdeploy(&["apply", "-f", &file.display().to_string()]);
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -242,7 +242,7 @@ fn deploy(cp: &ControlPlane, ns: &str, runner: &PodRunner, edit: impl Fn(String)
 }
 
 /// A client through each zgate replica, sending from now on.
-fn clients(runner: &PodRunner) -> Vec<Client> {
+pub fn clients(runner: &PodRunner) -> Vec<Client> {
     let clients = runner
         .running(None)
         .iter()
@@ -253,7 +253,7 @@ fn clients(runner: &PodRunner) -> Vec<Client> {
 }
 
 /// Stops the clients; each must have sent plenty and had every request answered.
-fn stop(clients: Vec<Client>) -> Vec<Value> {
+pub fn stop(clients: Vec<Client>) -> Vec<Value> {
     clients
         .into_iter()
         .enumerate()
@@ -270,7 +270,7 @@ fn stop(clients: Vec<Client>) -> Vec<Value> {
 }
 
 /// Replies by first words that are not a service's `OK`, with their counts.
-fn errors(summary: &Value) -> Vec<String> {
+pub fn errors(summary: &Value) -> Vec<String> {
     summary["by_first_word"]
         .as_object()
         .unwrap()
@@ -426,7 +426,10 @@ pub fn an_unreachable_canary_gets_nothing_and_is_rolled_back(
             && reason.contains("Windows firewall and antivirus"),
         "{s}"
     );
-    assert_eq!(s["history"][0]["runbook"], "canary-unreachable", "{s}");
+    assert_eq!(
+        s["history"][0]["runbook"], "canary-unreachable@1.0.0",
+        "the runbook, pinned to its version: {s}"
+    );
     assert_eq!(cp.weights(&ns.name, "echo")["canary"], 0);
     for summary in stop(clients) {
         assert_eq!(errors(&summary), Vec::<String>::new(), "{summary}");
