@@ -31,6 +31,9 @@ pub struct Sample {
     pub value: f64,
 }
 
+/// The label `Exposition::merge` gives each sample: which replica it was scraped from.
+pub const REPLICA_LABEL: &str = "zdeploy_replica";
+
 /// A parsed exposition.
 #[derive(Clone, Debug, Default)]
 pub struct Exposition {
@@ -67,28 +70,16 @@ impl Exposition {
         MetricType::Untyped
     }
 
-    /// The sum of `parts` (the replicas of one service): one sample per series (name and
-    /// labels), its value the replicas' values added up, in the order first seen.
-    pub fn merge(parts: Vec<Exposition>) -> Exposition {
+    /// The scrapes of several replicas of one service as one exposition, each sample
+    /// labelled `REPLICA_LABEL` with its replica's name: a selection adds the replicas
+    /// up, and a counter that restarts in one replica is seen in that replica alone.
+    pub fn merge(parts: Vec<(String, Exposition)>) -> Exposition {
         let mut out = Exposition::default();
-        let mut index: HashMap<(String, Vec<(String, String)>), usize> = HashMap::new();
-        for p in parts {
-            for s in p.samples {
-                let key = (
-                    s.name.clone(),
-                    s.labels
-                        .iter()
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect(),
-                );
-                match index.get(&key) {
-                    Some(&i) => out.samples[i].value += s.value,
-                    None => {
-                        index.insert(key, out.samples.len());
-                        out.samples.push(s);
-                    }
-                }
-            }
+        for (replica, p) in parts {
+            out.samples.extend(p.samples.into_iter().map(|mut s| {
+                s.labels.insert(REPLICA_LABEL.into(), replica.clone());
+                s
+            }));
             out.types.extend(p.types);
         }
         out

@@ -179,7 +179,7 @@ impl Analyzer {
             }
             let mut pages = Vec::with_capacity(urls.len());
             for url in urls.iter() {
-                pages.push(scrape::scrape(http, url).await?);
+                pages.push((url.clone(), scrape::scrape(http, url).await?));
             }
             history.record(Instant::now(), exposition::Exposition::merge(pages), keep);
         }

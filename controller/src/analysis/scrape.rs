@@ -117,10 +117,10 @@ fn measure(
     let increase = |name: &str, extra: Option<(&str, &str)>| -> f64 {
         let mut m = labels.clone();
         m.extend(extra);
-        let total = |e: &Exposition| e.select(name, &m).iter().map(|s| s.value).sum::<f64>();
-        let (a, b) = (total(first), total(last));
-        // A counter that went down was reset (gateway restart): count from zero.
-        if b < a { b } else { b - a }
+        last.select(name, &m)
+            .into_iter()
+            .map(|s| series_increase(first, s))
+            .sum()
     };
     match kind {
         Builtin::ErrorRatio => {
@@ -195,31 +195,44 @@ pub fn bucket_increases(
     labels: &[(&str, &str)],
 ) -> Vec<(f64, f64)> {
     let name = "zgate_request_duration_seconds_bucket";
-    let mut out: Vec<(f64, f64)> = last
-        .select(name, labels)
-        .into_iter()
-        .filter_map(|s| {
-            let le = s.labels.get("le")?;
-            let bound = if le == "+Inf" {
-                f64::INFINITY
-            } else {
-                le.parse().ok()?
-            };
-            let before = first
-                .select(name, labels)
-                .into_iter()
-                .find(|p| p.labels.get("le") == Some(le))
-                .map_or(0.0, |p| p.value);
-            let inc = if s.value < before {
-                s.value
-            } else {
-                s.value - before
-            };
-            Some((bound, inc))
-        })
-        .collect();
+    let mut out: Vec<(f64, f64)> = Vec::new();
+    for s in last.select(name, labels) {
+        let Some(le) = s.labels.get("le") else {
+            continue;
+        };
+        let bound = if le == "+Inf" {
+            f64::INFINITY
+        } else {
+            match le.parse() {
+                Ok(b) => b,
+                Err(_) => continue,
+            }
+        };
+        // The same bucket of several replicas adds up.
+        let inc = series_increase(first, s);
+        match out.iter_mut().find(|(b, _)| *b == bound) {
+            Some((_, total)) => *total += inc,
+            None => out.push((bound, inc)),
+        }
+    }
     out.sort_by(|a, b| a.0.total_cmp(&b.0));
     out
+}
+
+/// How much counter `s` of the last scrape grew since the first: against the same series
+/// (same name and labels, so one replica's), from zero when it is new (a replica that
+/// started since) or went down (a replica that restarted).
+fn series_increase(first: &Exposition, s: &exposition::Sample) -> f64 {
+    let before = first
+        .samples
+        .iter()
+        .find(|p| p.name == s.name && p.labels == s.labels)
+        .map_or(0.0, |p| p.value);
+    if s.value < before {
+        s.value
+    } else {
+        s.value - before
+    }
 }
 
 /// The q-quantile of cumulative buckets, interpolated as Prometheus' `histogram_quantile`.
@@ -288,10 +301,12 @@ mod tests {
     }
 
     #[test]
-    fn the_replicas_of_zgate_add_up_series_by_series() {
+    fn the_replicas_of_zgate_add_up_and_a_restart_counts_in_its_replica_alone() {
         let t0 = Instant::now();
         let mut h = ScrapeHistory::default();
-        let both = |a: Exposition, b: Exposition| Exposition::merge(vec![a, b]);
+        let both = |a: Exposition, b: Exposition| {
+            Exposition::merge(vec![("a".into(), a), ("b".into(), b)])
+        };
         h.record(
             t0,
             both(page(10, 0, 10, 0), page(20, 0, 20, 0)),
@@ -302,16 +317,23 @@ mod tests {
             both(page(15, 5, 20, 0), page(27, 1, 28, 0)),
             Duration::from_secs(60),
         );
+        // Replica b restarts (its counters from zero): only its new requests count.
+        h.record(
+            t0 + Duration::from_secs(2),
+            both(page(15, 5, 20, 0), page(3, 1, 4, 0)),
+            Duration::from_secs(60),
+        );
         let target = Target {
             service: "echo".into(),
             namespace: None,
             pool: "canary".into(),
         };
         let errors = h.measure(Builtin::ErrorRatio, &target, From::Pinned(t0), None);
+        // a: 10 new (5 bad); b restarted: only its 4 since (1 bad).
         assert_eq!(
             errors.tally,
             Tally {
-                requests: 18,
+                requests: 14,
                 bad: 6
             }
         );
@@ -320,7 +342,7 @@ mod tests {
         assert_eq!(
             slow.tally,
             Tally {
-                requests: 18,
+                requests: 14,
                 bad: 0
             }
         );
