@@ -21,7 +21,7 @@ fn promtool(args: &[&str]) -> String {
 
 #[test]
 fn rules_are_valid() {
-    assert!(promtool(&["check", "rules", "zgate-rules.yaml"]).contains("SUCCESS: 7 rules found"));
+    assert!(promtool(&["check", "rules", "zgate-rules.yaml"]).contains("SUCCESS: 8 rules found"));
 }
 
 #[test]

@@ -306,7 +306,7 @@ impl ControlPlane {
         let audit_policy = dir.join("audit-policy.yaml");
         std::fs::write(
             &audit_policy,
-            "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n- level: Metadata\n  userGroups: [\"system:serviceaccounts:zdeploy-system\", \"system:serviceaccounts:e2e-zgate\"]\n- level: None\n",
+            "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n- level: Metadata\n  userGroups: [\"system:serviceaccounts:zdeploy-system\", \"system:serviceaccounts:e2e-zgate\", \"system:serviceaccounts:e2e-traffic\"]\n- level: None\n",
         )
         .unwrap();
         let etcd_port = support::free_port();

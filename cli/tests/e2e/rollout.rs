@@ -60,7 +60,10 @@ pub fn through_the_cli(cp: &ControlPlane) -> Result<(), Failed> {
         "rollout", "echo", "-n", &ns.name, "--canary", "10", "--image", V2,
     ]);
     wait_condition(cp, &ns.name, "Progressing");
-    assert_eq!(cp.weights(&ns.name, "echo")["canary"], 10);
+    // Once both zgate replicas reach a canary pod.
+    eventually("the canary takes 10%", Duration::from_secs(30), || {
+        (cp.weights(&ns.name, "echo")["canary"] == 10).then_some(())
+    });
     assert_eq!(canary_image(cp, &ns.name), V2);
     let svc = cp.json(&["get", "zmqservice", "echo", "-n", &ns.name]);
     assert_eq!(

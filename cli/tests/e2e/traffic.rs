@@ -127,9 +127,11 @@ pub fn requests_through_zgate_survive_pod_churn(cp: &ControlPlane) -> Result<(),
         let gone = eventually("the deleted pod goes", Duration::from_secs(30), || {
             runner.pod(&victim).filter(|r| r.gone.is_some())
         });
-        let replacement = eventually(
+        let replacement = until(
+            cp,
+            &ns.name,
+            &runner,
             "a replacement is live in both zgates",
-            Duration::from_secs(30),
             || {
                 let now: Vec<PodRecord> = runner.running(Some("stable"));
                 let new = now.into_iter().find(|p| !before.contains(&p.name))?;
@@ -221,14 +223,31 @@ pub fn requests_through_zgate_survive_pod_churn(cp: &ControlPlane) -> Result<(),
 pub fn deploy(cp: &ControlPlane, ns: &str, runner: &PodRunner, edit: impl Fn(String) -> String) {
     let file = cp.echo_manifest(ns, edit);
     cp.zdeploy(&["apply", "-f", &file.display().to_string()]);
+    until(cp, ns, runner, "3 stable pods live in both zgates", || {
+        (runner.running(Some("stable")).len() == 3
+            && runner.running(None).len() == 2
+            && all_live(runner, "stable"))
+        .then_some(())
+    });
+}
+
+/// Polls `probe` for at most 60 s; on failure says what the cluster, the pod runner and
+/// zgate each see.
+fn until<T>(
+    cp: &ControlPlane,
+    ns: &str,
+    runner: &PodRunner,
+    what: &str,
+    mut probe: impl FnMut() -> Option<T>,
+) -> T {
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !(runner.running(Some("stable")).len() == 3
-        && runner.running(None).len() == 2
-        && all_live(runner, "stable"))
-    {
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
         assert!(
             Instant::now() < deadline,
-            "3 stable pods not live in both zgates within 60 s; pods:\n{}\nplayed: {:?}\nzgate sees: {:?}",
+            "{what}: not within 60 s; pods:\n{}\nplayed: {:#?}\nzgate sees: {:#?}",
             cp.kubectl(&["get", "pods", "-n", ns, "-o", "wide"]),
             runner.pods(),
             runner
@@ -237,7 +256,7 @@ pub fn deploy(cp: &ControlPlane, ns: &str, runner: &PodRunner, edit: impl Fn(Str
                 .map(|gw| backends(gw, "stable"))
                 .collect::<Vec<_>>()
         );
-        std::thread::sleep(Duration::from_millis(250));
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
