@@ -3,8 +3,8 @@
 pipelined DEALER clients. Each prints one line "ready <endpoint>" when listening, and
 clients print a JSON summary on exit. A ROUTER service can misbehave on purpose
 (--misbehave): answer with a guessed request id, reply twice, or send replies without
-a delimiter or a body. A REQ client with --count 0 sends until SIGTERM, then prints its
-summary."""
+a delimiter or a body. A REQ client with --count 0 sends until SIGTERM or until
+--stop-file exists, then prints its summary."""
 
 import argparse
 import json
@@ -117,7 +117,12 @@ def client(args):
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     if kind == zmq.REQ:
         i = 0
-        while (i < args.count or args.count == 0) and not stopping:
+        def go_on():
+            if stopping or (args.stop_file and os.path.exists(args.stop_file)):
+                return False
+            return i < args.count or args.count == 0
+
+        while go_on():
             if args.interval_ms:
                 time.sleep(args.interval_ms / 1000.0)
             sock.send_multipart(request(i))
@@ -127,6 +132,7 @@ def client(args):
                 account(sock.recv_multipart())
             except zmq.Again:
                 summary["lost"] += 1
+                summary["lost_at"] = time.time()
                 break
     else:
         outstanding = 0
@@ -158,6 +164,7 @@ def main():
     p.add_argument("--log")
     p.add_argument("--log-times", action="store_true", help="prefix each logged request with the time")
     p.add_argument("--interval-ms", type=float, default=0.0, help="req only: pause between requests")
+    p.add_argument("--stop-file", help="req with --count 0: stop once this file exists")
     p.add_argument("--count", type=int, default=1)
     p.add_argument("--pipeline", type=int, default=100)
     p.add_argument("--size", type=int, default=0)

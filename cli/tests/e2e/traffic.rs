@@ -25,10 +25,15 @@ const BLOCKED: &str = "registry.example.com/trading/echo:2.0.7-ltsc2022";
 const V2: &str = "registry.example.com/trading/echo:2.0.4-ltsc2022";
 
 /// A REQ client sending through one zgate until stopped.
-pub struct Client(Child);
+pub struct Client {
+    child: Child,
+    /// Created to stop it: the client finishes the request it has out, then reports.
+    stop_file: std::path::PathBuf,
+}
 
 impl Client {
     fn start(frontend: &str) -> Self {
+        let stop_file = support::tempdir("client").join("stop");
         let child = Command::new(support::python())
             .arg(support::root().join("tests/peers/zmq_peer.py"))
             .args([
@@ -40,22 +45,19 @@ impl Client {
                 "--interval-ms",
                 "2",
             ])
+            .arg("--stop-file")
+            .arg(&stop_file)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
-        Client(child)
+        Client { child, stop_file }
     }
 
     /// Stops it and returns its summary.
     fn stop(self) -> Value {
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
-        let out = self.0.wait_with_output().unwrap();
+        std::fs::write(&self.stop_file, "").unwrap();
+        let out = self.child.wait_with_output().unwrap();
         serde_json::from_slice(&out.stdout).unwrap()
     }
 }
@@ -285,7 +287,14 @@ pub fn stop(clients: Vec<Client>, min_sent: u64) -> Vec<Value> {
                 sent >= min_sent,
                 "fewer than {min_sent} requests sent: {summary}"
             );
-            assert_eq!(summary["lost"], 0, "unanswered requests: {summary}");
+            let stopped = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_secs_f64();
+            assert_eq!(
+                summary["lost"], 0,
+                "unanswered requests (lost_at vs stopped at {stopped:.3}): {summary}"
+            );
             assert_eq!(summary["received"], sent, "{summary}");
             summary
         })
