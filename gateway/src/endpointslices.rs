@@ -18,6 +18,11 @@ use crate::control::{Control, Endpoint, EndpointState};
 use crate::discovery::named;
 use crate::watch_retry::WatchRetry;
 
+/// How often the slices are listed again beside the watch. Once in the cluster suite a
+/// watch started right after an API server restart delivered nothing for a minute and
+/// reported no error (cause not found); a list bounds what such a watch can miss.
+const RESYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The label EndpointSlices carry with the name of their Service.
 const SERVICE_LABEL: &str = "kubernetes.io/service-name";
 
@@ -203,10 +208,31 @@ async fn watch(
     // A relist builds a fresh set; the old one stays in force until it is complete.
     let mut relisted: Option<BTreeMap<String, EndpointSlice>> = None;
     let config = watcher::Config::default().labels(&selector);
-    let mut events = watcher::watcher(api, config)
+    let mut events = watcher::watcher(api.clone(), config)
         .backoff(WatchRetry::default())
         .boxed();
-    while let Some(event) = events.next().await {
+    let mut resync = tokio::time::interval(RESYNC_EVERY);
+    resync.tick().await;
+    loop {
+        let event = tokio::select! {
+            event = events.next() => match event {
+                Some(e) => e,
+                None => return,
+            },
+            _ = resync.tick() => {
+                // A consistent read: what a watch that went quiet missed is caught here.
+                match api.list(&kube::api::ListParams::default().labels(&selector)).await {
+                    Ok(list) => {
+                        slices = list.items.into_iter().map(|s| (s.name_any(), s)).collect();
+                        relisted = None;
+                        let all: Vec<EndpointSlice> = slices.values().cloned().collect();
+                        state.set(pool, &service, endpoints_of(&service, &all));
+                    }
+                    Err(e) => tracing::debug!("relisting the EndpointSlices of {}/{}: {e}", service.namespace, service.name),
+                }
+                continue;
+            }
+        };
         match event {
             Ok(Event::Init) => relisted = Some(BTreeMap::new()),
             Ok(Event::InitApply(s)) => {
