@@ -447,7 +447,7 @@ async fn apply(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
     {
         ctx.analyzer(&svc, &d.status).lock().await.new_canary();
     }
-    // Behind zgate, the canary takes weight once every zgate replica reaches it.
+    // Behind zgate, the canary takes weight once a zgate replica reaches it.
     if d.refused.is_none()
         && let Some(r) = &d.status.rollout
         && engine::waiting_for_reach(&svc.spec, r)
