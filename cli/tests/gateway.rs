@@ -380,7 +380,12 @@ fn a_client_that_never_reads_is_bounded_and_does_not_slow_others() {
         let r = fast
             .recv_multipart(0)
             .expect("the fast client is served while the slow one stalls");
-        assert_eq!(first_word(&r), "OK stable");
+        assert_eq!(
+            first_word(&r),
+            "OK stable",
+            "request {i}: {}",
+            String::from_utf8_lossy(&r[0])
+        );
         worst = worst.max(t.elapsed());
     }
     // Every request is answered: by the service, `unavailable` when the pool's queue is
