@@ -324,14 +324,12 @@ impl DataPlane {
 
     /// Notes which pools can take a request; reroutes when that changed. True on a change.
     fn refresh_usable(&mut self, now: Instant) -> bool {
-        let changed = self
-            .pools
-            .iter()
-            .any(|p| p.usable != (p.usable_backends(now, self.timeout) > 0));
+        // Counted once per pool: this runs after every batch.
+        let mut changed = false;
         for p in &self.pools {
-            p.metrics
-                .live_backends
-                .set(p.usable_backends(now, self.timeout) as i64);
+            let usable = p.usable_backends(now, self.timeout);
+            changed |= p.usable != (usable > 0);
+            p.metrics.live_backends.set(usable as i64);
         }
         if changed {
             self.route_by_usable(now);
