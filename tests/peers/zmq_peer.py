@@ -14,6 +14,7 @@ import signal
 import time
 
 import zmq
+import zmq.utils.monitor
 
 
 def heartbeat(sock, on):
@@ -95,6 +96,16 @@ def client(args):
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVTIMEO, args.recv_timeout_ms)
     heartbeat(sock, args.heartbeat)
+    # Connection events, reported with a loss: was the request's connection dropped?
+    monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED | zmq.EVENT_HANDSHAKE_SUCCEEDED)
+    events = []
+
+    def drain_monitor():
+        while monitor.poll(0):
+            e = zmq.utils.monitor.recv_monitor_message(monitor)
+            events.append("%.3f %s" % (time.time(), zmq.Event(e["event"]).name))
+            del events[:-20]
+
     sock.connect(args.connect)
     payload = os.urandom(args.size) if args.size else b""
     summary = {"sent": 0, "received": 0, "by_first_word": {}, "mismatched": 0, "lost": 0}
@@ -108,7 +119,7 @@ def client(args):
             summary["mismatched"] += 1
 
     def request(i):
-        frames = [b"%d" % i] + [b"part%d" % k for k in range(args.parts - 1)]
+        frames = [args.tag.encode() + b"%d" % i] + [b"part%d" % k for k in range(args.parts - 1)]
         if args.size:
             frames.append(payload)
         return ([b""] if kind == zmq.DEALER else []) + frames
@@ -126,14 +137,20 @@ def client(args):
             if args.interval_ms:
                 time.sleep(args.interval_ms / 1000.0)
             sock.send_multipart(request(i))
+            sent_at = time.time()
             i += 1
             summary["sent"] += 1
             try:
                 account(sock.recv_multipart())
             except zmq.Again:
                 summary["lost"] += 1
-                summary["lost_at"] = time.time()
+                summary["lost_sent_at"] = sent_at
+                summary["lost_request"] = i - 1
+                drain_monitor()
+                summary["connection_events"] = events
                 break
+            if i % 100 == 0:
+                drain_monitor()
     else:
         outstanding = 0
         i = 0
@@ -165,6 +182,7 @@ def main():
     p.add_argument("--log-times", action="store_true", help="prefix each logged request with the time")
     p.add_argument("--interval-ms", type=float, default=0.0, help="req only: pause between requests")
     p.add_argument("--stop-file", help="req with --count 0: stop once this file exists")
+    p.add_argument("--tag", default="", help="client: prefix of each request's number, to tell clients apart")
     p.add_argument("--count", type=int, default=1)
     p.add_argument("--pipeline", type=int, default=100)
     p.add_argument("--size", type=int, default=0)

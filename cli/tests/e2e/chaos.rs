@@ -70,7 +70,7 @@ pub fn pod_kill_and_gateway_faults(cp: &ControlPlane) -> Result<(), Failed> {
     );
     // The killed pods' last requests were answered while they drained.
     std::thread::sleep(Duration::from_secs(2));
-    for summary in traffic::stop(clients, 200) {
+    for summary in traffic::stop(&pods, clients, 200) {
         assert_eq!(traffic::errors(&summary), Vec::<String>::new(), "{summary}");
     }
     let cs = cp.json(&["get", "chaosschedule", "kill", "-n", &ns.name]);

@@ -8,7 +8,7 @@
 //! an admin API on loopback for the test to read.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -44,6 +44,8 @@ pub struct PodRecord {
     pub log: Option<PathBuf>,
     /// `http://127.0.0.1:PORT` of a zgate pod's admin API.
     pub admin: Option<String>,
+    /// zgate's own log, for zgate pods.
+    pub output: Option<PathBuf>,
 }
 
 impl PodRecord {
@@ -254,11 +256,13 @@ fn on_event(setup: &Setup, pods: &Mutex<Pods>, event: &Value) {
                 gone: None,
                 log: Some(log),
                 admin: None,
+                output: None,
             };
             (record, proc)
         }
         Some("gateway") => {
-            let (proc, admin) = gateway(pod, &name, &ip, setup);
+            let output = setup.dir.join(format!("pod-{name}.log"));
+            let (proc, admin) = gateway(pod, &name, &ip, &output, setup);
             let record = PodRecord {
                 name: name.clone(),
                 ip,
@@ -268,6 +272,7 @@ fn on_event(setup: &Setup, pods: &Mutex<Pods>, event: &Value) {
                 gone: None,
                 log: None,
                 admin: Some(admin),
+                output: Some(output),
             };
             (record, Some(proc))
         }
@@ -328,7 +333,7 @@ fn service(
 
 /// zgate as the pod runs it: its arguments with "every interface" meaning the pod's
 /// address, as the pod's ServiceAccount.
-fn gateway(pod: &Value, name: &str, ip: &str, setup: &Setup) -> (Proc, String) {
+fn gateway(pod: &Value, name: &str, ip: &str, log: &Path, setup: &Setup) -> (Proc, String) {
     let container = &pod["spec"]["containers"][0];
     let args: Vec<String> = container["args"]
         .as_array()
@@ -345,13 +350,12 @@ fn gateway(pod: &Value, name: &str, ip: &str, setup: &Setup) -> (Proc, String) {
         .unwrap_or("default");
     let kubeconfig = (setup.identity)(&setup.namespace, account);
     let admin = format!("127.0.0.1:{}", support::free_port());
-    let log = setup.dir.join(format!("pod-{name}.log"));
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_zdeploy"));
     cmd.args(&args)
         .args(["--admin", &admin])
         .env("KUBECONFIG", kubeconfig)
         .env("RUST_LOG", "info");
-    let proc = Proc::start_logged(cmd, &log);
+    let proc = Proc::start_logged(cmd, log);
     // Ready once its admin API answers.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let url = format!("http://{admin}");
@@ -363,7 +367,7 @@ fn gateway(pod: &Value, name: &str, ip: &str, setup: &Setup) -> (Proc, String) {
         assert!(
             std::time::Instant::now() < deadline,
             "zgate of pod {name} did not start: {}",
-            std::fs::read_to_string(&log).unwrap_or_default()
+            std::fs::read_to_string(log).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(50));
     }

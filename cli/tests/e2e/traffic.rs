@@ -27,23 +27,28 @@ const V2: &str = "registry.example.com/trading/echo:2.0.4-ltsc2022";
 /// A REQ client sending through one zgate until stopped.
 pub struct Client {
     child: Child,
+    /// The zgate pod it sends through.
+    gateway: PodRecord,
     /// Created to stop it: the client finishes the request it has out, then reports.
     stop_file: std::path::PathBuf,
 }
 
 impl Client {
-    fn start(frontend: &str) -> Self {
+    fn start(gateway: &PodRecord) -> Self {
+        let frontend = format!("tcp://{}:5555", gateway.ip);
         let stop_file = support::tempdir("client").join("stop");
         let child = Command::new(support::python())
             .arg(support::root().join("tests/peers/zmq_peer.py"))
             .args([
                 "req",
                 "--connect",
-                frontend,
+                &frontend,
                 "--count",
                 "0",
                 "--interval-ms",
                 "2",
+                "--tag",
+                &format!("{}-", gateway.name),
             ])
             .arg("--stop-file")
             .arg(&stop_file)
@@ -51,7 +56,11 @@ impl Client {
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
-        Client { child, stop_file }
+        Client {
+            child,
+            gateway: gateway.clone(),
+            stop_file,
+        }
     }
 
     /// Stops it and returns its summary.
@@ -239,7 +248,7 @@ pub fn requests_through_zgate_survive_pod_churn(cp: &ControlPlane) -> Result<(),
         asked.elapsed().as_secs_f64()
     );
 
-    for summary in stop(clients, 1000) {
+    for summary in stop(&runner, clients, 1000) {
         assert_eq!(errors(&summary), Vec::<String>::new(), "{summary}");
         assert!(
             answered_by(&summary, "-canary-") > 0,
@@ -293,22 +302,19 @@ fn until<T>(
 
 /// A client through each zgate replica, sending from now on.
 pub fn clients(runner: &PodRunner) -> Vec<Client> {
-    let clients = runner
-        .running(None)
-        .iter()
-        .map(|gw| Client::start(&format!("tcp://{}:5555", gw.ip)))
-        .collect();
+    let clients = runner.running(None).iter().map(Client::start).collect();
     std::thread::sleep(Duration::from_millis(500));
     clients
 }
 
 /// Stops the clients; each must have sent at least `min_sent` requests (traffic flowed all
 /// along) and had every one answered.
-pub fn stop(clients: Vec<Client>, min_sent: u64) -> Vec<Value> {
+pub fn stop(runner: &PodRunner, clients: Vec<Client>, min_sent: u64) -> Vec<Value> {
     clients
         .into_iter()
         .enumerate()
         .map(|(i, c)| {
+            let gateway = c.gateway.clone();
             let summary = c.stop();
             println!("client {i} through zgate: {summary}");
             let sent = summary["sent"].as_u64().unwrap();
@@ -321,13 +327,81 @@ pub fn stop(clients: Vec<Client>, min_sent: u64) -> Vec<Value> {
                 .unwrap()
                 .as_secs_f64();
             assert_eq!(
-                summary["lost"], 0,
-                "unanswered requests (lost_at vs stopped at {stopped:.3}): {summary}"
+                summary["lost"],
+                0,
+                "unanswered requests (stopped at {stopped:.3}): {summary}\n{}",
+                explain_loss(runner, &gateway, &summary)
             );
             assert_eq!(summary["received"], sent, "{summary}");
             summary
         })
         .collect()
+}
+
+/// Where an unanswered request went: the service pods that logged a request with its
+/// number within 3 s of its sending, and what its zgate counted.
+fn explain_loss(runner: &PodRunner, gateway: &PodRecord, summary: &Value) -> String {
+    let (Some(number), Some(sent)) = (
+        summary["lost_request"].as_u64(),
+        summary["lost_sent_at"].as_f64(),
+    ) else {
+        return String::new();
+    };
+    let body = format!("{}-{number}", gateway.name);
+    let near: Vec<String> = runner
+        .pods()
+        .iter()
+        .filter_map(|p| {
+            let log = std::fs::read_to_string(p.log.as_ref()?).ok()?;
+            let hits: Vec<&str> = log
+                .lines()
+                .filter(|l| {
+                    l.split_once(' ').is_some_and(|(t, b)| {
+                        b == body && t.parse::<f64>().is_ok_and(|t| (t - sent).abs() < 3.0)
+                    })
+                })
+                .collect();
+            (!hits.is_empty()).then(|| format!("{}: {hits:?}", p.name))
+        })
+        .collect();
+    let metrics = support::http()
+        .get(format!("http://{}:9464/metrics", gateway.ip))
+        .send()
+        .and_then(|r| r.text())
+        .unwrap_or_default();
+    let counted: Vec<&str> = metrics
+        .lines()
+        .filter(|l| {
+            !l.starts_with('#')
+                && [
+                    "requests_total",
+                    "undeliverable",
+                    "late_replies",
+                    "rejected",
+                    "withheld",
+                ]
+                .iter()
+                .any(|k| l.contains(k))
+        })
+        .collect();
+    // zgate's log around the sending, by its RFC 3339 timestamps (same second or next).
+    let second = |t: f64| {
+        jiff::Timestamp::from_second(t as i64)
+            .map(|t| t.to_string()[..19].to_string())
+            .unwrap_or_default()
+    };
+    let (this, next) = (second(sent), second(sent + 1.0));
+    let log = std::fs::read_to_string(gateway.output.as_ref().unwrap()).unwrap_or_default();
+    let around: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(&this) || l.contains(&next))
+        .collect();
+    format!(
+        "request {body} sent at {sent:.3}; pods that logged it: {near:?}\nconnection events: {}\nzgate counted:\n{}\nzgate's log then:\n{}",
+        summary["connection_events"],
+        counted.join("\n"),
+        around.join("\n")
+    )
 }
 
 /// Replies by first words that are not a service's `OK`, with their counts.
@@ -435,7 +509,7 @@ pub fn a_bad_canary_is_rolled_back_through_the_controller(cp: &ControlPlane) -> 
         ms(sorted[RUNS - 1]),
         took.iter().map(|d| ms(*d).round()).collect::<Vec<_>>()
     );
-    for summary in stop(clients, 1000) {
+    for summary in stop(&runner, clients, 1000) {
         // Every request was answered by a service: errors only from the bad canary.
         let others: Vec<String> = errors(&summary)
             .into_iter()
@@ -492,7 +566,7 @@ pub fn an_unreachable_canary_gets_nothing_and_is_rolled_back(
         "the runbook, pinned to its version: {s}"
     );
     assert_eq!(cp.weights(&ns.name, "echo")["canary"], 0);
-    for summary in stop(clients, 1000) {
+    for summary in stop(&runner, clients, 1000) {
         assert_eq!(errors(&summary), Vec::<String>::new(), "{summary}");
         assert_eq!(answered_by(&summary, "-canary-"), 0, "{summary}");
     }

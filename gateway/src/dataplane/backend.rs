@@ -179,12 +179,33 @@ impl Backend {
         }
     }
 
+    /// Stops libzmq's monitor of the socket while this side still reads it. libzmq's I/O
+    /// thread sends monitor events with a blocking send: an event of a closing socket
+    /// (its disconnection) sent after the reading end is gone blocked that thread, and with
+    /// it every socket of the gateway, frontend included, for good.
+    fn stop_monitor(&mut self) {
+        // SAFETY: the socket pointer is valid while `self.socket` lives; a null endpoint is
+        // libzmq's documented way to stop monitoring (zmq_socket_monitor(3)).
+        let rc =
+            unsafe { zmq_sys::zmq_socket_monitor(self.socket.as_mut_ptr(), std::ptr::null(), 0) };
+        if rc != 0 {
+            tracing::warn!(backend = %self.address, "stopping the socket monitor: {}", zmq::Error::from_raw(unsafe { zmq_sys::zmq_errno() }));
+        }
+    }
+
     pub fn view(&self, now: Instant, timeout: Duration) -> BackendView {
         BackendView {
             address: self.address.clone(),
             state: self.lifecycle.label(),
             live: self.live && !self.stalled(now, timeout),
         }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        // Before the fields drop: the socket closes, then the monitor's reading end.
+        self.stop_monitor();
     }
 }
 
