@@ -77,12 +77,7 @@ pub(super) struct Backend {
     pub outstanding: usize,
     /// Since when requests have been outstanding without any reply from it.
     pub unanswered_since: Option<Instant>,
-    /// Since when it has been serving without a live connection.
-    pub down_since: Option<Instant>,
 }
-
-/// A serving backend without a connection for this long gets a fresh socket.
-pub(super) const STUCK_AFTER: Duration = Duration::from_secs(2);
 
 impl Backend {
     /// A DEALER connected to `address`, with a monitor that reports its handshakes.
@@ -121,21 +116,7 @@ impl Backend {
             lifecycle: Lifecycle::Serving,
             outstanding: 0,
             unanswered_since: None,
-            down_since: None,
         })
-    }
-
-    /// Whether it has served for `STUCK_AFTER` without a connection and holds no request:
-    /// the driver replaces its socket. In the cluster suite a backend whose pod address was
-    /// reused at once once stayed unconnected for a minute although the pod listened; a
-    /// fresh socket costs nothing when the pod is really down.
-    pub fn stuck(&mut self, now: Instant) -> bool {
-        if self.live || self.lifecycle != Lifecycle::Serving {
-            self.down_since = None;
-            return false;
-        }
-        let since = *self.down_since.get_or_insert(now);
-        self.outstanding == 0 && now.saturating_duration_since(since) >= STUCK_AFTER
     }
 
     /// Requests are outstanding and no reply came for longer than `timeout` (a frozen or
@@ -280,27 +261,6 @@ mod tests {
         assert!(
             slow.finished(now + TIMEOUT, TIMEOUT),
             "its request timed out"
-        );
-    }
-
-    #[test]
-    fn a_serving_backend_without_a_connection_is_stuck_after_a_while_and_only_then() {
-        let context = zmq::Context::new();
-        let mut b = backend(&context, 5);
-        let now = Instant::now();
-        assert!(!b.stuck(now));
-        assert!(!b.stuck(now + STUCK_AFTER / 2));
-        assert!(b.stuck(now + STUCK_AFTER));
-        b.live = true;
-        assert!(
-            !b.stuck(now + STUCK_AFTER * 2),
-            "live again: the count starts over"
-        );
-        b.live = false;
-        b.lifecycle = Lifecycle::Draining;
-        assert!(
-            !b.stuck(now + STUCK_AFTER * 9),
-            "a draining backend is left alone"
         );
     }
 

@@ -221,7 +221,6 @@ impl DataPlane {
             let now = Instant::now();
             self.expire(now);
             changed |= self.retire(now);
-            self.renew_stuck(now);
             for i in 0..self.pools.len() {
                 self.send_backlog(i);
             }
@@ -286,28 +285,6 @@ impl DataPlane {
             pool.backends.push(b);
         }
         Ok(())
-    }
-
-    /// Gives a fresh socket to every backend stuck without a connection (`Backend::stuck`).
-    fn renew_stuck(&mut self, now: Instant) {
-        for i in 0..self.pools.len() {
-            for b in 0..self.pools[i].backends.len() {
-                if !self.pools[i].backends[b].stuck(now) {
-                    continue;
-                }
-                let address = self.pools[i].backends[b].address.clone();
-                match Backend::connect(&self.context, self.tuning, self.next_backend, &address) {
-                    Ok(fresh) => {
-                        self.next_backend += 1;
-                        tracing::debug!(pool = %self.pools[i].name, backend = %address, "no connection for {:?}: a fresh socket", backend::STUCK_AFTER);
-                        self.pools[i].backends[b] = fresh;
-                    }
-                    Err(e) => {
-                        tracing::warn!(pool = %self.pools[i].name, "reconnecting {address}: {e}")
-                    }
-                }
-            }
-        }
     }
 
     /// Closes removed backends that are done; true when one was closed.
