@@ -29,6 +29,7 @@ use zdeploy_chaos::target::pools;
 use zdeploy_gateway::follow::{FAULTS_KEY, StoredFault};
 
 use super::controller::{Analyzers, Error, MetricsSource, Stats};
+use super::endpoints::Endpoints;
 use crate::analysis::prometheus::Prometheus;
 use crate::analysis::webhook::AlertInbox;
 use crate::analysis::{Analyzer, Span};
@@ -59,6 +60,9 @@ pub struct ChaosContext {
     stats: Arc<Stats>,
     /// One steady-state analyzer per schedule (the embedded scrape keeps history).
     analyzers: Analyzers,
+    /// zgate's replicas, scraped one by one (a scrape through the Service reaches one at
+    /// random and mixes their counters).
+    endpoints: Endpoints,
 }
 
 impl ChaosContext {
@@ -87,7 +91,13 @@ impl ChaosContext {
             alerts,
             stats,
             analyzers: Default::default(),
+            endpoints: Endpoints(kube::runtime::reflector::store().0),
         }
+    }
+
+    /// The same context, finding zgate's replicas in `endpoints`.
+    pub fn with_endpoints(self, endpoints: Endpoints) -> Self {
+        Self { endpoints, ..self }
     }
 
     /// An alert firing for `service` now, pushed by Alertmanager or listed by Prometheus;
@@ -123,7 +133,9 @@ impl ChaosContext {
             let (source, target) = self.metrics.source_for(&x.service, ns, pools(x.pool)[0]);
             Analyzer::new(source, target, steady_analysis(ss), None, Span::Window)
         });
-        let run = analyzer.lock().await.run(age).await;
+        let mut analyzer = analyzer.lock().await;
+        analyzer.scrape_targets(self.endpoints.zgate_metrics(ns, &x.service));
+        let run = analyzer.run(age).await;
         Some(match run.verdict {
             Verdict::Pass => Check::Pass,
             Verdict::Fail => Check::Fail(summary(&run)),

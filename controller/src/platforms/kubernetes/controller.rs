@@ -717,22 +717,21 @@ pub async fn run(
         }
         futures::future::ready(())
     });
+    let endpoints = Endpoints(store);
     let ctx = Arc::new(Context::with_endpoints(
         client.clone(),
         metrics.clone(),
-        Endpoints(store),
+        endpoints.clone(),
     ));
     let _ = ctx.watches.wake.set(wake);
     let woken = futures::stream::unfold(
         woken,
         |mut rx| async move { rx.recv().await.map(|r| (r, rx)) },
     );
-    let chaos_ctx = Arc::new(super::chaos::ChaosContext::new(
-        client.clone(),
-        metrics,
-        alerts,
-        stats.clone(),
-    ));
+    let chaos_ctx = Arc::new(
+        super::chaos::ChaosContext::new(client.clone(), metrics, alerts, stats.clone())
+            .with_endpoints(endpoints),
+    );
     let rollouts = Controller::new(services, watcher::Config::default())
         .owns(
             Api::<Deployment>::all(client.clone()),
