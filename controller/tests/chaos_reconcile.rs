@@ -644,6 +644,8 @@ async fn a_run_recorded_but_not_injected_is_completed_from_the_record() {
         active(from_now(Duration::from_secs(120)), None),
     );
     cs["status"]["active"]["injected"] = json!(false);
+    // No run is due besides: only the completion is seen.
+    cs["status"]["lastScheduleTime"] = json!(this_minute());
     let ends = cs["status"]["active"]["faultEnds"].clone();
     let out = run(world(cs, Some(service(false)), None), None).await;
     out.result.as_ref().unwrap();
@@ -677,4 +679,81 @@ async fn a_run_recorded_but_not_injected_before_its_end_is_aborted() {
     let status = out.status();
     assert_eq!(status["history"][0]["verdict"], "aborted");
     assert!(status["active"].is_null(), "{status}");
+}
+
+/// A run in progress (its fault ends in 2 minutes) while the next one falls due.
+fn overlapping(policy: &str) -> Value {
+    let mut cs = schedule(
+        json!({"gatewayLatency": {"latency": "300ms"}}),
+        active(from_now(Duration::from_secs(120)), None),
+    );
+    // The run in progress was due last minute: with `* * * * *`, one is due now.
+    cs["spec"]["concurrencyPolicy"] = json!(policy);
+    cs
+}
+
+#[tokio::test]
+async fn a_run_due_while_one_is_in_progress_is_skipped_under_forbid() {
+    let cs = overlapping("Forbid");
+    let running = cs["status"]["active"]["scheduled"].clone();
+    let out = run(world(cs, Some(service(false)), Some(FAULT)), None).await;
+    out.result.as_ref().unwrap();
+    assert!(
+        out.weight_patches().is_empty(),
+        "the running fault stays: {:?}",
+        out.calls
+    );
+    let status = out.status();
+    assert_eq!(status["history"][0]["verdict"], "skipped", "{status}");
+    assert!(
+        status["history"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("concurrencyPolicy: Forbid"),
+        "{status}"
+    );
+    assert_eq!(
+        status["active"]["scheduled"], running,
+        "the run goes on: {status}"
+    );
+    assert_eq!(out.events(), vec![("ChaosSkipped".into(), "Normal".into())]);
+}
+
+#[tokio::test]
+async fn a_run_due_while_one_is_in_progress_replaces_it_under_replace() {
+    let cs = overlapping("Replace");
+    let old = cs["status"]["active"]["scheduled"].clone();
+    let out = run(world(cs, Some(service(false)), Some(FAULT)), None).await;
+    out.result.as_ref().unwrap();
+    let patches = out.weight_patches();
+    assert_eq!(patches.len(), 2, "{:?}", out.calls);
+    assert!(
+        patches[0].body["data"].get("faults.json").is_none(),
+        "the running fault is removed first: {}",
+        patches[0].body
+    );
+    assert!(
+        patches[1].body["data"]["faults.json"].is_string(),
+        "then the new run's fault is written: {}",
+        patches[1].body
+    );
+    let status = out.status();
+    assert_eq!(status["history"][0]["verdict"], "aborted", "{status}");
+    assert_eq!(status["history"][0]["scheduled"], old);
+    assert!(
+        status["history"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("concurrencyPolicy: Replace"),
+        "{status}"
+    );
+    assert_ne!(status["active"]["scheduled"], old, "a new run: {status}");
+    assert_eq!(
+        out.events(),
+        vec![
+            ("ChaosStarted".into(), "Normal".into()),
+            ("ChaosAborted".into(), "Warning".into())
+        ]
+    );
+    every_request_is_granted(&out.calls);
 }

@@ -394,6 +394,23 @@ impl Turn<'_> {
         Ok(())
     }
 
+    /// Ends the run in progress for the one due at `scheduled` (`concurrencyPolicy:
+    /// Replace`): its fault removed first, then recorded as aborted.
+    async fn replace_active(
+        &mut self,
+        ctx: &ChaosContext,
+        scheduled: Timestamp,
+    ) -> Result<(), Error> {
+        let Some(active) = self.status.active.take() else {
+            return Ok(());
+        };
+        ctx.set_faults(&self.ns, &self.cs.spec.experiment.service, None)
+            .await?;
+        let why = format!("replaced by the run due at {scheduled} (concurrencyPolicy: Replace)");
+        self.runs.push(finished(&active, RunVerdict::Aborted, why));
+        Ok(())
+    }
+
     /// Plans the schedule (and a run asked for by hand) and prepares a run that is due and
     /// allowed; returns when the next run is due.
     async fn start_due(&mut self, ctx: &ChaosContext) -> Result<Option<Timestamp>, Error> {
@@ -412,8 +429,9 @@ impl Turn<'_> {
             .as_ref()
             .or(cs.metadata.creation_timestamp.as_ref())
             .map_or(now, |t| t.0);
+        let running = self.status.active.is_some();
         let p =
-            plan(&spec, last, false, &guards, now).map_err(|e| Error::Invalid(e.to_string()))?;
+            plan(&spec, last, running, &guards, now).map_err(|e| Error::Invalid(e.to_string()))?;
         if let Some(t) = p.last_schedule_time {
             self.status.last_schedule_time = Some(Time(t));
         }
@@ -440,7 +458,12 @@ impl Turn<'_> {
                     self.runs.push(skipped(scheduled, reason));
                     continue;
                 }
-                Decision::Run { scheduled, .. } => scheduled,
+                Decision::Run { scheduled, replace } => {
+                    if replace {
+                        self.replace_active(ctx, scheduled).await?;
+                    }
+                    scheduled
+                }
             };
             let refused = if self.status.active.is_some() {
                 Some("another run of this schedule is in progress".to_string())
@@ -493,8 +516,12 @@ async fn apply(cs: Arc<ChaosSchedule>, ctx: &ChaosContext) -> Result<Action, Err
     let next_due = match turn.status.active.clone() {
         Some(active) => {
             turn.advance_run(ctx, active).await?;
-            // A run that ended here: plan the schedule again at once.
-            Some(turn.now)
+            match turn.status.active {
+                // Still running: a run due now meets the concurrency policy.
+                Some(_) => turn.start_due(ctx).await?,
+                // A run that ended here: plan the schedule again at once.
+                None => Some(turn.now),
+            }
         }
         None => turn.start_due(ctx).await?,
     };
