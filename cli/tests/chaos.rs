@@ -289,3 +289,60 @@ fn no_experiment_starts_while_an_alert_fires_for_the_service() {
         assert!(metrics.contains(&line), "{line} in {metrics}");
     }
 }
+
+/// A drill due every minute whose fault lasts longer than a minute, under `policy`: run by
+/// hand, the next minute falls due while it runs.
+fn every_minute(policy: &str) -> String {
+    experiment(
+        "{gatewayLatency: {latency: 1ms}}",
+        "70s",
+        "{name: errors, builtin: errorRatio, window: 1m, max: 0.5, minSamples: 10}",
+    )
+    .replace(
+        "schedule: \"0 3 1 * *\"",
+        &format!("schedule: \"* * * * *\"\n  concurrencyPolicy: {policy}"),
+    )
+}
+
+#[test]
+fn a_run_due_while_one_is_in_progress_replaces_it_under_replace() {
+    let s = setup();
+    let asked = Instant::now();
+    let (code, run) = run(&s.dir, "replace.yaml", &every_minute("Replace"));
+    assert_eq!(run["verdict"], "aborted", "{run}");
+    assert_ne!(code, 0, "{run}");
+    assert!(
+        run["reason"]
+            .as_str()
+            .unwrap()
+            .contains("concurrencyPolicy: Replace"),
+        "{run}"
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(65),
+        "replaced at the next minute, not at its end: {:?}",
+        asked.elapsed()
+    );
+}
+
+#[test]
+fn a_run_due_while_one_is_in_progress_is_skipped_under_forbid() {
+    let s = setup();
+    let (code, run) = run(&s.dir, "forbid.yaml", &every_minute("Forbid"));
+    assert_eq!((code, &run["verdict"]), (0, &"held".into()), "{run}");
+    let (code, history) = chaos(&s.dir, &["history", "drill-now", "-o", "json"]);
+    assert_eq!(code, 0);
+    let history: serde_json::Value = serde_json::from_str(&history).unwrap();
+    assert!(
+        history
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["verdict"] == "skipped"
+                && r["reason"]
+                    .as_str()
+                    .unwrap()
+                    .contains("concurrencyPolicy: Forbid")),
+        "{history}"
+    );
+}

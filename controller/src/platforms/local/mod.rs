@@ -776,12 +776,15 @@ impl Runtime {
                     self.set_faults(&pools, None);
                     self.experiment = Some((e, reply));
                 }
-                Step::Done(run) => self.finish_experiment(&e, run, reply),
+                Step::Done(run) => {
+                    self.finish_experiment(&e, run, reply);
+                    return;
+                }
             }
-            return;
         }
         let guards = self.guards();
         let now = Timestamp::now();
+        let running = self.experiment.as_ref().map(|(e, _)| e.name.clone());
         let mut due = Vec::new();
         for s in &mut self.schedules {
             let last = s
@@ -789,7 +792,9 @@ impl Runtime {
                 .last_schedule_time
                 .as_ref()
                 .map_or(s.since, |t| t.0);
-            match zdeploy_chaos::schedule::plan(&s.schedule.spec, last, false, &guards, now) {
+            // Only a run of the same schedule meets its concurrency policy.
+            let own = running.as_deref() == Some(s.schedule.name_any().as_str());
+            match zdeploy_chaos::schedule::plan(&s.schedule.spec, last, own, &guards, now) {
                 Ok(plan) => {
                     if let Some(t) = plan.last_schedule_time {
                         s.status.last_schedule_time =
@@ -807,7 +812,14 @@ impl Runtime {
                 zdeploy_chaos::schedule::Decision::Skip { scheduled, reason } => {
                     self.record_chaos(&cs.name_any(), chaos::skipped(scheduled, reason))
                 }
-                zdeploy_chaos::schedule::Decision::Run { scheduled, .. } => {
+                zdeploy_chaos::schedule::Decision::Run { scheduled, replace } => {
+                    if replace && let Some((e, reply)) = self.experiment.take() {
+                        let why = format!(
+                            "replaced by the run due at {scheduled} (concurrencyPolicy: Replace)"
+                        );
+                        let run = e.abort(&why);
+                        self.finish_experiment(&e, run, reply);
+                    }
                     self.start_experiment(cs, scheduled, None).await
                 }
             }
