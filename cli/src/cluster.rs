@@ -11,10 +11,12 @@ use kube::api::{Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config, ResourceExt};
 use zdeploy_api::ZmqService;
-use zdeploy_api::chaos::{ChaosRun, ChaosSchedule, Fault};
+use zdeploy_api::chaos::{ChaosRun, ChaosSchedule};
 use zdeploy_api::validate::{Resource, validate_str};
 use zdeploy_chaos::target::pools;
-use zdeploy_controller::experiment::{describe_fault, gateway_fault};
+use zdeploy_controller::experiment::{
+    Injection, PROCESS_KILL_IN_A_CLUSTER, describe_fault, injection,
+};
 use zdeploy_controller::platforms::kubernetes::chaos::{RUN_NOW_ANNOTATION, SUSPEND_ANNOTATION};
 use zdeploy_controller::platforms::kubernetes::controller::COMMAND_ANNOTATION;
 use zdeploy_controller::platforms::local::api::CommandRequest;
@@ -325,18 +327,14 @@ pub async fn chaos_run(
     let name = cs.name_any();
     let x = cs.spec.experiment.clone();
     if dry_run {
-        let hits = match gateway_fault(&x.fault, x.duration) {
-            Some(f) => pools(x.pool)
+        let hits = match injection(&x.fault, x.duration) {
+            Injection::Gateway(f) => pools(x.pool)
                 .iter()
                 .map(|p| describe_fault(p, &f))
                 .collect::<Vec<_>>()
                 .join("; "),
-            None if matches!(x.fault, Fault::ProcessKill {}) => {
-                bail!(
-                    "processKill runs on the local platform (zdeploy up); use podKill in a cluster"
-                )
-            }
-            None => {
+            Injection::ProcessKill => bail!(PROCESS_KILL_IN_A_CLUSTER),
+            Injection::PodKill => {
                 let mut rng = fastrand::Rng::new();
                 let pods = zdeploy_chaos::podkill::choose(client, &ns, &x, &mut rng).await?;
                 format!("delete pods {}", pods.join(", "))

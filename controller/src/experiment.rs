@@ -10,8 +10,20 @@ use zdeploy_gateway::FaultSpec;
 
 use crate::analysis::AnalysisRun;
 
-/// The zgate fault for a gateway experiment, if it is one.
-pub fn gateway_fault(f: &Fault, duration: zdeploy_api::Duration) -> Option<FaultSpec> {
+/// What an experiment's fault does, for a platform to carry out. Every platform matches
+/// every kind, so a new kind does not compile until each one handles it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Injection {
+    /// zgate applies this fault to the pool's requests.
+    Gateway(FaultSpec),
+    /// Pods of the pool are deleted through the Kubernetes API.
+    PodKill,
+    /// Processes of the pool are killed (`zdeploy up`).
+    ProcessKill,
+}
+
+/// The injection of fault `f` lasting `duration`.
+pub fn injection(f: &Fault, duration: zdeploy_api::Duration) -> Injection {
     let base = FaultSpec {
         latency: zdeploy_api::Duration::default(),
         error_ratio: 0.0,
@@ -19,21 +31,26 @@ pub fn gateway_fault(f: &Fault, duration: zdeploy_api::Duration) -> Option<Fault
         duration,
     };
     match f {
-        Fault::GatewayLatency { latency } => Some(FaultSpec {
+        Fault::GatewayLatency { latency } => Injection::Gateway(FaultSpec {
             latency: *latency,
             ..base
         }),
-        Fault::GatewayErrors { ratio } => Some(FaultSpec {
+        Fault::GatewayErrors { ratio } => Injection::Gateway(FaultSpec {
             error_ratio: *ratio,
             ..base
         }),
-        Fault::GatewayDrop { ratio } => Some(FaultSpec {
+        Fault::GatewayDrop { ratio } => Injection::Gateway(FaultSpec {
             drop_ratio: *ratio,
             ..base
         }),
-        Fault::PodKill {} | Fault::ProcessKill {} => None,
+        Fault::PodKill {} => Injection::PodKill,
+        Fault::ProcessKill {} => Injection::ProcessKill,
     }
 }
+
+/// Why a cluster refuses a process kill.
+pub const PROCESS_KILL_IN_A_CLUSTER: &str =
+    "processKill runs on the local platform (zdeploy up); use podKill in a cluster";
 
 /// The steady-state hypothesis as an analysis: any failing metric breaks it.
 pub fn steady_analysis(ss: &SteadyState) -> Analysis {
@@ -113,5 +130,32 @@ impl RunCounts {
             ));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_fault_kind_is_its_own_injection_and_gateway_faults_carry_value_and_duration() {
+        let d: zdeploy_api::Duration = "30s".parse().unwrap();
+        let latency = "300ms".parse().unwrap();
+        let gateway = |f: Fault| match injection(&f, d) {
+            Injection::Gateway(spec) => spec,
+            other => panic!("{f:?} is a gateway fault, not {other:?}"),
+        };
+        let l = gateway(Fault::GatewayLatency { latency });
+        assert_eq!(
+            (l.latency, l.error_ratio, l.drop_ratio, l.duration),
+            (latency, 0.0, 0.0, d)
+        );
+        assert_eq!(
+            gateway(Fault::GatewayErrors { ratio: 0.5 }).error_ratio,
+            0.5
+        );
+        assert_eq!(gateway(Fault::GatewayDrop { ratio: 0.25 }).drop_ratio, 0.25);
+        assert_eq!(injection(&Fault::PodKill {}, d), Injection::PodKill);
+        assert_eq!(injection(&Fault::ProcessKill {}, d), Injection::ProcessKill);
     }
 }

@@ -19,9 +19,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Api, Client, Resource, ResourceExt};
 use zdeploy_api::ZmqService;
-use zdeploy_api::chaos::{
-    ActiveRun, ChaosRun, ChaosSchedule, ChaosScheduleStatus, Fault, RunVerdict,
-};
+use zdeploy_api::chaos::{ActiveRun, ChaosRun, ChaosSchedule, ChaosScheduleStatus, RunVerdict};
 use zdeploy_api::service::Verdict;
 use zdeploy_chaos::run::{Check, Next, advance};
 use zdeploy_chaos::schedule::{Decision, Guards, plan, refused_by};
@@ -33,7 +31,9 @@ use super::endpoints::Endpoints;
 use crate::analysis::prometheus::Prometheus;
 use crate::analysis::webhook::AlertInbox;
 use crate::analysis::{Analyzer, Span};
-use crate::experiment::{gateway_fault, skipped, steady_analysis, summary};
+use crate::experiment::{
+    Injection, PROCESS_KILL_IN_A_CLUSTER, injection, skipped, steady_analysis, summary,
+};
 
 /// The finalizer that removes a schedule's gateway faults before it goes.
 pub const CHAOS_FINALIZER: &str = "zdeploy.io/chaos-revert";
@@ -224,8 +224,8 @@ impl ChaosContext {
         // Whole seconds: the recorded times (and so zgate's end) have no fraction.
         let now = Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_default();
         let ends = now + SignedDuration::try_from(x.duration.get()).unwrap_or_default();
-        let (targets, pods) = match &x.fault {
-            Fault::PodKill {} => {
+        let (targets, pods) = match injection(&x.fault, x.duration) {
+            Injection::PodKill => {
                 let mut rng = fastrand::Rng::new();
                 let pods =
                     zdeploy_chaos::podkill::choose(self.client.clone(), ns, x, &mut rng).await?;
@@ -237,13 +237,8 @@ impl ChaosContext {
                 }
                 (pods.iter().map(|p| format!("pod {p}")).collect(), pods)
             }
-            Fault::ProcessKill {} => {
-                return Ok(Err(
-                    "processKill runs on the local platform (zdeploy up); use podKill in a cluster"
-                        .into(),
-                ));
-            }
-            _ => (
+            Injection::ProcessKill => return Ok(Err(PROCESS_KILL_IN_A_CLUSTER.into())),
+            Injection::Gateway(_) => (
                 pools(x.pool)
                     .iter()
                     .map(|p| format!("zgate pool {p}"))
@@ -266,8 +261,8 @@ impl ChaosContext {
     /// the pod deletions (a pod already gone counts). Safe to repeat.
     async fn inject(&self, cs: &ChaosSchedule, ns: &str, run: &ActiveRun) -> Result<(), Error> {
         let x = &cs.spec.experiment;
-        match gateway_fault(&x.fault, x.duration) {
-            Some(fault) => {
+        match injection(&x.fault, x.duration) {
+            Injection::Gateway(fault) => {
                 let stored = pools(x.pool)
                     .into_iter()
                     .map(|p| {
@@ -280,7 +275,11 @@ impl ChaosContext {
                     .collect();
                 self.set_faults(ns, &x.service, Some(stored)).await
             }
-            None => Ok(zdeploy_chaos::podkill::delete(self.client.clone(), ns, &run.pods).await?),
+            Injection::PodKill => {
+                Ok(zdeploy_chaos::podkill::delete(self.client.clone(), ns, &run.pods).await?)
+            }
+            // Refused when the run was prepared; nothing to put in place.
+            Injection::ProcessKill => Ok(()),
         }
     }
 

@@ -27,7 +27,7 @@ pub struct Scheduled {
     pub since: Timestamp,
 }
 
-pub use crate::experiment::{gateway_fault, skipped};
+pub use crate::experiment::{Injection, injection, skipped};
 pub use zdeploy_chaos::target::{count, pools};
 
 /// Where a running experiment stands.

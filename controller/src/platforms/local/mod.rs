@@ -684,9 +684,12 @@ impl Runtime {
         let e = &cs.spec.experiment;
         let mut lines = Vec::new();
         for pool in chaos::pools(e.pool) {
-            match chaos::gateway_fault(&e.fault, e.duration) {
-                Some(f) => lines.push(crate::experiment::describe_fault(pool, &f)),
-                None => {
+            match chaos::injection(&e.fault, e.duration) {
+                chaos::Injection::Gateway(f) => {
+                    lines.push(crate::experiment::describe_fault(pool, &f))
+                }
+                // A pod of the local platform is a process.
+                chaos::Injection::ProcessKill | chaos::Injection::PodKill => {
                     let p = if pool == "stable" {
                         &self.stable
                     } else {
@@ -737,14 +740,15 @@ impl Runtime {
         };
         let x = &cs.spec.experiment;
         let pools = chaos::pools(x.pool);
-        match chaos::gateway_fault(&x.fault, x.duration) {
-            Some(spec) => {
+        match chaos::injection(&x.fault, x.duration) {
+            chaos::Injection::Gateway(spec) => {
                 // The fault carries its own expiry inside zgate: a crash here cannot leave it behind.
                 let until = Instant::now() + spec.duration.get();
                 self.set_faults(&pools, Some(ActiveFault { spec, until }));
                 e.targets = pools.iter().map(|p| format!("zgate pool {p}")).collect();
             }
-            None => {
+            // A pod of the local platform is a process.
+            chaos::Injection::ProcessKill | chaos::Injection::PodKill => {
                 for pool in &pools {
                     let p = if *pool == "stable" {
                         &mut self.stable
