@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use support::Call;
 use zdeploy_api::ZmqService;
 use zdeploy_controller::platforms::kubernetes::controller::{
-    Context, Error, FINALIZER, MetricsSource, error_policy, reconcile,
+    Context, Error, ErrorKind, FINALIZER, MetricsSource, error_policy, reconcile,
 };
 
 fn is_apply(call: &Call, kind_path: &str, name: &str) -> bool {
@@ -520,7 +520,7 @@ async fn a_conflict_is_retried_quickly_and_then_succeeds() {
     let (result, _, _) = run(object.clone(), true).await;
     let err = result.expect_err("the 409 surfaces");
     assert!(err.to_string().contains("modified"), "{err}");
-    assert_eq!(err.metric_label(), "conflict");
+    assert_eq!(err.kind(), ErrorKind::Conflict);
     let (mock, _handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let svc: ZmqService = serde_json::from_value(object.clone()).unwrap();
     let action = error_policy(

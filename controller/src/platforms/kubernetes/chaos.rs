@@ -627,6 +627,6 @@ pub async fn reconcile(cs: Arc<ChaosSchedule>, ctx: Arc<ChaosContext>) -> Result
 
 /// Backs off after a failed reconcile: conflicts retry at once, the rest after a pause.
 pub fn error_policy(cs: Arc<ChaosSchedule>, error: &Error, _ctx: Arc<ChaosContext>) -> Action {
-    tracing::warn!(schedule = %cs.name_any(), error = %error, label = error.metric_label(), "chaos reconcile failed");
+    tracing::warn!(schedule = %cs.name_any(), error = %error, kind = ?error.kind(), "chaos reconcile failed");
     super::controller::backoff(error)
 }

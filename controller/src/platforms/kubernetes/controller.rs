@@ -310,18 +310,51 @@ pub enum Error {
     Invalid(String),
 }
 
-impl Error {
-    /// A short label for the `reconcile_errors_total` metric.
-    pub fn metric_label(&self) -> &'static str {
+/// What kind of failure a reconcile error is: its metric label and its backoff.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ErrorKind {
+    /// The object changed since it was read (HTTP 409): retried at once.
+    Conflict,
+    /// Any other API error.
+    Kube,
+    /// The finalizer could not be added or removed.
+    Finalizer,
+    /// The object cannot be reconciled as it is.
+    Invalid,
+}
+
+impl ErrorKind {
+    /// Every kind, in the order `/metrics` lists them.
+    pub const ALL: [ErrorKind; 4] = [
+        ErrorKind::Conflict,
+        ErrorKind::Kube,
+        ErrorKind::Finalizer,
+        ErrorKind::Invalid,
+    ];
+
+    /// The label of the `reconcile_errors_total` metric.
+    pub fn label(self) -> &'static str {
         match self {
-            Error::Kube(kube::Error::Api(s)) if s.code == 409 => "conflict",
-            Error::Kube(_) => "kube",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::Kube => "kube",
+            ErrorKind::Finalizer => "finalizer",
+            ErrorKind::Invalid => "invalid",
+        }
+    }
+}
+
+impl Error {
+    /// Its kind; a finalizer's failed apply or cleanup is the inner error's.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Kube(kube::Error::Api(s)) if s.code == 409 => ErrorKind::Conflict,
+            Error::Kube(_) => ErrorKind::Kube,
             Error::Finalizer(e) => match &**e {
                 kube::runtime::finalizer::Error::ApplyFailed(inner)
-                | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner.metric_label(),
-                _ => "finalizer",
+                | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner.kind(),
+                _ => ErrorKind::Finalizer,
             },
-            Error::Invalid(_) => "invalid",
+            Error::Invalid(_) => ErrorKind::Invalid,
         }
     }
 }
@@ -604,8 +637,8 @@ pub async fn reconcile(svc: Arc<ZmqService>, ctx: Arc<Context>) -> Result<Action
 pub struct Stats {
     /// Reconciles that succeeded.
     pub ok: std::sync::atomic::AtomicU64,
-    /// Reconciles that failed, by `Error::metric_label`.
-    pub failed: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    /// Reconciles that failed, by kind.
+    pub failed: std::sync::Mutex<std::collections::BTreeMap<ErrorKind, u64>>,
     leader: std::sync::atomic::AtomicBool,
     /// Chaos runs recorded, by verdict.
     pub chaos_runs: crate::experiment::RunCounts,
@@ -630,16 +663,17 @@ impl Stats {
             self.ok.load(std::sync::atomic::Ordering::Relaxed)
         ));
         out.push_str("# TYPE zdeploy_reconcile_errors_total counter\n");
-        for label in ["conflict", "kube", "finalizer", "invalid"] {
+        for kind in ErrorKind::ALL {
             let n = self
                 .failed
                 .lock()
                 .expect("stats lock")
-                .get(label)
+                .get(&kind)
                 .copied()
                 .unwrap_or(0);
             out.push_str(&format!(
-                "zdeploy_reconcile_errors_total{{error=\"{label}\"}} {n}\n"
+                "zdeploy_reconcile_errors_total{{error=\"{}\"}} {n}\n",
+                kind.label()
             ));
         }
         out.push_str(&self.chaos_runs.encode());
@@ -661,7 +695,7 @@ impl Stats {
                     .failed
                     .lock()
                     .expect("stats lock")
-                    .entry(e.metric_label())
+                    .entry(e.kind())
                     .or_default() += 1;
                 tracing::warn!(object = %obj.name, "reconcile failed: {e}");
             }
@@ -811,15 +845,17 @@ pub async fn rollback_on_alerts(client: Client, inbox: Arc<crate::analysis::webh
 
 /// Backs off after a failed reconcile: conflicts retry at once, the rest after a pause.
 pub fn error_policy(svc: Arc<ZmqService>, error: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(service = %svc.name_any(), error = %error, label = error.metric_label(), "reconcile failed");
+    tracing::warn!(service = %svc.name_any(), error = %error, kind = ?error.kind(), "reconcile failed");
     backoff(error)
 }
 
 /// How long to wait after `error`: a conflict is retried at once, the rest after a pause.
 pub fn backoff(error: &Error) -> Action {
-    match error.metric_label() {
-        "conflict" => Action::requeue(Duration::from_millis(200)),
-        _ => Action::requeue(Duration::from_secs(5)),
+    match error.kind() {
+        ErrorKind::Conflict => Action::requeue(Duration::from_millis(200)),
+        ErrorKind::Kube | ErrorKind::Finalizer | ErrorKind::Invalid => {
+            Action::requeue(Duration::from_secs(5))
+        }
     }
 }
 
