@@ -723,6 +723,9 @@ pub struct ZmqServiceStatus {
     /// Id of the last `zdeploy.io/command` annotation carried out (each runs once).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_command: Option<String>,
+    /// Why the last command was refused; absent when it was carried out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_command_refused: Option<String>,
 }
 
 impl ZmqServiceStatus {

@@ -99,11 +99,7 @@ pub async fn command(
         let svc = api.get(name).await?;
         let status = svc.status.clone().unwrap_or_default();
         if status.last_command.as_deref() == Some(id.as_str()) {
-            let refused = status
-                .message
-                .as_deref()
-                .and_then(|m| m.strip_prefix("command refused: "))
-                .map(String::from);
+            let refused = status.last_command_refused.clone();
             match output {
                 Output::Json => println!(
                     "{}",

@@ -55,11 +55,24 @@ pub fn through_the_cli(cp: &ControlPlane) -> Result<(), Failed> {
         "ZmqService"
     );
 
+    // A command the engine refuses is reported as refused, with the reason, exit 1.
+    let (code, out, err) = cp.zdeploy_as(&cp.admin, &["promote", "echo", "-n", &ns.name]);
+    assert_eq!(code, 1, "{err}{out}");
+    assert!(err.contains("refused: no rollout in progress"), "{err}");
+    assert_eq!(
+        cp.status(&ns.name, "echo")["lastCommandRefused"],
+        "no rollout in progress"
+    );
+
     // A rollout from the CLI: the annotation, never the spec.
     cp.zdeploy(&[
         "rollout", "echo", "-n", &ns.name, "--canary", "10", "--image", V2,
     ]);
     wait_condition(cp, &ns.name, "Progressing");
+    assert!(
+        cp.status(&ns.name, "echo")["lastCommandRefused"].is_null(),
+        "a command carried out clears the refusal"
+    );
     // Once both zgate replicas reach a canary pod.
     eventually("the canary takes 10%", Duration::from_secs(30), || {
         (cp.weights(&ns.name, "echo")["canary"] == 10).then_some(())

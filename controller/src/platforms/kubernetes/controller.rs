@@ -505,6 +505,7 @@ async fn apply(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
     crate::runbooks::pin_in(&mut d.status, &mut d.actions);
     if let Some(id) = observed.command_id {
         d.status.last_command = Some(id);
+        d.status.last_command_refused = d.refused.clone();
     }
     if let Some(image) = observed.spec_revision {
         d.status.spec_revision = Some(image);
