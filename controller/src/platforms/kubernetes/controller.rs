@@ -448,13 +448,8 @@ async fn apply_rendered(client: &Client, ns: &str, r: &Rendered) -> Result<(), E
     apply_all::<RoleBinding>(client, ns, &r.role_bindings).await?;
     apply_all::<ConfigMap>(client, ns, &r.config_maps).await?;
     apply_all::<Service>(client, ns, &r.services).await?;
-    let (zgate, pools): (Vec<Deployment>, Vec<Deployment>) = r
-        .deployments
-        .iter()
-        .cloned()
-        .partition(|d| d.name_any().ends_with("-zgate"));
-    apply_all::<Deployment>(client, ns, &zgate).await?;
-    apply_all::<Deployment>(client, ns, &pools).await?;
+    apply_all::<Deployment>(client, ns, r.gateway.as_slice()).await?;
+    apply_all::<Deployment>(client, ns, &r.pools).await?;
     apply_all::<PodDisruptionBudget>(client, ns, &r.pdbs).await?;
     Ok(())
 }

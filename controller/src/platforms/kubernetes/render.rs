@@ -32,8 +32,10 @@ pub const METRICS_PORT: i32 = 9464;
 /// Everything a ZmqService becomes.
 #[derive(Clone, Debug, Default)]
 pub struct Rendered {
-    /// Stable, canary and zgate Deployments.
-    pub deployments: Vec<Deployment>,
+    /// The stable and canary Deployments.
+    pub pools: Vec<Deployment>,
+    /// zgate's Deployment, when the gateway routes (not with the replica router).
+    pub gateway: Option<Deployment>,
     /// Per-pool headless Services and the Service clients use.
     pub services: Vec<Service>,
     /// The weights ConfigMap.
@@ -61,7 +63,8 @@ impl Rendered {
         self.role_bindings.iter().for_each(|o| doc(&mut out, o));
         self.config_maps.iter().for_each(|o| doc(&mut out, o));
         self.services.iter().for_each(|o| doc(&mut out, o));
-        self.deployments.iter().for_each(|o| doc(&mut out, o));
+        self.pools.iter().for_each(|o| doc(&mut out, o));
+        self.gateway.iter().for_each(|o| doc(&mut out, o));
         self.pdbs.iter().for_each(|o| doc(&mut out, o));
         out
     }
@@ -301,7 +304,7 @@ pub fn render(svc: &ZmqService, now: jiff::Timestamp) -> Rendered {
         }
         _ => svc.spec.replicas,
     };
-    r.deployments.push(deployment(
+    r.pools.push(deployment(
         svc,
         format!("{name}-stable"),
         pool("stable"),
@@ -315,7 +318,7 @@ pub fn render(svc: &ZmqService, now: jiff::Timestamp) -> Rendered {
         Some(last) => (last.revision.clone(), svc.spec.replicas.max(1)),
         None => (canary_image, canary_replicas(svc, weight, in_rollout)),
     };
-    r.deployments.push(deployment(
+    r.pools.push(deployment(
         svc,
         format!("{name}-canary"),
         pool("canary"),
@@ -470,7 +473,7 @@ fn render_gateway(
         }),
         spec: Some(pod),
     };
-    r.deployments.push(deployment(
+    r.gateway = Some(deployment(
         svc,
         format!("{name}-zgate"),
         gw.clone(),
