@@ -24,6 +24,30 @@ pub const KEY: &str = "weights.json";
 /// The key holding faults by pool, `{"canary":{"fault":{...},"until":"2026-...Z"}}`.
 pub const FAULTS_KEY: &str = "faults.json";
 
+/// The weights a controller writes under [`KEY`] for a stable and a canary pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct TwoPoolWeights {
+    /// The stable pool's share.
+    pub stable: Weight,
+    /// The canary pool's share.
+    pub canary: Weight,
+}
+
+impl TwoPoolWeights {
+    /// The canary at `canary`, stable at the rest.
+    pub fn canary_at(canary: Weight) -> Self {
+        Self {
+            stable: canary.complement(),
+            canary,
+        }
+    }
+
+    /// The document as stored in the ConfigMap, `{"stable":90,"canary":10}`.
+    pub fn document(&self) -> String {
+        serde_json::to_string(self).expect("two weights serialize")
+    }
+}
+
 /// A fault as stored in the ConfigMap: the request and the moment it ends.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -173,6 +197,20 @@ mod tests {
 
     fn pools() -> Vec<String> {
         vec!["stable".into(), "canary".into()]
+    }
+
+    #[test]
+    fn the_controllers_weights_document_is_what_zgate_reads() {
+        let w = TwoPoolWeights::canary_at(Weight::new(10).unwrap());
+        assert_eq!(w.document(), r#"{"stable":90,"canary":10}"#);
+        let cm = ConfigMap {
+            data: Some(BTreeMap::from([(KEY.to_string(), w.document())])),
+            ..Default::default()
+        };
+        assert_eq!(
+            weights_in(&cm, "echo-weights", &pools()).unwrap(),
+            vec![Weight::new(90).unwrap(), Weight::new(10).unwrap()]
+        );
     }
 
     #[test]

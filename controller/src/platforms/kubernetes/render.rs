@@ -373,14 +373,13 @@ fn render_gateway(
     r: &mut Rendered,
 ) {
     let gw = labels(svc, "gateway", None);
-    let weights = format!(
-        "{{\"stable\":{},\"canary\":{}}}",
-        weight.complement(),
-        weight
-    );
+    let weights = zdeploy_gateway::follow::TwoPoolWeights::canary_at(weight).document();
     r.config_maps.push(ConfigMap {
         metadata: meta(svc, format!("{name}-weights"), gw.clone()),
-        data: Some(BTreeMap::from([("weights.json".to_string(), weights)])),
+        data: Some(BTreeMap::from([(
+            zdeploy_gateway::follow::KEY.to_string(),
+            weights,
+        )])),
         ..Default::default()
     });
     let endpoint = |p: &str| format!("tcp://{name}-{p}.{ns}.svc.cluster.local:{port}");
