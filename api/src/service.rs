@@ -692,9 +692,6 @@ pub struct ZmqServiceStatus {
     /// Share of requests the canary receives.
     #[serde(default)]
     pub canary_weight: Weight,
-    /// Weight of every pool, by pool name.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub weights: BTreeMap<String, Weight>,
     /// Revision (image) serving as stable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stable_revision: Option<String>,
