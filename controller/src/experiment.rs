@@ -1,14 +1,18 @@
 //! What a chaos experiment means on every platform: the zgate fault of a gateway
-//! experiment, the steady-state hypothesis as an analysis, the record of a run, and the
-//! count of runs by verdict that `/metrics` shows.
+//! experiment, the steady-state hypothesis as an analysis and its checks (before and
+//! during a run), one step of a run in progress, the record of a run, and the count of
+//! runs by verdict that `/metrics` shows. Each platform only measures, injects and records.
+
+use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use zdeploy_api::chaos::{ChaosRun, Fault, RunVerdict, SteadyState};
-use zdeploy_api::service::Analysis;
+use zdeploy_api::chaos::{ActiveRun, ChaosRun, ChaosScheduleSpec, Fault, RunVerdict, SteadyState};
+use zdeploy_api::service::{Analysis, Verdict};
+use zdeploy_chaos::run::{Check, Next};
 use zdeploy_gateway::FaultSpec;
 
-use crate::analysis::AnalysisRun;
+use crate::analysis::{AnalysisRun, Analyzer};
 
 /// What an experiment's fault does, for a platform to carry out. Every platform matches
 /// every kind, so a new kind does not compile until each one handles it.
@@ -77,6 +81,82 @@ pub fn summary(run: &AnalysisRun) -> String {
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// The steady-state check of `analyzer` over the last `age`.
+pub async fn check(analyzer: &mut Analyzer, age: Duration) -> Check {
+    let run = analyzer.run(age).await;
+    match run.verdict {
+        Verdict::Pass => Check::Pass,
+        Verdict::Fail => Check::Fail(summary(&run)),
+        Verdict::Inconclusive => Check::Inconclusive,
+    }
+}
+
+/// How far back the steady state before a run is looked at.
+#[derive(Clone, Copy, Debug)]
+pub enum Lookback {
+    /// A scrape sees rates only between two looks: look, wait a second, judge both.
+    Scrape,
+    /// A query reaches back over this window by itself.
+    Window(Duration),
+}
+
+/// The steady state before a run; `Err` is why the run is skipped.
+pub async fn steady_before(analyzer: &mut Analyzer, lookback: Lookback) -> Result<(), String> {
+    let age = match lookback {
+        Lookback::Scrape => {
+            analyzer.observe().await?;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            // The window reaches back past the first scrape, one second ago.
+            Duration::from_millis(1500)
+        }
+        Lookback::Window(w) => w,
+    };
+    match check(analyzer, age).await {
+        Check::Pass => Ok(()),
+        Check::Fail(values) => Err(format!("not steady before the experiment: {values}")),
+        Check::Inconclusive => {
+            Err("not steady before the experiment: not enough data to tell".into())
+        }
+    }
+}
+
+/// The steady-state check of a run in progress, over the time since its fault began (or,
+/// recovering, since it ended), at least a second.
+pub async fn check_during(analyzer: &mut Analyzer, run: &ActiveRun, now: Timestamp) -> Check {
+    let since = match &run.recover_by {
+        None => run.started.0,
+        Some(_) => run.fault_ends.0,
+    };
+    let age: Duration = now.duration_since(since).try_into().unwrap_or_default();
+    check(analyzer, age.max(Duration::from_secs(1))).await
+}
+
+/// One step of the run of `spec` in progress, given the check just made (if one was) and
+/// the target's rollout in progress: what every platform then carries out.
+pub fn next(
+    spec: &ChaosScheduleSpec,
+    run: &ActiveRun,
+    check: Option<&Check>,
+    rollout_in_progress: Option<&str>,
+    now: Timestamp,
+) -> Next {
+    let ss = spec.steady_state.as_ref();
+    let recovery = ss.map_or(Duration::ZERO, |s| s.recovery_deadline.get());
+    zdeploy_chaos::run::advance(run, check, ss.is_some(), recovery, rollout_in_progress, now)
+}
+
+/// The record of `run`, ended now with `verdict`.
+pub fn finished(run: &ActiveRun, verdict: RunVerdict, reason: String) -> ChaosRun {
+    ChaosRun {
+        scheduled: run.scheduled.clone(),
+        started: Some(run.started.clone()),
+        ended: Some(Time(Timestamp::now())),
+        targets: run.targets.clone(),
+        verdict,
+        reason,
+    }
 }
 
 /// A finished run that never started.

@@ -20,19 +20,19 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Api, Client, Resource, ResourceExt};
 use zdeploy_api::ZmqService;
 use zdeploy_api::chaos::{ActiveRun, ChaosRun, ChaosSchedule, ChaosScheduleStatus, RunVerdict};
-use zdeploy_api::service::Verdict;
-use zdeploy_chaos::run::{Check, Next, advance};
+use zdeploy_chaos::run::{Check, Next};
 use zdeploy_chaos::schedule::{Decision, Guards, plan, refused_by};
 use zdeploy_chaos::target::pools;
 use zdeploy_gateway::follow::{FAULTS_KEY, StoredFault};
 
-use super::controller::{Analyzers, Error, MetricsSource, Stats};
+use super::controller::{Analyzers, Error, MetricsSource, SharedAnalyzer, Stats};
 use super::endpoints::Endpoints;
 use crate::analysis::prometheus::Prometheus;
 use crate::analysis::webhook::AlertInbox;
 use crate::analysis::{Analyzer, Span};
 use crate::experiment::{
-    Injection, PROCESS_KILL_IN_A_CLUSTER, injection, skipped, steady_analysis, summary,
+    self, Injection, Lookback, PROCESS_KILL_IN_A_CLUSTER, finished, injection, skipped,
+    steady_analysis,
 };
 
 /// The finalizer that removes a schedule's gateway faults before it goes.
@@ -124,42 +124,56 @@ impl ChaosContext {
             .and_then(|a| a.labels.get("alertname").cloned()))
     }
 
-    /// Checks the steady state over the last `age`; `None` without a hypothesis.
-    async fn check(&self, cs: &ChaosSchedule, ns: &str, age: Duration) -> Option<Check> {
+    /// The steady-state analyzer of `cs`, scraping zgate's replicas as they are now;
+    /// `None` without a hypothesis.
+    fn analyzer(&self, cs: &ChaosSchedule, ns: &str) -> Option<SharedAnalyzer> {
         let ss = cs.spec.steady_state.as_ref()?;
         let x = &cs.spec.experiment;
         let key = format!("{ns}/{}", cs.name_any());
-        let analyzer = self.analyzers.current(key, cs.metadata.generation, || {
+        Some(self.analyzers.current(key, cs.metadata.generation, || {
             let (source, target) = self.metrics.source_for(&x.service, ns, pools(x.pool)[0]);
             Analyzer::new(source, target, steady_analysis(ss), None, Span::Window)
-        });
-        let mut analyzer = analyzer.lock().await;
-        analyzer.scrape_targets(self.endpoints.zgate_metrics(ns, &x.service));
-        let run = analyzer.run(age).await;
-        Some(match run.verdict {
-            Verdict::Pass => Check::Pass,
-            Verdict::Fail => Check::Fail(summary(&run)),
-            Verdict::Inconclusive => Check::Inconclusive,
-        })
+        }))
     }
 
-    /// The steady state before a run: a scrape needs two looks a second apart to see rates.
-    async fn check_before(&self, cs: &ChaosSchedule, ns: &str) -> Option<Check> {
-        let ss = cs.spec.steady_state.as_ref()?;
-        let age = match self.metrics {
-            MetricsSource::Scrape => {
-                self.check(cs, ns, Duration::from_secs(1)).await;
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                Duration::from_millis(1500)
-            }
-            MetricsSource::Prometheus { .. } => ss
-                .metrics
-                .iter()
-                .map(|m| m.window.get())
-                .max()
-                .unwrap_or(Duration::from_secs(60)),
+    /// The steady state before a run of `cs`; `Err` is why the run is skipped.
+    async fn steady_before(&self, cs: &ChaosSchedule, ns: &str) -> Result<(), String> {
+        let (Some(ss), Some(analyzer)) = (&cs.spec.steady_state, self.analyzer(cs, ns)) else {
+            return Ok(());
         };
-        self.check(cs, ns, age).await
+        let lookback = match self.metrics {
+            MetricsSource::Scrape => Lookback::Scrape,
+            MetricsSource::Prometheus { .. } => Lookback::Window(
+                ss.metrics
+                    .iter()
+                    .map(|m| m.window.get())
+                    .max()
+                    .unwrap_or(Duration::from_secs(60)),
+            ),
+        };
+        let mut analyzer = analyzer.lock().await;
+        analyzer.scrape_targets(
+            self.endpoints
+                .zgate_metrics(ns, &cs.spec.experiment.service),
+        );
+        experiment::steady_before(&mut analyzer, lookback).await
+    }
+
+    /// The steady-state check of the run in progress; `None` without a hypothesis.
+    async fn check_during(
+        &self,
+        cs: &ChaosSchedule,
+        ns: &str,
+        run: &ActiveRun,
+        now: Timestamp,
+    ) -> Option<Check> {
+        let analyzer = self.analyzer(cs, ns)?;
+        let mut analyzer = analyzer.lock().await;
+        analyzer.scrape_targets(
+            self.endpoints
+                .zgate_metrics(ns, &cs.spec.experiment.service),
+        );
+        Some(experiment::check_during(&mut analyzer, run, now).await)
     }
 
     /// Writes the gateway faults of `service` (none: removes them). Removing touches
@@ -211,14 +225,8 @@ impl ChaosContext {
         ns: &str,
         scheduled: Timestamp,
     ) -> Result<Result<ActiveRun, String>, Error> {
-        if let Some(before) = self.check_before(cs, ns).await
-            && before != Check::Pass
-        {
-            let why = match before {
-                Check::Fail(values) => values,
-                _ => "not enough data to tell".into(),
-            };
-            return Ok(Err(format!("not steady before the experiment: {why}")));
+        if let Err(why) = self.steady_before(cs, ns).await {
+            return Ok(Err(why));
         }
         let x = &cs.spec.experiment;
         // Whole seconds: the recorded times (and so zgate's end) have no fraction.
@@ -309,17 +317,6 @@ pub fn suspended(cs: &ChaosSchedule) -> bool {
     cs.spec.suspend || cs.annotations().get(SUSPEND_ANNOTATION).map(String::as_str) == Some("true")
 }
 
-fn finished(run: &ActiveRun, verdict: RunVerdict, reason: String) -> ChaosRun {
-    ChaosRun {
-        scheduled: run.scheduled.clone(),
-        started: Some(run.started.clone()),
-        ended: Some(Time(Timestamp::now())),
-        targets: run.targets.clone(),
-        verdict,
-        reason,
-    }
-}
-
 fn until(now: Timestamp, t: &Time) -> Duration {
     t.0.duration_since(now).try_into().unwrap_or_default()
 }
@@ -352,25 +349,11 @@ impl Turn<'_> {
             }
             return Ok(());
         }
-        let since = match &active.recover_by {
-            None => active.started.0,
-            Some(_) => active.fault_ends.0,
-        };
-        let age: Duration = self
-            .now
-            .duration_since(since)
-            .try_into()
-            .unwrap_or_default();
-        let check = ctx
-            .check(self.cs, &self.ns, age.max(Duration::from_secs(1)))
-            .await;
-        let ss = self.cs.spec.steady_state.as_ref();
-        let recovery = ss.map_or(Duration::ZERO, |s| s.recovery_deadline.get());
-        let next = advance(
+        let check = ctx.check_during(self.cs, &self.ns, &active, self.now).await;
+        let next = experiment::next(
+            &self.cs.spec,
             &active,
             check.as_ref(),
-            ss.is_some(),
-            recovery,
             self.rollout.as_deref(),
             Timestamp::now(),
         );

@@ -1,20 +1,23 @@
-//! Chaos experiments on the local platform. An experiment is a small state machine the
-//! runtime advances on its ticks: check the steady state, inject (a zgate fault with its
-//! own expiry, or killed processes), check during (a breach reverts the fault at once),
-//! then require recovery within the deadline. Verdicts: held, broken, aborted, skipped.
+//! Chaos experiments on the local platform: the runtime advances each run on its ticks
+//! with the steps every platform shares (`crate::experiment`): the steady state before,
+//! inject (a zgate fault with its own expiry, or killed processes), checks during (a breach
+//! reverts the fault at once), then recovery within the deadline. Verdicts: held, broken,
+//! aborted, skipped.
 
 use std::time::{Duration, Instant};
 
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use serde::{Deserialize, Serialize};
-use zdeploy_api::chaos::{ChaosRun, ChaosSchedule, ChaosScheduleStatus, RunVerdict};
-use zdeploy_api::service::Verdict;
+use zdeploy_api::chaos::{
+    ActiveRun, ChaosRun, ChaosSchedule, ChaosScheduleSpec, ChaosScheduleStatus, RunVerdict,
+};
+use zdeploy_chaos::run::Next;
 
 use crate::analysis::promql::Target;
 use crate::analysis::{Analyzer, Source, Span};
-use crate::experiment::{steady_analysis, summary};
+use crate::experiment::{Lookback, check_during, finished, next, steady_analysis, steady_before};
 
 /// A schedule the runtime runs, with its recorded status.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -30,25 +33,14 @@ pub struct Scheduled {
 pub use crate::experiment::{Injection, injection, skipped};
 pub use zdeploy_chaos::target::{count, pools};
 
-/// Where a running experiment stands.
-#[derive(Debug)]
-enum Stage {
-    /// The fault is in place until `until`.
-    Injected { since: Instant, until: Instant },
-    /// The fault is gone; the steady state must come back before `deadline`.
-    Recovering { since: Instant, deadline: Instant },
-}
-
-/// An experiment in progress.
+/// An experiment in progress: the run as the cluster records it, stepped by the same
+/// `experiment::next`.
 pub struct Experiment {
     /// Name of its ChaosSchedule.
     pub name: String,
-    spec: zdeploy_api::chaos::ChaosScheduleSpec,
-    scheduled: Timestamp,
-    started: Timestamp,
-    /// What was hit.
-    pub targets: Vec<String>,
-    stage: Stage,
+    spec: ChaosScheduleSpec,
+    /// The run: its times, what was hit, the recovery deadline once the fault is over.
+    pub run: ActiveRun,
     next_check: Instant,
     analyzer: Option<Analyzer>,
 }
@@ -87,132 +79,69 @@ impl Experiment {
             )
         });
         if let Some(a) = analyzer.as_mut() {
-            a.observe().await?;
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            // The window reaches back past the first scrape, one second ago.
-            let before = a.run(Duration::from_millis(1500)).await;
-            if before.verdict != Verdict::Pass {
-                return Err(format!(
-                    "not steady before the experiment: {}",
-                    summary(&before)
-                ));
-            }
+            steady_before(a, Lookback::Scrape).await?;
         }
-        let now = Instant::now();
+        let now = Timestamp::now();
+        let ends =
+            now + SignedDuration::try_from(spec.experiment.duration.get()).unwrap_or_default();
         Ok(Self {
             name: cs.name_any(),
-            scheduled,
-            started: Timestamp::now(),
-            targets: Vec::new(),
-            stage: Stage::Injected {
-                since: now,
-                until: now + spec.experiment.duration.get(),
+            run: ActiveRun {
+                scheduled: Time(scheduled),
+                started: Time(now),
+                fault_ends: Time(ends),
+                recover_by: None,
+                targets: Vec::new(),
+                pods: Vec::new(),
+                injected: true,
             },
-            next_check: now,
+            next_check: Instant::now(),
             analyzer,
             spec,
         })
     }
 
     /// The experiment's spec.
-    pub fn spec(&self) -> &zdeploy_api::chaos::ChaosScheduleSpec {
+    pub fn spec(&self) -> &ChaosScheduleSpec {
         &self.spec
     }
 
-    fn run(&self, verdict: RunVerdict, reason: String) -> ChaosRun {
-        ChaosRun {
-            scheduled: Time(self.scheduled),
-            started: Some(Time(self.started)),
-            ended: Some(Time(Timestamp::now())),
-            targets: self.targets.clone(),
-            verdict,
-            reason,
-        }
-    }
-
-    /// Stops the experiment at once (a rollout started, or a person asked).
+    /// Stops the experiment at once (replaced, or a person asked).
     pub fn abort(&self, why: &str) -> ChaosRun {
-        self.run(RunVerdict::Aborted, format!("aborted: {why}"))
+        finished(&self.run, RunVerdict::Aborted, format!("aborted: {why}"))
     }
 
-    /// Advances the experiment: checks the steady state when one is due.
-    pub async fn advance(&mut self) -> Step {
+    /// Advances the experiment, checking the steady state when a check is due;
+    /// `rollout_in_progress` (the canary revision) aborts it.
+    pub async fn advance(&mut self, rollout_in_progress: Option<&str>) -> Step {
         let now = Instant::now();
-        let every = self.check_interval();
-        match self.stage {
-            Stage::Injected { since, until } => {
-                if now >= until {
-                    let deadline = now
-                        + self
-                            .spec
-                            .steady_state
-                            .as_ref()
-                            .map_or(Duration::ZERO, |s| s.recovery_deadline.get());
-                    self.stage = Stage::Recovering {
-                        since: now,
-                        deadline,
-                    };
-                    self.next_check = now;
-                    return Step::Revert(pools(self.spec.experiment.pool));
-                }
-                if now < self.next_check {
-                    return Step::Wait;
-                }
-                let Some(a) = self.analyzer.as_mut() else {
-                    return Step::Wait;
-                };
-                self.next_check = now + every;
-                let during = a.run(since.elapsed()).await;
-                if during.verdict == Verdict::Fail {
-                    let seen = since.elapsed();
-                    return Step::Done(self.run(
-                        RunVerdict::Broken,
-                        format!("the steady state broke {:.2}s into the fault, which was reverted at once: {}", seen.as_secs_f64(), summary(&during)),
-                    ));
-                }
-                Step::Wait
-            }
-            Stage::Recovering { since, deadline } => {
-                let Some(a) = self.analyzer.as_mut() else {
-                    return Step::Done(self.run(
-                        RunVerdict::Held,
-                        "no steady-state hypothesis: the fault ran its course".into(),
-                    ));
-                };
-                if now < self.next_check {
-                    return Step::Wait;
-                }
-                self.next_check = now + every;
-                let after = a.run(since.elapsed()).await;
-                if after.verdict == Verdict::Pass {
-                    return Step::Done(self.run(
-                        RunVerdict::Held,
-                        format!(
-                            "recovered {:.2}s after the fault: {}",
-                            since.elapsed().as_secs_f64(),
-                            summary(&after)
-                        ),
-                    ));
-                }
-                if now >= deadline {
-                    return Step::Done(self.run(
-                        RunVerdict::Broken,
-                        format!(
-                            "did not recover within {}: {}",
-                            zdeploy_api::Duration::from(deadline - since),
-                            summary(&after)
-                        ),
-                    ));
-                }
-                Step::Wait
-            }
+        let mut check = None;
+        if now >= self.next_check
+            && let Some(a) = self.analyzer.as_mut()
+        {
+            self.next_check = now
+                + self
+                    .spec
+                    .steady_state
+                    .as_ref()
+                    .map_or(Duration::from_secs(1), |s| s.interval.get());
+            check = Some(check_during(a, &self.run, Timestamp::now()).await);
         }
-    }
-
-    fn check_interval(&self) -> Duration {
-        self.spec
-            .steady_state
-            .as_ref()
-            .map_or(Duration::from_secs(1), |s| s.interval.get())
+        match next(
+            &self.spec,
+            &self.run,
+            check.as_ref(),
+            rollout_in_progress,
+            Timestamp::now(),
+        ) {
+            Next::Wait => Step::Wait,
+            Next::Recover { recover_by } => {
+                self.run.recover_by = Some(Time(recover_by));
+                // Recovery is looked at from the moment the fault is gone.
+                self.next_check = now;
+                Step::Revert(pools(self.spec.experiment.pool))
+            }
+            Next::Finish { verdict, reason } => Step::Done(finished(&self.run, verdict, reason)),
+        }
     }
 }

@@ -745,7 +745,7 @@ impl Runtime {
                 // The fault carries its own expiry inside zgate: a crash here cannot leave it behind.
                 let until = Instant::now() + spec.duration.get();
                 self.set_faults(&pools, Some(ActiveFault { spec, until }));
-                e.targets = pools.iter().map(|p| format!("zgate pool {p}")).collect();
+                e.run.targets = pools.iter().map(|p| format!("zgate pool {p}")).collect();
             }
             // A pod of the local platform is a process.
             chaos::Injection::ProcessKill | chaos::Injection::PodKill => {
@@ -756,25 +756,20 @@ impl Runtime {
                         &mut self.canary
                     };
                     let n = chaos::count(x.mode, x.value, x.max_targets, p.size());
-                    e.targets.extend(p.kill_some(n));
+                    e.run.targets.extend(p.kill_some(n));
                 }
             }
         }
         self.note(format!(
             "chaos {name}: injected into {}",
-            e.targets.join(", ")
+            e.run.targets.join(", ")
         ));
         self.experiment = Some((e, reply));
     }
 
     async fn chaos_tick(&mut self) {
         if let Some((mut e, reply)) = self.experiment.take() {
-            if self.status.rollout.is_some() {
-                let run = e.abort("a rollout of the service started");
-                self.finish_experiment(&e, run, reply);
-                return;
-            }
-            match e.advance().await {
+            match e.advance(self.status.rollout_revision().as_deref()).await {
                 Step::Wait => self.experiment = Some((e, reply)),
                 Step::Revert(pools) => {
                     self.set_faults(&pools, None);
