@@ -612,6 +612,21 @@ pub struct Measurement {
     pub at: Time,
 }
 
+/// How the measurement of a firing alert is named: this prefix, then `alertname`.
+const ALERT_PREFIX: &str = "alert:";
+
+impl Measurement {
+    /// The metric name of the measurement that alert `name` fires for the canary.
+    pub fn alert_metric(name: &str) -> String {
+        format!("{ALERT_PREFIX}{name}")
+    }
+
+    /// The alert's name, when this measurement is a firing alert.
+    pub fn alert(&self) -> Option<&str> {
+        self.metric.strip_prefix(ALERT_PREFIX)
+    }
+}
+
 /// How a finished rollout ended.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum Outcome {

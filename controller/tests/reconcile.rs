@@ -291,6 +291,12 @@ fn progressing(step_started: &str) -> Value {
     })
 }
 
+/// Reconciles the example with its 2.1.0 canary in the spec and `status` recorded.
+async fn reconcile_canary(status: Value) -> Outcome {
+    let image = "registry.example.com/trading/echo:2.1.0-ltsc2022";
+    run(service(image, Some(status), json!({}), false), false).await
+}
+
 fn seconds_ago(s: i64) -> String {
     (jiff::Timestamp::now() - jiff::SignedDuration::from_secs(s)).to_string()
 }
@@ -298,16 +304,7 @@ fn seconds_ago(s: i64) -> String {
 #[tokio::test]
 async fn a_restarted_controller_resumes_from_the_recorded_status() {
     let status = progressing(&seconds_ago(10));
-    let (result, calls, recorded) = run(
-        service(
-            "registry.example.com/trading/echo:2.1.0-ltsc2022",
-            Some(status),
-            json!({}),
-            false,
-        ),
-        false,
-    )
-    .await;
+    let (result, calls, recorded) = reconcile_canary(status).await;
     result.unwrap();
     // Still in the 2-minute pause of step 1: same step and weight, no second canary start.
     assert_eq!(
@@ -337,18 +334,29 @@ async fn a_restarted_controller_resumes_from_the_recorded_status() {
 }
 
 #[tokio::test]
+async fn a_controller_back_after_a_long_absence_does_not_count_it_against_the_deadline() {
+    // At the analysis step since an hour, six times the progress deadline: no controller
+    // ran meanwhile (a restart, a new leader), so that hour is nobody's lack of progress.
+    let mut status = progressing(&seconds_ago(3600));
+    status["currentStep"] = json!(2);
+    let (result, _, recorded) = reconcile_canary(status).await;
+    result.unwrap();
+    assert_eq!(recorded["phase"], "Progressing", "{recorded}");
+    let progress: jiff::Timestamp = recorded["rollout"]["lastProgress"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        jiff::Timestamp::now().duration_since(progress) < jiff::SignedDuration::from_secs(60),
+        "progress counted from the controller's return: {recorded}"
+    );
+}
+
+#[tokio::test]
 async fn a_finished_pause_advances_the_step() {
     let status = progressing(&seconds_ago(121));
-    let (result, _, recorded) = run(
-        service(
-            "registry.example.com/trading/echo:2.1.0-ltsc2022",
-            Some(status),
-            json!({}),
-            false,
-        ),
-        false,
-    )
-    .await;
+    let (result, _, recorded) = reconcile_canary(status).await;
     result.unwrap();
     let status = &recorded;
     assert_eq!(

@@ -537,7 +537,7 @@ fn alert_measurement(name: &str, via: &str, runbook: Option<&String>) -> Measure
         .map(|r| format!("; runbook {r}"))
         .unwrap_or_default();
     Measurement {
-        metric: format!("alert:{name}"),
+        metric: Measurement::alert_metric(name),
         query: via.to_string(),
         value: None,
         evidence: None,

@@ -5,9 +5,11 @@
 //! Invariants (property-tested): the canary weight never exceeds the weight of the last
 //! step reached; an analysis step is passed only by a passing analysis that began after
 //! the step did; an inconclusive result never moves a rollout forward; a breach (failed
-//! analysis or firing alert) wins over any pause; a rollback sets the canary weight to 0
+//! analysis, a firing alert whatever the failure limit) wins over any pause; a rollback sets the canary weight to 0
 //! before it scales the canary down; behind zgate, the canary gets no weight before zgate
 //! has reached one of its pods.
+
+pub mod clock;
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -31,13 +33,6 @@ pub enum Input {
         measurements: Vec<Measurement>,
         /// When the analysis began (an analysis step only counts runs begun after it).
         started: Timestamp,
-    },
-    /// An alert for the canary fired (pushed by Alertmanager): an immediate failure.
-    Alert {
-        /// `alertname`.
-        name: String,
-        /// Its runbook link, when the rule has one.
-        runbook: Option<String>,
     },
     /// A command from the CLI.
     Command(Command),
@@ -200,17 +195,6 @@ pub fn step(
             started,
         } => {
             analysis(spec, &mut d, *verdict, measurements, *started, now);
-        }
-        Input::Alert { name, runbook } => {
-            if d.status.rollout.is_some() {
-                let reason = format!("alert {name} fired for the canary");
-                rollback(
-                    &mut d,
-                    &reason,
-                    runbook.clone().or_else(|| runbook_for(spec, name)),
-                    now,
-                );
-            }
         }
         Input::Command(c) => command(spec, &mut d, c, now),
         Input::Reach(reach) => reached(spec, &mut d, *reach, now),
@@ -475,19 +459,19 @@ fn analysis(
     match verdict {
         Verdict::Fail => {
             r.failures += 1;
-            if r.failures > limits.failure_limit {
+            // A firing alert is a breach by itself: no failure limit applies to it.
+            let alert = measurements
+                .iter()
+                .filter(|m| m.verdict == Verdict::Fail)
+                .find_map(Measurement::alert);
+            if r.failures > limits.failure_limit || alert.is_some() {
                 let failed: Vec<String> = measurements
                     .iter()
                     .filter(|m| m.verdict == Verdict::Fail)
                     .map(|m| format!("{}: {}", m.metric, m.reason))
                     .collect();
-                let runbook = measurements
-                    .iter()
-                    .find_map(|m| {
-                        m.metric
-                            .strip_prefix("alert:")
-                            .and_then(|a| runbook_for(spec, a))
-                    })
+                let runbook = alert
+                    .and_then(|a| runbook_for(spec, a))
                     .or_else(|| spec.runbooks.first().map(|r| r.id.clone()));
                 rollback(
                     d,

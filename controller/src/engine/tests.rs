@@ -93,14 +93,40 @@ fn measured(verdict: Verdict, started: Timestamp) -> Input {
     }
 }
 
+/// A failed analysis whose only failure is alert `name` firing for the canary.
+fn alert_fired(name: &str) -> Input {
+    let Input::Analysis {
+        mut measurements,
+        started,
+        ..
+    } = measured(Verdict::Fail, t0())
+    else {
+        unreachable!("measured() is an analysis")
+    };
+    measurements[0].metric = Measurement::alert_metric(name);
+    Input::Analysis {
+        verdict: Verdict::Fail,
+        measurements,
+        started,
+    }
+}
+
 /// Runs inputs in order, returning the last decision and every action.
 fn run(status: ZmqServiceStatus, inputs: &[(i64, Input)]) -> (Decision, Vec<Action>) {
-    let spec = spec();
+    run_spec(&spec(), status, inputs)
+}
+
+/// `run` with another spec.
+fn run_spec(
+    spec: &ZmqServiceSpec,
+    status: ZmqServiceStatus,
+    inputs: &[(i64, Input)],
+) -> (Decision, Vec<Action>) {
     let mut s = status;
     let mut all = Vec::new();
     let mut last = None;
     for (secs, input) in inputs {
-        let d = step(&spec, &s, input, at(*secs));
+        let d = step(spec, &s, input, at(*secs));
         s = d.status.clone();
         all.extend(d.actions.clone());
         last = Some(d);
@@ -220,20 +246,17 @@ fn failures_within_the_limit_are_tolerated() {
 }
 
 #[test]
-fn a_pushed_alert_rolls_back_at_once_even_when_paused() {
-    let (d, actions) = run(
+fn a_firing_alert_rolls_back_at_once_even_when_paused_and_failures_are_tolerated() {
+    let mut spec = spec();
+    spec.strategy.canary.analysis.failure_limit = 3;
+    let (d, actions) = run_spec(
+        &spec,
         stable(),
         &[
             (0, rollout(None)),
             (0, live()),
             (1, cmd(Command::Pause)),
-            (
-                2,
-                Input::Alert {
-                    name: "CanaryErrorRateHigh".into(),
-                    runbook: None,
-                },
-            ),
+            (2, alert_fired("CanaryErrorRateHigh")),
         ],
     );
     assert_eq!(d.status.phase, Phase::RolledBack);
@@ -447,7 +470,7 @@ fn any_input() -> impl Strategy<Value = Input> {
     prop_oneof![
         4 => Just(Input::Tick),
         4 => verdict.prop_map(|v| measured(v, t0())),
-        1 => Just(Input::Alert { name: "CanaryErrorRateHigh".into(), runbook: None }),
+        1 => Just(alert_fired("CanaryErrorRateHigh")),
         1 => (proptest::option::of(0u8..=100)).prop_map(rollout),
         1 => any::<bool>().prop_map(|full| cmd(Command::Promote { full })),
         1 => Just(cmd(Command::Abort { reason: "p".into() })),

@@ -51,9 +51,14 @@ pub struct Context {
     pub endpoints: Endpoints,
     /// Scrapes each canary between analyses and wakes its reconcile on a breach.
     watches: CanaryWatches,
+    /// The objects this process has reconciled: the first reconcile of each resumes a
+    /// rollout that no controller drove meanwhile.
+    driven: std::sync::Mutex<std::collections::HashSet<String>>,
     http: reqwest::Client,
 }
 
+/// The longest wait between two looks at a service with no rollout.
+const IDLE_RECHECK: Duration = Duration::from_secs(300);
 /// How often a canary's zgate replicas are scraped between analyses.
 const WATCH_EVERY: Duration = Duration::from_millis(100);
 
@@ -219,6 +224,7 @@ impl Context {
             analyzers: Default::default(),
             endpoints,
             watches: CanaryWatches::default(),
+            driven: Default::default(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(2))
                 .build()
@@ -271,10 +277,7 @@ impl Context {
             return None;
         }
         let analyzer = self.analyzer(svc, status);
-        let age: std::time::Duration = now
-            .duration_since(rollout.started.0)
-            .try_into()
-            .unwrap_or_default();
+        let age = engine::clock::canary_age(rollout, now);
         let mut analyzer = analyzer.lock().await;
         let (ns, name) = (svc.namespace().unwrap_or_default(), svc.name_any());
         analyzer.scrape_targets(self.endpoints.zgate_metrics(&ns, &name));
@@ -465,8 +468,15 @@ async fn apply(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
         .stable_revision
         .get_or_insert_with(|| svc.spec.image());
     before.observed_generation = svc.metadata.generation;
-    let observed = observe(&svc, &before);
     let now = Timestamp::now();
+    let key = format!("{ns}/{}", svc.name_any());
+    let first = ctx.driven.lock().expect("driven lock").insert(key.clone());
+    if first && before.rollout.is_some() {
+        // The time no controller ran (a restart, a new leader) is not the canary's lack
+        // of progress.
+        before = engine::step(&svc.spec, &before, &Input::Restarted, now).status;
+    }
+    let observed = observe(&svc, &before);
     let mut d = engine::step(&svc.spec, &before, &observed.input, now);
     // A new canary (a retry seconds after a rollback too) is counted from zero.
     if d.actions
@@ -543,7 +553,6 @@ async fn apply(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
             publish(&ctx.recorder, &reference, *warning, reason, note, "Rollout").await;
         }
     }
-    let key = format!("{ns}/{}", svc.name_any());
     match &d.status.rollout {
         Some(r) if !engine::waiting_for_reach(&svc.spec, r) => ctx.watches.ensure(
             &svc,
@@ -553,28 +562,34 @@ async fn apply(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
         ),
         _ => ctx.watches.stop(&key),
     }
-    let interval = svc.spec.strategy.canary.analysis.interval.get();
-    let waiting = d
-        .status
-        .rollout
-        .as_ref()
-        .is_some_and(|r| engine::waiting_for_reach(&svc.spec, r));
-    let drained = super::render::canary_drains_until(&desired)
-        .and_then(|until| Duration::try_from(until.duration_since(now)).ok())
-        .filter(|left| !left.is_zero());
-    Ok(match (d.status.rollout.is_some(), drained) {
-        // Endpoint changes wake it too; this bounds the wait for zgate to reach the canary.
-        (true, _) if waiting => Action::requeue(Duration::from_secs(1)),
-        (true, _) => Action::requeue(interval.max(Duration::from_secs(1))),
-        // Come back when the stopped canary has drained, to scale it down.
-        (false, Some(left)) => Action::requeue(left + Duration::from_millis(100)),
-        (false, None) => Action::requeue(Duration::from_secs(300)),
+    // Look again at least every analysis interval during a rollout, every second while
+    // zgate has not reached the canary (endpoint changes wake it too), and whenever the
+    // engine has a deadline sooner (a timed pause, the progress deadline, a drain).
+    let look = match &d.status.rollout {
+        Some(r) if engine::waiting_for_reach(&svc.spec, r) => Duration::from_secs(1),
+        Some(_) => svc
+            .spec
+            .strategy
+            .canary
+            .analysis
+            .interval
+            .get()
+            .max(Duration::from_secs(1)),
+        None => IDLE_RECHECK,
+    };
+    let deadline = engine::clock::poll_timeout(&svc.spec, &d.status, now)
+        .map(|t| Duration::try_from(t.duration_since(now)).unwrap_or_default());
+    Ok(match deadline {
+        // Just after the deadline, so the tick finds it passed.
+        Some(left) if left < look => Action::requeue(left + Duration::from_millis(100)),
+        _ => Action::requeue(look),
     })
 }
 
 async fn cleanup(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
     let key = format!("{}/{}", svc.namespace().unwrap_or_default(), svc.name_any());
     ctx.analyzers.forget(&key);
+    ctx.driven.lock().expect("driven lock").remove(&key);
     ctx.watches.stop(&key);
     // Owned objects go with the ZmqService (owner references); say so where people look.
     let note = format!(

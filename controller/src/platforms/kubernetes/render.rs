@@ -267,19 +267,6 @@ fn canary_replicas(svc: &ZmqService, weight: Weight, in_rollout: bool) -> i32 {
     }
 }
 
-/// Until when the canary of a rollout that just ended keeps its pods: zgate sends it
-/// nothing more, and requests already sent get their replies (they take at most the
-/// request timeout) instead of being cut off by the scale-down.
-pub fn canary_drains_until(svc: &ZmqService) -> Option<jiff::Timestamp> {
-    let status = svc.status.as_ref()?;
-    if status.rollout.is_some() || svc.spec.strategy.router != Router::Gateway {
-        return None;
-    }
-    let last = status.history.first()?;
-    let drain = svc.spec.zmq.request_timeout.get() + std::time::Duration::from_secs(1);
-    Some(last.ended.0 + jiff::SignedDuration::try_from(drain).ok()?)
-}
-
 /// Renders the service for its recorded status (stable and canary revisions, weight) at
 /// `now` (a canary that just stopped taking traffic drains before it scales down).
 pub fn render(svc: &ZmqService, now: jiff::Timestamp) -> Rendered {
@@ -311,7 +298,7 @@ pub fn render(svc: &ZmqService, now: jiff::Timestamp) -> Rendered {
         stable_replicas,
         windows_pod(svc, "stable", &stable_image),
     ));
-    let draining = canary_drains_until(svc)
+    let draining = crate::engine::clock::draining_until(&svc.spec, &status)
         .filter(|until| now < *until)
         .and(status.history.first());
     let (canary_image, canary_count) = match draining {

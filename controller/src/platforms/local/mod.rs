@@ -32,8 +32,14 @@ use zdeploy_api::ChaosSchedule;
 use zdeploy_api::chaos::ChaosRun;
 use zdeploy_gateway::control::ActiveFault;
 
-/// How often the engine is given the time.
+/// How often crashed processes are restarted and, until zgate reaches the canary, its
+/// reach is looked at.
 const TICK: Duration = Duration::from_millis(100);
+/// The shortest wait for an engine deadline (one just passed is handled at once, but a
+/// deadline the engine found not yet passed, by a clock's rounding, is not busy-polled).
+const TIMER_FLOOR: Duration = Duration::from_millis(10);
+/// The timer's length when the engine has no deadline (the branch is then disabled).
+const IDLE: Duration = Duration::from_secs(3600);
 /// How long zgate may take to connect to the processes started with `zdeploy up`.
 const START_LIMIT: Duration = Duration::from_secs(10);
 /// How often the embedded scrape samples zgate between analyses. Every scrape is also a
@@ -90,7 +96,6 @@ pub struct Runtime {
     stable: Pool,
     canary: Pool,
     analyzer: Analyzer,
-    canary_since: Option<Instant>,
     events: broadcast::Sender<RuntimeEvent>,
     view: watch::Sender<StatusView>,
     commands: mpsc::Receiver<Queued>,
@@ -221,7 +226,6 @@ impl Runtime {
             "stable {stable_image} running on {}",
             stable.endpoints().join(", ")
         ));
-        let mut canary_since = None;
         if status.rollout.is_some()
             && let Some(image) = status.canary_revision.clone()
         {
@@ -230,7 +234,6 @@ impl Runtime {
                 crate::engine::step(&svc.spec, &status, &Input::Restarted, Timestamp::now()).status;
             canary.start(&local, &image).await?;
             wait_live(&gateway, "canary", n, START_LIMIT).await?;
-            canary_since = Some(Instant::now());
             note(format!(
                 "resumed the rollout of {image} at step {} ({}%)",
                 status.current_step.unwrap_or(0),
@@ -262,7 +265,7 @@ impl Runtime {
             inbox.clone(),
             Span::CanaryLife,
         );
-        if canary_since.is_some() {
+        if canary.revision.is_some() {
             // zgate starts again from zero: the canary's counts so far are in the status.
             analyzer.resume(&status.analysis);
         }
@@ -323,7 +326,6 @@ impl Runtime {
             stable,
             canary,
             analyzer,
-            canary_since,
             events,
             view: view_tx,
             commands,
@@ -372,7 +374,16 @@ impl Runtime {
                     None => std::future::pending().await,
                 }
             };
+            // The engine is given the time when it has a deadline, not on every tick.
+            let deadline = engine::clock::poll_timeout(&self.spec, &self.status, Timestamp::now())
+                .map(|t| {
+                    Duration::try_from(t.duration_since(Timestamp::now())).unwrap_or_default()
+                });
+            let timer = tokio::time::sleep(deadline.map_or(IDLE, |d| d.max(TIMER_FLOOR)));
             tokio::select! {
+                _ = timer, if deadline.is_some() => {
+                    self.feed(Input::Tick).await;
+                }
                 _ = tick.tick() => {
                     for note in self.stable.restart_exited(&self.local).into_iter().chain(self.canary.restart_exited(&self.local)) {
                         self.note(note);
@@ -380,14 +391,14 @@ impl Runtime {
                     if self.status.rollout.as_ref().is_some_and(|r| r.reached.is_none()) {
                         self.feed(Input::Reach(self.reach())).await;
                     }
-                    self.feed(Input::Tick).await;
                 }
-                _ = scrape.tick(), if self.canary_since.is_some() => {
+                _ = scrape.tick(), if self.canary.revision.is_some() => {
                     if let Err(e) = self.analyzer.observe().await {
                         tracing::warn!("{e}");
                     }
-                    let age = self.canary_since.map(|t| t.elapsed()).unwrap_or_default();
-                    if self.status.rollout.is_some() && self.analyzer.breach(age) {
+                    if let Some(r) = &self.status.rollout
+                        && self.analyzer.breach(engine::clock::canary_age(r, Timestamp::now()))
+                    {
                         self.analyse().await;
                     }
                 }
@@ -413,11 +424,14 @@ impl Runtime {
     }
 
     async fn analyse(&mut self) {
-        let Some(since) = self.canary_since else {
+        let (Some(r), Some(_)) = (&self.status.rollout, &self.canary.revision) else {
             return;
         };
         let started = Timestamp::now();
-        let run = self.analyzer.run(since.elapsed()).await;
+        let run = self
+            .analyzer
+            .run(engine::clock::canary_age(r, started))
+            .await;
         let _ = self
             .events
             .send(RuntimeEvent::Analysis(Box::new(run.clone())));
@@ -504,7 +518,6 @@ impl Runtime {
                         "{e}; no weight goes to the canary before zgate reaches it"
                     ));
                 }
-                self.canary_since = Some(Instant::now());
                 self.analyzer.new_canary();
                 self.note(format!(
                     "canary {revision} running on {}",
@@ -539,7 +552,6 @@ impl Runtime {
             Action::StopCanary => {
                 self.drain("canary").await;
                 self.canary.stop().await;
-                self.canary_since = None;
             }
             Action::Event {
                 warning,
@@ -837,12 +849,11 @@ impl Runtime {
         }
     }
 
-    /// Waits until requests already sent to `pool` are answered (at most the request
-    /// timeout), so stopping its processes loses none and no late timeout is counted
-    /// against the next canary.
+    /// Waits until requests already sent to `pool` are answered (at most the drain window
+    /// both platforms keep), so stopping its processes loses none and no late timeout is
+    /// counted against the next canary.
     async fn drain(&self, pool: &str) {
-        let deadline =
-            Instant::now() + self.spec.zmq.request_timeout.get() + Duration::from_millis(200);
+        let deadline = Instant::now() + engine::clock::drain_window(&self.spec);
         while self.gateway.in_flight(pool) > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
