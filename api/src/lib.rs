@@ -2,8 +2,10 @@
 //! validation, and the CRDs generated from them. No I/O lives here.
 
 pub mod chaos;
+pub mod command;
 pub mod crd;
 pub mod duration;
+pub mod image;
 pub mod service;
 pub mod validate;
 pub mod weight;

@@ -12,14 +12,14 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config, ResourceExt};
 use zdeploy_api::ZmqService;
 use zdeploy_api::chaos::{ChaosRun, ChaosSchedule};
+use zdeploy_api::command::{
+    COMMAND_ANNOTATION, CommandAnnotation, CommandRequest, RUN_NOW_ANNOTATION, SUSPEND_ANNOTATION,
+};
 use zdeploy_api::validate::{Resource, validate_str};
 use zdeploy_chaos::target::pools;
 use zdeploy_controller::experiment::{
     Injection, PROCESS_KILL_IN_A_CLUSTER, describe_fault, injection,
 };
-use zdeploy_controller::platforms::kubernetes::chaos::{RUN_NOW_ANNOTATION, SUSPEND_ANNOTATION};
-use zdeploy_controller::platforms::kubernetes::controller::COMMAND_ANNOTATION;
-use zdeploy_controller::platforms::local::api::CommandRequest;
 
 use crate::Output;
 use crate::local::describe;
@@ -86,10 +86,12 @@ pub async fn command(
     let (client, ns) = cluster.client().await?;
     let api: Api<ZmqService> = Api::namespaced(client, &ns);
     let id = command_id();
-    let mut value = serde_json::to_value(&request)?;
-    value["id"] = serde_json::json!(id);
+    let command = CommandAnnotation {
+        id: id.clone(),
+        request,
+    };
     let patch =
-        serde_json::json!({"metadata": {"annotations": {COMMAND_ANNOTATION: value.to_string()}}});
+        serde_json::json!({"metadata": {"annotations": {COMMAND_ANNOTATION: command.to_value()}}});
     api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .with_context(|| format!("ZmqService {name} in namespace {ns}"))?;

@@ -5,8 +5,10 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use axum::routing::get;
-use zdeploy_controller::platforms::kubernetes::controller::{self, MetricsSource, Stats};
 use zdeploy_controller::platforms::kubernetes::leader::{self, Leader};
+use zdeploy_controller::platforms::kubernetes::measure::MetricsSource;
+use zdeploy_controller::platforms::kubernetes::stats::Stats;
+use zdeploy_controller::platforms::kubernetes::{alerts, manager};
 
 /// Arguments of `zdeploy controller`.
 #[derive(clap::Args)]
@@ -77,10 +79,7 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
         tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;
         });
-        tokio::spawn(controller::rollback_on_alerts(
-            client.clone(),
-            inbox.clone(),
-        ));
+        tokio::spawn(alerts::rollback_on_alerts(client.clone(), inbox.clone()));
         alerts = Some(inbox);
     }
     let metrics = match &args.prometheus {
@@ -92,7 +91,7 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     };
     if args.no_leader_election {
         stats.set_leader(true);
-        controller::run(client, metrics, stats, alerts).await?;
+        manager::run(client, metrics, stats, alerts).await?;
         return Ok(());
     }
     let identity = args
@@ -119,7 +118,7 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     tracing::info!(%identity, "holding the {} Lease: reconciling", leader::LEASE_NAME);
     stats.set_leader(true);
     let outcome = tokio::select! {
-        r = controller::run(client, metrics, stats.clone(), alerts) => r.map_err(anyhow::Error::from),
+        r = manager::run(client, metrics, stats.clone(), alerts) => r.map_err(anyhow::Error::from),
         _ = leader.lost() => Err(anyhow::anyhow!(
             "lost the {} Lease: stopping so that only the new holder reconciles",
             leader::LEASE_NAME

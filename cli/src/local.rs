@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use zdeploy_api::ZmqServiceStatus;
+use zdeploy_api::command::CommandRequest;
 use zdeploy_api::service::{Outcome, Verdict};
 use zdeploy_controller::platforms::local::api::{
-    ChaosReply, ChaosRequest, CommandReply, CommandRequest, StatusView,
+    ChaosReply, ChaosRequest, CommandReply, StatusView,
 };
 use zdeploy_controller::platforms::local::state::StateDir;
 use zdeploy_controller::platforms::local::{Runtime, RuntimeEvent, UpConfig};

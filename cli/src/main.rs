@@ -21,7 +21,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use zdeploy_api::Weight;
 
 use local::StateArgs;
-use zdeploy_controller::platforms::local::api::CommandRequest;
+use zdeploy_api::command::CommandRequest;
 use zdeploy_controller::platforms::local::state::StateDir;
 
 /// Deploy ZeroMQ services to Windows node pools and release them safely by canary.

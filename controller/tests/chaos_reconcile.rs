@@ -19,7 +19,8 @@ use zdeploy_controller::analysis::webhook::AlertInbox;
 use zdeploy_controller::platforms::kubernetes::chaos::{
     CHAOS_FIELD_MANAGER, CHAOS_FINALIZER, ChaosContext, aimed_at, reconcile,
 };
-use zdeploy_controller::platforms::kubernetes::controller::{MetricsSource, Stats};
+use zdeploy_controller::platforms::kubernetes::measure::MetricsSource;
+use zdeploy_controller::platforms::kubernetes::stats::Stats;
 
 const SCHEDULES: &str = "/apis/zdeploy.io/v1alpha1/namespaces/trading/chaosschedules/drill";
 const SERVICE: &str = "/apis/zdeploy.io/v1alpha1/namespaces/trading/zmqservices/echo";

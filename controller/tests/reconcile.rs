@@ -11,8 +11,10 @@ use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use support::Call;
 use zdeploy_api::ZmqService;
-use zdeploy_controller::platforms::kubernetes::controller::{
-    Context, Error, ErrorKind, FINALIZER, MetricsSource, error_policy, reconcile,
+use zdeploy_controller::platforms::kubernetes::errors::{Error, ErrorKind};
+use zdeploy_controller::platforms::kubernetes::measure::MetricsSource;
+use zdeploy_controller::platforms::kubernetes::service::{
+    Context, FINALIZER, error_policy, reconcile,
 };
 
 fn is_apply(call: &Call, kind_path: &str, name: &str) -> bool {
@@ -594,7 +596,7 @@ async fn an_alertmanager_webhook_becomes_a_rollback_command() {
     let app = router(inbox.clone(), "t0k3n".into());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     tokio::spawn(
-        zdeploy_controller::platforms::kubernetes::controller::rollback_on_alerts(client, inbox),
+        zdeploy_controller::platforms::kubernetes::alerts::rollback_on_alerts(client, inbox),
     );
     zdeploy_controller::tls::install_ring_provider();
     let payload = json!({"alerts": [{"status": "firing", "labels": {"alertname": "CanaryErrorRateHigh", "service": "echo", "namespace": "trading", "pool": "canary"}}]});

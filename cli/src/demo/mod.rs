@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde::Serialize;
 use zdeploy_api::Weight;
+use zdeploy_api::command::CommandRequest;
 use zdeploy_api::service::{Outcome, Phase, Verdict};
-use zdeploy_controller::platforms::local::api::CommandRequest;
 use zdeploy_controller::platforms::local::{Runtime, RuntimeEvent, UpConfig};
 
 use crate::Output;

@@ -14,6 +14,7 @@ pub mod clock;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use zdeploy_api::Weight;
+use zdeploy_api::command::CommandRequest;
 use zdeploy_api::service::{
     HISTORY_LIMIT, Measurement, Outcome, Phase, RolloutRecord, RolloutState, Router, Step, Verdict,
     ZmqServiceSpec, ZmqServiceStatus,
@@ -87,6 +88,26 @@ pub enum Command {
     Pause,
     /// Continue a held rollout.
     Resume,
+}
+
+impl Command {
+    /// The command a person's request asks for; a rollout without an image releases
+    /// `manifest_image`.
+    pub fn from_request(request: CommandRequest, manifest_image: String) -> Self {
+        match request {
+            CommandRequest::Rollout { image, canary } => Command::Rollout {
+                revision: image.unwrap_or(manifest_image),
+                canary,
+            },
+            CommandRequest::Promote { full } => Command::Promote { full },
+            CommandRequest::Rollback { reason } => Command::Abort {
+                reason: reason.unwrap_or_else(|| "zdeploy rollback".into()),
+            },
+            CommandRequest::Retry => Command::Retry,
+            CommandRequest::Pause => Command::Pause,
+            CommandRequest::Resume => Command::Resume,
+        }
+    }
 }
 
 /// What the platform must do, in order.

@@ -20,13 +20,17 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Api, Client, Resource, ResourceExt};
 use zdeploy_api::ZmqService;
 use zdeploy_api::chaos::{ActiveRun, ChaosRun, ChaosSchedule, ChaosScheduleStatus, RunVerdict};
+use zdeploy_api::command::{RUN_NOW_ANNOTATION, SUSPEND_ANNOTATION};
 use zdeploy_chaos::run::{Check, Next};
 use zdeploy_chaos::schedule::{Decision, Guards, plan, refused_by};
 use zdeploy_chaos::target::pools;
 use zdeploy_gateway::follow::{FAULTS_KEY, StoredFault};
 
-use super::controller::{Analyzers, Error, MetricsSource, SharedAnalyzer, Stats};
 use super::endpoints::Endpoints;
+use super::errors::{Error, backoff};
+use super::events::publish;
+use super::measure::{Analyzers, MetricsSource, SharedAnalyzer};
+use super::stats::Stats;
 use crate::analysis::prometheus::Prometheus;
 use crate::analysis::webhook::AlertInbox;
 use crate::analysis::{Analyzer, Span};
@@ -39,10 +43,6 @@ use crate::experiment::{
 pub const CHAOS_FINALIZER: &str = "zdeploy.io/chaos-revert";
 /// The field manager that owns `faults.json` in a weights ConfigMap.
 pub const CHAOS_FIELD_MANAGER: &str = "zdeploy-chaos";
-/// The annotation that pauses a schedule (`"true"`) without touching its spec, kept in git.
-pub const SUSPEND_ANNOTATION: &str = "zdeploy.io/suspend";
-/// The annotation asking for one run now (its value is the request's id, carried out once).
-pub const RUN_NOW_ANNOTATION: &str = "zdeploy.io/run-now";
 /// The longest wait between two looks at a running experiment.
 const ACTIVE_RECHECK: Duration = Duration::from_secs(5);
 /// The longest wait between two looks at an idle schedule (guards and time move on).
@@ -293,8 +293,7 @@ impl ChaosContext {
 
     async fn publish(&self, cs: &ChaosSchedule, warning: bool, reason: String, note: String) {
         let reference = cs.object_ref(&());
-        super::controller::publish(&self.recorder, &reference, warning, &reason, note, "Chaos")
-            .await;
+        publish(&self.recorder, &reference, warning, &reason, note, "Chaos").await;
     }
 }
 
@@ -611,5 +610,5 @@ pub async fn reconcile(cs: Arc<ChaosSchedule>, ctx: Arc<ChaosContext>) -> Result
 /// Backs off after a failed reconcile: conflicts retry at once, the rest after a pause.
 pub fn error_policy(cs: Arc<ChaosSchedule>, error: &Error, _ctx: Arc<ChaosContext>) -> Action {
     tracing::warn!(schedule = %cs.name_any(), error = %error, kind = ?error.kind(), "chaos reconcile failed");
-    super::controller::backoff(error)
+    backoff(error)
 }

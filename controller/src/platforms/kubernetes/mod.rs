@@ -1,10 +1,18 @@
-//! The Kubernetes platform: what a ZmqService becomes in a cluster, the controllers that
-//! drive ZmqServices and ChaosSchedules, and leader election between their replicas.
+//! The Kubernetes platform: what a ZmqService becomes in a cluster (`render`), the
+//! ZmqService reconciler (`service`) and the ChaosSchedule reconciler (`chaos`), what they
+//! share (`errors`, `measure`, `events`, `stats`, `endpoints`), the manager that runs both
+//! (`manager`), the Alertmanager bridge (`alerts`), and leader election between replicas.
 
+pub mod alerts;
 pub mod chaos;
 pub mod conditions;
-pub mod controller;
 pub mod endpoints;
+pub mod errors;
+pub mod events;
 pub mod leader;
+pub mod manager;
+pub mod measure;
 pub mod merge_patch;
 pub mod render;
+pub mod service;
+pub mod stats;

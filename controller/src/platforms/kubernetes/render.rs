@@ -22,7 +22,7 @@ use serde::Serialize;
 use zdeploy_api::service::Router;
 use zdeploy_api::{Weight, ZmqService};
 
-use crate::platforms::local::process::tag_of;
+use zdeploy_api::image::tag_of;
 
 /// The image zgate runs (this release of zdeploy).
 pub const ZGATE_IMAGE: &str = concat!("ghcr.io/zdeploy/zdeploy:", env!("CARGO_PKG_VERSION"));

@@ -10,61 +10,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
-use zdeploy_api::{Weight, ZmqServiceStatus};
+use zdeploy_api::ZmqServiceStatus;
+use zdeploy_api::command::CommandRequest;
 
 use crate::engine::Command;
-
-/// A command as the CLI sends it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "command", rename_all = "camelCase")]
-pub enum CommandRequest {
-    /// Release an image (the manifest's when none is given).
-    Rollout {
-        /// The image to release.
-        #[serde(default)]
-        image: Option<String>,
-        /// Start at this weight.
-        #[serde(default)]
-        canary: Option<Weight>,
-    },
-    /// Skip the current pause, or finish the rollout with `full`.
-    Promote {
-        /// Promote all the way.
-        #[serde(default)]
-        full: bool,
-    },
-    /// Roll back now.
-    Rollback {
-        /// Why.
-        #[serde(default)]
-        reason: Option<String>,
-    },
-    /// Restart the last rolled-back revision.
-    Retry,
-    /// Hold the rollout.
-    Pause,
-    /// Continue it.
-    Resume,
-}
-
-impl CommandRequest {
-    /// The engine command; a rollout without an image releases `manifest_image`.
-    pub fn into_command(self, manifest_image: String) -> Command {
-        match self {
-            CommandRequest::Rollout { image, canary } => Command::Rollout {
-                revision: image.unwrap_or(manifest_image),
-                canary,
-            },
-            CommandRequest::Promote { full } => Command::Promote { full },
-            CommandRequest::Rollback { reason } => Command::Abort {
-                reason: reason.unwrap_or_else(|| "zdeploy rollback".into()),
-            },
-            CommandRequest::Retry => Command::Retry,
-            CommandRequest::Pause => Command::Pause,
-            CommandRequest::Resume => Command::Resume,
-        }
-    }
-}
 
 /// The answer to a command: the status after it, or why it was refused.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -249,7 +198,7 @@ async fn command(
         &headers,
         &body,
         &shared.commands,
-        move |req: CommandRequest| req.into_command(image),
+        move |req: CommandRequest| Command::from_request(req, image),
     )
     .await
 }

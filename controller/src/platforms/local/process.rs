@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
+use zdeploy_api::image::tag_of;
 
 use tokio::process::{Child, Command};
 use zdeploy_api::service::LocalRun;
@@ -22,15 +23,6 @@ pub struct Pool {
     /// The revision (image) running, if any.
     pub revision: Option<String>,
     logs: Vec<PathBuf>,
-}
-
-/// The tag of an image reference (`registry:5000/echo:2.1` gives `2.1`), or the whole of it.
-pub fn tag_of(image: &str) -> &str {
-    let name_start = image.rfind('/').map_or(0, |i| i + 1);
-    match image[name_start..].rfind(':') {
-        Some(i) => &image[name_start + i + 1..],
-        None => image,
-    }
 }
 
 impl Pool {
@@ -219,18 +211,5 @@ impl Pool {
             }
         }
         self.revision = None;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tags() {
-        assert_eq!(tag_of("registry.example.com:5000/trading/echo:2.1"), "2.1");
-        assert_eq!(tag_of("echo"), "echo");
-        assert_eq!(tag_of("localhost:5000/echo"), "localhost:5000/echo");
-        assert_eq!(tag_of("echo:1.1+errors=0.2"), "1.1+errors=0.2");
     }
 }

@@ -1,4 +1,4 @@
-//! The Kubernetes controller, in the kube-rs style: `reconcile` drives the rollout engine
+//! The ZmqService reconciler, in the kube-rs style: `reconcile` drives the rollout engine
 //! for one ZmqService from its recorded status, server-side applies what `render` makes of
 //! the new status (weights before workloads, so a rollback sets the canary weight to 0
 //! before the canary scales down), records the status, and publishes Events with the
@@ -15,27 +15,25 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Api, Client, Resource, ResourceExt};
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use zdeploy_api::command::{COMMAND_ANNOTATION, CommandAnnotation};
 use zdeploy_api::{ZmqService, ZmqServiceStatus};
-use zdeploy_gateway::watch_retry::WatchRetry;
 
 use super::endpoints::Endpoints;
+use super::errors::{Error, backoff};
+use super::events::publish;
+use super::measure::{Analyzers, MetricsSource, SharedAnalyzer};
 use super::render::{Rendered, render};
-use crate::analysis::promql::Target;
-use crate::analysis::{Analyzer, Source, Span};
+use crate::analysis::{Analyzer, Span};
 use crate::engine::{self, Action as EngineAction, Command, Input};
-use crate::platforms::local::api::CommandRequest;
 
 /// The field manager of every server-side apply.
 pub const FIELD_MANAGER: &str = "zdeploy";
 /// The finalizer that lets zdeploy clean up before a ZmqService goes.
 pub const FINALIZER: &str = "zdeploy.io/cleanup";
-/// The annotation the CLI writes to steer a rollout.
-pub const COMMAND_ANNOTATION: &str = "zdeploy.io/command";
 
 /// What every reconcile shares.
 pub struct Context {
@@ -124,84 +122,6 @@ impl CanaryWatches {
     }
 }
 
-/// Where the controller measures canaries.
-#[derive(Clone, Debug)]
-pub enum MetricsSource {
-    /// Scrape each service's zgate Service (`http://NAME.NAMESPACE.svc:9464/metrics`).
-    Scrape,
-    /// Query Prometheus; `namespace_label` says whether zgate's series carry `namespace`.
-    Prometheus {
-        /// Prometheus' base URL.
-        url: String,
-        /// Series carry a `namespace` label (the usual Kubernetes relabeling).
-        namespace_label: bool,
-    },
-}
-
-/// One analyzer per object, shared with a lock: the embedded scrape builds history between
-/// reconciles.
-pub(super) type SharedAnalyzer = Arc<tokio::sync::Mutex<Analyzer>>;
-
-/// The analyzers of every object, each made anew when its object's spec changes. Each has
-/// its own lock, so a slow source delays only the analyses that use it.
-#[derive(Default)]
-pub(super) struct Analyzers(
-    std::sync::Mutex<std::collections::HashMap<String, (Option<i64>, SharedAnalyzer)>>,
-);
-
-impl Analyzers {
-    /// The analyzer of `key` for spec `generation`, made by `make` when there is none yet.
-    pub(super) fn current(
-        &self,
-        key: String,
-        generation: Option<i64>,
-        make: impl FnOnce() -> Analyzer,
-    ) -> SharedAnalyzer {
-        let mut all = self.0.lock().expect("analyzers lock");
-        match all.get(&key) {
-            Some((g, analyzer)) if *g == generation => analyzer.clone(),
-            _ => {
-                let analyzer = Arc::new(tokio::sync::Mutex::new(make()));
-                all.insert(key, (generation, analyzer.clone()));
-                analyzer
-            }
-        }
-    }
-
-    /// Drops the analyzer of a deleted object.
-    pub(super) fn forget(&self, key: &str) {
-        self.0.lock().expect("analyzers lock").remove(key);
-    }
-}
-
-impl MetricsSource {
-    /// Where the measurements of `pool` of service `name` in `ns` come from.
-    pub fn source_for(&self, name: &str, ns: &str, pool: &str) -> (Source, Target) {
-        let (source, namespace) = match self {
-            MetricsSource::Scrape => (
-                Source::scrape(&format!(
-                    "http://{name}.{ns}.svc.cluster.local:{}/metrics",
-                    super::render::METRICS_PORT
-                )),
-                None,
-            ),
-            MetricsSource::Prometheus {
-                url,
-                namespace_label,
-            } => (
-                Source::prometheus(url),
-                namespace_label.then(|| ns.to_string()),
-            ),
-        };
-        let target = Target {
-            service: name.to_string(),
-            namespace,
-            pool: pool.to_string(),
-        };
-        (source, target)
-    }
-}
-
 impl Context {
     /// A context for `client`, reporting Events as `zdeploy-controller`, that knows no
     /// endpoints (a canary is never reached: see `with_endpoints`).
@@ -230,6 +150,14 @@ impl Context {
                 .build()
                 .expect("building an HTTP client"),
         }
+    }
+
+    /// Where the canary watches ask for a reconcile when they see a breach.
+    pub(super) fn wake_on_breach(
+        &self,
+        wake: tokio::sync::mpsc::UnboundedSender<kube::runtime::reflector::ObjectRef<ZmqService>>,
+    ) {
+        let _ = self.watches.wake.set(wake);
     }
 
     /// What every zgate replica of `svc` sees of its canary.
@@ -299,77 +227,6 @@ impl Context {
     }
 }
 
-/// Why a reconcile failed.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The API server refused or failed a call.
-    #[error("kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-    /// Adding or removing the finalizer failed.
-    #[error("finalizer: {0}")]
-    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
-    /// The object cannot be reconciled as it is.
-    #[error("{0}")]
-    Invalid(String),
-}
-
-/// What kind of failure a reconcile error is: its metric label and its backoff.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum ErrorKind {
-    /// The object changed since it was read (HTTP 409): retried at once.
-    Conflict,
-    /// Any other API error.
-    Kube,
-    /// The finalizer could not be added or removed.
-    Finalizer,
-    /// The object cannot be reconciled as it is.
-    Invalid,
-}
-
-impl ErrorKind {
-    /// Every kind, in the order `/metrics` lists them.
-    pub const ALL: [ErrorKind; 4] = [
-        ErrorKind::Conflict,
-        ErrorKind::Kube,
-        ErrorKind::Finalizer,
-        ErrorKind::Invalid,
-    ];
-
-    /// The label of the `reconcile_errors_total` metric.
-    pub fn label(self) -> &'static str {
-        match self {
-            ErrorKind::Conflict => "conflict",
-            ErrorKind::Kube => "kube",
-            ErrorKind::Finalizer => "finalizer",
-            ErrorKind::Invalid => "invalid",
-        }
-    }
-}
-
-impl Error {
-    /// Its kind; a finalizer's failed apply or cleanup is the inner error's.
-    pub fn kind(&self) -> ErrorKind {
-        match self {
-            Error::Kube(kube::Error::Api(s)) if s.code == 409 => ErrorKind::Conflict,
-            Error::Kube(_) => ErrorKind::Kube,
-            Error::Finalizer(e) => match &**e {
-                kube::runtime::finalizer::Error::ApplyFailed(inner)
-                | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner.kind(),
-                _ => ErrorKind::Finalizer,
-            },
-            Error::Invalid(_) => ErrorKind::Invalid,
-        }
-    }
-}
-
-/// A command annotation: a CLI request with an id, carried out once.
-#[derive(Deserialize)]
-struct Annotated {
-    id: String,
-    #[serde(flatten)]
-    request: CommandRequest,
-}
-
 /// What happened since the last reconcile: the engine input, the command id it carries
 /// out, and the spec image to record as acted on.
 struct Observed {
@@ -382,10 +239,10 @@ struct Observed {
 /// image (GitOps) starts a rollout once no rollout runs.
 fn observe(svc: &ZmqService, status: &ZmqServiceStatus) -> Observed {
     if let Some(raw) = svc.annotations().get(COMMAND_ANNOTATION)
-        && let Ok(a) = serde_json::from_str::<Annotated>(raw)
+        && let Some(a) = CommandAnnotation::parse(raw)
         && status.last_command.as_deref() != Some(a.id.as_str())
     {
-        let cmd = a.request.into_command(svc.spec.image());
+        let cmd = Command::from_request(a.request, svc.spec.image());
         return Observed {
             input: Input::Command(cmd),
             command_id: Some(a.id),
@@ -601,32 +458,6 @@ async fn cleanup(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
     Ok(Action::await_change())
 }
 
-/// Publishes an Event on `reference`. One that cannot be written is logged: Events must
-/// never stop a rollout or an experiment.
-pub(super) async fn publish(
-    recorder: &Recorder,
-    reference: &k8s_openapi::api::core::v1::ObjectReference,
-    warning: bool,
-    reason: &str,
-    note: String,
-    action: &str,
-) {
-    let ev = KubeEvent {
-        type_: if warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        },
-        reason: reason.into(),
-        note: Some(note.chars().take(1000).collect()),
-        action: action.into(),
-        secondary: None,
-    };
-    if let Err(e) = recorder.publish(&ev, reference).await {
-        tracing::warn!("event {reason}: {e}");
-    }
-}
-
 /// Reconciles one ZmqService.
 pub async fn reconcile(svc: Arc<ZmqService>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = svc
@@ -643,260 +474,8 @@ pub async fn reconcile(svc: Arc<ZmqService>, ctx: Arc<Context>) -> Result<Action
     .map_err(|e| Error::Finalizer(Box::new(e)))
 }
 
-/// Counts of reconciles, for `/metrics`.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Reconciles that succeeded.
-    pub ok: std::sync::atomic::AtomicU64,
-    /// Reconciles that failed, by kind.
-    pub failed: std::sync::Mutex<std::collections::BTreeMap<ErrorKind, u64>>,
-    leader: std::sync::atomic::AtomicBool,
-    /// Chaos runs recorded, by verdict.
-    pub chaos_runs: crate::experiment::RunCounts,
-}
-
-impl Stats {
-    /// Records whether this replica holds the Lease (and so reconciles).
-    pub fn set_leader(&self, leader: bool) {
-        self.leader
-            .store(leader, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// The counts in the Prometheus text format.
-    pub fn encode(&self) -> String {
-        let mut out = format!(
-            "# TYPE zdeploy_controller_leader gauge\nzdeploy_controller_leader {}\n",
-            u8::from(self.leader.load(std::sync::atomic::Ordering::Relaxed))
-        );
-        out.push_str("# TYPE zdeploy_reconciles_total counter\n");
-        out.push_str(&format!(
-            "zdeploy_reconciles_total{{result=\"ok\"}} {}\n",
-            self.ok.load(std::sync::atomic::Ordering::Relaxed)
-        ));
-        out.push_str("# TYPE zdeploy_reconcile_errors_total counter\n");
-        for kind in ErrorKind::ALL {
-            let n = self
-                .failed
-                .lock()
-                .expect("stats lock")
-                .get(&kind)
-                .copied()
-                .unwrap_or(0);
-            out.push_str(&format!(
-                "zdeploy_reconcile_errors_total{{error=\"{}\"}} {n}\n",
-                kind.label()
-            ));
-        }
-        out.push_str(&self.chaos_runs.encode());
-        out
-    }
-
-    /// Counts one reconcile's result.
-    fn tally<K>(&self, result: ReconcileResult<K>)
-    where
-        K: Resource,
-        K::DynamicType: Clone + std::fmt::Debug + Eq + std::hash::Hash,
-    {
-        match result {
-            Ok(_) => {
-                self.ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            Err(kube::runtime::controller::Error::ReconcilerFailed(e, obj)) => {
-                *self
-                    .failed
-                    .lock()
-                    .expect("stats lock")
-                    .entry(e.kind())
-                    .or_default() += 1;
-                tracing::warn!(object = %obj.name, "reconcile failed: {e}");
-            }
-            Err(e) => tracing::warn!("controller: {e}"),
-        }
-    }
-}
-
-type ReconcileResult<K> = Result<
-    (kube::runtime::reflector::ObjectRef<K>, Action),
-    kube::runtime::controller::Error<Error, kube::runtime::watcher::Error>,
->;
-
-/// Runs the controllers until SIGINT or SIGTERM: every ZmqService and what it owns, and
-/// every ChaosSchedule. `alerts` are Alertmanager's pushed alerts, for the chaos guard.
-pub async fn run(
-    client: Client,
-    metrics: MetricsSource,
-    stats: Arc<Stats>,
-    alerts: Option<Arc<crate::analysis::webhook::AlertInbox>>,
-) -> Result<(), Error> {
-    use futures::StreamExt;
-    use kube::runtime::{Controller, watcher};
-    use zdeploy_api::chaos::ChaosSchedule;
-    let services: Api<ZmqService> = Api::all(client.clone());
-    let schedules: Api<ChaosSchedule> = Api::all(client.clone());
-    let params = kube::api::ListParams::default().limit(1);
-    let installed = match services.list(&params).await {
-        Ok(_) => schedules.list(&params).await.map(|_| ()),
-        Err(e) => Err(e),
-    };
-    installed.map_err(|e| {
-        Error::Invalid(format!("cannot list ZmqServices and ChaosSchedules ({e}): install the CRDs first (`zdeploy crds | kubectl apply -f -`)"))
-    })?;
-    // Every slice of zdeploy's Services, for the zgate replicas and the canary's readiness.
-    use k8s_openapi::api::discovery::v1::EndpointSlice;
-    use kube::runtime::WatchStreamExt;
-    let (store, writer) = kube::runtime::reflector::store();
-    let slices = Api::<EndpointSlice>::all(client.clone());
-    let slice_config = watcher::Config::default().labels(super::endpoints::SELECTOR);
-    let slice_events = kube::runtime::reflector(writer, watcher(slices, slice_config))
-        .backoff(WatchRetry::default())
-        .touched_objects();
-    // A slice change wakes the reconcile of the ZmqService behind it (canary pods ready).
-    let (wake, woken) = tokio::sync::mpsc::unbounded_channel();
-    let slice_wake = wake.clone();
-    let follow_slices = slice_events.for_each(move |slice| {
-        if let Ok(s) = slice
-            && let (Some(ns), Some(owner)) =
-                (s.namespace(), s.labels().get("app.kubernetes.io/instance"))
-        {
-            let _ = slice_wake.send(kube::runtime::reflector::ObjectRef::new(owner).within(&ns));
-        }
-        futures::future::ready(())
-    });
-    let endpoints = Endpoints(store);
-    let ctx = Arc::new(Context::with_endpoints(
-        client.clone(),
-        metrics.clone(),
-        endpoints.clone(),
-    ));
-    let _ = ctx.watches.wake.set(wake);
-    let woken = futures::stream::unfold(
-        woken,
-        |mut rx| async move { rx.recv().await.map(|r| (r, rx)) },
-    );
-    let chaos_ctx = Arc::new(
-        super::chaos::ChaosContext::new(client.clone(), metrics, alerts, stats.clone())
-            .with_endpoints(endpoints),
-    );
-    let rollouts = Controller::new(services, watcher::Config::default())
-        .owns(
-            Api::<Deployment>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .owns(
-            Api::<ConfigMap>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .reconcile_on(woken)
-        .trigger_backoff(WatchRetry::default())
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| {
-            stats.tally(result);
-            futures::future::ready(())
-        });
-    // A change of a ZmqService (a rollout starting) reaches the schedules aimed at it at
-    // once, so a running experiment is aborted without waiting for its next check.
-    let chaos = Controller::new(schedules, watcher::Config::default());
-    let known = chaos.store();
-    let chaos = chaos
-        .watches(
-            Api::<ZmqService>::all(client.clone()),
-            watcher::Config::default(),
-            move |svc| super::chaos::aimed_at(&svc, &known.state()),
-        )
-        .trigger_backoff(WatchRetry::default())
-        .shutdown_on_signal()
-        .run(
-            super::chaos::reconcile,
-            super::chaos::error_policy,
-            chaos_ctx,
-        )
-        .for_each(|result| {
-            stats.tally(result);
-            futures::future::ready(())
-        });
-    // The slice watch ends with the process; the controllers end on a signal.
-    tokio::select! {
-        _ = async { futures::join!(rollouts, chaos) } => {}
-        _ = follow_slices => {}
-    }
-    Ok(())
-}
-
-/// Turns firing canary alerts from Alertmanager into rollback commands on the ZmqService
-/// their labels name (`service`, `namespace`): the controller sees the annotation at once.
-/// Alerts that name no service, or a service that does not exist, are logged and dropped.
-pub async fn rollback_on_alerts(client: Client, inbox: Arc<crate::analysis::webhook::AlertInbox>) {
-    loop {
-        inbox.notify.notified().await;
-        for alert in inbox.take_canary() {
-            let (Some(service), Some(ns)) =
-                (alert.labels.get("service"), alert.labels.get("namespace"))
-            else {
-                tracing::warn!(alert = %alert.name, "firing canary alert without service and namespace labels; ignored");
-                continue;
-            };
-            let api: Api<ZmqService> = Api::namespaced(client.clone(), ns);
-            let id = format!("alert-{}-{}", alert.name, Timestamp::now().as_millisecond());
-            let reason = format!("alert {} fired for the canary", alert.name);
-            let command = serde_json::json!({"id": id, "command": "rollback", "reason": reason});
-            let patch = serde_json::json!({"metadata": {"annotations": {COMMAND_ANNOTATION: command.to_string()}}});
-            match api
-                .patch(service, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-            {
-                Ok(_) => {
-                    tracing::info!(%service, %ns, alert = %alert.name, "rollback requested by Alertmanager")
-                }
-                Err(e) => tracing::warn!(%service, %ns, "could not request the rollback: {e}"),
-            }
-        }
-    }
-}
-
 /// Backs off after a failed reconcile: conflicts retry at once, the rest after a pause.
 pub fn error_policy(svc: Arc<ZmqService>, error: &Error, _ctx: Arc<Context>) -> Action {
     tracing::warn!(service = %svc.name_any(), error = %error, kind = ?error.kind(), "reconcile failed");
     backoff(error)
-}
-
-/// How long to wait after `error`: a conflict is retried at once, the rest after a pause.
-pub fn backoff(error: &Error) -> Action {
-    match error.kind() {
-        ErrorKind::Conflict => Action::requeue(Duration::from_millis(200)),
-        ErrorKind::Kube | ErrorKind::Finalizer | ErrorKind::Invalid => {
-            Action::requeue(Duration::from_secs(5))
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_analyzer_is_kept_per_generation_and_made_anew_when_the_spec_changes() {
-        let mut made = 0;
-        let mut make = || {
-            made += 1;
-            let (source, target) = MetricsSource::Scrape.source_for("echo", "trading", "canary");
-            Analyzer::new(source, target, Default::default(), None, Span::CanaryLife)
-        };
-        let analyzers = Analyzers::default();
-        let first = analyzers.current("trading/echo".into(), Some(1), &mut make);
-        let again = analyzers.current("trading/echo".into(), Some(1), &mut make);
-        assert!(
-            Arc::ptr_eq(&first, &again),
-            "the same analyzer, history kept"
-        );
-        // An analysis in progress for one service does not hold up another's.
-        let busy = first.try_lock().unwrap();
-        let other = analyzers.current("trading/quotes".into(), Some(1), &mut make);
-        assert!(other.try_lock().is_ok());
-        drop(busy);
-        analyzers.current("trading/echo".into(), Some(2), &mut make);
-        analyzers.forget("trading/echo");
-        analyzers.current("trading/echo".into(), Some(2), &mut make);
-        assert_eq!(made, 4);
-    }
 }

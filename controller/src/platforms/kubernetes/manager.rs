@@ -1,0 +1,119 @@
+//! The controller manager: both controllers (ZmqServices with what they own, and
+//! ChaosSchedules) over one EndpointSlice watch, until SIGINT or SIGTERM.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::{Api, Client, ResourceExt};
+use zdeploy_api::ZmqService;
+use zdeploy_gateway::watch_retry::WatchRetry;
+
+use super::endpoints::Endpoints;
+use super::errors::Error;
+use super::measure::MetricsSource;
+use super::service::{Context, error_policy, reconcile};
+use super::stats::Stats;
+
+/// Runs the controllers until SIGINT or SIGTERM: every ZmqService and what it owns, and
+/// every ChaosSchedule. `alerts` are Alertmanager's pushed alerts, for the chaos guard.
+pub async fn run(
+    client: Client,
+    metrics: MetricsSource,
+    stats: Arc<Stats>,
+    alerts: Option<Arc<crate::analysis::webhook::AlertInbox>>,
+) -> Result<(), Error> {
+    use futures::StreamExt;
+    use kube::runtime::{Controller, watcher};
+    use zdeploy_api::chaos::ChaosSchedule;
+    let services: Api<ZmqService> = Api::all(client.clone());
+    let schedules: Api<ChaosSchedule> = Api::all(client.clone());
+    let params = kube::api::ListParams::default().limit(1);
+    let installed = match services.list(&params).await {
+        Ok(_) => schedules.list(&params).await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    installed.map_err(|e| {
+        Error::Invalid(format!("cannot list ZmqServices and ChaosSchedules ({e}): install the CRDs first (`zdeploy crds | kubectl apply -f -`)"))
+    })?;
+    // Every slice of zdeploy's Services, for the zgate replicas and the canary's readiness.
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use kube::runtime::WatchStreamExt;
+    let (store, writer) = kube::runtime::reflector::store();
+    let slices = Api::<EndpointSlice>::all(client.clone());
+    let slice_config = watcher::Config::default().labels(super::endpoints::SELECTOR);
+    let slice_events = kube::runtime::reflector(writer, watcher(slices, slice_config))
+        .backoff(WatchRetry::default())
+        .touched_objects();
+    // A slice change wakes the reconcile of the ZmqService behind it (canary pods ready).
+    let (wake, woken) = tokio::sync::mpsc::unbounded_channel();
+    let slice_wake = wake.clone();
+    let follow_slices = slice_events.for_each(move |slice| {
+        if let Ok(s) = slice
+            && let (Some(ns), Some(owner)) =
+                (s.namespace(), s.labels().get("app.kubernetes.io/instance"))
+        {
+            let _ = slice_wake.send(kube::runtime::reflector::ObjectRef::new(owner).within(&ns));
+        }
+        futures::future::ready(())
+    });
+    let endpoints = Endpoints(store);
+    let ctx = Arc::new(Context::with_endpoints(
+        client.clone(),
+        metrics.clone(),
+        endpoints.clone(),
+    ));
+    ctx.wake_on_breach(wake);
+    let woken = futures::stream::unfold(
+        woken,
+        |mut rx| async move { rx.recv().await.map(|r| (r, rx)) },
+    );
+    let chaos_ctx = Arc::new(
+        super::chaos::ChaosContext::new(client.clone(), metrics, alerts, stats.clone())
+            .with_endpoints(endpoints),
+    );
+    let rollouts = Controller::new(services, watcher::Config::default())
+        .owns(
+            Api::<Deployment>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .owns(
+            Api::<ConfigMap>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .reconcile_on(woken)
+        .trigger_backoff(WatchRetry::default())
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| {
+            stats.tally(result);
+            futures::future::ready(())
+        });
+    // A change of a ZmqService (a rollout starting) reaches the schedules aimed at it at
+    // once, so a running experiment is aborted without waiting for its next check.
+    let chaos = Controller::new(schedules, watcher::Config::default());
+    let known = chaos.store();
+    let chaos = chaos
+        .watches(
+            Api::<ZmqService>::all(client.clone()),
+            watcher::Config::default(),
+            move |svc| super::chaos::aimed_at(&svc, &known.state()),
+        )
+        .trigger_backoff(WatchRetry::default())
+        .shutdown_on_signal()
+        .run(
+            super::chaos::reconcile,
+            super::chaos::error_policy,
+            chaos_ctx,
+        )
+        .for_each(|result| {
+            stats.tally(result);
+            futures::future::ready(())
+        });
+    // The slice watch ends with the process; the controllers end on a signal.
+    tokio::select! {
+        _ = async { futures::join!(rollouts, chaos) } => {}
+        _ = follow_slices => {}
+    }
+    Ok(())
+}
