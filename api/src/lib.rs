@@ -6,6 +6,7 @@ pub mod command;
 pub mod crd;
 pub mod duration;
 pub mod image;
+pub mod pool;
 pub mod service;
 pub mod validate;
 pub mod weight;
@@ -13,6 +14,7 @@ pub mod windows;
 
 pub use chaos::{ChaosSchedule, ChaosScheduleSpec, Fault};
 pub use duration::Duration;
+pub use pool::Pool;
 pub use service::{ZmqService, ZmqServiceSpec, ZmqServiceStatus};
 pub use weight::Weight;
 pub use windows::WindowsBuild;

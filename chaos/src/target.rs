@@ -1,6 +1,7 @@
 //! Which targets an experiment hits: how many, by mode and cap, and the label selector of
 //! a pool's pods.
 
+use zdeploy_api::Pool;
 use zdeploy_api::chaos::{SelectionMode, TargetPool};
 
 /// How many of `size` targets the selection hits: `mode` and `value`, capped by `max_targets`.
@@ -13,19 +14,19 @@ pub fn count(mode: SelectionMode, value: Option<u32>, max_targets: u32, size: us
     wanted.min(max_targets as usize).min(size)
 }
 
-/// Pool names a target pool stands for.
-pub fn pools(pool: TargetPool) -> Vec<&'static str> {
+/// The pools a target pool stands for.
+pub fn pools(pool: TargetPool) -> Vec<Pool> {
     match pool {
-        TargetPool::Stable => vec!["stable"],
-        TargetPool::Canary => vec!["canary"],
-        TargetPool::All => vec!["stable", "canary"],
+        TargetPool::Stable => vec![Pool::Stable],
+        TargetPool::Canary => vec![Pool::Canary],
+        TargetPool::All => Pool::ALL.to_vec(),
     }
 }
 
 /// The label selector of the service's pods in `pool` (labels zdeploy renders).
 pub fn pod_selector(service: &str, pool: TargetPool) -> String {
-    let pools = pools(pool);
-    let pool_expr = match pools.as_slice() {
+    let names: Vec<&str> = pools(pool).into_iter().map(Pool::name).collect();
+    let pool_expr = match names.as_slice() {
         [one] => format!("zdeploy.io/pool={one}"),
         many => format!("zdeploy.io/pool in ({})", many.join(",")),
     };

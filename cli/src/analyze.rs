@@ -33,9 +33,9 @@ pub struct Args {
     /// Namespace label to select (leave out when zgate's metrics carry none).
     #[arg(short, long)]
     namespace: Option<String>,
-    /// Pool to judge.
+    /// Pool to judge: canary or stable.
     #[arg(long, default_value = "canary")]
-    pool: String,
+    pool: zdeploy_api::Pool,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t)]
     output: Output,
@@ -48,7 +48,7 @@ pub async fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let target = Target {
         service: name,
         namespace: args.namespace.clone(),
-        pool: args.pool.clone(),
+        pool: args.pool,
     };
     let spec = svc.spec.strategy.canary.analysis.clone();
     let (source, age) = match (&args.prometheus, &args.scrape) {

@@ -327,7 +327,7 @@ pub async fn chaos_run(
     if dry_run {
         let hits = match injection(&x.fault, x.duration) {
             Injection::Gateway(f) => pools(x.pool)
-                .iter()
+                .into_iter()
                 .map(|p| describe_fault(p, &f))
                 .collect::<Vec<_>>()
                 .join("; "),

@@ -25,7 +25,7 @@ fn canary() -> Who {
     Who {
         service: "echo".into(),
         namespace: None,
-        pool: "canary".into(),
+        pool: zdeploy_api::Pool::Canary,
     }
 }
 
@@ -88,7 +88,7 @@ async fn main() {
     for trial in 1..=TRIALS {
         // Quiet period: every window forgets the previous burst.
         tokio::time::sleep(Duration::from_secs(8)).await;
-        inbox.take_matching("echo", None, "canary");
+        inbox.take_matching("echo", None, zdeploy_api::Pool::Canary);
         for _ in 0..8 {
             scraping.observe().await.unwrap();
             tokio::time::sleep(Duration::from_millis(250)).await;
@@ -107,7 +107,10 @@ async fn main() {
         let poll = until_fail(&mut polling, Duration::from_millis(100), start, limit);
         let push = async {
             while start.elapsed() < limit {
-                if !inbox.take_matching("echo", None, "canary").is_empty() {
+                if !inbox
+                    .take_matching("echo", None, zdeploy_api::Pool::Canary)
+                    .is_empty()
+                {
                     return Some(start.elapsed());
                 }
                 let _ =

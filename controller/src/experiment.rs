@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use zdeploy_api::Pool;
 use zdeploy_api::chaos::{ActiveRun, ChaosRun, ChaosScheduleSpec, Fault, RunVerdict, SteadyState};
 use zdeploy_api::service::{Analysis, Verdict};
 use zdeploy_chaos::run::{Check, Next};
@@ -172,7 +173,7 @@ pub fn skipped(scheduled: Timestamp, reason: String) -> ChaosRun {
 }
 
 /// How a gateway fault on `pool` reads in a dry run.
-pub fn describe_fault(pool: &str, f: &FaultSpec) -> String {
+pub fn describe_fault(pool: Pool, f: &FaultSpec) -> String {
     format!(
         "zgate pool {pool}: latency {}, error ratio {}, drop ratio {} for {}",
         f.latency, f.error_ratio, f.drop_ratio, f.duration

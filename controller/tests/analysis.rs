@@ -18,7 +18,7 @@ fn canary(service: &str) -> Who {
     Who {
         service: service.into(),
         namespace: None,
-        pool: "canary".into(),
+        pool: zdeploy_api::Pool::Canary,
     }
 }
 
@@ -232,7 +232,11 @@ async fn the_webhook_refuses_a_wrong_token() {
         .await
         .unwrap();
     assert_eq!(wrong.status(), 401);
-    assert!(inbox.take_matching("echo", None, "canary").is_empty());
+    assert!(
+        inbox
+            .take_matching("echo", None, zdeploy_api::Pool::Canary)
+            .is_empty()
+    );
     let right = http
         .post(&url)
         .bearer_auth("right")
@@ -241,7 +245,12 @@ async fn the_webhook_refuses_a_wrong_token() {
         .await
         .unwrap();
     assert_eq!(right.status(), 200);
-    assert_eq!(inbox.take_matching("echo", None, "canary").len(), 1);
+    assert_eq!(
+        inbox
+            .take_matching("echo", None, zdeploy_api::Pool::Canary)
+            .len(),
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -502,7 +511,9 @@ async fn the_webhook_takes_a_large_group_and_keeps_only_what_it_can_act_on() {
     let r = post(&http, &url, "t", big).await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     assert_eq!(
-        inbox.take_matching("echo", None, "canary").len(),
+        inbox
+            .take_matching("echo", None, zdeploy_api::Pool::Canary)
+            .len(),
         1,
         "the canary's alert acts"
     );

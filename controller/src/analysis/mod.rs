@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use zdeploy_api::Pool;
 use zdeploy_api::service::{Analysis, Builtin, Measurement, Metric, Tally, Verdict};
 
 use judge::{Judged, Reading, judge, needs_counts, needs_stable_counts, overall};
@@ -261,7 +262,7 @@ impl Analyzer {
         };
         let carried = self.carried.get(&m.name).copied().unwrap_or_default();
         let canary = self.canary.clone();
-        let stable = canary.with_pool("stable");
+        let stable = canary.with_pool(Pool::Stable);
         let Source::Scrape { urls, history, .. } = &mut self.source else {
             unreachable!("scraped() is called for the embedded source only");
         };
@@ -313,7 +314,7 @@ impl Analyzer {
             self.range(m, canary_age).as_secs().max(1),
         ));
         let canary = self.canary.clone();
-        let stable = canary.with_pool("stable");
+        let stable = canary.with_pool(Pool::Stable);
         let Source::Prometheus(p) = &self.source else {
             unreachable!("the embedded source returned above");
         };
@@ -355,7 +356,7 @@ impl Analyzer {
                     &a.labels,
                     &self.canary.service,
                     ns.as_deref(),
-                    &self.canary.pool,
+                    self.canary.pool,
                 ) {
                     let name = a.labels.get("alertname").cloned().unwrap_or_default();
                     found.push(alert_measurement(
@@ -367,7 +368,7 @@ impl Analyzer {
             }
         }
         if let Some(inbox) = &self.inbox {
-            for a in inbox.take_matching(&self.canary.service, ns.as_deref(), &self.canary.pool) {
+            for a in inbox.take_matching(&self.canary.service, ns.as_deref(), self.canary.pool) {
                 found.push(alert_measurement(
                     &a.name,
                     "Alertmanager webhook",

@@ -2,7 +2,7 @@
 //! `{{pool}}` and `{{interval}}`, and the counts over zgate's metrics behind the built-ins. Every
 //! value put into a query is escaped as a PromQL string, so a name cannot inject PromQL.
 
-use zdeploy_api::Duration;
+use zdeploy_api::{Duration, Pool};
 
 /// Who a query is about.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -11,15 +11,15 @@ pub struct Target {
     pub service: String,
     /// Its namespace; `None` when zgate's metrics carry no namespace label (local runs).
     pub namespace: Option<String>,
-    /// The pool: `canary` or `stable`.
-    pub pool: String,
+    /// The pool.
+    pub pool: Pool,
 }
 
 impl Target {
     /// The same service, another pool.
-    pub fn with_pool(&self, pool: &str) -> Target {
+    pub fn with_pool(&self, pool: Pool) -> Target {
         Target {
-            pool: pool.to_string(),
+            pool,
             ..self.clone()
         }
     }
@@ -51,7 +51,7 @@ pub fn render(template: &str, target: &Target, window: Duration) -> String {
             "{{namespace}}",
             &escape(target.namespace.as_deref().unwrap_or_default()),
         )
-        .replace("{{pool}}", &escape(&target.pool))
+        .replace("{{pool}}", target.pool.name())
         .replace("{{interval}}", &window.to_string())
 }
 
@@ -61,7 +61,7 @@ pub fn selector(target: &Target, extra: &str) -> String {
     if let Some(ns) = &target.namespace {
         s.push_str(&format!(",namespace=\"{}\"", escape(ns)));
     }
-    s.push_str(&format!(",pool=\"{}\"", escape(&target.pool)));
+    s.push_str(&format!(",pool=\"{}\"", target.pool));
     s.push_str(extra);
     format!("{{{s}}}")
 }
@@ -99,7 +99,7 @@ mod tests {
         Target {
             service: service.into(),
             namespace: Some("trading".into()),
-            pool: "canary".into(),
+            pool: Pool::Canary,
         }
     }
 

@@ -180,7 +180,7 @@ pub fn missing_edge(edge: f64) -> String {
 fn labels(target: &Target) -> Vec<(&str, &str)> {
     let mut m = vec![
         ("service", target.service.as_str()),
-        ("pool", target.pool.as_str()),
+        ("pool", target.pool.name()),
     ];
     if let Some(ns) = &target.namespace {
         m.push(("namespace", ns.as_str()));
@@ -283,6 +283,7 @@ pub async fn scrape(http: &reqwest::Client, url: &str) -> Result<Exposition, Str
 #[cfg(test)]
 mod tests {
     use super::*;
+    use zdeploy_api::Pool;
 
     fn page(ok: u64, err: u64, fast: u64, slow: u64) -> Exposition {
         let text = format!(
@@ -326,7 +327,7 @@ mod tests {
         let target = Target {
             service: "echo".into(),
             namespace: None,
-            pool: "canary".into(),
+            pool: Pool::Canary,
         };
         let errors = h.measure(Builtin::ErrorRatio, &target, From::Pinned(t0), None);
         // a: 10 new (5 bad); b restarted: only its 4 since (1 bad).
@@ -361,7 +362,7 @@ mod tests {
         let target = Target {
             service: "echo".into(),
             namespace: None,
-            pool: "canary".into(),
+            pool: Pool::Canary,
         };
         let errors = h.measure(Builtin::ErrorRatio, &target, From::Pinned(t0), None);
         assert_eq!(
@@ -402,7 +403,7 @@ mod tests {
         let target = Target {
             service: "echo".into(),
             namespace: None,
-            pool: "canary".into(),
+            pool: Pool::Canary,
         };
         h.record(t0, page(10, 0, 10, 0), keep);
         // The canary starts now; its first scrape becomes the baseline.

@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use zdeploy_api::Pool;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
@@ -76,14 +77,14 @@ impl AlertInbox {
         &self,
         service: &str,
         namespace: Option<&str>,
-        pool: &str,
+        pool: Pool,
     ) -> Vec<PushedAlert> {
         self.take_where(|a| labels_match(&a.labels, service, namespace, pool))
     }
 
     /// Every alert for the canary pool, taken out (the controller routes them by labels).
     pub fn take_canary(&self) -> Vec<PushedAlert> {
-        self.take_where(|a| a.labels.get("pool").map(String::as_str) == Some("canary"))
+        self.take_where(|a| a.labels.get("pool").map(String::as_str) == Some(Pool::Canary.name()))
     }
 
     fn take_where(&self, wanted: impl Fn(&PushedAlert) -> bool) -> Vec<PushedAlert> {
@@ -125,10 +126,10 @@ pub fn labels_match(
     labels: &BTreeMap<String, String>,
     service: &str,
     namespace: Option<&str>,
-    pool: &str,
+    pool: Pool,
 ) -> bool {
     labels.get("service").map(String::as_str) == Some(service)
-        && labels.get("pool").map(String::as_str) == Some(pool)
+        && labels.get("pool").map(String::as_str) == Some(pool.name())
         && match (namespace, labels.get("namespace")) {
             (Some(ns), Some(l)) => ns == l,
             _ => true,

@@ -30,6 +30,7 @@ use super::endpoints::Endpoints;
 use super::errors::{Error, backoff};
 use super::events::publish;
 use super::measure::{Analyzers, MetricsSource, SharedAnalyzer};
+use super::render::weights_configmap;
 use super::stats::Stats;
 use crate::analysis::prometheus::Prometheus;
 use crate::analysis::webhook::AlertInbox;
@@ -185,7 +186,7 @@ impl ChaosContext {
         faults: Option<BTreeMap<String, StoredFault>>,
     ) -> Result<(), Error> {
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), ns);
-        let name = format!("{service}-weights");
+        let name = weights_configmap(service);
         let mut data = BTreeMap::new();
         match faults {
             Some(f) => {

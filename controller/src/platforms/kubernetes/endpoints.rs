@@ -8,9 +8,10 @@ use kube::runtime::reflector::Store;
 
 use crate::analysis::exposition::Exposition;
 use crate::engine::Reach;
+use zdeploy_api::Pool;
 use zdeploy_gateway::metrics::HandshakeFailure;
 
-use super::render::METRICS_PORT;
+use super::render::{METRICS_PORT, pool_service};
 
 /// The label selecting the slices of every Service zdeploy renders.
 pub const SELECTOR: &str = "app.kubernetes.io/managed-by=zdeploy";
@@ -64,7 +65,7 @@ impl Endpoints {
 
     /// Whether a canary pod of service `name` is ready.
     pub fn canary_ready(&self, ns: &str, name: &str) -> bool {
-        !ready_addresses(&self.0.state(), ns, &format!("{name}-canary")).is_empty()
+        !ready_addresses(&self.0.state(), ns, &pool_service(name, Pool::Canary)).is_empty()
     }
 }
 
@@ -76,7 +77,7 @@ pub fn reach(service: &str, canary_ready: bool, replicas: &[Exposition]) -> Reac
     if !canary_ready || replicas.is_empty() {
         return Reach::NotReady;
     }
-    let labels = [("service", service), ("pool", "canary")];
+    let labels = [("service", service), ("pool", Pool::Canary.name())];
     let live = |e: &Exposition| {
         e.select("zgate_backends_live", &labels)
             .iter()
@@ -95,7 +96,7 @@ pub fn reach(service: &str, canary_ready: bool, replicas: &[Exposition]) -> Reac
                     "zgate_handshake_failures_total",
                     &[
                         ("service", service),
-                        ("pool", "canary"),
+                        ("pool", Pool::Canary.name()),
                         ("reason", why.label()),
                     ],
                 )

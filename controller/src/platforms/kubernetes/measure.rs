@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use zdeploy_api::Pool;
+
 use crate::analysis::promql::Target;
 use crate::analysis::{Analyzer, Source};
 
@@ -59,7 +61,7 @@ impl Analyzers {
 
 impl MetricsSource {
     /// Where the measurements of `pool` of service `name` in `ns` come from.
-    pub fn source_for(&self, name: &str, ns: &str, pool: &str) -> (Source, Target) {
+    pub fn source_for(&self, name: &str, ns: &str, pool: Pool) -> (Source, Target) {
         let (source, namespace) = match self {
             MetricsSource::Scrape => (
                 Source::scrape(&format!(
@@ -79,7 +81,7 @@ impl MetricsSource {
         let target = Target {
             service: name.to_string(),
             namespace,
-            pool: pool.to_string(),
+            pool,
         };
         (source, target)
     }
@@ -95,7 +97,8 @@ mod tests {
         let mut made = 0;
         let mut make = || {
             made += 1;
-            let (source, target) = MetricsSource::Scrape.source_for("echo", "trading", "canary");
+            let (source, target) =
+                MetricsSource::Scrape.source_for("echo", "trading", Pool::Canary);
             Analyzer::new(source, target, Default::default(), None, Span::CanaryLife)
         };
         let analyzers = Analyzers::default();

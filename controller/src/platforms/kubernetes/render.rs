@@ -22,6 +22,7 @@ use serde::Serialize;
 use zdeploy_api::service::Router;
 use zdeploy_api::{Weight, ZmqService};
 
+use zdeploy_api::Pool;
 use zdeploy_api::image::tag_of;
 
 /// The image zgate runs (this release of zdeploy).
@@ -70,7 +71,17 @@ impl Rendered {
     }
 }
 
-fn labels(svc: &ZmqService, component: &str, pool: Option<&str>) -> BTreeMap<String, String> {
+/// The name of `pool`'s Deployment, headless Service and disruption budget.
+pub fn pool_service(service: &str, pool: Pool) -> String {
+    format!("{service}-{pool}")
+}
+
+/// The name of the ConfigMap holding the weights (and chaos faults) zgate follows.
+pub fn weights_configmap(service: &str) -> String {
+    format!("{service}-weights")
+}
+
+fn labels(svc: &ZmqService, component: &str, pool: Option<Pool>) -> BTreeMap<String, String> {
     let mut l = BTreeMap::from([
         ("app.kubernetes.io/name".to_string(), svc.name_any()),
         ("app.kubernetes.io/instance".to_string(), svc.name_any()),
@@ -84,7 +95,7 @@ fn labels(svc: &ZmqService, component: &str, pool: Option<&str>) -> BTreeMap<Str
         ),
     ]);
     if let Some(p) = pool {
-        l.insert("zdeploy.io/pool".into(), p.into());
+        l.insert("zdeploy.io/pool".into(), p.name().into());
     }
     l
 }
@@ -112,7 +123,7 @@ fn selector(labels: &BTreeMap<String, String>) -> LabelSelector {
 }
 
 /// The pod template of one pool: the user's template made right for the Windows pool.
-fn windows_pod(svc: &ZmqService, pool: &str, image: &str) -> PodTemplateSpec {
+fn windows_pod(svc: &ZmqService, pool: Pool, image: &str) -> PodTemplateSpec {
     let spec = &svc.spec;
     let mut tpl = spec.template.clone();
     let mut tpl_meta = tpl.metadata.take().unwrap_or_default();
@@ -284,7 +295,7 @@ pub fn render(svc: &ZmqService, now: jiff::Timestamp) -> Rendered {
     let port = svc.spec.zmq.port as i32;
     let mut r = Rendered::default();
 
-    let pool = |p: &str| labels(svc, "service", Some(p));
+    let pool = |p: Pool| labels(svc, "service", Some(p));
     let stable_replicas = match svc.spec.strategy.router {
         Router::Replicas if in_rollout => {
             (svc.spec.replicas - canary_replicas(svc, weight, true)).max(1)
@@ -293,10 +304,10 @@ pub fn render(svc: &ZmqService, now: jiff::Timestamp) -> Rendered {
     };
     r.pools.push(deployment(
         svc,
-        format!("{name}-stable"),
-        pool("stable"),
+        pool_service(&name, Pool::Stable),
+        pool(Pool::Stable),
         stable_replicas,
-        windows_pod(svc, "stable", &stable_image),
+        windows_pod(svc, Pool::Stable, &stable_image),
     ));
     let draining = crate::engine::clock::draining_until(&svc.spec, &status)
         .filter(|until| now < *until)
@@ -307,10 +318,10 @@ pub fn render(svc: &ZmqService, now: jiff::Timestamp) -> Rendered {
     };
     r.pools.push(deployment(
         svc,
-        format!("{name}-canary"),
-        pool("canary"),
+        pool_service(&name, Pool::Canary),
+        pool(Pool::Canary),
         canary_count,
-        windows_pod(svc, "canary", &canary_image),
+        windows_pod(svc, Pool::Canary, &canary_image),
     ));
     r.service_accounts.push(ServiceAccount {
         metadata: meta(svc, format!("{name}-service"), labels(svc, "service", None)),
@@ -318,18 +329,18 @@ pub fn render(svc: &ZmqService, now: jiff::Timestamp) -> Rendered {
         ..Default::default()
     });
     r.pdbs.push(PodDisruptionBudget {
-        metadata: meta(svc, format!("{name}-stable"), pool("stable")),
+        metadata: meta(svc, pool_service(&name, Pool::Stable), pool(Pool::Stable)),
         spec: Some(PodDisruptionBudgetSpec {
             max_unavailable: Some(IntOrString::Int(1)),
-            selector: Some(selector(&pool("stable"))),
+            selector: Some(selector(&pool(Pool::Stable))),
             ..Default::default()
         }),
         ..Default::default()
     });
-    for p in ["stable", "canary"] {
+    for p in Pool::ALL {
         r.services.push(service(
             svc,
-            format!("{name}-{p}"),
+            pool_service(&name, p),
             pool(p),
             true,
             vec![zmq_port(port)],
@@ -362,14 +373,15 @@ fn render_gateway(
     let gw = labels(svc, "gateway", None);
     let weights = zdeploy_gateway::follow::TwoPoolWeights::canary_at(weight).document();
     r.config_maps.push(ConfigMap {
-        metadata: meta(svc, format!("{name}-weights"), gw.clone()),
+        metadata: meta(svc, weights_configmap(name), gw.clone()),
         data: Some(BTreeMap::from([(
             zdeploy_gateway::follow::KEY.to_string(),
             weights,
         )])),
         ..Default::default()
     });
-    let endpoint = |p: &str| format!("tcp://{name}-{p}.{ns}.svc.cluster.local:{port}");
+    // `--pool NAME=ENDPOINT`: the pool's headless Service, resolved through its EndpointSlices.
+    let pool_arg = |p: Pool| format!("{p}=tcp://{name}-{p}.{ns}.svc.cluster.local:{port}");
     let mut args = vec![
         "gateway".to_string(),
         "--service".into(),
@@ -377,15 +389,15 @@ fn render_gateway(
         "--frontend".into(),
         format!("tcp://*:{port}"),
         "--pool".into(),
-        format!("stable={}", endpoint("stable")),
+        pool_arg(Pool::Stable),
         "--pool".into(),
-        format!("canary={}", endpoint("canary")),
+        pool_arg(Pool::Canary),
         // Every pod of a pool, with its readiness and termination, pushed by watch.
         "--discovery".into(),
         "endpointslices".into(),
         // Weights come from the ConfigMap through the API: no restart on a change.
         "--weights-configmap".into(),
-        format!("{ns}/{name}-weights"),
+        format!("{ns}/{}", weights_configmap(name)),
         "--timeout".into(),
         svc.spec.zmq.request_timeout.to_string(),
         "--metrics".into(),
@@ -476,7 +488,7 @@ fn render_gateway(
             PolicyRule {
                 api_groups: Some(vec![String::new()]),
                 resources: Some(vec!["configmaps".into()]),
-                resource_names: Some(vec![format!("{name}-weights")]),
+                resource_names: Some(vec![weights_configmap(name)]),
                 // list and watch with a metadata.name field selector are scoped by the name too.
                 verbs: vec!["get".into(), "list".into(), "watch".into()],
                 ..Default::default()

@@ -20,7 +20,7 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use zdeploy_api::command::{COMMAND_ANNOTATION, CommandAnnotation};
-use zdeploy_api::{ZmqService, ZmqServiceStatus};
+use zdeploy_api::{Pool, ZmqService, ZmqServiceStatus};
 
 use super::endpoints::Endpoints;
 use super::errors::{Error, backoff};
@@ -178,7 +178,7 @@ impl Context {
         let name = svc.name_any();
         let key = format!("{ns}/{name}");
         self.analyzers.current(key, svc.metadata.generation, || {
-            let (source, target) = self.metrics.source_for(&name, &ns, "canary");
+            let (source, target) = self.metrics.source_for(&name, &ns, Pool::Canary);
             let mut analyzer = Analyzer::new(
                 source,
                 target,

@@ -10,6 +10,7 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use serde::{Deserialize, Serialize};
+use zdeploy_api::Pool;
 use zdeploy_api::chaos::{
     ActiveRun, ChaosRun, ChaosSchedule, ChaosScheduleSpec, ChaosScheduleStatus, RunVerdict,
 };
@@ -50,7 +51,7 @@ pub enum Step {
     /// Nothing yet.
     Wait,
     /// Remove the zgate faults of these pools now.
-    Revert(Vec<&'static str>),
+    Revert(Vec<Pool>),
     /// The experiment is over: record this run (after reverting its faults).
     Done(ChaosRun),
 }
@@ -68,7 +69,7 @@ impl Experiment {
             let target = Target {
                 service: spec.experiment.service.clone(),
                 namespace: None,
-                pool: pool.into(),
+                pool,
             };
             Analyzer::new(
                 Source::scrape(metrics_url),

@@ -17,7 +17,7 @@ use jiff::Timestamp;
 use kube::ResourceExt;
 use tokio::sync::{broadcast, mpsc, watch};
 use zdeploy_api::service::LocalRun;
-use zdeploy_api::{Weight, ZmqService, ZmqServiceStatus};
+use zdeploy_api::{Pool, Weight, ZmqService, ZmqServiceStatus};
 use zdeploy_gateway::{Gateway, GatewayConfig, PoolConfig};
 
 use crate::analysis::promql::Target;
@@ -26,7 +26,7 @@ use crate::analysis::{AnalysisRun, Analyzer, Source, Span};
 use crate::engine::{self, Action, Command, Input, Reach};
 use api::{ChaosQueued, ChaosReply, ChaosRequest, CommandReply, Queued, StatusView};
 use chaos::{Experiment, Scheduled, Step};
-use process::Pool;
+use process::ProcessPool;
 use state::{Ports, StateDir};
 use zdeploy_api::ChaosSchedule;
 use zdeploy_api::chaos::ChaosRun;
@@ -93,8 +93,8 @@ pub struct Runtime {
     state: StateDir,
     status: ZmqServiceStatus,
     gateway: Gateway,
-    stable: Pool,
-    canary: Pool,
+    stable: ProcessPool,
+    canary: ProcessPool,
     analyzer: Analyzer,
     events: broadcast::Sender<RuntimeEvent>,
     view: watch::Sender<StatusView>,
@@ -110,9 +110,9 @@ pub struct Runtime {
 
 /// Waits until zgate holds a connection to every process of `pool`, so that no request
 /// meets a pool that is running but not yet connected.
-async fn wait_live(gateway: &Gateway, pool: &str, n: usize, limit: Duration) -> Result<(), String> {
+async fn wait_live(gateway: &Gateway, pool: Pool, n: usize, limit: Duration) -> Result<(), String> {
     let deadline = Instant::now() + limit;
-    while gateway.live_backends(pool) < n {
+    while gateway.live_backends(pool.name()) < n {
         if Instant::now() > deadline {
             return Err(format!(
                 "zgate did not connect to the {pool} processes within {}",
@@ -176,33 +176,25 @@ impl Runtime {
                 p
             }
         };
-        let logs = |pool: &str| (0..n).map(|i| state.log_path(pool, i)).collect();
-        let mut stable = Pool::new("stable", ports.stable.clone(), logs("stable"));
-        let mut canary = Pool::new("canary", ports.canary.clone(), logs("canary"));
+        let logs = |pool: Pool| (0..n).map(|i| state.log_path(pool, i)).collect();
+        let mut stable = ProcessPool::new(Pool::Stable, ports.stable.clone(), logs(Pool::Stable));
+        let mut canary = ProcessPool::new(Pool::Canary, ports.canary.clone(), logs(Pool::Canary));
 
-        let mut gw = GatewayConfig::new(
-            &name,
-            &config.frontend,
-            vec![
-                PoolConfig {
-                    name: "stable".into(),
-                    endpoints: stable.endpoints(),
-                },
-                PoolConfig {
-                    name: "canary".into(),
-                    endpoints: canary.endpoints(),
-                },
-            ],
-        );
+        // zgate's pools are in `Pool::ALL` order, the order of `weights_for`.
+        let pools = [&stable, &canary]
+            .map(|p| PoolConfig {
+                name: p.pool.name().into(),
+                endpoints: p.endpoints(),
+            })
+            .to_vec();
+        let mut gw = GatewayConfig::new(&name, &config.frontend, pools);
         gw.latency_edges = svc.spec.latency_edges();
         // A restarted runtime never sends more to the canary than the recorded weight.
         let w = status.canary_weight;
-        gw.weights = [
-            ("stable".to_string(), w.complement()),
-            ("canary".to_string(), w),
-        ]
-        .into_iter()
-        .collect();
+        gw.weights = Pool::ALL
+            .map(|p| (p.name().to_string(), p.share(w)))
+            .into_iter()
+            .collect();
         gw.timeout = svc.spec.zmq.request_timeout;
         gw.classifier = svc.spec.zmq.error_classifier.clone();
         gw.metrics = Some("127.0.0.1:0".parse().expect("loopback address"));
@@ -221,7 +213,7 @@ impl Runtime {
         };
         let stable_image = status.stable_revision.clone().expect("set above");
         stable.start(&local, &stable_image).await?;
-        wait_live(&gateway, "stable", n, START_LIMIT).await?;
+        wait_live(&gateway, Pool::Stable, n, START_LIMIT).await?;
         note(format!(
             "stable {stable_image} running on {}",
             stable.endpoints().join(", ")
@@ -233,7 +225,7 @@ impl Runtime {
             status =
                 crate::engine::step(&svc.spec, &status, &Input::Restarted, Timestamp::now()).status;
             canary.start(&local, &image).await?;
-            wait_live(&gateway, "canary", n, START_LIMIT).await?;
+            wait_live(&gateway, Pool::Canary, n, START_LIMIT).await?;
             note(format!(
                 "resumed the rollout of {image} at step {} ({}%)",
                 status.current_step.unwrap_or(0),
@@ -256,7 +248,7 @@ impl Runtime {
         let target = Target {
             service: name.clone(),
             namespace: None,
-            pool: "canary".into(),
+            pool: Pool::Canary,
         };
         let mut analyzer = Analyzer::new(
             source,
@@ -445,13 +437,13 @@ impl Runtime {
 
     /// What zgate sees of the canary's processes.
     fn reach(&self) -> Reach {
-        if self.gateway.live_backends("canary") > 0 {
+        if self.gateway.live_backends(Pool::Canary.name()) > 0 {
             Reach::Live
         } else if self.canary.revision.is_none() {
             Reach::NotReady
         } else {
             Reach::Unreachable {
-                handshake: self.gateway.handshake_failure("canary"),
+                handshake: self.gateway.handshake_failure(Pool::Canary.name()),
             }
         }
     }
@@ -508,7 +500,7 @@ impl Runtime {
                 // judge (the reach deadline), from what `reach` reports on every tick.
                 if let Err(e) = wait_live(
                     &self.gateway,
-                    "canary",
+                    Pool::Canary,
                     self.local.replicas as usize,
                     Duration::from_secs(2),
                 )
@@ -527,7 +519,7 @@ impl Runtime {
             Action::SetCanaryWeight(w) => {
                 self.gateway
                     .control()
-                    .update(|s| s.weights = vec![w.complement(), w]);
+                    .update(|s| s.weights = Pool::ALL.map(|p| p.share(w)).to_vec());
                 let _ = self.events.send(RuntimeEvent::Weight {
                     canary: w,
                     at: Instant::now(),
@@ -535,14 +527,14 @@ impl Runtime {
                 self.note(format!("weights: stable {}%, canary {w}%", w.complement()));
             }
             Action::DeployStable { revision } => {
-                self.drain("stable").await;
+                self.drain(Pool::Stable).await;
                 self.stable
                     .start(&self.local, &revision)
                     .await
                     .map_err(|e| format!("new stable did not start: {e}"))?;
                 wait_live(
                     &self.gateway,
-                    "stable",
+                    Pool::Stable,
                     self.local.replicas as usize,
                     START_LIMIT,
                 )
@@ -550,7 +542,7 @@ impl Runtime {
                 self.note(format!("stable now runs {revision}"));
             }
             Action::StopCanary => {
-                self.drain("canary").await;
+                self.drain(Pool::Canary).await;
                 self.canary.stop().await;
             }
             Action::Event {
@@ -565,10 +557,10 @@ impl Runtime {
         Ok(())
     }
 
-    fn set_faults(&self, pools: &[&str], fault: Option<ActiveFault>) {
+    fn set_faults(&self, pools: &[Pool], fault: Option<ActiveFault>) {
         let indexes: Vec<usize> = pools
             .iter()
-            .filter_map(|p| self.gateway.control().pool_index(p))
+            .filter_map(|p| self.gateway.control().pool_index(p.name()))
             .collect();
         self.gateway.control().update(|s| {
             for i in &indexes {
@@ -702,11 +694,7 @@ impl Runtime {
                 }
                 // A pod of the local platform is a process.
                 chaos::Injection::ProcessKill | chaos::Injection::PodKill => {
-                    let p = if pool == "stable" {
-                        &self.stable
-                    } else {
-                        &self.canary
-                    };
+                    let p = self.processes(pool);
                     let n = chaos::count(e.mode, e.value, e.max_targets, p.size());
                     lines.push(format!(
                         "kill {n} of {} {pool} processes (restarted like any crashed process)",
@@ -762,10 +750,9 @@ impl Runtime {
             // A pod of the local platform is a process.
             chaos::Injection::ProcessKill | chaos::Injection::PodKill => {
                 for pool in &pools {
-                    let p = if *pool == "stable" {
-                        &mut self.stable
-                    } else {
-                        &mut self.canary
+                    let p = match pool {
+                        Pool::Stable => &mut self.stable,
+                        Pool::Canary => &mut self.canary,
                     };
                     let n = chaos::count(x.mode, x.value, x.max_targets, p.size());
                     e.run.targets.extend(p.kill_some(n));
@@ -852,10 +839,18 @@ impl Runtime {
     /// Waits until requests already sent to `pool` are answered (at most the drain window
     /// both platforms keep), so stopping its processes loses none and no late timeout is
     /// counted against the next canary.
-    async fn drain(&self, pool: &str) {
+    async fn drain(&self, pool: Pool) {
         let deadline = Instant::now() + engine::clock::drain_window(&self.spec);
-        while self.gateway.in_flight(pool) > 0 && Instant::now() < deadline {
+        while self.gateway.in_flight(pool.name()) > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// The processes of `pool`.
+    fn processes(&self, pool: Pool) -> &ProcessPool {
+        match pool {
+            Pool::Stable => &self.stable,
+            Pool::Canary => &self.canary,
         }
     }
 

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
+use zdeploy_api::Pool;
 use zdeploy_api::image::tag_of;
 
 use tokio::process::{Child, Command};
@@ -14,10 +15,10 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a process has to exit after SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(3);
 
-/// One pool of processes on fixed ports.
-pub struct Pool {
-    /// `stable` or `canary`.
-    pub name: String,
+/// One pool's processes on fixed ports.
+pub struct ProcessPool {
+    /// Which pool.
+    pub pool: Pool,
     ports: Vec<u16>,
     children: Vec<Option<Child>>,
     /// The revision (image) running, if any.
@@ -25,12 +26,12 @@ pub struct Pool {
     logs: Vec<PathBuf>,
 }
 
-impl Pool {
+impl ProcessPool {
     /// A stopped pool on `ports`, logging to `logs`.
-    pub fn new(name: &str, ports: Vec<u16>, logs: Vec<PathBuf>) -> Self {
+    pub fn new(pool: Pool, ports: Vec<u16>, logs: Vec<PathBuf>) -> Self {
         let children = ports.iter().map(|_| None).collect();
         Self {
-            name: name.to_string(),
+            pool,
             ports,
             children,
             revision: None,
@@ -63,7 +64,7 @@ impl Pool {
         let mut cmd = Command::new(program);
         cmd.args(local.command[1..].iter().map(|a| fill(a)));
         cmd.envs(local.env.iter().map(|(k, v)| (k, fill(v))));
-        cmd.env("ZDEPLOY_POOL", &self.name)
+        cmd.env("ZDEPLOY_POOL", self.pool.name())
             .env("ZDEPLOY_REVISION", tag_of(image));
         Ok(cmd)
     }
@@ -79,7 +80,7 @@ impl Pool {
                 if Instant::now() > free_by {
                     return Err(format!(
                         "port {port} of the {} pool is still in use by another process",
-                        self.name
+                        self.pool
                     ));
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -98,7 +99,7 @@ impl Pool {
                     let log = self.logs[i].display();
                     return Err(format!(
                         "{} process {i} ({image}) exited with {status} before it was ready; see {log}",
-                        self.name
+                        self.pool
                     ));
                 }
                 if tokio::net::TcpStream::connect(("127.0.0.1", self.ports[i]))
@@ -110,7 +111,7 @@ impl Pool {
                 if Instant::now() > deadline {
                     return Err(format!(
                         "{} process {i} ({image}) did not listen on port {} within {READY_TIMEOUT:?}",
-                        self.name, self.ports[i]
+                        self.pool, self.ports[i]
                     ));
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -165,7 +166,7 @@ impl Pool {
                 };
                 notes.push(format!(
                     "{} process {i} ({image}) exited with {status}; {outcome}",
-                    self.name
+                    self.pool
                 ));
             }
         }
@@ -184,7 +185,7 @@ impl Pool {
                 && let Some(pid) = c.id()
                 && c.start_kill().is_ok()
             {
-                hit.push(format!("{} process {i} (pid {pid})", self.name));
+                hit.push(format!("{} process {i} (pid {pid})", self.pool));
             }
         }
         hit

@@ -6,6 +6,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use zdeploy_api::Pool;
 use zdeploy_api::ZmqServiceStatus;
 
 /// Ports given to one service's processes; kept so a restart reuses them.
@@ -136,7 +137,7 @@ impl StateDir {
     }
 
     /// The log file of one process.
-    pub fn log_path(&self, pool: &str, index: usize) -> PathBuf {
+    pub fn log_path(&self, pool: Pool, index: usize) -> PathBuf {
         self.dir.join("logs").join(format!("{pool}-{index}.log"))
     }
 }
