@@ -654,7 +654,34 @@ pub struct RolloutRecord {
     pub reason: String,
     /// The runbook shown at the time, as `id@version`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub runbook: Option<String>,
+    pub runbook: Option<RunbookRef>,
+}
+
+/// A runbook as it was shown: `id@version`, so the page read later is the page that was
+/// linked; just `id` for a runbook the binary does not embed.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(transparent)]
+pub struct RunbookRef(String);
+
+impl RunbookRef {
+    /// The reference to version `version` of runbook `id` (`None`: not embedded).
+    pub fn new(id: &str, version: Option<&str>) -> Self {
+        match version {
+            Some(v) => Self(format!("{id}@{v}")),
+            None => Self(id.to_string()),
+        }
+    }
+
+    /// The runbook's id.
+    pub fn id(&self) -> &str {
+        self.0.split_once('@').map_or(&self.0, |(id, _)| id)
+    }
+}
+
+impl std::fmt::Display for RunbookRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 /// Where the rollout under way stands: everything the engine needs to resume it.

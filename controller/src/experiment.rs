@@ -14,6 +14,7 @@ use zdeploy_chaos::run::{Check, Next};
 use zdeploy_gateway::FaultSpec;
 
 use crate::analysis::{AnalysisRun, Analyzer};
+use crate::engine::Severity;
 
 /// What an experiment's fault does, for a platform to carry out. Every platform matches
 /// every kind, so a new kind does not compile until each one handles it.
@@ -157,6 +158,16 @@ pub fn finished(run: &ActiveRun, verdict: RunVerdict, reason: String) -> ChaosRu
         targets: run.targets.clone(),
         verdict,
         reason,
+    }
+}
+
+/// How a recorded run is told: a broken or aborted run is a warning; the Event reason.
+pub fn notice(verdict: RunVerdict) -> (Severity, &'static str) {
+    match verdict {
+        RunVerdict::Held => (Severity::Normal, "ChaosHeld"),
+        RunVerdict::Skipped => (Severity::Normal, "ChaosSkipped"),
+        RunVerdict::Broken => (Severity::Warning, "ChaosBroken"),
+        RunVerdict::Aborted => (Severity::Warning, "ChaosAborted"),
     }
 }
 

@@ -16,8 +16,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use zdeploy_api::Weight;
 use zdeploy_api::command::CommandRequest;
 use zdeploy_api::service::{
-    HISTORY_LIMIT, Measurement, Outcome, Phase, RolloutRecord, RolloutState, Router, Step, Verdict,
-    ZmqServiceSpec, ZmqServiceStatus,
+    HISTORY_LIMIT, Measurement, Outcome, Phase, RolloutRecord, RolloutState, Router, RunbookRef,
+    Step, Verdict, ZmqServiceSpec, ZmqServiceStatus,
 };
 use zdeploy_gateway::metrics::HandshakeFailure;
 
@@ -128,14 +128,83 @@ pub enum Action {
     /// Stop the canary pool.
     StopCanary,
     /// Tell people (Kubernetes Event, CLI output).
-    Event {
-        /// Warning (true) or normal.
-        warning: bool,
-        /// Short CamelCase reason.
-        reason: String,
-        /// What happened.
-        message: String,
-    },
+    Event(Notice),
+}
+
+/// Something to tell people: a Kubernetes Event in a cluster, a line from `zdeploy up`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notice {
+    /// Whether someone should look.
+    pub severity: Severity,
+    /// Why, as a Kubernetes Event reason.
+    pub reason: Reason,
+    /// What happened.
+    pub message: String,
+    /// The runbook to read, pinned to the version shown.
+    pub runbook: Option<RunbookRef>,
+}
+
+impl Notice {
+    /// The message with its runbook, as people read it.
+    pub fn text(&self) -> String {
+        match &self.runbook {
+            Some(r) => format!("{} (runbook: {r})", self.message),
+            None => self.message.clone(),
+        }
+    }
+}
+
+/// Whether a notice needs someone's attention.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Severity {
+    /// For the record.
+    Normal,
+    /// Someone should look.
+    Warning,
+}
+
+impl Severity {
+    /// `Normal` or `Warning`, as Kubernetes Events and `zdeploy up` show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Normal => "Normal",
+            Severity::Warning => "Warning",
+        }
+    }
+}
+
+/// Why the engine tells people something: the Kubernetes Event reasons of a rollout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// A canary was started.
+    RolloutStarted,
+    /// zgate reached the canary's pods: it now takes weight.
+    CanaryReached,
+    /// Held by hand.
+    Paused,
+    /// Continued by hand.
+    Resumed,
+    /// Too many inconclusive analyses in a row: held.
+    AnalysisInconclusive,
+    /// The canary was rolled back.
+    RolledBack,
+    /// The canary became stable.
+    Promoted,
+}
+
+impl Reason {
+    /// The reason as Kubernetes shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::RolloutStarted => "RolloutStarted",
+            Reason::CanaryReached => "CanaryReached",
+            Reason::Paused => "Paused",
+            Reason::Resumed => "Resumed",
+            Reason::AnalysisInconclusive => "AnalysisInconclusive",
+            Reason::RolledBack => "RolledBack",
+            Reason::Promoted => "Promoted",
+        }
+    }
 }
 
 /// The engine's answer.
@@ -158,12 +227,13 @@ fn elapsed(since: &Time, now: Timestamp) -> std::time::Duration {
     d.try_into().unwrap_or_default()
 }
 
-fn event(warning: bool, reason: &str, message: String) -> Action {
-    Action::Event {
-        warning,
-        reason: reason.into(),
+fn notice(severity: Severity, reason: Reason, message: String) -> Action {
+    Action::Event(Notice {
+        severity,
+        reason,
         message,
-    }
+        runbook: None,
+    })
 }
 
 /// Checks that a recorded status (read back after a restart) fits `spec`: a step the
@@ -238,9 +308,9 @@ fn reached(spec: &ZmqServiceSpec, d: &mut Decision, reach: Reach, now: Timestamp
             r.reached = Some(time(now));
             r.unreachable_since = None;
             r.last_progress = time(now);
-            d.actions.push(event(
-                false,
-                "CanaryReached",
+            d.actions.push(notice(
+                Severity::Normal,
+                Reason::CanaryReached,
                 "zgate reaches the canary's pods".into(),
             ));
             advance(spec, d, now);
@@ -310,8 +380,11 @@ fn command(spec: &ZmqServiceSpec, d: &mut Decision, c: &Command, now: Timestamp)
             r.paused = true;
             r.pause_reason = Some("paused by zdeploy pause".into());
             d.status.phase = Phase::Paused;
-            d.actions
-                .push(event(false, "Paused", "rollout paused by hand".into()));
+            d.actions.push(notice(
+                Severity::Normal,
+                Reason::Paused,
+                "rollout paused by hand".into(),
+            ));
         }
         Command::Resume => {
             let r = d.status.rollout.as_mut().expect("in rollout");
@@ -320,8 +393,11 @@ fn command(spec: &ZmqServiceSpec, d: &mut Decision, c: &Command, now: Timestamp)
             r.inconclusive_streak = 0;
             r.last_progress = time(now);
             d.status.phase = Phase::Progressing;
-            d.actions
-                .push(event(false, "Resumed", "rollout resumed".into()));
+            d.actions.push(notice(
+                Severity::Normal,
+                Reason::Resumed,
+                "rollout resumed".into(),
+            ));
             advance(spec, d, now);
         }
         Command::Promote { full: true } => complete(d, "promoted by hand (--full)", now),
@@ -366,9 +442,9 @@ fn start(d: &mut Decision, revision: String, canary: Option<Weight>, now: Timest
     d.actions.push(Action::StartCanary {
         revision: revision.clone(),
     });
-    d.actions.push(event(
-        false,
-        "RolloutStarted",
+    d.actions.push(notice(
+        Severity::Normal,
+        Reason::RolloutStarted,
         format!("canary {revision} started"),
     ));
 }
@@ -511,7 +587,7 @@ fn analysis(
                     r.inconclusive_streak
                 ));
                 d.status.phase = Phase::Paused;
-                d.actions.push(event(true, "AnalysisInconclusive", format!("rollout paused: {} inconclusive analyses in a row; check the canary has traffic, then `zdeploy resume`", r.inconclusive_streak)));
+                d.actions.push(notice(Severity::Warning, Reason::AnalysisInconclusive, format!("rollout paused: {} inconclusive analyses in a row; check the canary has traffic, then `zdeploy resume`", r.inconclusive_streak)));
             }
         }
         Verdict::Pass => {
@@ -553,7 +629,7 @@ fn finish(
     d: &mut Decision,
     outcome: Outcome,
     reason: &str,
-    runbook: Option<String>,
+    runbook: Option<RunbookRef>,
     now: Timestamp,
 ) {
     let r = d.status.rollout.take().expect("in rollout");
@@ -579,15 +655,14 @@ fn rollback(d: &mut Decision, reason: &str, runbook: Option<String>, now: Timest
     }
     let revision = d.status.canary_revision.clone().unwrap_or_default();
     stop_canary(d);
-    let see = runbook
-        .as_ref()
-        .map(|r| format!(" (runbook: {r})"))
-        .unwrap_or_default();
-    d.actions.push(event(
-        true,
-        "RolledBack",
-        format!("canary {revision} rolled back: {reason}{see}"),
-    ));
+    // Pinned: the page linked now is the page read later.
+    let runbook = runbook.map(|id| crate::runbooks::pin(&id));
+    d.actions.push(Action::Event(Notice {
+        severity: Severity::Warning,
+        reason: Reason::RolledBack,
+        message: format!("canary {revision} rolled back: {reason}"),
+        runbook: runbook.clone(),
+    }));
     d.status.phase = Phase::RolledBack;
     finish(d, Outcome::RolledBack, reason, runbook, now);
 }
@@ -607,9 +682,9 @@ fn complete(d: &mut Decision, reason: &str, now: Timestamp) {
         revision: revision.clone(),
     });
     stop_canary(d);
-    d.actions.push(event(
-        false,
-        "Promoted",
+    d.actions.push(notice(
+        Severity::Normal,
+        Reason::Promoted,
         format!("{revision} is now stable: {reason}"),
     ));
     d.status.phase = Phase::Healthy;

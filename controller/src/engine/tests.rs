@@ -9,6 +9,7 @@ use zdeploy_api::service::{
 };
 
 use super::*;
+use zdeploy_api::service::RunbookRef;
 
 const MANIFEST: &str = "\
 apiVersion: zdeploy.io/v1alpha1
@@ -228,7 +229,10 @@ fn a_breach_during_a_pause_rolls_back_weight_first() {
         (record.outcome, record.revision.as_str()),
         (Outcome::RolledBack, "echo:2")
     );
-    assert_eq!(record.runbook.as_deref(), Some("canary-error-ratio-high"));
+    assert_eq!(
+        record.runbook.as_ref().map(RunbookRef::id),
+        Some("canary-error-ratio-high")
+    );
 }
 
 #[test]
@@ -262,7 +266,7 @@ fn a_firing_alert_rolls_back_at_once_even_when_paused_and_failures_are_tolerated
     assert_eq!(d.status.phase, Phase::RolledBack);
     assert!(actions.contains(&Action::StopCanary));
     assert_eq!(
-        d.status.history[0].runbook.as_deref(),
+        d.status.history[0].runbook.as_ref().map(RunbookRef::id),
         Some("canary-error-ratio-high")
     );
 }
@@ -604,7 +608,10 @@ fn ready_pods_zgate_cannot_reach_roll_back_at_the_reach_deadline_with_the_cause(
         "{}",
         record.reason
     );
-    assert_eq!(record.runbook.as_deref(), Some(UNREACHABLE_RUNBOOK));
+    assert_eq!(
+        record.runbook.as_ref().map(RunbookRef::id),
+        Some(UNREACHABLE_RUNBOOK)
+    );
     assert!(
         !actions
             .iter()

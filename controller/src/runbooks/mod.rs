@@ -5,6 +5,7 @@ pub mod lint;
 pub mod steps;
 
 use serde::{Deserialize, Serialize};
+use zdeploy_api::service::RunbookRef;
 
 include!(concat!(env!("OUT_DIR"), "/runbooks.rs"));
 
@@ -79,31 +80,10 @@ pub fn find(id_or_alert: &str) -> Option<Runbook> {
 }
 
 /// `id@version` of a shipped runbook (the id alone when none ships with that id).
-pub fn pin(id: &str) -> String {
+pub fn pin(id: &str) -> RunbookRef {
     match find(id) {
-        Some(r) if r.meta.id == id => format!("{id}@{}", r.meta.version),
-        _ => id.to_string(),
-    }
-}
-
-/// Replaces runbook ids in a decision's new history records and event messages by
-/// `id@version`, so the page that was shown is the page that can be read later.
-pub fn pin_in(status: &mut zdeploy_api::ZmqServiceStatus, actions: &mut [crate::engine::Action]) {
-    for record in &mut status.history {
-        if let Some(id) = record.runbook.as_mut().filter(|r| !r.contains('@')) {
-            *id = pin(id);
-        }
-    }
-    for a in actions {
-        if let crate::engine::Action::Event { message, .. } = a
-            && let Some(start) = message.find("(runbook: ")
-            && let Some(len) = message[start..].find(')')
-        {
-            let id = message[start + 10..start + len].to_string();
-            if !id.contains('@') {
-                message.replace_range(start + 10..start + len, &pin(&id));
-            }
-        }
+        Some(r) if r.meta.id == id => RunbookRef::new(id, Some(&r.meta.version)),
+        _ => RunbookRef::new(id, None),
     }
 }
 
@@ -144,8 +124,15 @@ mod tests {
         assert_eq!(catalog().len(), EMBEDDED.len());
         let r = find("CanaryErrorRateHigh").expect("runbook for the alert");
         assert_eq!(r.meta.id, "canary-error-ratio-high");
-        assert!(pin("canary-error-ratio-high").starts_with("canary-error-ratio-high@"));
-        assert_eq!(pin("no-such-runbook"), "no-such-runbook");
+        assert!(
+            pin("canary-error-ratio-high")
+                .to_string()
+                .starts_with("canary-error-ratio-high@")
+        );
+        assert_eq!(
+            pin("no-such-runbook"),
+            RunbookRef::new("no-such-runbook", None)
+        );
         let text = render(&r);
         assert!(text.starts_with("Canary error ratio high\n====="));
         assert!(text.contains("\nMitigation\n----------\n"));

@@ -35,6 +35,7 @@ use super::stats::Stats;
 use crate::analysis::prometheus::Prometheus;
 use crate::analysis::webhook::AlertInbox;
 use crate::analysis::{Analyzer, Span};
+use crate::engine::Severity;
 use crate::experiment::{
     self, Injection, Lookback, PROCESS_KILL_IN_A_CLUSTER, finished, injection, skipped,
     steady_analysis,
@@ -292,9 +293,9 @@ impl ChaosContext {
         }
     }
 
-    async fn publish(&self, cs: &ChaosSchedule, warning: bool, reason: String, note: String) {
+    async fn publish(&self, cs: &ChaosSchedule, severity: Severity, reason: &str, note: String) {
         let reference = cs.object_ref(&());
-        publish(&self.recorder, &reference, warning, &reason, note, "Chaos").await;
+        publish(&self.recorder, &reference, severity, reason, note, "Chaos").await;
     }
 }
 
@@ -527,12 +528,12 @@ async fn apply(cs: Arc<ChaosSchedule>, ctx: &ChaosContext) -> Result<Action, Err
         active.injected = true;
         let note = format!("injected into {}", active.targets.join(", "));
         write_status(ctx, &ns, &name, &status).await?;
-        ctx.publish(&cs, false, "ChaosStarted".into(), note).await;
+        ctx.publish(&cs, Severity::Normal, "ChaosStarted", note)
+            .await;
     }
     for run in runs {
-        let warning = matches!(run.verdict, RunVerdict::Broken | RunVerdict::Aborted);
-        let reason = format!("Chaos{:?}", run.verdict);
-        ctx.publish(&cs, warning, reason, run.reason).await;
+        let (severity, reason) = experiment::notice(run.verdict);
+        ctx.publish(&cs, severity, reason, run.reason).await;
     }
     let wait = match &status.active {
         Some(active) => {
@@ -580,8 +581,8 @@ async fn cleanup(cs: Arc<ChaosSchedule>, ctx: &ChaosContext) -> Result<Action, E
             .await?;
         ctx.publish(
             &cs,
-            false,
-            "ChaosReverted".into(),
+            Severity::Normal,
+            "ChaosReverted",
             format!(
                 "schedule deleted during a run: faults on {} removed",
                 run.targets.join(", ")

@@ -28,7 +28,7 @@ use super::events::publish;
 use super::measure::{Analyzers, MetricsSource, SharedAnalyzer};
 use super::render::{Rendered, render};
 use crate::analysis::{Analyzer, Span};
-use crate::engine::{self, Action as EngineAction, Command, Input};
+use crate::engine::{self, Action as EngineAction, Command, Input, Severity};
 
 /// The field manager of every server-side apply.
 pub const FIELD_MANAGER: &str = "zdeploy";
@@ -364,7 +364,6 @@ async fn apply(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
         d.actions.extend(judged.actions);
         d.status = judged.status;
     }
-    crate::runbooks::pin_in(&mut d.status, &mut d.actions);
     if let Some(id) = observed.command_id {
         d.status.last_command = Some(id);
         d.status.last_command_refused = d.refused.clone();
@@ -400,14 +399,17 @@ async fn apply(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
     }
     let reference = svc.object_ref(&());
     for a in &d.actions {
-        if let EngineAction::Event {
-            warning,
-            reason,
-            message,
-        } = a
-        {
-            let note = message.clone();
-            publish(&ctx.recorder, &reference, *warning, reason, note, "Rollout").await;
+        if let EngineAction::Event(n) = a {
+            let (severity, reason) = (n.severity, n.reason.as_str());
+            publish(
+                &ctx.recorder,
+                &reference,
+                severity,
+                reason,
+                n.text(),
+                "Rollout",
+            )
+            .await;
         }
     }
     match &d.status.rollout {
@@ -454,7 +456,15 @@ async fn cleanup(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
         svc.name_any()
     );
     let reference = svc.object_ref(&());
-    publish(&ctx.recorder, &reference, false, "Deleted", note, "Cleanup").await;
+    publish(
+        &ctx.recorder,
+        &reference,
+        Severity::Normal,
+        "Deleted",
+        note,
+        "Cleanup",
+    )
+    .await;
     Ok(Action::await_change())
 }
 

@@ -458,8 +458,7 @@ impl Runtime {
         let mut queue = vec![input];
         let mut refused = None;
         while let Some(input) = queue.pop() {
-            let mut d = engine::step(&self.spec, &self.status, &input, Timestamp::now());
-            crate::runbooks::pin_in(&mut d.status, &mut d.actions);
+            let d = engine::step(&self.spec, &self.status, &input, Timestamp::now());
             if let (Input::Command(_), Some(r)) = (&input, &d.refused) {
                 refused = Some(r.clone());
             }
@@ -545,13 +544,9 @@ impl Runtime {
                 self.drain(Pool::Canary).await;
                 self.canary.stop().await;
             }
-            Action::Event {
-                warning,
-                reason,
-                message,
-            } => {
-                let level = if warning { "Warning" } else { "Normal" };
-                self.note(format!("{level} {reason}: {message}"));
+            Action::Event(n) => {
+                let (severity, reason) = (n.severity.as_str(), n.reason.as_str());
+                self.note(format!("{severity} {reason}: {}", n.text()));
             }
         }
         Ok(())
@@ -570,17 +565,11 @@ impl Runtime {
     }
 
     fn record_chaos(&mut self, name: &str, run: ChaosRun) {
-        let level = if matches!(
-            run.verdict,
-            zdeploy_api::chaos::RunVerdict::Held | zdeploy_api::chaos::RunVerdict::Skipped
-        ) {
-            "Normal"
-        } else {
-            "Warning"
-        };
+        let (severity, reason) = crate::experiment::notice(run.verdict);
         self.note(format!(
-            "{level} Chaos{:?}: {name}: {}",
-            run.verdict, run.reason
+            "{} {reason}: {name}: {}",
+            severity.as_str(),
+            run.reason
         ));
         self.chaos_runs.record(run.verdict);
         if let Some(s) = self
