@@ -102,6 +102,36 @@ fn in_windows(spec: &ChaosScheduleSpec, at: &Zoned) -> bool {
         })
 }
 
+/// One time the schedule comes due, and whether its allowed windows let it run then.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Due {
+    /// When, in the schedule's time zone.
+    pub at: Zoned,
+    /// Inside the allowed windows (or none are set).
+    pub allowed: bool,
+}
+
+/// The next `n` times after `now` the schedule comes due.
+pub fn upcoming(
+    spec: &ChaosScheduleSpec,
+    now: Timestamp,
+    n: usize,
+) -> Result<Vec<Due>, ScheduleError> {
+    let cron = cron(spec)?;
+    let mut cursor = now.to_zoned(zone(spec)?);
+    let mut out = Vec::new();
+    while out.len() < n
+        && let Ok(at) = cron.find_next_occurrence(&cursor, false)
+    {
+        out.push(Due {
+            allowed: in_windows(spec, &at),
+            at: at.clone(),
+        });
+        cursor = at;
+    }
+    Ok(out)
+}
+
 /// Why the guards forbid a run of `spec` now (a rollout of the target, a firing alert).
 pub fn refused_by(spec: &ChaosScheduleSpec, guards: &Guards) -> Option<String> {
     let service = &spec.experiment.service;

@@ -1,12 +1,14 @@
 //! `zdeploy analyze`: runs a service's analysis once, now, and shows every measurement
 //! with the query that was actually run. Exit 0 pass, 1 fail, 2 inconclusive.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use zdeploy_api::service::Verdict;
 use zdeploy_controller::analysis::promql::Target;
+use zdeploy_controller::analysis::scrape::scrape;
 use zdeploy_controller::analysis::{Analyzer, Source, Span};
 
 use crate::Output;
@@ -59,6 +61,9 @@ pub async fn run(args: &Args) -> anyhow::Result<ExitCode> {
         ),
         (None, None) => unreachable!("clap requires one source"),
     };
+    if let Some(url) = &args.scrape {
+        serves(url, &target.service).await?;
+    }
     let mut analyzer = Analyzer::new(source, target, spec, None, Span::CanaryLife);
     if args.scrape.is_some() {
         if let Err(e) = analyzer.observe().await {
@@ -97,4 +102,30 @@ pub async fn run(args: &Args) -> anyhow::Result<ExitCode> {
         Verdict::Fail => 1,
         Verdict::Inconclusive => 2,
     }))
+}
+
+/// Checks that the zgate at `url` serves `service`; when it does not, names the services
+/// it does serve (a manifest for another service would otherwise read as no traffic).
+async fn serves(url: &str, service: &str) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    let page = scrape(&http, url).await.map_err(anyhow::Error::msg)?;
+    let found: BTreeSet<&str> = page
+        .select("zgate_requests_total", &[])
+        .into_iter()
+        .filter_map(|s| s.labels.get("service").map(String::as_str))
+        .collect();
+    if found.is_empty() || found.contains(service) {
+        return Ok(());
+    }
+    let names: Vec<&str> = found.into_iter().collect();
+    anyhow::bail!(
+        "the zgate at {url} serves {}, not {service:?} (the manifest's metadata.name): analyze with that service's manifest",
+        names
+            .iter()
+            .map(|n| format!("{n:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
 }

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use kube::ResourceExt;
 use zdeploy_api::chaos::RunVerdict;
+use zdeploy_controller::experiment::{Injection, describe_plan, injection};
 use zdeploy_controller::platforms::local::api::ChaosRequest;
 use zdeploy_controller::platforms::local::chaos::Scheduled;
 use zdeploy_controller::platforms::local::state::StateDir;
@@ -156,13 +157,39 @@ pub async fn run(cmd: &ChaosCommand) -> anyhow::Result<ExitCode> {
             // As the rollout verbs: the cluster when one is named or no local runtime
             // runs the experiment's service.
             let local = StateDir::existing(&state.state_dir, &cs.spec.experiment.service);
+            if *dry_run {
+                println!("{}", describe_plan(&cs, jiff::Timestamp::now()));
+            }
             let run = if cluster.given() || local.is_none() {
-                match cluster::chaos_run(cluster, cs, *dry_run).await? {
-                    cluster::ChaosOutcome::Plan(plan) => {
+                let x = cs.spec.experiment.clone();
+                match cluster::chaos_run(cluster, cs, *dry_run).await {
+                    Ok(cluster::ChaosOutcome::Plan(plan)) => {
                         println!("{plan}");
                         return Ok(ExitCode::SUCCESS);
                     }
-                    cluster::ChaosOutcome::Run(run) => run,
+                    Ok(cluster::ChaosOutcome::Run(run)) => run,
+                    // Nowhere to look: the plan above is all there is to show.
+                    Err(e)
+                        if *dry_run
+                            && !cluster.given()
+                            && e.downcast_ref::<cluster::NoCluster>().is_some() =>
+                    {
+                        let hits = match injection(&x.fault, x.duration) {
+                            Injection::Gateway(_) => {
+                                format!("would hit {}'s zgate wherever it runs", x.service)
+                            }
+                            Injection::PodKill | Injection::ProcessKill => format!(
+                                "which pods or processes it hits is known only where {} runs",
+                                x.service
+                            ),
+                        };
+                        println!(
+                            "dry run, nothing changed: {hits}; no `zdeploy up` runs {} here and {e}",
+                            x.service
+                        );
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    Err(e) => return Err(e),
                 }
             } else {
                 let client = LocalClient::connect(state, &cs.spec.experiment.service)?;

@@ -56,15 +56,46 @@ impl ClusterArgs {
                     .with_context(|| format!("reading {}", path.display()))?;
                 Config::from_custom_kubeconfig(kc, &options).await?
             }
-            None => Config::from_kubeconfig(&options)
-                .await
-                .or(Config::infer().await.map_err(anyhow::Error::from))?,
+            None => match Config::from_kubeconfig(&options).await {
+                Ok(c) => c,
+                // In a pod, its service account; anywhere else, say what was looked for.
+                Err(e) => Config::incluster().map_err(|_| NoCluster::after(&e))?,
+            },
         };
         let ns = self
             .namespace
             .clone()
             .unwrap_or_else(|| config.default_namespace.clone());
         Ok((Client::try_from(config)?, ns))
+    }
+}
+
+/// No cluster to talk to: no kubeconfig, and not in a pod.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "no Kubernetes cluster configured: {looked}, and this is not a pod; point at a cluster with --kubeconfig PATH, the KUBECONFIG variable or --context NAME"
+)]
+pub struct NoCluster {
+    looked: String,
+}
+
+impl NoCluster {
+    /// What was looked for, given the kubeconfig's error.
+    fn after(error: &kube::config::KubeconfigError) -> Self {
+        let looked = match std::env::var_os("KUBECONFIG") {
+            Some(v) if !v.is_empty() => format!(
+                "KUBECONFIG={} cannot be read ({error})",
+                v.to_string_lossy()
+            ),
+            _ => match std::env::home_dir().map(|h| h.join(".kube").join("config")) {
+                Some(p) if !p.exists() => {
+                    format!("KUBECONFIG is unset and {} does not exist", p.display())
+                }
+                Some(p) => format!("{} cannot be read ({error})", p.display()),
+                None => "KUBECONFIG is unset and there is no home directory".into(),
+            },
+        };
+        Self { looked }
     }
 }
 

@@ -221,18 +221,23 @@ fn main() -> ExitCode {
         Command::Retry { on } => verb(on, CommandRequest::Retry),
         Command::Pause { on } => verb(on, CommandRequest::Pause),
         Command::Resume { on } => verb(on, CommandRequest::Resume),
-        Command::Status { on, watch } if on.in_cluster() => ok(runtime().block_on(cluster::show(
-            &on.cluster,
-            &on.name,
-            false,
-            watch,
-            on.output,
-        ))),
+        Command::Status { on, watch } if on.in_cluster() => {
+            let shown = runtime().block_on(cluster::show(
+                &on.cluster,
+                &on.name,
+                false,
+                watch,
+                on.output,
+            ));
+            ok(on_cluster(&on, shown))
+        }
         Command::Status { on, watch } => {
             ok(runtime().block_on(local::status(&on.state, &on.name, watch, on.output)))
         }
         Command::History { on } if on.in_cluster() => {
-            ok(runtime().block_on(cluster::show(&on.cluster, &on.name, true, false, on.output)))
+            let shown =
+                runtime().block_on(cluster::show(&on.cluster, &on.name, true, false, on.output));
+            ok(on_cluster(&on, shown))
         }
         Command::History { on } => {
             ok(runtime().block_on(local::history(&on.state, &on.name, on.output)))
@@ -260,6 +265,19 @@ fn main() -> ExitCode {
     })
 }
 
+/// A cluster verb's result; with no cluster configured, the error also says that no local
+/// runtime runs the service (which is why a cluster was tried).
+fn on_cluster<T>(on: &On, result: anyhow::Result<T>) -> anyhow::Result<T> {
+    result.map_err(|e| match e.downcast_ref::<cluster::NoCluster>() {
+        Some(_) if !on.cluster.given() => e.context(format!(
+            "no `zdeploy up` runs {} here (no state in {}; --state-dir to look elsewhere)",
+            on.name,
+            on.state.state_dir.display()
+        )),
+        _ => e,
+    })
+}
+
 impl On {
     /// True when the verb goes to a cluster rather than a local `zdeploy up`.
     fn in_cluster(&self) -> bool {
@@ -269,7 +287,8 @@ impl On {
 
 fn verb(on: On, req: CommandRequest) -> anyhow::Result<ExitCode> {
     if on.in_cluster() {
-        return runtime().block_on(cluster::command(&on.cluster, &on.name, req, on.output));
+        let sent = runtime().block_on(cluster::command(&on.cluster, &on.name, req, on.output));
+        return on_cluster(&on, sent);
     }
     runtime().block_on(local::run_verb(&on.state, &on.name, req, on.output))
 }

@@ -82,5 +82,25 @@ fn the_embedded_scrape_fails_a_bad_canary_and_passes_stable() {
     assert_eq!(code, 0, "{good}");
     assert_eq!(good["verdict"], "pass");
     load.join().unwrap();
+    // A manifest of another service names the one this zgate serves.
+    let other = file.with_extension("quotes.yaml");
+    std::fs::write(&other, MANIFEST.replace("name: zgate", "name: quotes")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_zdeploy"))
+        .args([
+            "analyze",
+            "-f",
+            other.to_str().unwrap(),
+            "--scrape",
+            &gw.metrics,
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(r#"serves "zgate", not "quotes""#),
+        "names the service it found: {err}"
+    );
     let _ = std::fs::remove_file(file);
+    let _ = std::fs::remove_file(other);
 }

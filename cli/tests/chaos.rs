@@ -346,3 +346,49 @@ fn a_run_due_while_one_is_in_progress_is_skipped_under_forbid() {
         "{history}"
     );
 }
+
+#[test]
+fn a_dry_run_with_no_runtime_and_no_cluster_shows_the_plan_and_what_it_cannot_know() {
+    let dir = support::tempdir("chaos-plan");
+    let metric = "{name: errors, builtin: errorRatio, window: 10s, max: 0.05}";
+    for (fault, hits) in [
+        (
+            "{gatewayLatency: {latency: 300ms}}",
+            "would hit drill's zgate wherever it runs",
+        ),
+        (
+            "{processKill: {}}",
+            "which pods or processes it hits is known only where drill runs",
+        ),
+    ] {
+        let path = dir.join("plan.yaml");
+        std::fs::write(&path, experiment(fault, "5m", metric)).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_zdeploy"))
+            .args(["chaos", "run", "-f", path.to_str().unwrap(), "--dry-run"])
+            .args(["--state-dir", dir.join("state").to_str().unwrap()])
+            .env_remove("KUBECONFIG")
+            .env("HOME", &dir)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for said in [
+            "drill-now: an experiment on drill, pool stable",
+            "fault:",
+            "schedule:     0 3 1 * * (UTC)",
+            "next runs:",
+            "guards:       skipped while a rollout of drill is in progress",
+            "steady state: errors checked every 250ms",
+            hits,
+            "no `zdeploy up` runs drill here",
+        ] {
+            assert!(text.contains(said), "{said:?} not in:\n{text}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -222,3 +222,34 @@ fn a_recorded_step_the_manifest_does_not_have_is_refused_never_promoted() {
         assert_eq!(std::fs::read_to_string(&recorded).unwrap(), tampered);
     }
 }
+
+#[test]
+fn a_verb_with_no_local_runtime_and_no_cluster_says_what_it_looked_for() {
+    let home = tempdir("nohome");
+    let state = home.join("state");
+    for verb in [&["status", "echo"][..], &["rollback", "echo"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_zdeploy"))
+            .args(verb)
+            .args(["--state-dir", state.to_str().unwrap()])
+            .env_remove("KUBECONFIG")
+            .env("HOME", &home)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        for said in [
+            "no `zdeploy up` runs echo here",
+            "KUBECONFIG is unset and",
+            ".kube/config does not exist",
+            "--kubeconfig PATH",
+        ] {
+            assert!(err.contains(said), "{said:?} not in: {err}");
+        }
+        assert_eq!(
+            err.lines().count(),
+            1,
+            "one line, no raw error chain: {err}"
+        );
+        assert!(!err.contains("infer"), "{err}");
+    }
+}

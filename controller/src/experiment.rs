@@ -8,7 +8,10 @@ use std::time::Duration;
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use zdeploy_api::Pool;
-use zdeploy_api::chaos::{ActiveRun, ChaosRun, ChaosScheduleSpec, Fault, RunVerdict, SteadyState};
+use zdeploy_api::chaos::{
+    ActiveRun, ChaosRun, ChaosSchedule, ChaosScheduleSpec, Experiment, Fault, RunVerdict,
+    SelectionMode, SteadyState,
+};
 use zdeploy_api::service::{Analysis, Verdict};
 use zdeploy_chaos::run::{Check, Next};
 use zdeploy_gateway::FaultSpec;
@@ -181,6 +184,92 @@ pub fn skipped(scheduled: Timestamp, reason: String) -> ChaosRun {
         verdict: RunVerdict::Skipped,
         reason,
     }
+}
+
+/// How many targets a kill hits, in words: `1`, `2`, `50% (at most 3)`.
+fn kill_count(x: &Experiment) -> String {
+    let wanted = match x.mode {
+        SelectionMode::One => "1".to_string(),
+        SelectionMode::Fixed => x.value.unwrap_or(1).to_string(),
+        SelectionMode::Percent => format!("{}%", x.value.unwrap_or(100)),
+    };
+    format!("{wanted} (at most {})", x.max_targets)
+}
+
+/// A dry run's account of `cs` that needs no platform: the fault, the schedule and its
+/// next runs at `now`, the guards, the steady state; then what it hits as far as the
+/// manifest says (which pods or processes is known only where the service runs).
+pub fn describe_plan(cs: &ChaosSchedule, now: Timestamp) -> String {
+    let (spec, x) = (&cs.spec, &cs.spec.experiment);
+    let pools = zdeploy_chaos::target::pools(x.pool);
+    let names: Vec<&str> = pools.iter().map(|p| p.name()).collect();
+    let mut out = format!(
+        "{}: an experiment on {}, pool {}\n",
+        cs.metadata.name.as_deref().unwrap_or_default(),
+        x.service,
+        names.join(" and ")
+    );
+    let fault = match injection(&x.fault, x.duration) {
+        Injection::Gateway(f) => pools
+            .iter()
+            .map(|p| describe_fault(*p, &f))
+            .collect::<Vec<_>>()
+            .join("; "),
+        Injection::PodKill => format!("delete {} of the pool's pods", kill_count(x)),
+        Injection::ProcessKill => format!(
+            "kill {} of the pool's processes (zdeploy up only)",
+            kill_count(x)
+        ),
+    };
+    out.push_str(&format!("  fault:        {fault}\n"));
+    let mut schedule = format!(
+        "{} ({}), concurrencyPolicy {:?}, startingDeadlineSeconds {}",
+        spec.schedule, spec.time_zone, spec.concurrency_policy, spec.starting_deadline_seconds
+    );
+    if spec.suspend {
+        schedule.push_str("; suspended: no run starts");
+    }
+    out.push_str(&format!("  schedule:     {schedule}\n"));
+    let next = match zdeploy_chaos::schedule::upcoming(spec, now, 3) {
+        Ok(due) => due
+            .iter()
+            .map(|d| {
+                let window = if d.allowed {
+                    ""
+                } else {
+                    " (outside the allowed windows: skipped)"
+                };
+                format!("{}{window}", d.at.strftime("%a %Y-%m-%d %H:%M %Z"))
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+        Err(e) => e.to_string(),
+    };
+    out.push_str(&format!("  next runs:    {next}\n"));
+    out.push_str(&format!(
+        "  guards:       skipped while a rollout of {} is in progress or an alert fires for it{}\n",
+        x.service,
+        if spec.steady_state.is_some() {
+            ", or when the steady state does not hold before"
+        } else {
+            ""
+        }
+    ));
+    let steady = match &spec.steady_state {
+        Some(ss) => format!(
+            "{} checked every {}; must recover within {} after the fault",
+            ss.metrics
+                .iter()
+                .map(|m| m.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            ss.interval,
+            ss.recovery_deadline
+        ),
+        None => "none: the run holds when the fault has run its course".into(),
+    };
+    out.push_str(&format!("  steady state: {steady}"));
+    out
 }
 
 /// How a gateway fault on `pool` reads in a dry run.

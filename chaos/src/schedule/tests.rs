@@ -17,6 +17,17 @@ fn spec(schedule: &str, tz: &str) -> ChaosScheduleSpec {
     }
 }
 
+/// Monday to Friday, from `start` to `end` o'clock.
+fn weekdays(start: u32, end: u32) -> AllowedWindow {
+    AllowedWindow {
+        days: ["Mon", "Tue", "Wed", "Thu", "Fri"]
+            .map(String::from)
+            .to_vec(),
+        start_hour: start,
+        end_hour: end,
+    }
+}
+
 fn t(s: &str) -> Timestamp {
     s.parse().unwrap()
 }
@@ -188,17 +199,7 @@ fn a_wall_clock_time_that_does_not_happen_runs_at_most_once() {
 #[test]
 fn allowed_windows_are_read_in_the_time_zone() {
     let mut s = spec("0 * * * *", "America/New_York");
-    s.allowed_windows = vec![AllowedWindow {
-        days: vec![
-            "Mon".into(),
-            "Tue".into(),
-            "Wed".into(),
-            "Thu".into(),
-            "Fri".into(),
-        ],
-        start_hour: 9,
-        end_hour: 17,
-    }];
+    s.allowed_windows = vec![weekdays(9, 17)];
     // Wednesday 2026-11-25 10:00 in New York is 15:00Z.
     let inside = plan_at(&s, "2026-11-25T14:30:00Z", "2026-11-25T15:00:10Z");
     assert_eq!(runs(&inside), [t("2026-11-25T15:00:00Z")]);
@@ -254,5 +255,26 @@ fn bad_schedules_and_zones_name_the_field() {
             .unwrap_err()
             .to_string()
             .starts_with("spec.timeZone")
+    );
+}
+
+#[test]
+fn upcoming_runs_are_listed_in_the_schedules_zone_with_their_window() {
+    let mut s = spec("0 3 * * *", "Europe/Berlin");
+    s.allowed_windows = vec![weekdays(2, 6)];
+    // Thursday 2026-12-03 10:00 UTC: next are Fri 4th, Sat 5th, Sun 6th, Mon 7th at 03:00.
+    let due = upcoming(&s, t("2026-12-03T10:00:00Z"), 4).unwrap();
+    let shown: Vec<(String, bool)> = due
+        .iter()
+        .map(|d| (d.at.strftime("%a %d %H:%M %Z").to_string(), d.allowed))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            ("Fri 04 03:00 CET".to_string(), true),
+            ("Sat 05 03:00 CET".to_string(), false),
+            ("Sun 06 03:00 CET".to_string(), false),
+            ("Mon 07 03:00 CET".to_string(), true),
+        ]
     );
 }
