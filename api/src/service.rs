@@ -767,6 +767,25 @@ pub struct ZmqServiceStatus {
     pub last_command_refused: Option<String>,
 }
 
+impl RolloutState {
+    /// A rollout started at `now` (its step, and its progress, too), not yet reached by
+    /// zgate; `initial_weight` is `--canary N`.
+    pub fn started_at(now: Time, initial_weight: Option<Weight>) -> Self {
+        Self {
+            started: now.clone(),
+            step_started: now.clone(),
+            last_progress: now,
+            initial_weight,
+            failures: 0,
+            inconclusive_streak: 0,
+            paused: false,
+            pause_reason: None,
+            reached: None,
+            unreachable_since: None,
+        }
+    }
+}
+
 impl ZmqServiceStatus {
     /// The revision being released while a rollout is in progress.
     pub fn rollout_revision(&self) -> Option<String> {

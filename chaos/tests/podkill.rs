@@ -1,15 +1,14 @@
 //! Pod kill against a mock Kubernetes API server (tower_test): each request's method, path
 //! and body are asserted, kube-rs style.
 
-use http::{Method, Request, Response};
+use http::Method;
 use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Client;
-use kube::client::Body;
 use zdeploy_api::chaos::{Experiment, Fault, SelectionMode, TargetPool};
 use zdeploy_chaos::podkill;
 
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+use zdeploy_testkit::apiserver::{MockApiServer, pair};
 
 fn pod(name: &str, phase: &str) -> Pod {
     Pod {
@@ -49,67 +48,44 @@ fn experiment(
 
 /// Serves: one list (asserting the selector), then `deletes` deletes (recording names).
 async fn api_server(
-    handle: Handle,
+    server: MockApiServer,
     selector: &'static str,
     pods: Vec<Pod>,
     deletes: usize,
 ) -> Vec<String> {
-    serve(handle, selector, pods, deletes).await.0
+    serve(server, selector, pods, deletes).await.0
 }
 
 async fn serve(
-    mut handle: Handle,
+    mut server: MockApiServer,
     selector: &'static str,
     pods: Vec<Pod>,
     deletes: usize,
-) -> (Vec<String>, Handle) {
-    let (req, send) = handle.next_request().await.expect("a list request");
-    assert_eq!(req.method(), Method::GET);
-    let uri = req.uri().to_string();
-    assert!(uri.starts_with("/api/v1/namespaces/trading/pods?"), "{uri}");
-    let query: std::collections::HashMap<String, String> = url_query(&uri);
-    assert_eq!(
-        query.get("labelSelector").map(String::as_str),
-        Some(selector)
-    );
-    send.send_response(
-        Response::builder()
-            .body(Body::from(serde_json::to_vec(&list(pods)).unwrap()))
-            .unwrap(),
-    );
+) -> (Vec<String>, MockApiServer) {
+    let (list_call, reply) = server
+        .expect(Method::GET, "/api/v1/namespaces/trading/pods")
+        .await;
+    assert_eq!(list_call.param("labelSelector").as_deref(), Some(selector));
+    reply.json(200, &list(pods));
     let mut deleted = Vec::new();
     for _ in 0..deletes {
-        let (req, send) = handle.next_request().await.expect("a delete request");
-        assert_eq!(req.method(), Method::DELETE);
-        let path = req.uri().path().to_string();
-        let name = path
+        let (call, reply) = server.next().await.expect("a delete request");
+        assert_eq!(call.method, Method::DELETE);
+        let name = call
+            .path
             .strip_prefix("/api/v1/namespaces/trading/pods/")
-            .unwrap_or_else(|| panic!("{path}"))
+            .unwrap_or_else(|| panic!("{}", call.path))
             .to_string();
-        let body = req.into_body().collect_bytes().await.unwrap();
-        let params: serde_json::Value = serde_json::from_slice(&body).unwrap();
         // Plain delete: the pod keeps its own grace period (Windows needs it to shut down).
-        assert_eq!(params, serde_json::json!({}), "{params}");
+        assert_eq!(call.body, serde_json::json!({}), "{}", call.body);
         deleted.push(name.clone());
-        send.send_response(
-            Response::builder()
-                .body(Body::from(
-                    serde_json::to_vec(&pod(&name, "Running")).unwrap(),
-                ))
-                .unwrap(),
-        );
+        reply.json(200, &serde_json::to_value(pod(&name, "Running")).unwrap());
     }
-    (deleted, handle)
+    (deleted, server)
 }
 
-fn url_query(uri: &str) -> std::collections::HashMap<String, String> {
-    let q = uri.split_once('?').map(|(_, q)| q).unwrap_or_default();
-    form_urlencoded::parse(q.as_bytes()).into_owned().collect()
-}
-
-fn client() -> (Client, Handle) {
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    (Client::new(service, "trading"), handle)
+fn client() -> (Client, MockApiServer) {
+    pair("trading")
 }
 
 const CANARY: &str =
@@ -174,10 +150,9 @@ async fn a_dry_run_lists_and_deletes_nothing() {
         .await
         .unwrap();
     assert_eq!(chosen, ["echo-canary-a"]);
-    let (deleted, mut handle) = server.await.unwrap();
+    let (deleted, mut server) = server.await.unwrap();
     assert!(deleted.is_empty());
-    let more =
-        tokio::time::timeout(std::time::Duration::from_millis(100), handle.next_request()).await;
+    let more = tokio::time::timeout(std::time::Duration::from_millis(100), server.next()).await;
     assert!(
         !matches!(more, Ok(Some(_))),
         "a dry run sent another request"

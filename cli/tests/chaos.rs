@@ -2,7 +2,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -47,7 +47,7 @@ spec:
 }
 
 struct Setup {
-    dir: PathBuf,
+    dir: zdeploy_testkit::dirs::TempDir,
     up: Proc,
     frontend: String,
     _load: Proc,
@@ -241,7 +241,7 @@ fn an_experiment_during_a_rollout_is_skipped_and_recorded() {
 
 #[test]
 fn no_experiment_starts_while_an_alert_fires_for_the_service() {
-    let port = support::free_port();
+    let port = zdeploy_testkit::ports::free_port();
     let hook = format!("127.0.0.1:{port}");
     let s = setup_with(&["--alertmanager-webhook", &hook]);
     std::thread::sleep(Duration::from_secs(2));
@@ -367,7 +367,7 @@ fn a_dry_run_with_no_runtime_and_no_cluster_shows_the_plan_and_what_it_cannot_kn
             .args(["chaos", "run", "-f", path.to_str().unwrap(), "--dry-run"])
             .args(["--state-dir", dir.join("state").to_str().unwrap()])
             .env_remove("KUBECONFIG")
-            .env("HOME", &dir)
+            .env("HOME", dir.path())
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
@@ -390,5 +390,4 @@ fn a_dry_run_with_no_runtime_and_no_cluster_shows_the_plan_and_what_it_cannot_kn
             assert!(text.contains(said), "{said:?} not in:\n{text}");
         }
     }
-    let _ = std::fs::remove_dir_all(dir);
 }

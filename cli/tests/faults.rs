@@ -442,7 +442,7 @@ fn a_low_descriptor_limit_is_raised_and_many_idle_connections_starve_nothing() {
 fn zgate_killed_and_restarted_under_load_answers_nothing_twice_and_clients_come_back() {
     let stable = peer(&["rep", "--name", "stable"]);
     let canary = peer(&["rep", "--name", "canary"]);
-    let frontend = format!("tcp://127.0.0.1:{}", support::free_port());
+    let frontend = format!("tcp://127.0.0.1:{}", zdeploy_testkit::ports::free_port());
     let args = [
         "--pool".to_string(),
         format!("stable={}", stable.endpoint()),
@@ -591,7 +591,9 @@ fn backends_drained_removed_and_replaced_at_their_addresses_lose_no_request() {
     use zdeploy_gateway::control::Endpoint;
 
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let ports: Vec<u16> = (0..4).map(|_| support::free_port()).collect();
+    let ports: Vec<u16> = (0..4)
+        .map(|_| zdeploy_testkit::ports::free_port())
+        .collect();
     let start_peer = |port: u16, n: usize| {
         peer(&[
             "rep",

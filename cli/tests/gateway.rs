@@ -512,7 +512,7 @@ fn router_services_timeouts_and_late_replies() {
 
 #[test]
 fn a_pool_without_live_backend_answers_unavailable_at_once() {
-    let nobody = support::free_port();
+    let nobody = zdeploy_testkit::ports::free_port();
     let gw = gateway(&["--pool", &format!("canary=tcp://127.0.0.1:{nobody}")]);
     let ctx = zmq::Context::new();
     let c = zmq_client(&ctx, zmq::REQ, &gw.frontend);

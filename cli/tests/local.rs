@@ -232,7 +232,7 @@ fn a_verb_with_no_local_runtime_and_no_cluster_says_what_it_looked_for() {
             .args(verb)
             .args(["--state-dir", state.to_str().unwrap()])
             .env_remove("KUBECONFIG")
-            .env("HOME", &home)
+            .env("HOME", home.path())
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);

@@ -255,7 +255,7 @@ async fn the_webhook_refuses_a_wrong_token() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_source_that_fails_is_inconclusive_never_a_pass() {
-    let down = format!("http://127.0.0.1:{}", support::free_port());
+    let down = format!("http://127.0.0.1:{}", zdeploy_testkit::ports::free_port());
     let mut a = prometheus_at(&down, "echo", analysis(0));
     let run = a.run(AGE).await;
     assert_inconclusive(&run, "unreachable");

@@ -9,11 +9,8 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Method, Request, Response};
-use kube::Client;
-use kube::client::Body;
+use http::Method;
 use serde_json::{Value, json};
-use support::Call;
 use zdeploy_api::chaos::ChaosSchedule;
 use zdeploy_controller::analysis::webhook::AlertInbox;
 use zdeploy_controller::platforms::kubernetes::chaos::{
@@ -21,6 +18,7 @@ use zdeploy_controller::platforms::kubernetes::chaos::{
 };
 use zdeploy_controller::platforms::kubernetes::measure::MetricsSource;
 use zdeploy_controller::platforms::kubernetes::stats::Stats;
+use zdeploy_testkit::apiserver::{Call, MockApiServer, pair};
 
 const SCHEDULES: &str = "/apis/zdeploy.io/v1alpha1/namespaces/trading/chaosschedules/drill";
 const SERVICE: &str = "/apis/zdeploy.io/v1alpha1/namespaces/trading/zmqservices/echo";
@@ -35,16 +33,13 @@ struct World {
     pods: Vec<Value>,
 }
 
-async fn api_server(
-    handle: tower_test::mock::Handle<Request<Body>, Response<Body>>,
-    mut world: World,
-) -> Vec<Call> {
-    support::serve_api(handle, move |call| {
+async fn api_server(server: MockApiServer, mut world: World) -> Vec<Call> {
+    server.serve(move |call| {
         let (method, path, body) = (call.method.as_str(), call.path.as_str(), &call.body);
         match (method, path) {
             ("GET", SERVICE) => match &world.service {
                 Some(s) => (200, s.clone()),
-                None => (404, support::not_found()),
+                None => (404, zdeploy_testkit::apiserver::not_found()),
             },
             ("GET", WEIGHTS) => (200, world.weights.clone()),
             ("PATCH", WEIGHTS) => {
@@ -155,10 +150,9 @@ async fn run_with(
     alerts: Option<Arc<AlertInbox>>,
     metrics: MetricsSource,
 ) -> Outcome {
-    let (mock, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let client = Client::new(mock, "trading");
+    let (client, server) = pair("trading");
     let cs: ChaosSchedule = serde_json::from_value(world.schedule.clone()).unwrap();
-    let server = tokio::spawn(api_server(handle, world));
+    let server = tokio::spawn(api_server(server, world));
     let stats = Arc::new(Stats::default());
     let ctx = Arc::new(ChaosContext::new(client, metrics, alerts, stats.clone()));
     let result = reconcile(Arc::new(cs), ctx)
@@ -177,8 +171,10 @@ async fn run_with(
 fn every_request_is_granted(calls: &[Call]) {
     let mut rules = Vec::new();
     for file in ["rbac.yaml", "chaos-rbac.yaml"] {
-        let text =
-            std::fs::read_to_string(support::repo(&format!("manifests/install/{file}"))).unwrap();
+        let text = std::fs::read_to_string(zdeploy_testkit::fixtures::repo(&format!(
+            "manifests/install/{file}"
+        )))
+        .unwrap();
         let docs: Vec<Value> = serde_saphyr::from_str_multiple(&text).unwrap();
         for d in docs.iter().filter(|d| d["kind"] == "ClusterRole") {
             rules.extend(d["rules"].as_array().unwrap().iter().cloned());
@@ -454,11 +450,7 @@ async fn a_pod_kill_deletes_at_most_max_targets_pods_of_the_targeted_pool() {
         .iter()
         .find(|c| c.method == Method::GET && c.path == PODS)
         .unwrap();
-    let selector: String = form_urlencoded::parse(list.query.as_bytes())
-        .find(|(k, _)| k == "labelSelector")
-        .unwrap()
-        .1
-        .into_owned();
+    let selector = list.param("labelSelector").unwrap();
     assert!(
         selector.ends_with("zdeploy.io/pool=canary")
             && selector.contains("app.kubernetes.io/name=echo"),

@@ -43,8 +43,11 @@ fn prometheus_client_output_from_zgate() {
 
 #[test]
 fn python_prometheus_client_output() {
-    let python = std::env::var("ZDEPLOY_PYTHON")
-        .unwrap_or_else(|_| support::repo(".venv/bin/python").display().to_string());
+    let python = std::env::var("ZDEPLOY_PYTHON").unwrap_or_else(|_| {
+        zdeploy_testkit::fixtures::repo(".venv/bin/python")
+            .display()
+            .to_string()
+    });
     let script = r#"
 import sys
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Summary, generate_latest

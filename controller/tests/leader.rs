@@ -5,11 +5,11 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use http::{Method, Request, Response};
+use http::Method;
 use kube::Client;
-use kube::client::Body;
 use serde_json::{Value, json};
 use zdeploy_controller::platforms::kubernetes::leader::{LEASE_NAME, LEASE_SECONDS, Leader};
+use zdeploy_testkit::apiserver::{MockApiServer, merge_patch, not_found, pair};
 
 const NS: &str = "zdeploy-system";
 
@@ -17,65 +17,45 @@ const NS: &str = "zdeploy-system";
 type Seen = Arc<Mutex<Vec<(String, Value)>>>;
 
 /// Serves one Lease: GET, POST (create), PATCH (merge of `spec`, null removes a field).
-async fn lease_server(
-    mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>,
-    mut lease: Option<Value>,
-    seen: Seen,
-) {
+async fn lease_server(server: MockApiServer, mut lease: Option<Value>, seen: Seen) {
     let path = format!("/apis/coordination.k8s.io/v1/namespaces/{NS}/leases");
     let item = format!("{path}/{LEASE_NAME}");
-    while let Some((req, send)) = handle.next_request().await {
-        let method = req.method().clone();
-        let p = req.uri().path().to_string();
-        let bytes = req.into_body().collect_bytes().await.unwrap();
-        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        seen.lock()
-            .unwrap()
-            .push((format!("{method} {p}"), body.clone()));
-        let reply = match (&method, p.as_str()) {
-            (&Method::GET, x) if x == item => lease.clone(),
-            (&Method::POST, x) if x == path => {
-                assert_eq!(
-                    body["metadata"]["name"], LEASE_NAME,
-                    "created lease: {body}"
-                );
-                lease = Some(body);
-                lease.clone()
-            }
-            (&Method::PATCH, x) if x == item => {
-                let l = lease.as_mut().expect("patch of a missing lease");
-                for (k, v) in body["spec"].as_object().unwrap() {
-                    if v.is_null() {
-                        l["spec"].as_object_mut().unwrap().remove(k);
-                    } else {
-                        l["spec"][k] = v.clone();
-                    }
+    server
+        .serve(move |call| {
+            let (method, p, body) = (&call.method, call.path.as_str(), &call.body);
+            seen.lock()
+                .unwrap()
+                .push((format!("{method} {p}"), body.clone()));
+            let reply = match (method, p) {
+                (&Method::GET, x) if x == item => lease.clone(),
+                (&Method::POST, x) if x == path => {
+                    assert_eq!(
+                        body["metadata"]["name"], LEASE_NAME,
+                        "created lease: {body}"
+                    );
+                    lease = Some(body.clone());
+                    lease.clone()
                 }
-                lease.clone()
+                (&Method::PATCH, x) if x == item => {
+                    let l = lease.as_mut().expect("patch of a missing lease");
+                    merge_patch(&mut l["spec"], &body["spec"]);
+                    lease.clone()
+                }
+                other => panic!("unexpected request {other:?}"),
+            };
+            match reply {
+                Some(l) => (200, l),
+                None => (404, not_found()),
             }
-            other => panic!("unexpected request {other:?}"),
-        };
-        let (status, body) = match reply {
-            Some(l) => (200, l),
-            None => (
-                404,
-                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}),
-            ),
-        };
-        send.send_response(
-            Response::builder()
-                .status(status)
-                .body(Body::from(serde_json::to_vec(&body).unwrap()))
-                .unwrap(),
-        );
-    }
+        })
+        .await;
 }
 
 fn start(lease: Option<Value>) -> (Client, Seen) {
-    let (mock, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let (client, server) = pair(NS);
     let seen = Seen::default();
-    tokio::spawn(lease_server(handle, lease, seen.clone()));
-    (Client::new(mock, NS), seen)
+    tokio::spawn(lease_server(server, lease, seen.clone()));
+    (client, seen)
 }
 
 fn holder_patches(seen: &Seen, identity: &str) -> usize {

@@ -5,17 +5,17 @@ mod support;
 
 use std::sync::Arc;
 
-use http::{Method, Request, Response};
-use kube::client::Body;
-use kube::{Client, ResourceExt};
+use http::Method;
+use kube::ResourceExt;
 use serde_json::{Value, json};
-use support::Call;
-use zdeploy_api::ZmqService;
+use zdeploy_api::command::COMMAND_ANNOTATION;
 use zdeploy_controller::platforms::kubernetes::errors::{Error, ErrorKind};
 use zdeploy_controller::platforms::kubernetes::measure::MetricsSource;
 use zdeploy_controller::platforms::kubernetes::service::{
     Context, FINALIZER, error_policy, reconcile,
 };
+use zdeploy_testkit::apiserver::{Call, MockApiServer, merge_patch, pair};
+use zdeploy_testkit::fixtures::{CANARY, STABLE, ServiceFixture, ago, echo, status};
 
 fn is_apply(call: &Call, kind_path: &str, name: &str) -> bool {
     call.method == Method::PATCH
@@ -25,56 +25,44 @@ fn is_apply(call: &Call, kind_path: &str, name: &str) -> bool {
 
 /// Answers like the API server; `conflict_on_status` answers the first status patch with
 /// 409. Applies and status patches are echoed back, as the server would.
-async fn api_server(
-    handle: tower_test::mock::Handle<Request<Body>, Response<Body>>,
-    object: Value,
-    conflict_on_status: bool,
-) -> Vec<Call> {
+async fn api_server(server: MockApiServer, object: Value, conflict_on_status: bool) -> Vec<Call> {
     let mut object = object;
     let mut conflicted = false;
-    support::serve_api(handle, move |call| {
-        if call.path.ends_with("/status") {
-            if conflict_on_status && !conflicted {
-                conflicted = true;
-                return (
-                    409,
-                    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": "the object has been modified", "reason": "Conflict", "code": 409}),
-                );
+    server
+        .serve(move |call| {
+            if call.path.ends_with("/status") {
+                if conflict_on_status && !conflicted {
+                    conflicted = true;
+                    return (
+                        409,
+                        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": "the object has been modified", "reason": "Conflict", "code": 409}),
+                    );
+                }
+                merge_patch(&mut object["status"], &call.body["status"]);
+                (200, object.clone())
+            } else if call.path.contains("/zmqservices/") {
+                // The finalizer's JSON patch: remove it from our copy.
+                object["metadata"]["finalizers"] = json!([]);
+                (200, object.clone())
+            } else {
+                (200, call.body.clone())
             }
-            support::merge_patch(&mut object["status"], &call.body["status"]);
-            (200, object.clone())
-        } else if call.path.contains("/zmqservices/") {
-            // The finalizer's JSON patch: remove it from our copy.
-            object["metadata"]["finalizers"] = json!([]);
-            (200, object.clone())
-        } else {
-            (200, call.body.clone())
-        }
-    })
-    .await
+        })
+        .await
 }
 
-fn service(image: &str, status: Option<Value>, annotations: Value, deleting: bool) -> Value {
-    let text = std::fs::read_to_string(support::repo("manifests/examples/echo.yaml")).unwrap();
-    let mut svc: Value = serde_saphyr::from_str(&text).unwrap();
-    svc["metadata"]["uid"] = json!("0c8f2a2e-0000-4000-8000-000000000001");
-    svc["metadata"]["generation"] = json!(1);
-    svc["metadata"]["finalizers"] = json!([FINALIZER]);
-    svc["metadata"]["annotations"] = annotations;
-    if deleting {
-        svc["metadata"]["deletionTimestamp"] = json!("2026-11-25T10:00:00Z");
-    }
-    svc["spec"]["template"]["spec"]["containers"][0]["image"] = json!(image);
-    if let Some(s) = status {
-        svc["status"] = s;
-    }
-    svc
+/// The example as the controller finds it (its finalizer added), with `image` in the spec.
+fn service(image: &str) -> ServiceFixture {
+    echo().image(image).finalized(FINALIZER)
 }
+
+/// The rollback command the CLI writes.
+const ROLLBACK: &str = r#"{"id":"c-1","command":"rollback","reason":"paged"}"#;
 
 /// Analysis against a loopback port where nothing listens: measurements are inconclusive.
 fn no_metrics() -> MetricsSource {
     MetricsSource::Prometheus {
-        url: format!("http://127.0.0.1:{}", support::free_port()),
+        url: format!("http://127.0.0.1:{}", zdeploy_testkit::ports::free_port()),
         namespace_label: true,
     }
 }
@@ -87,23 +75,22 @@ type Outcome = (
     Value,
 );
 
-async fn run(object: Value, conflict: bool) -> Outcome {
-    run_with(object, conflict, no_metrics()).await
+async fn run(svc: ServiceFixture, conflict: bool) -> Outcome {
+    run_with(svc, conflict, no_metrics()).await
 }
 
-async fn run_with(object: Value, conflict: bool, metrics: MetricsSource) -> Outcome {
-    let (mock, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let client = Client::new(mock, "trading");
-    let server = tokio::spawn(api_server(handle, object.clone(), conflict));
-    let object_sent = object.clone();
-    let svc: ZmqService = serde_json::from_value(object_sent).unwrap();
+async fn run_with(svc: ServiceFixture, conflict: bool, metrics: MetricsSource) -> Outcome {
+    let (client, server) = pair("trading");
+    let svc = svc.build();
+    let object = serde_json::to_value(&svc).unwrap();
+    let server = tokio::spawn(api_server(server, object.clone(), conflict));
     let ctx = Arc::new(Context::new(client, metrics));
     let result = reconcile(Arc::new(svc), ctx).await;
     // Dropping the client ends the mock server.
     let calls = server.await.unwrap();
     let mut status = object["status"].clone();
     for c in calls.iter().filter(|c| c.path.ends_with("/status")) {
-        support::merge_patch(&mut status, &c.body["status"]);
+        merge_patch(&mut status, &c.body["status"]);
     }
     (result, calls, status)
 }
@@ -134,16 +121,7 @@ fn find<'a>(calls: &'a [Call], kind_path: &str, name: &str) -> &'a Call {
 
 #[tokio::test]
 async fn first_deploy_applies_everything_and_records_stable() {
-    let (result, calls, recorded) = run(
-        service(
-            "registry.example.com/trading/echo:2.0.3-ltsc2022",
-            None,
-            json!({}),
-            false,
-        ),
-        false,
-    )
-    .await;
+    let (result, calls, recorded) = run(service(STABLE), false).await;
     result.unwrap();
     assert_eq!(
         applies(&calls),
@@ -219,22 +197,10 @@ fn conditions(status: &Value) -> Vec<(&str, &str, &str)> {
         .collect()
 }
 
-fn healthy() -> Value {
-    json!({"phase": "Healthy", "stableRevision": "registry.example.com/trading/echo:2.0.3-ltsc2022", "canaryWeight": 0, "observedGeneration": 1})
-}
-
 #[tokio::test]
 async fn a_new_image_starts_a_canary() {
-    let (result, calls, recorded) = run(
-        service(
-            "registry.example.com/trading/echo:2.1.0-ltsc2022",
-            Some(healthy()),
-            json!({}),
-            false,
-        ),
-        false,
-    )
-    .await;
+    let (result, calls, recorded) =
+        run(service(CANARY).with_status(status::healthy()), false).await;
     result.unwrap();
     let canary = find(&calls, "deployments", "echo-canary");
     assert_eq!(canary.body["spec"]["replicas"], 3);
@@ -282,30 +248,14 @@ async fn a_new_image_starts_a_canary() {
     assert_eq!(event.body["reason"], "RolloutStarted");
 }
 
-fn progressing(step_started: &str) -> Value {
-    json!({
-        "phase": "Progressing", "currentStep": 1, "canaryWeight": 10,
-        "stableRevision": "registry.example.com/trading/echo:2.0.3-ltsc2022",
-        "canaryRevision": "registry.example.com/trading/echo:2.1.0-ltsc2022",
-        "message": "step 1: pausing 2m at 10%",
-        "observedGeneration": 1,
-        "rollout": {"started": step_started, "stepStarted": step_started, "lastProgress": step_started, "failures": 0, "inconclusiveStreak": 0, "paused": false}
-    })
-}
-
 /// Reconciles the example with its 2.1.0 canary in the spec and `status` recorded.
-async fn reconcile_canary(status: Value) -> Outcome {
-    let image = "registry.example.com/trading/echo:2.1.0-ltsc2022";
-    run(service(image, Some(status), json!({}), false), false).await
-}
-
-fn seconds_ago(s: i64) -> String {
-    (jiff::Timestamp::now() - jiff::SignedDuration::from_secs(s)).to_string()
+async fn reconcile_canary(status: zdeploy_api::ZmqServiceStatus) -> Outcome {
+    run(service(CANARY).with_status(status), false).await
 }
 
 #[tokio::test]
 async fn a_restarted_controller_resumes_from_the_recorded_status() {
-    let status = progressing(&seconds_ago(10));
+    let status = status::progressing(ago(10));
     let (result, calls, recorded) = reconcile_canary(status).await;
     result.unwrap();
     // Still in the 2-minute pause of step 1: same step and weight, no second canary start.
@@ -339,8 +289,8 @@ async fn a_restarted_controller_resumes_from_the_recorded_status() {
 async fn a_controller_back_after_a_long_absence_does_not_count_it_against_the_deadline() {
     // At the analysis step since an hour, six times the progress deadline: no controller
     // ran meanwhile (a restart, a new leader), so that hour is nobody's lack of progress.
-    let mut status = progressing(&seconds_ago(3600));
-    status["currentStep"] = json!(2);
+    let mut status = status::progressing(ago(3600));
+    status.current_step = Some(2);
     let (result, _, recorded) = reconcile_canary(status).await;
     result.unwrap();
     assert_eq!(recorded["phase"], "Progressing", "{recorded}");
@@ -357,7 +307,7 @@ async fn a_controller_back_after_a_long_absence_does_not_count_it_against_the_de
 
 #[tokio::test]
 async fn a_finished_pause_advances_the_step() {
-    let status = progressing(&seconds_ago(121));
+    let status = status::progressing(ago(121));
     let (result, _, recorded) = reconcile_canary(status).await;
     result.unwrap();
     let status = &recorded;
@@ -377,12 +327,7 @@ async fn a_failing_canary_in_prometheus_is_rolled_back_by_the_controller() {
         url: prom.url.clone(),
         namespace_label: false,
     };
-    let object = service(
-        "registry.example.com/trading/echo:2.1.0-ltsc2022",
-        Some(progressing(&seconds_ago(10))),
-        json!({}),
-        false,
-    );
+    let object = service(CANARY).with_status(status::progressing(ago(10)));
     let (result, calls, recorded) = run_with(object, false, metrics).await;
     result.unwrap();
     let status = &recorded;
@@ -413,18 +358,10 @@ async fn a_failing_canary_in_prometheus_is_rolled_back_by_the_controller() {
 
 #[tokio::test]
 async fn a_rollback_writes_weight_zero_before_the_canary_scales_down() {
-    let command =
-        json!({"zdeploy.io/command": r#"{"id":"c-1","command":"rollback","reason":"paged"}"#});
-    let (result, calls, recorded) = run(
-        service(
-            "registry.example.com/trading/echo:2.1.0-ltsc2022",
-            Some(progressing(&seconds_ago(10))),
-            command,
-            false,
-        ),
-        false,
-    )
-    .await;
+    let object = service(CANARY)
+        .with_status(status::progressing(ago(10)))
+        .annotated(COMMAND_ANNOTATION, ROLLBACK);
+    let (result, calls, recorded) = run(object, false).await;
     let action = result.unwrap();
     let order = applies(&calls);
     let weights = order
@@ -483,26 +420,14 @@ async fn a_rollback_writes_weight_zero_before_the_canary_scales_down() {
 
 #[tokio::test]
 async fn a_stopped_canary_scales_down_once_it_has_drained() {
-    let mut status = progressing(&seconds_ago(60));
-    status["phase"] = json!("RolledBack");
-    status["rollout"] = Value::Null;
-    status["canaryWeight"] = json!(0);
-    status["lastCommand"] = json!("c-1");
-    status["history"] = json!([{"revision": "registry.example.com/trading/echo:2.1.0-ltsc2022",
-        "stableRevision": "registry.example.com/trading/echo:2.0.3-ltsc2022",
-        "started": seconds_ago(60), "ended": seconds_ago(4), "outcome": "RolledBack", "reason": "paged"}]);
-    let command =
-        json!({"zdeploy.io/command": r#"{"id":"c-1","command":"rollback","reason":"paged"}"#});
-    let (result, calls, _) = run(
-        service(
-            "registry.example.com/trading/echo:2.1.0-ltsc2022",
-            Some(status),
-            command,
-            false,
-        ),
-        false,
-    )
-    .await;
+    let status = zdeploy_api::ZmqServiceStatus {
+        last_command: Some("c-1".into()),
+        ..status::rolled_back(ago(4), "paged")
+    };
+    let object = service(CANARY)
+        .with_status(status)
+        .annotated(COMMAND_ANNOTATION, ROLLBACK);
+    let (result, calls, _) = run(object, false).await;
     let action = result.unwrap();
     assert_eq!(
         find(&calls, "deployments", "echo-canary").body["spec"]["replicas"],
@@ -521,25 +446,16 @@ async fn a_stopped_canary_scales_down_once_it_has_drained() {
 
 #[tokio::test]
 async fn a_conflict_is_retried_quickly_and_then_succeeds() {
-    let object = service(
-        "registry.example.com/trading/echo:2.1.0-ltsc2022",
-        Some(healthy()),
-        json!({}),
-        false,
-    );
+    let object = service(CANARY).with_status(status::healthy());
     let (result, _, _) = run(object.clone(), true).await;
     let err = result.expect_err("the 409 surfaces");
     assert!(err.to_string().contains("modified"), "{err}");
     assert_eq!(err.kind(), ErrorKind::Conflict);
-    let (mock, _handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let svc: ZmqService = serde_json::from_value(object.clone()).unwrap();
+    let (client, _server) = pair("trading");
     let action = error_policy(
-        Arc::new(svc),
+        Arc::new(object.clone().build()),
         &err,
-        Arc::new(Context::new(
-            Client::new(mock, "trading"),
-            MetricsSource::Scrape,
-        )),
+        Arc::new(Context::new(client, MetricsSource::Scrape)),
     );
     assert_eq!(
         action,
@@ -552,16 +468,8 @@ async fn a_conflict_is_retried_quickly_and_then_succeeds() {
 
 #[tokio::test]
 async fn a_deleted_service_is_cleaned_up_and_released() {
-    let (result, calls, _) = run(
-        service(
-            "registry.example.com/trading/echo:2.0.3-ltsc2022",
-            Some(healthy()),
-            json!({}),
-            true,
-        ),
-        false,
-    )
-    .await;
+    let deleting = service(STABLE).with_status(status::healthy()).deleting();
+    let (result, calls, _) = run(deleting, false).await;
     result.unwrap();
     assert!(
         applies(&calls).is_empty(),
@@ -581,15 +489,13 @@ async fn a_deleted_service_is_cleaned_up_and_released() {
         "{}",
         release.body
     );
-    let svc: ZmqService = serde_json::from_value(service("x", None, json!({}), true)).unwrap();
-    assert_eq!(svc.finalizers(), [FINALIZER]);
+    assert_eq!(service("x").deleting().build().finalizers(), [FINALIZER]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_alertmanager_webhook_becomes_a_rollback_command() {
     use zdeploy_controller::analysis::webhook::{AlertInbox, router};
-    let (mock, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let client = Client::new(mock, "default");
+    let (client, mut server) = pair("default");
     let inbox = Arc::new(AlertInbox::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/alertmanager", listener.local_addr().unwrap());
@@ -608,22 +514,15 @@ async fn an_alertmanager_webhook_becomes_a_rollback_command() {
         .await
         .unwrap();
     assert_eq!(sent.status(), 200);
-    let (req, send) =
-        tokio::time::timeout(std::time::Duration::from_secs(5), handle.next_request())
-            .await
-            .expect("a patch within 5 s")
-            .unwrap();
-    assert_eq!(req.method(), Method::PATCH);
-    assert_eq!(
-        req.uri().path(),
-        "/apis/zdeploy.io/v1alpha1/namespaces/trading/zmqservices/echo"
-    );
-    assert_eq!(
-        req.headers()["content-type"],
-        "application/merge-patch+json"
-    );
-    let body: Value =
-        serde_json::from_slice(&req.into_body().collect_bytes().await.unwrap()).unwrap();
+    let path = "/apis/zdeploy.io/v1alpha1/namespaces/trading/zmqservices/echo";
+    let (call, reply) = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        server.expect(Method::PATCH, path),
+    )
+    .await
+    .expect("a patch within 5 s");
+    assert_eq!(call.headers["content-type"], "application/merge-patch+json");
+    let body = call.body;
     let command: Value = serde_json::from_str(
         body["metadata"]["annotations"]["zdeploy.io/command"]
             .as_str()
@@ -642,31 +541,19 @@ async fn an_alertmanager_webhook_becomes_a_rollback_command() {
         1,
         "only metadata is patched: {body}"
     );
-    send.send_response(
-        Response::builder()
-            .body(Body::from(
-                serde_json::to_vec(&service("echo:2", None, json!({}), false)).unwrap(),
-            ))
-            .unwrap(),
-    );
+    reply.json(200, &echo().image("echo:2").json());
 }
 
 #[tokio::test]
 async fn a_release_from_the_cli_is_not_undone_by_the_spec_image() {
     // `zdeploy rollout --image 2.0.4` was promoted; the spec (kept in git) still names
     // 2.0.3, which the controller last acted on. Only a change of the spec starts a rollout.
-    let status = json!({"phase": "Healthy", "stableRevision": "registry.example.com/trading/echo:2.0.4-ltsc2022",
-        "specRevision": "registry.example.com/trading/echo:2.0.3-ltsc2022", "canaryWeight": 0, "observedGeneration": 1});
-    let (result, calls, recorded) = run(
-        service(
-            "registry.example.com/trading/echo:2.0.3-ltsc2022",
-            Some(status),
-            json!({}),
-            false,
-        ),
-        false,
-    )
-    .await;
+    let released = zdeploy_api::ZmqServiceStatus {
+        stable_revision: Some("registry.example.com/trading/echo:2.0.4-ltsc2022".into()),
+        spec_revision: Some(STABLE.into()),
+        ..status::healthy()
+    };
+    let (result, calls, recorded) = run(service(STABLE).with_status(released), false).await;
     result.unwrap();
     assert_eq!(
         find(&calls, "configmaps", "echo-weights").body["data"]["weights.json"],

@@ -7,7 +7,7 @@ use std::process::Command;
 fn promtool(args: &[&str]) -> String {
     let out = Command::new("promtool")
         .args(args)
-        .current_dir(support::repo("manifests/prometheus"))
+        .current_dir(zdeploy_testkit::fixtures::repo("manifests/prometheus"))
         .output()
         .expect("promtool runs (./tests/run installs the prometheus package)");
     let text = format!(

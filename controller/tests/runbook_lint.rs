@@ -5,8 +5,9 @@ mod support;
 use std::path::Path;
 use std::process::Command;
 
-use support::{TempDir, repo};
 use zdeploy_controller::runbooks::lint::lint;
+use zdeploy_testkit::dirs::TempDir;
+use zdeploy_testkit::fixtures::repo;
 
 fn git(dir: &Path, args: &[&str]) {
     let ok = Command::new("git")
@@ -37,14 +38,14 @@ fn copy_dir(from: &Path, to: &Path) {
 /// A committed copy of the runbooks and the Prometheus rules.
 fn copy() -> TempDir {
     let d = TempDir::new("lint");
-    copy_dir(&repo("runbooks"), &d.0.join("runbooks"));
+    copy_dir(&repo("runbooks"), &d.join("runbooks"));
     copy_dir(
         &repo("manifests/prometheus"),
-        &d.0.join("manifests/prometheus"),
+        &d.join("manifests/prometheus"),
     );
-    git(&d.0, &["init", "-q"]);
-    git(&d.0, &["add", "."]);
-    git(&d.0, &["commit", "-q", "-m", "runbooks"]);
+    git(&d, &["init", "-q"]);
+    git(&d, &["add", "."]);
+    git(&d, &["commit", "-q", "-m", "runbooks"]);
     d
 }
 
@@ -70,19 +71,19 @@ fn the_repository_is_clean() {
 #[test]
 fn a_clean_copy_is_clean() {
     let d = copy();
-    assert_eq!(messages(&d.0), Vec::<String>::new());
+    assert_eq!(messages(&d), Vec::<String>::new());
 }
 
 #[test]
 fn a_broken_runbook_link_is_reported() {
     let d = copy();
     edit(
-        &d.0,
+        &d,
         "manifests/prometheus/zgate-rules.yaml",
         "runbooks/gateway-down.md",
         "runbooks/gateway-gone.md",
     );
-    let m = messages(&d.0);
+    let m = messages(&d);
     assert!(
         m.iter().any(|x| x.contains("alert ZgateDown: runbook_url")
             && x.contains("gateway-gone.md, which does not exist")),
@@ -94,18 +95,18 @@ fn a_broken_runbook_link_is_reported() {
 fn a_missing_section_is_reported() {
     let d = copy();
     edit(
-        &d.0,
+        &d,
         "runbooks/gateway-down.md",
         "## Rollback",
         "## Afterwards",
     );
     edit(
-        &d.0,
+        &d,
         "runbooks/gateway-down.md",
         "version: 1.0.0",
         "version: 1.0.1",
     );
-    let m = messages(&d.0);
+    let m = messages(&d);
     assert_eq!(
         m,
         [
@@ -119,12 +120,12 @@ fn an_alert_without_runbook_is_reported() {
     let d = copy();
     let rule = "      - alert: QueueTooDeep\n        expr: zgate_requests_in_flight > 1000\n        annotations:\n          summary: deep\n";
     edit(
-        &d.0,
+        &d,
         "manifests/prometheus/zgate-rules.yaml",
         "      - alert: ZgateDown\n",
         &format!("{rule}      - alert: ZgateDown\n"),
     );
-    let m = messages(&d.0);
+    let m = messages(&d);
     assert_eq!(
         m,
         [
@@ -137,18 +138,18 @@ fn an_alert_without_runbook_is_reported() {
 fn a_runbook_listing_an_unknown_alert_is_reported() {
     let d = copy();
     edit(
-        &d.0,
+        &d,
         "runbooks/rollout-stuck.md",
         "alerts: []",
         "alerts: [RolloutStuck]",
     );
     edit(
-        &d.0,
+        &d,
         "runbooks/rollout-stuck.md",
         "version: 1.1.0",
         "version: 1.2.0",
     );
-    let m = messages(&d.0);
+    let m = messages(&d);
     assert_eq!(
         m,
         [
@@ -161,12 +162,12 @@ fn a_runbook_listing_an_unknown_alert_is_reported() {
 fn a_changed_body_needs_a_version_bump() {
     let d = copy();
     edit(
-        &d.0,
+        &d,
         "runbooks/no-live-backend.md",
         "The other pools carry the pool's share.",
         "The other pools carry its share.",
     );
-    let m = messages(&d.0);
+    let m = messages(&d);
     assert_eq!(
         m,
         [
@@ -174,30 +175,30 @@ fn a_changed_body_needs_a_version_bump() {
         ]
     );
     edit(
-        &d.0,
+        &d,
         "runbooks/no-live-backend.md",
         "version: 1.1.0",
         "version: 1.1.1",
     );
-    assert_eq!(messages(&d.0), Vec::<String>::new());
+    assert_eq!(messages(&d), Vec::<String>::new());
 }
 
 #[test]
 fn bad_front_matter_is_reported() {
     let d = copy();
     edit(
-        &d.0,
+        &d,
         "runbooks/gateway-down.md",
         "version: 1.0.0",
         "version: one",
     );
     edit(
-        &d.0,
+        &d,
         "runbooks/gateway-down.md",
         "owners: [platform]",
         "owners: []",
     );
-    let m = messages(&d.0);
+    let m = messages(&d);
     assert!(
         m.iter()
             .any(|x| x.contains("version \"one\" must be semver")),

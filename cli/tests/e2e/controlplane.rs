@@ -105,6 +105,8 @@ impl Drop for Daemon {
 /// The control plane, its certificates and its kubeconfigs.
 pub struct ControlPlane {
     dir: PathBuf,
+    /// Holds `dir`: removed with the control plane.
+    _tmp: zdeploy_testkit::dirs::TempDir,
     bin: PathBuf,
     /// The Kubernetes version the binaries report, e.g. `v1.37.2`.
     pub version: String,
@@ -258,7 +260,8 @@ impl ControlPlane {
     pub fn start() -> ControlPlane {
         let began = Instant::now();
         let (bin, version) = bin_dir();
-        let dir = support::tempdir("controlplane");
+        let tmp = support::tempdir("controlplane");
+        let dir = tmp.to_path_buf();
         let d = dir.as_path();
         openssl(
             d,
@@ -309,9 +312,9 @@ impl ControlPlane {
             "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n- level: Metadata\n  userGroups: [\"system:serviceaccounts:zdeploy-system\", \"system:serviceaccounts:e2e-zgate\", \"system:serviceaccounts:e2e-traffic\"]\n- level: None\n",
         )
         .unwrap();
-        let etcd_port = support::free_port();
-        let peer_port = support::free_port();
-        let api_port = support::free_port();
+        let etcd_port = zdeploy_testkit::ports::free_port();
+        let peer_port = zdeploy_testkit::ports::free_port();
+        let api_port = zdeploy_testkit::ports::free_port();
         let server = format!("https://127.0.0.1:{api_port}");
         let identity = |name: &str, subject: &str| {
             let (cert, key) = issue(d, name, subject, Usage::Client);
@@ -329,6 +332,7 @@ impl ControlPlane {
 
         let mut cp = ControlPlane {
             dir: dir.clone(),
+            _tmp: tmp,
             bin: bin.clone(),
             version,
             server: server.clone(),
@@ -644,6 +648,6 @@ impl Drop for ControlPlane {
         while let Some(mut d) = daemons.pop() {
             d.stop();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // `_tmp` then removes the directory, once nothing runs in it.
     }
 }

@@ -72,7 +72,7 @@ pub struct Setup {
     pub admin: PathBuf,
     pub namespace: String,
     /// Logs and files go here.
-    pub dir: PathBuf,
+    pub dir: zdeploy_testkit::dirs::TempDir,
     /// Makes the kubeconfig of a ServiceAccount, for zgate pods.
     pub identity: Identity,
     /// Behaviour by image; images not listed serve.
@@ -349,7 +349,7 @@ fn gateway(pod: &Value, name: &str, ip: &str, log: &Path, setup: &Setup) -> (Pro
         .as_str()
         .unwrap_or("default");
     let kubeconfig = (setup.identity)(&setup.namespace, account);
-    let admin = format!("127.0.0.1:{}", support::free_port());
+    let admin = format!("127.0.0.1:{}", zdeploy_testkit::ports::free_port());
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_zdeploy"));
     cmd.args(&args)
         .args(["--admin", &admin])

@@ -135,7 +135,7 @@ impl ControlPlane {
     /// `zdeploy controller` on this machine as the installed ServiceAccount, electing its
     /// leader in zdeploy-system as the in-cluster Deployment does.
     pub fn controller(&self, identity: &str) -> Controller {
-        let port = support::free_port();
+        let port = zdeploy_testkit::ports::free_port();
         let probes = format!("127.0.0.1:{port}");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_zdeploy"));
         cmd.args(["controller", "--probes", &probes, "--identity", identity])

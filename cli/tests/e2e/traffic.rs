@@ -31,12 +31,15 @@ pub struct Client {
     gateway: PodRecord,
     /// Created to stop it: the client finishes the request it has out, then reports.
     stop_file: std::path::PathBuf,
+    /// Holds `stop_file`.
+    _dir: zdeploy_testkit::dirs::TempDir,
 }
 
 impl Client {
     fn start(gateway: &PodRecord) -> Self {
         let frontend = format!("tcp://{}:5555", gateway.ip);
-        let stop_file = support::tempdir("client").join("stop");
+        let dir = support::tempdir("client");
+        let stop_file = dir.join("stop");
         let child = Command::new(support::python())
             .arg(support::root().join("tests/peers/zmq_peer.py"))
             .args([
@@ -60,6 +63,7 @@ impl Client {
             child,
             gateway: gateway.clone(),
             stop_file,
+            _dir: dir,
         }
     }
 

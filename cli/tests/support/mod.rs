@@ -9,29 +9,17 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use zdeploy_testkit::children::die_with_test;
+use zdeploy_testkit::dirs::TempDir;
+
 /// The repository root.
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// A fresh directory under the system temp dir, unique to this process and moment.
-pub fn tempdir(tag: &str) -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let d = std::env::temp_dir().join(format!("zdeploy-{tag}-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// A free loopback port.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A fresh directory for one test, removed with everything in it when dropped.
+pub fn tempdir(tag: &str) -> TempDir {
+    TempDir::new(tag)
 }
 
 /// The Python with pyzmq that `tests/run` installs; the tests fail, not skip, without it.
@@ -47,7 +35,7 @@ pub fn python() -> PathBuf {
     p
 }
 
-/// A child process that is killed when dropped.
+/// A child process that is killed when dropped, and dies with the test's thread.
 pub struct Proc {
     pub child: Child,
     /// The first stdout line that started with the ready word.
@@ -61,7 +49,7 @@ impl Proc {
         cmd.stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .stdin(Stdio::null());
-        let mut child = cmd
+        let mut child = die_with_test(&mut cmd)
             .spawn()
             .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
         let out = child.stdout.take().expect("stdout is piped");
@@ -92,7 +80,7 @@ impl Proc {
 
     /// Spawns `cmd` whose stdout this side does not read.
     fn unread(mut cmd: Command) -> Proc {
-        let child = cmd
+        let child = die_with_test(&mut cmd)
             .spawn()
             .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
         let (_, lines) = mpsc::channel();

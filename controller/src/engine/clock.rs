@@ -84,16 +84,8 @@ mod tests {
 
     fn rollout(started: &str) -> RolloutState {
         RolloutState {
-            started: Time(t(started)),
-            step_started: Time(t(started)),
-            last_progress: Time(t(started)),
-            initial_weight: None,
-            failures: 0,
-            inconclusive_streak: 0,
-            paused: false,
-            pause_reason: None,
             reached: Some(Time(t(started))),
-            unreachable_since: None,
+            ..RolloutState::started_at(Time(t(started)), None)
         }
     }
 

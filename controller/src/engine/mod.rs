@@ -427,18 +427,7 @@ fn start(d: &mut Decision, revision: String, canary: Option<Weight>, now: Timest
     d.status.canary_weight = Weight::ZERO;
     d.status.analysis.clear();
     d.status.message = Some(format!("starting canary {revision}"));
-    d.status.rollout = Some(RolloutState {
-        started: time(now),
-        step_started: time(now),
-        last_progress: time(now),
-        initial_weight: canary,
-        failures: 0,
-        inconclusive_streak: 0,
-        paused: false,
-        pause_reason: None,
-        reached: None,
-        unreachable_since: None,
-    });
+    d.status.rollout = Some(RolloutState::started_at(time(now), canary));
     d.actions.push(Action::StartCanary {
         revision: revision.clone(),
     });

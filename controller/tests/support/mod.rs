@@ -4,53 +4,16 @@
 
 #![allow(dead_code)] // each test binary uses a different part of this module
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use zdeploy_api::service::{Analysis, Builtin, Metric};
 use zdeploy_gateway::metrics::{GatewayMetrics, Outcome};
 
-/// A temporary directory removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let d = std::env::temp_dir().join(format!("zdeploy-{tag}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
-        Self(d)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A free loopback port.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A child process killed on drop.
-pub struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use zdeploy_testkit::children::Daemon;
+use zdeploy_testkit::dirs::TempDir;
+use zdeploy_testkit::ports::free_port;
 
 fn need(bin: &str) -> &str {
     assert!(
@@ -93,8 +56,7 @@ pub struct Prometheus {
 impl Prometheus {
     /// Kills Prometheus at once (SIGKILL), as a crash or an OOM kill would.
     pub fn kill(&mut self) {
-        let _ = self.daemon.0.kill();
-        let _ = self.daemon.0.wait();
+        self.daemon.kill();
     }
 
     /// Starts Prometheus and returns once it has scraped `target` (ready is not scraping).
@@ -105,7 +67,7 @@ impl Prometheus {
             "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nscrape_configs:\n  - job_name: zgate\n    static_configs: [{{targets: ['{target}']}}]\n"
         );
         if let Some(r) = rules {
-            std::fs::write(dir.0.join("rules.yaml"), r).unwrap();
+            std::fs::write(dir.join("rules.yaml"), r).unwrap();
             config.push_str("rule_files: [rules.yaml]\n");
         }
         if let Some(am) = alertmanager {
@@ -113,25 +75,23 @@ impl Prometheus {
                 "alerting:\n  alertmanagers:\n    - static_configs: [{{targets: ['{am}']}}]\n"
             ));
         }
-        std::fs::write(dir.0.join("prometheus.yml"), config).unwrap();
-        let child = Command::new(need("prometheus"))
-            .arg(format!(
-                "--config.file={}",
-                dir.0.join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.0.join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.0.join("prometheus.log")).unwrap())
-            .spawn()
-            .expect("prometheus starts");
+        std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+        let mut cmd = Command::new(need("prometheus"));
+        cmd.arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap());
         let url = format!("http://127.0.0.1:{port}");
         let p = Self {
             url,
-            daemon: Daemon(child),
+            daemon: Daemon::spawn(&mut cmd),
             _dir: dir,
         };
         wait_http_ok(&format!("{}/-/ready", p.url), "Prometheus").await;
@@ -170,23 +130,21 @@ impl Alertmanager {
         let config = format!(
             "route:\n  receiver: zdeploy\n  group_by: [alertname, service]\n  group_wait: 0s\n  group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: zdeploy\n    webhook_configs:\n      - url: '{webhook}'\n        send_resolved: true\n        http_config:\n          authorization: {{credentials: '{token}'}}\n"
         );
-        std::fs::write(dir.0.join("alertmanager.yml"), config).unwrap();
-        let child = Command::new(need("prometheus-alertmanager"))
-            .arg(format!(
-                "--config.file={}",
-                dir.0.join("alertmanager.yml").display()
-            ))
-            .arg(format!("--storage.path={}", dir.0.join("data").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--cluster.listen-address=")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.0.join("alertmanager.log")).unwrap())
-            .spawn()
-            .expect("alertmanager starts");
+        std::fs::write(dir.join("alertmanager.yml"), config).unwrap();
+        let mut cmd = Command::new(need("prometheus-alertmanager"));
+        cmd.arg(format!(
+            "--config.file={}",
+            dir.join("alertmanager.yml").display()
+        ))
+        .arg(format!("--storage.path={}", dir.join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--cluster.listen-address=")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("alertmanager.log")).unwrap());
         let addr = format!("127.0.0.1:{port}");
         let am = Self {
             addr,
-            _daemon: Daemon(child),
+            _daemon: Daemon::spawn(&mut cmd),
             _dir: dir,
         };
         wait_http_ok(&format!("http://{}/-/ready", am.addr), "Alertmanager").await;
@@ -281,80 +239,6 @@ pub fn analysis(min_samples: u64) -> Analysis {
             metric("latency-p99", Builtin::LatencyP99, 0.8),
         ],
     }
-}
-
-/// Path of a file in the repository.
-pub fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
-}
-
-/// One request a mock API server received.
-#[derive(Debug, Clone)]
-pub struct Call {
-    pub method: http::Method,
-    pub path: String,
-    pub query: String,
-    pub body: serde_json::Value,
-}
-
-/// Serves a tower_test mock API server until the client is dropped: records each request
-/// and answers it with `respond`'s status and JSON body.
-pub async fn serve_api(
-    mut handle: tower_test::mock::Handle<
-        http::Request<kube::client::Body>,
-        http::Response<kube::client::Body>,
-    >,
-    mut respond: impl FnMut(&Call) -> (u16, serde_json::Value),
-) -> Vec<Call> {
-    let mut calls = Vec::new();
-    while let Some((req, send)) = handle.next_request().await {
-        let method = req.method().clone();
-        let path = req.uri().path().to_string();
-        let query = req.uri().query().unwrap_or_default().to_string();
-        let bytes = req.into_body().collect_bytes().await.unwrap();
-        let call = Call {
-            method,
-            path,
-            query,
-            body: serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
-        };
-        let (status, reply) = respond(&call);
-        calls.push(call);
-        send.send_response(
-            http::Response::builder()
-                .status(status)
-                .body(kube::client::Body::from(
-                    serde_json::to_vec(&reply).unwrap(),
-                ))
-                .unwrap(),
-        );
-    }
-    calls
-}
-
-/// Applies a JSON merge patch (RFC 7386) as the API server does: `null` removes a field,
-/// objects merge field by field, anything else replaces.
-pub fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
-    let Some(fields) = patch.as_object() else {
-        *target = patch.clone();
-        return;
-    };
-    if !target.is_object() {
-        *target = serde_json::json!({});
-    }
-    let t = target.as_object_mut().expect("an object");
-    for (k, v) in fields {
-        if v.is_null() {
-            t.remove(k);
-        } else {
-            merge_patch(t.entry(k.clone()).or_insert(serde_json::Value::Null), v);
-        }
-    }
-}
-
-/// The API server's answer for a missing object.
-pub fn not_found() -> serde_json::Value {
-    serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404})
 }
 
 /// Serves Alertmanager's webhook into `inbox` on a free loopback port; returns its URL.
