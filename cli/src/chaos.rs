@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use kube::ResourceExt;
 use zdeploy_api::chaos::RunVerdict;
-use zdeploy_controller::experiment::{Injection, describe_plan, injection};
+use zdeploy_controller::experiment::{describe_plan, targets_unknown};
 use zdeploy_controller::platforms::local::api::ChaosRequest;
 use zdeploy_controller::platforms::local::chaos::Scheduled;
 use zdeploy_controller::platforms::local::state::StateDir;
@@ -174,15 +174,7 @@ pub async fn run(cmd: &ChaosCommand) -> anyhow::Result<ExitCode> {
                             && !cluster.given()
                             && e.downcast_ref::<cluster::NoCluster>().is_some() =>
                     {
-                        let hits = match injection(&x.fault, x.duration) {
-                            Injection::Gateway(_) => {
-                                format!("would hit {}'s zgate wherever it runs", x.service)
-                            }
-                            Injection::PodKill | Injection::ProcessKill => format!(
-                                "which pods or processes it hits is known only where {} runs",
-                                x.service
-                            ),
-                        };
+                        let hits = targets_unknown(&x);
                         println!(
                             "dry run, nothing changed: {hits}; no `zdeploy up` runs {} here and {e}",
                             x.service

@@ -272,6 +272,17 @@ pub fn describe_plan(cs: &ChaosSchedule, now: Timestamp) -> String {
     out
 }
 
+/// What a dry run can say of the targets of `x` with no platform to look at.
+pub fn targets_unknown(x: &Experiment) -> String {
+    match injection(&x.fault, x.duration) {
+        Injection::Gateway(_) => format!("would hit {}'s zgate wherever it runs", x.service),
+        Injection::PodKill | Injection::ProcessKill => format!(
+            "which pods or processes it hits is known only where {} runs",
+            x.service
+        ),
+    }
+}
+
 /// How a gateway fault on `pool` reads in a dry run.
 pub fn describe_fault(pool: Pool, f: &FaultSpec) -> String {
     format!(
