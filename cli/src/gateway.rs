@@ -30,6 +30,11 @@ pub struct Args {
     /// A request without a reply after this long gets an error reply.
     #[arg(long, default_value = "2s")]
     timeout: Duration,
+    /// Send matching requests to a pool whatever the weights, first match wins:
+    /// POOL=identity:PREFIX (the client's ZeroMQ routing id) or POOL=frame:N:PREFIX (body
+    /// frame N); \xNN for any byte. Repeat for more; change them with PUT /routes.
+    #[arg(long = "route", value_name = "POOL=MATCH")]
+    routes: Vec<zdeploy_gateway::routes::Route>,
     /// Keep each client on one pool (by its ZeroMQ identity) while weights stay the same.
     #[arg(long)]
     sticky: bool,
@@ -85,6 +90,7 @@ impl Args {
         }
         config.timeout = self.timeout;
         config.sticky = self.sticky;
+        config.routes = self.routes.clone();
         config.classifier = ErrorClassifier {
             reply_prefix: Some(self.error_prefix.clone()).filter(|p| !p.is_empty()),
             status_frame: self.error_status_frame.map(|frame| StatusFrame {

@@ -4,7 +4,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{gateway, peer, zmq_client};
+use support::{peer, two_pools, zmq_client};
 
 const MANIFEST: &str = "apiVersion: zdeploy.io/v1alpha1
 kind: ZmqService
@@ -45,15 +45,7 @@ fn analyze(file: &std::path::Path, url: &str, pool: &str) -> (i32, serde_json::V
 fn the_embedded_scrape_fails_a_bad_canary_and_passes_stable() {
     let stable = peer(&["rep", "--name", "stable"]);
     let canary = peer(&["rep", "--name", "canary", "--error-ratio", "0.3"]);
-    let gw = gateway(&[
-        "--pool",
-        &format!("stable={}", stable.endpoint()),
-        "--pool",
-        &format!("canary={}", canary.endpoint()),
-        "--weights",
-        "stable=50,canary=50",
-    ]);
-    gw.wait_live("canary", 1.0);
+    let gw = two_pools(&stable, &canary, "stable=50,canary=50", &[]);
     let frontend = gw.frontend.clone();
     let load = std::thread::spawn(move || {
         let ctx = zmq::Context::new();

@@ -120,18 +120,7 @@ fn two_pools(
     weights: &str,
     timeout: &str,
 ) -> support::Gw {
-    let gw = gateway(&[
-        "--pool",
-        &format!("stable={}", stable.endpoint()),
-        "--pool",
-        &format!("canary={}", canary.endpoint()),
-        "--weights",
-        weights,
-        "--timeout",
-        timeout,
-    ]);
-    gw.wait_live("canary", 1.0);
-    gw
+    support::two_pools(stable, canary, weights, &["--timeout", timeout])
 }
 
 #[test]

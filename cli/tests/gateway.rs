@@ -3,9 +3,10 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use support::{Gw, client, gateway, peer, zmq_client};
+use support::{Gw, client, gateway, peer, two_pools, zmq_client};
 
 fn first_word(reply: &[Vec<u8>]) -> String {
     String::from_utf8_lossy(&reply[0])
@@ -634,15 +635,7 @@ fn sigterm_answers_pending_requests_before_exit() {
 fn sticky_routing_keeps_each_client_on_one_pool() {
     let s = peer(&["rep", "--name", "stable"]);
     let c = peer(&["rep", "--name", "canary"]);
-    let gw = gateway(&[
-        "--pool",
-        &format!("stable={}", s.endpoint()),
-        "--pool",
-        &format!("canary={}", c.endpoint()),
-        "--weights",
-        "stable=50,canary=50",
-        "--sticky",
-    ]);
+    let gw = two_pools(&s, &c, "stable=50,canary=50", &["--sticky"]);
     gw.wait_live("canary", 1.0);
     let ctx = zmq::Context::new();
     let mut pools_seen = std::collections::BTreeSet::new();
@@ -804,4 +797,76 @@ fn a_pool_whose_last_backend_dies_is_routed_nothing_until_one_is_back() {
     let r = client(&["req", "--connect", &gw.frontend, "--count", "200"]);
     assert_eq!(ok_count(&r, "canary"), 100, "{r}");
     assert_eq!(weight("pool_routed_weight", "canary"), 50.0);
+}
+
+/// Sends `n` requests from a REQ client with routing id `identity` (none: libzmq's own);
+/// returns how many each service answered, by the name in its reply.
+fn answered_by(endpoint: &str, identity: Option<&str>, n: usize) -> BTreeMap<String, usize> {
+    let ctx = zmq::Context::new();
+    let c = ctx.socket(zmq::REQ).unwrap();
+    c.set_linger(0).unwrap();
+    c.set_rcvtimeo(10_000).unwrap();
+    if let Some(id) = identity {
+        c.set_identity(id.as_bytes()).unwrap();
+    }
+    c.connect(endpoint).unwrap();
+    let mut by = BTreeMap::new();
+    for i in 0..n {
+        c.send(format!("q{i}").as_str(), 0).unwrap();
+        let reply = c.recv_multipart(0).expect("every request is answered");
+        let head = String::from_utf8_lossy(&reply[0]).into_owned();
+        let name = head.split(' ').nth(1).unwrap_or("?").to_string();
+        *by.entry(name).or_default() += 1;
+    }
+    by
+}
+
+#[test]
+fn a_route_sends_matching_clients_to_the_canary_at_weight_zero_until_it_is_removed() {
+    let stable = peer(&["rep", "--name", "stable"]);
+    let canary = peer(&["rep", "--name", "canary"]);
+    let routes = [
+        "--route",
+        "canary=identity:tester-",
+        "--route",
+        r"canary=frame:1:EUR\x00",
+    ];
+    let gw = two_pools(&stable, &canary, "stable=100,canary=0", &routes);
+    let only = |name: &str, n: usize| BTreeMap::from([(name.to_string(), n)]);
+    // Testers reach the canary, everyone else stable: exact over 1,000 requests each.
+    assert_eq!(
+        answered_by(&gw.frontend, Some("tester-1"), 1000),
+        only("canary", 1000)
+    );
+    assert_eq!(
+        answered_by(&gw.frontend, Some("customer-1"), 1000),
+        only("stable", 1000)
+    );
+    assert_eq!(answered_by(&gw.frontend, None, 1000), only("stable", 1000));
+    // A body frame: the second frame of a DEALER request starting with EUR and a zero byte.
+    let ctx = zmq::Context::new();
+    let d = zmq_client(&ctx, zmq::DEALER, &gw.frontend);
+    for (frame, pool) in [(&b"EUR\x00USD"[..], "canary"), (&b"EURUSD"[..], "stable")] {
+        d.send_multipart([&b""[..], b"quote", frame], 0).unwrap();
+        let reply = d.recv_multipart(0).unwrap();
+        let head = String::from_utf8_lossy(&reply[1]).into_owned();
+        assert!(head.ends_with(pool), "{frame:?} went to {head}");
+    }
+    assert_eq!(
+        gw.metric("zgate_route_requests_total{service=\"zgate\",pool=\"canary\"}"),
+        1001.0
+    );
+    // A route naming no pool is refused and changes nothing; [] removes them all.
+    let (code, body) = gw.put("/routes", r#"["blue=identity:tester-"]"#);
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("no pool \\\"blue\\\""), "{body}");
+    assert_eq!(
+        answered_by(&gw.frontend, Some("tester-2"), 10),
+        only("canary", 10)
+    );
+    assert_eq!(gw.put("/routes", "[]"), (200, "[]".into()));
+    assert_eq!(
+        answered_by(&gw.frontend, Some("tester-3"), 1000),
+        only("stable", 1000)
+    );
 }

@@ -19,6 +19,7 @@ use zdeploy_api::{Duration, Weight};
 use crate::config::check_weights;
 use crate::control::{ActiveFault, BackendView, Control, FaultSpec};
 use crate::metrics::GatewayMetrics;
+use crate::routes::{Route, check_routes};
 
 /// The `/metrics` endpoint.
 pub fn metrics_router(metrics: Arc<GatewayMetrics>) -> Router {
@@ -39,11 +40,12 @@ pub fn metrics_router(metrics: Arc<GatewayMetrics>) -> Router {
     )
 }
 
-/// The admin API: `GET|PUT /weights`, `GET /faults`, `PUT|DELETE /faults/{pool}`,
-/// `GET /endpoints`, `GET /healthz`.
+/// The admin API: `GET|PUT /weights`, `GET|PUT /routes`, `GET /faults`,
+/// `PUT|DELETE /faults/{pool}`, `GET /endpoints`, `GET /healthz`.
 pub fn admin_router(control: Arc<Control>, token: Option<String>) -> Router {
     let api = Router::new()
         .route("/weights", get(get_weights).put(put_weights))
+        .route("/routes", get(get_routes).put(put_routes))
         .route("/faults", get(get_faults))
         .route("/endpoints", get(get_endpoints))
         .route("/faults/{pool}", put(put_fault).delete(delete_fault))
@@ -156,6 +158,30 @@ async fn put_weights(State(control): State<Arc<Control>>, body: axum::body::Byte
     control.update(|s| s.weights = ordered);
     tracing::info!(?weights, "weights changed");
     Json(weights_json(&control)).into_response()
+}
+
+async fn get_routes(State(control): State<Arc<Control>>) -> Json<Vec<Route>> {
+    Json(control.snapshot().routes)
+}
+
+/// `PUT /routes`: the whole list, e.g. `["canary=identity:tester-"]`; `[]` removes them.
+async fn put_routes(State(control): State<Arc<Control>>, body: axum::body::Bytes) -> Response {
+    let routes: Vec<Route> = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("routes: {e}; send a list such as [\"canary=identity:tester-\"]"),
+            );
+        }
+    };
+    if let Err(e) = check_routes(control.pools(), &routes) {
+        return error(StatusCode::BAD_REQUEST, e);
+    }
+    let shown: Vec<String> = routes.iter().map(Route::to_string).collect();
+    control.update(|s| s.routes = routes);
+    tracing::info!(?shown, "routes changed");
+    Json(control.snapshot().routes).into_response()
 }
 
 #[derive(Serialize)]

@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use zdeploy_api::service::ErrorClassifier;
+
+use crate::routes::{Route, check_routes};
 use zdeploy_api::{Duration, Weight};
 
 /// A named pool of backend endpoints (e.g. `stable` = two Windows pods).
@@ -53,6 +55,8 @@ pub struct GatewayConfig {
     pub weights: BTreeMap<String, Weight>,
     /// A request without a reply after this long is answered with a timeout error.
     pub timeout: Duration,
+    /// Routes by client: matching requests go to a pool whatever the weights.
+    pub routes: Vec<Route>,
     /// Route a client to the same pool while weights stay the same.
     pub sticky: bool,
     /// Which replies count as errors.
@@ -101,6 +105,9 @@ pub enum ConfigError {
     /// No pool at all.
     #[error("give at least one --pool")]
     NoPools,
+    /// A route names no pool.
+    #[error("--route {0}")]
+    BadRoute(String),
     /// The admin API would be reachable from the network without a token.
     #[error(
         "--admin {0} is not a loopback address: give --admin-token-file so the admin API needs a bearer token"
@@ -174,6 +181,7 @@ impl GatewayConfig {
             discovery: Discovery::Dns,
             weights,
             timeout: Duration::from_secs(2),
+            routes: Vec::new(),
             sticky: false,
             classifier: ErrorClassifier::default(),
             hwm: 10_000,
@@ -203,6 +211,7 @@ impl GatewayConfig {
             }
         }
         check_weights(&names, &self.weights)?;
+        check_routes(&names, &self.routes).map_err(ConfigError::BadRoute)?;
         if let Some(addr) = self.admin
             && !addr.ip().is_loopback()
             && self.admin_token.is_none()

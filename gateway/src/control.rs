@@ -9,6 +9,8 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use zdeploy_api::{Duration, Weight};
 
+use crate::routes::Route;
+
 /// A fault injected into one pool's traffic; it ends by itself at `until`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ActiveFault {
@@ -99,6 +101,8 @@ pub struct Settings {
     pub faults: Vec<Option<ActiveFault>>,
     /// Endpoints each pool connects to (names resolved to addresses).
     pub endpoints: Vec<Vec<Endpoint>>,
+    /// Routes by client, first match wins; each names one of the pools.
+    pub routes: Vec<Route>,
 }
 
 /// Whether a backend endpoint may take new requests.

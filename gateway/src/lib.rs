@@ -15,6 +15,7 @@ pub mod limits;
 pub mod metrics;
 mod pending;
 pub mod router;
+pub mod routes;
 pub mod watch_retry;
 
 use std::net::SocketAddr;
@@ -89,6 +90,7 @@ impl Gateway {
             Settings {
                 weights,
                 faults: vec![None; pools.len()],
+                routes: config.routes.clone(),
                 // Names join once resolved; until then only literal addresses.
                 endpoints: configured
                     .iter()

@@ -205,6 +205,8 @@ pub struct PoolMetrics {
     pub withheld: Counter,
     /// Replies that came after their request had timed out (dropped).
     pub late_replies: Counter,
+    /// Requests a route sent to this pool (whatever its weight).
+    pub route_requests: Counter,
     handshake_failures: [Counter; 3],
 }
 
@@ -272,6 +274,7 @@ impl GatewayMetrics {
         let routed = Family::<PoolLabels, Gauge>::default();
         let withheld = Family::<PoolLabels, Counter>::default();
         let late = Family::<PoolLabels, Counter>::default();
+        let route_requests = Family::<PoolLabels, Counter>::default();
         let undeliverable = Family::<ReasonLabels, Counter>::default();
         let rejected = Family::<PoolLabels, Counter>::default();
         let handshakes = Family::<PoolReasonLabels, Counter>::default();
@@ -323,6 +326,11 @@ impl GatewayMetrics {
             late.clone(),
         );
         registry.register(
+            "route_requests",
+            "Requests a route by client (identity or frame prefix) sent to a pool whatever its weight",
+            route_requests.clone(),
+        );
+        registry.register(
             "malformed_requests",
             "Requests without an empty delimiter frame or without a body",
             malformed.clone(),
@@ -370,6 +378,7 @@ impl GatewayMetrics {
                     routed_weight: routed.get_or_create(&pl).clone(),
                     withheld: withheld.get_or_create(&pl).clone(),
                     late_replies: late.get_or_create(&pl).clone(),
+                    route_requests: route_requests.get_or_create(&pl).clone(),
                     handshake_failures: HandshakeFailure::ALL.map(|r| {
                         handshakes
                             .get_or_create(&PoolReasonLabels {

@@ -271,6 +271,27 @@ pub fn gateway(args: &[&str]) -> Gw {
     gateway_on("tcp://127.0.0.1:*", args)
 }
 
+/// A gateway in front of `stable` and `canary` at `weights` (more flags in `extra`), once
+/// the canary's pool is live.
+pub fn two_pools(stable: &Proc, canary: &Proc, weights: &str, extra: &[&str]) -> Gw {
+    let pools = [
+        format!("stable={}", stable.endpoint()),
+        format!("canary={}", canary.endpoint()),
+    ];
+    let mut args = vec![
+        "--pool",
+        &pools[0],
+        "--pool",
+        &pools[1],
+        "--weights",
+        weights,
+    ];
+    args.extend_from_slice(extra);
+    let gw = gateway(&args);
+    gw.wait_live("canary", 1.0);
+    gw
+}
+
 /// Starts `zdeploy gateway` with its frontend on `frontend` (metrics and admin on free ports).
 pub fn gateway_on(frontend: &str, args: &[&str]) -> Gw {
     gateway_with(frontend, args, |_| {})

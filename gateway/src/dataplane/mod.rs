@@ -37,6 +37,7 @@ use crate::envelope;
 use crate::metrics::{GatewayMetrics, HandshakeFailure, Outcome, PoolMetrics, Undeliverable};
 use crate::pending::PendingRing;
 use crate::router::WeightedRoundRobin;
+use crate::routes::{Match, Route};
 use backend::{Backend, Lifecycle, Tuning};
 
 /// A backend's place in the poll: (pool index, backend index in the pool).
@@ -120,6 +121,8 @@ pub struct DataPlane {
     generation: u64,
     router: WeightedRoundRobin,
     faults: Vec<Option<ActiveFault>>,
+    /// Routes by client with their pool's index, first match wins.
+    routes: Vec<(Match, usize)>,
     pending: PendingRing<Pending>,
     held: BinaryHeap<Reverse<(Instant, u64)>>,
     /// Requests a pool's backlog holds at most.
@@ -176,7 +179,8 @@ impl DataPlane {
             sticky: config.sticky,
             generation: control.generation(),
             router: WeightedRoundRobin::new(&settings.weights),
-            faults: settings.faults,
+            routes: Vec::new(),
+            faults: settings.faults.clone(),
             control,
             metrics,
             pending: PendingRing::default(),
@@ -189,6 +193,7 @@ impl DataPlane {
         for (i, wanted) in settings.endpoints.iter().enumerate() {
             plane.follow_endpoints(i, wanted, Instant::now())?;
         }
+        plane.routes = plane.resolve(&settings.routes);
         plane.publish_weights(&settings.weights);
         plane.publish_backends();
         Ok((plane, endpoint))
@@ -248,6 +253,7 @@ impl DataPlane {
         let s = self.control.snapshot();
         self.weights = s.weights.clone();
         self.faults = s.faults;
+        self.routes = self.resolve(&s.routes);
         self.publish_weights(&s.weights);
         let now = Instant::now();
         for (i, wanted) in s.endpoints.iter().enumerate() {
@@ -336,6 +342,18 @@ impl DataPlane {
             p.metrics.routed_weight.set(i64::from(w.percent()));
         }
         self.router = WeightedRoundRobin::new(&routed);
+    }
+
+    /// The routes with their pool's index; one naming no pool is dropped (the admin API
+    /// and the configuration check refuse those).
+    fn resolve(&self, routes: &[Route]) -> Vec<(Match, usize)> {
+        routes
+            .iter()
+            .filter_map(|r| {
+                let i = self.pools.iter().position(|p| p.name == r.pool)?;
+                Some((r.matcher.clone(), i))
+            })
+            .collect()
     }
 
     fn publish_weights(&self, weights: &[zdeploy_api::Weight]) {
@@ -474,12 +492,19 @@ impl DataPlane {
                 return;
             }
         };
-        let pool = if self.sticky {
-            self.router.pick_sticky(&frames[0])
-        } else {
-            self.router.pick()
-        }
-        .unwrap_or(0);
+        let routed = self
+            .routes
+            .iter()
+            .find(|(m, _)| m.matches(&frames[0], &frames[delim + 1..]))
+            .map(|(_, pool)| *pool);
+        let pool = match routed {
+            Some(pool) => {
+                self.pools[pool].metrics.route_requests.inc();
+                pool
+            }
+            None if self.sticky => self.router.pick_sticky(&frames[0]).unwrap_or(0),
+            None => self.router.pick().unwrap_or(0),
+        };
         let action = match &self.faults[pool] {
             Some(f) => f.action(now, fastrand::f64(), fastrand::f64()),
             None => FaultAction::Forward(Duration::ZERO),
