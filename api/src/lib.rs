@@ -7,6 +7,7 @@ pub mod crd;
 pub mod duration;
 pub mod image;
 pub mod pool;
+pub mod route;
 pub mod service;
 pub mod validate;
 pub mod weight;

@@ -8,6 +8,8 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::Pool;
+use crate::route::Route;
 use crate::{Duration, Weight, WindowsBuild};
 
 /// How many finished rollouts `status.history` keeps.
@@ -232,6 +234,10 @@ pub struct Canary {
     /// Analysis run every `interval` while the canary takes traffic.
     #[serde(default)]
     pub analysis: Analysis,
+    /// Routes by client while a rollout runs (behind zgate): matching requests go to their
+    /// pool whatever the weights, from the canary's start until the rollout ends.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<ClientRoute>,
 }
 
 impl Default for Canary {
@@ -239,7 +245,59 @@ impl Default for Canary {
         Self {
             steps: default_steps(),
             analysis: Analysis::default(),
+            routes: Vec::new(),
         }
+    }
+}
+
+/// A route by client: requests that match go to `pool` (the canary unless said).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClientRoute {
+    /// What a request must match: one of `identityPrefix` or `framePrefix`.
+    #[serde(rename = "match")]
+    pub matcher: ClientMatch,
+    /// Where matching requests go.
+    #[serde(default = "canary_pool")]
+    pub pool: Pool,
+}
+
+fn canary_pool() -> Pool {
+    Pool::Canary
+}
+
+/// What a route matches (`\xNN` in a prefix for any byte).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClientMatch {
+    /// The client's ZeroMQ routing id (`ZMQ_ROUTING_ID`) starts with this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_prefix: Option<String>,
+    /// A frame of the request body starts with this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frame_prefix: Option<FramePrefix>,
+}
+
+/// A body frame's prefix.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FramePrefix {
+    /// Which body frame (0: the first after the empty delimiter).
+    pub frame: u32,
+    /// What it starts with.
+    pub prefix: String,
+}
+
+impl ClientRoute {
+    /// The route zgate applies; `Err` says what is wrong with the match.
+    pub fn route(&self) -> Result<Route, String> {
+        let m = &self.matcher;
+        let text = match (&m.identity_prefix, &m.frame_prefix) {
+            (Some(p), None) => format!("{}=identity:{p}", self.pool),
+            (None, Some(f)) => format!("{}=frame:{}:{}", self.pool, f.frame, f.prefix),
+            _ => return Err("give exactly one of identityPrefix and framePrefix".into()),
+        };
+        text.parse()
     }
 }
 
@@ -762,6 +820,9 @@ pub struct ZmqServiceStatus {
     /// Id of the last `zdeploy.io/command` annotation carried out (each runs once).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_command: Option<String>,
+    /// Routes by client zgate applies during the rollout (from `strategy.canary.routes`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Route>,
     /// Why the last command was refused; absent when it was carried out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_command_refused: Option<String>,

@@ -269,3 +269,36 @@ fn alpha_is_a_probability_the_schema_bounds() {
     };
     assert_eq!(svc.spec.strategy.canary.analysis.alpha, 0.01);
 }
+
+#[test]
+fn a_route_matches_one_way_and_needs_zgate() {
+    let routed = |routes: &str, router: &str| {
+        MINIMAL.to_string()
+            + &format!("  strategy:\n    router: {router}\n    canary:\n      routes: {routes}\n")
+    };
+    assert_eq!(
+        problems(&routed("[{match: {identityPrefix: tester-}}]", "gateway")),
+        Vec::<String>::new()
+    );
+    let both = problems(&routed(
+        "[{match: {identityPrefix: a, framePrefix: {frame: 0, prefix: b}}}]",
+        "gateway",
+    ));
+    assert!(
+        both.len() == 1
+            && both[0].contains("spec.strategy.canary.routes[0].match: give exactly one of"),
+        "{both:?}"
+    );
+    let bad = problems(&routed(
+        r#"[{match: {identityPrefix: "a\\xZZ"}}]"#,
+        "gateway",
+    ));
+    assert!(bad[0].contains("two hex digits"), "{bad:?}");
+    let replicas = problems(&routed("[{match: {identityPrefix: t}}]", "replicas"));
+    assert!(
+        replicas
+            .iter()
+            .any(|p| p.contains("spec.strategy.canary.routes: routes by client need zgate")),
+        "{replicas:?}"
+    );
+}

@@ -10,6 +10,11 @@ use std::time::Duration;
 use support::{client, python, root, tempdir, up};
 
 fn manifest(dir: &Path, name: &str, steps: &str) -> PathBuf {
+    manifest_routed(dir, name, steps, "[]")
+}
+
+/// `manifest` with `routes` under `strategy.canary`.
+fn manifest_routed(dir: &Path, name: &str, steps: &str, routes: &str) -> PathBuf {
     let text = format!(
         "apiVersion: zdeploy.io/v1alpha1
 kind: ZmqService
@@ -21,6 +26,7 @@ spec:
   strategy:
     canary:
       steps: {steps}
+      routes: {routes}
       analysis:
         interval: 500ms
         minSamples: 1000000
@@ -62,15 +68,23 @@ fn status(state: &Path, name: &str) -> serde_json::Value {
 }
 
 fn replies_by_revision(frontend: &str, n: u32) -> serde_json::Value {
-    let r = client(&[
+    replies_to(frontend, n, &[])
+}
+
+/// `replies_by_revision` from a client with more flags (`--identity ID`).
+fn replies_to(frontend: &str, n: u32, extra: &[&str]) -> serde_json::Value {
+    let count = n.to_string();
+    let mut args = vec![
         "dealer",
         "--connect",
         frontend,
         "--count",
-        &n.to_string(),
+        &count,
         "--pipeline",
         "20",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let r = client(&args);
     assert_eq!(r["received"], n, "{r}");
     r["by_first_word"].clone()
 }
@@ -252,4 +266,47 @@ fn a_verb_with_no_local_runtime_and_no_cluster_says_what_it_looked_for() {
         );
         assert!(!err.contains("infer"), "{err}");
     }
+}
+
+#[test]
+fn a_manifest_route_sends_testers_to_the_canary_at_weight_zero_until_the_rollback() {
+    let dir = tempdir("routes");
+    let file = manifest_routed(
+        &dir,
+        "routed",
+        "[{pause: {}}]",
+        "[{match: {identityPrefix: tester-}}]",
+    );
+    let state = dir.join("state");
+    let up = up(&file, &state);
+    let tester = ["--identity", "tester-1"];
+    assert_eq!(
+        replies_to(&up.frontend, 200, &tester)["OK v1"],
+        200,
+        "no rollout, no route"
+    );
+    let (code, out) = zdeploy(
+        &state,
+        &["rollout", "routed", "--image", "example.com/quotes:v2"],
+    );
+    assert_eq!(code, 0, "{out}");
+    let s = status(&state, "routed");
+    assert_eq!(s["status"]["canaryWeight"], 0, "{s}");
+    assert_eq!(
+        s["status"]["routes"],
+        serde_json::json!(["canary=identity:tester-"])
+    );
+    // At weight 0: every tester request reaches the canary, no one else's does.
+    assert_eq!(replies_to(&up.frontend, 1000, &tester)["OK v2"], 1000);
+    let others = replies_to(&up.frontend, 1000, &["--identity", "customer-1"]);
+    assert_eq!(others["OK v1"], 1000, "{others}");
+    let (code, out) = zdeploy(&state, &["rollback", "routed"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(status(&state, "routed")["status"].get("routes").is_none());
+    assert_eq!(
+        replies_to(&up.frontend, 1000, &tester)["OK v1"],
+        1000,
+        "the route went with the rollback"
+    );
+    drop(up);
 }

@@ -566,3 +566,21 @@ async fn a_release_from_the_cli_is_not_undone_by_the_spec_image() {
         "registry.example.com/trading/echo:2.0.4-ltsc2022"
     );
 }
+
+#[tokio::test]
+async fn a_rollouts_routes_by_client_reach_zgate_through_the_weights_configmap() {
+    let routed = service(CANARY).with_status(status::healthy()).spec(|s| {
+        s.strategy.canary.routes =
+            serde_json::from_str(r#"[{"match": {"identityPrefix": "tester-"}}]"#).unwrap()
+    });
+    let (result, calls, recorded) = run(routed, false).await;
+    result.unwrap();
+    assert_eq!(recorded["routes"], json!(["canary=identity:tester-"]));
+    let data = &find(&calls, "configmaps", "echo-weights").body["data"];
+    assert_eq!(data["routes.json"], r#"["canary=identity:tester-"]"#);
+    // With no rollout there is no route: the key is left out, so the apply removes it.
+    let (result, calls, _) = run(service(STABLE).with_status(status::healthy()), false).await;
+    result.unwrap();
+    let data = &find(&calls, "configmaps", "echo-weights").body["data"];
+    assert!(data.get("routes.json").is_none(), "{data}");
+}

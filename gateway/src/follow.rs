@@ -17,12 +17,25 @@ use zdeploy_api::Weight;
 
 use crate::config::check_weights;
 use crate::control::{ActiveFault, Control, FaultSpec};
+use crate::routes::{Route, check_routes};
 use crate::watch_retry::WatchRetry;
 
 /// The key holding `{"stable":90,"canary":10}`.
 pub const KEY: &str = "weights.json";
 /// The key holding faults by pool, `{"canary":{"fault":{...},"until":"2026-...Z"}}`.
 pub const FAULTS_KEY: &str = "faults.json";
+/// The key holding routes by client, `["canary=identity:tester-"]` (absent: none).
+pub const ROUTES_KEY: &str = "routes.json";
+
+/// The routes by client under [`ROUTES_KEY`], checked against the pools.
+pub fn routes_from(raw: Option<&str>, pools: &[String]) -> Result<Vec<Route>, String> {
+    let routes: Vec<Route> = match raw {
+        Some(r) => serde_json::from_str(r).map_err(|e| format!("{ROUTES_KEY}: {e}"))?,
+        None => Vec::new(),
+    };
+    check_routes(pools, &routes).map_err(|e| format!("{ROUTES_KEY}: {e}"))?;
+    Ok(routes)
+}
 
 /// The weights a controller writes under [`KEY`] for a stable and a canary pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -151,6 +164,7 @@ pub async fn follow(
         let mut current = first;
         // Faults are applied when their text changes, so a resync does not restart them.
         let mut current_faults = None;
+        let mut current_routes = None;
         // Only this object: the watch is authorised by the Role's resourceNames.
         let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
         let mut changes = watcher(api, config)
@@ -187,6 +201,17 @@ pub async fn follow(
                     Err(e) => tracing::warn!("ConfigMap {name} {e}; keeping the current faults"),
                 }
             }
+            let raw = cm.data.as_ref().and_then(|d| d.get(ROUTES_KEY)).cloned();
+            if raw != current_routes {
+                match routes_from(raw.as_deref(), &pools) {
+                    Ok(r) => {
+                        tracing::info!(routes = ?raw, "routes changed in ConfigMap {name}");
+                        control.update(|s| s.routes = r);
+                        current_routes = raw;
+                    }
+                    Err(e) => tracing::warn!("ConfigMap {name} {e}; keeping the current routes"),
+                }
+            }
         }
     }))
 }
@@ -197,6 +222,19 @@ mod tests {
 
     fn pools() -> Vec<String> {
         vec!["stable".into(), "canary".into()]
+    }
+
+    #[test]
+    fn routes_are_read_from_their_key_and_checked_against_the_pools() {
+        assert_eq!(routes_from(None, &pools()), Ok(Vec::new()));
+        let read = routes_from(Some(r#"["canary=identity:tester-"]"#), &pools()).unwrap();
+        assert_eq!(read[0].to_string(), "canary=identity:tester-");
+        let e = routes_from(Some(r#"["blue=identity:x"]"#), &pools()).unwrap_err();
+        assert!(
+            e.starts_with("routes.json: route blue=identity:x: no pool"),
+            "{e}"
+        );
+        assert!(routes_from(Some("{}"), &pools()).is_err());
     }
 
     #[test]

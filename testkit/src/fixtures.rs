@@ -52,6 +52,12 @@ impl ServiceFixture {
         self
     }
 
+    /// With its spec changed by `change`.
+    pub fn spec(mut self, change: impl FnOnce(&mut zdeploy_api::ZmqServiceSpec)) -> Self {
+        change(&mut self.0.spec);
+        self
+    }
+
     /// With `status` recorded.
     pub fn with_status(mut self, status: ZmqServiceStatus) -> Self {
         self.0.status = Some(status);

@@ -95,6 +95,8 @@ def client(args):
     sock = ctx.socket(kind)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVTIMEO, args.recv_timeout_ms)
+    if args.identity:
+        sock.setsockopt(zmq.ROUTING_ID, args.identity.encode())
     heartbeat(sock, args.heartbeat)
     # Connection events, reported with a loss: was the request's connection dropped?
     monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED | zmq.EVENT_HANDSHAKE_SUCCEEDED)
@@ -183,6 +185,7 @@ def main():
     p.add_argument("--interval-ms", type=float, default=0.0, help="req only: pause between requests")
     p.add_argument("--stop-file", help="req with --count 0: stop once this file exists")
     p.add_argument("--tag", default="", help="client: prefix of each request's number, to tell clients apart")
+    p.add_argument("--identity", help="client: its ZeroMQ routing id (ZMQ_ROUTING_ID)")
     p.add_argument("--count", type=int, default=1)
     p.add_argument("--pipeline", type=int, default=100)
     p.add_argument("--size", type=int, default=0)

@@ -24,6 +24,23 @@ fn valued(path: FieldPath, rule: impl Into<String>, value: impl serde::Serialize
     Problem::new(path, rule.into(), serde_json::to_value(value).ok().as_ref())
 }
 
+/// Routes by client: each matches one way, and needs zgate to route them.
+fn routes(svc: &ZmqService, out: &mut Vec<Problem>) {
+    let path = spec().key("strategy").key("canary").key("routes");
+    let routes = &svc.spec.strategy.canary.routes;
+    if !routes.is_empty() && svc.spec.strategy.router != Router::Gateway {
+        out.push(problem(
+            path.clone(),
+            "routes by client need zgate: use strategy.router: gateway, or remove them",
+        ));
+    }
+    for (i, r) in routes.iter().enumerate() {
+        if let Err(e) = r.route() {
+            out.push(problem(path.index(i).key("match"), e));
+        }
+    }
+}
+
 /// Rules for a ZmqService that passed the schema.
 pub fn zmq_service(svc: &ZmqService) -> Vec<Problem> {
     let mut out = Vec::new();
@@ -43,6 +60,7 @@ pub fn zmq_service(svc: &ZmqService) -> Vec<Problem> {
     }
     workload(svc, &mut out);
     steps(svc, &mut out);
+    routes(svc, &mut out);
     let metrics_path = spec()
         .key("strategy")
         .key("canary")

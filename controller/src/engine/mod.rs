@@ -15,6 +15,7 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use zdeploy_api::Weight;
 use zdeploy_api::command::CommandRequest;
+use zdeploy_api::route::Route;
 use zdeploy_api::service::{
     HISTORY_LIMIT, Measurement, Outcome, Phase, RolloutRecord, RolloutState, Router, RunbookRef,
     Step, Verdict, ZmqServiceSpec, ZmqServiceStatus,
@@ -120,6 +121,8 @@ pub enum Action {
     },
     /// Route this share of requests to the canary (the rest to stable).
     SetCanaryWeight(Weight),
+    /// Apply these routes by client in zgate (none: remove them).
+    SetRoutes(Vec<Route>),
     /// Run `revision` in the stable pool and wait until it is ready.
     DeployStable {
         /// The revision to run.
@@ -356,13 +359,13 @@ fn command(spec: &ZmqServiceSpec, d: &mut Decision, c: &Command, now: Timestamp)
             } else if d.status.stable_revision.as_deref() == Some(revision.as_str()) {
                 d.refused = Some(format!("{revision} is already the stable revision"));
             } else {
-                start(d, revision.clone(), *canary, now);
+                start(spec, d, revision.clone(), *canary, now);
                 advance(spec, d, now);
             }
         }
         Command::Retry => match (in_rollout, d.status.history.first()) {
             (false, Some(last)) if last.outcome == Outcome::RolledBack => {
-                start(d, last.revision.clone(), None, now);
+                start(spec, d, last.revision.clone(), None, now);
                 advance(spec, d, now);
             }
             _ => {
@@ -420,7 +423,13 @@ fn command(spec: &ZmqServiceSpec, d: &mut Decision, c: &Command, now: Timestamp)
     }
 }
 
-fn start(d: &mut Decision, revision: String, canary: Option<Weight>, now: Timestamp) {
+fn start(
+    spec: &ZmqServiceSpec,
+    d: &mut Decision,
+    revision: String,
+    canary: Option<Weight>,
+    now: Timestamp,
+) {
     d.status.canary_revision = Some(revision.clone());
     d.status.phase = Phase::Progressing;
     d.status.current_step = Some(0);
@@ -431,6 +440,18 @@ fn start(d: &mut Decision, revision: String, canary: Option<Weight>, now: Timest
     d.actions.push(Action::StartCanary {
         revision: revision.clone(),
     });
+    // Validated with the manifest; zgate applies a route once the canary is usable.
+    let routes: Vec<Route> = spec
+        .strategy
+        .canary
+        .routes
+        .iter()
+        .filter_map(|r| r.route().ok())
+        .collect();
+    if !routes.is_empty() {
+        d.status.routes = routes.clone();
+        d.actions.push(Action::SetRoutes(routes));
+    }
     d.actions.push(notice(
         Severity::Normal,
         Reason::RolloutStarted,
@@ -656,10 +677,15 @@ fn rollback(d: &mut Decision, reason: &str, runbook: Option<String>, now: Timest
     finish(d, Outcome::RolledBack, reason, runbook, now);
 }
 
-/// Takes every request off the canary, then stops it (always both, in this order).
+/// Takes every request off the canary (weight 0, routes gone), then stops it (always, in
+/// this order).
 fn stop_canary(d: &mut Decision) {
     d.status.canary_weight = Weight::ZERO;
     d.actions.push(Action::SetCanaryWeight(Weight::ZERO));
+    if !d.status.routes.is_empty() {
+        d.status.routes.clear();
+        d.actions.push(Action::SetRoutes(Vec::new()));
+    }
     d.actions.push(Action::StopCanary);
 }
 

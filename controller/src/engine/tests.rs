@@ -663,3 +663,37 @@ fn without_zgate_the_replicas_router_needs_no_reach() {
             .contains(&Action::SetCanaryWeight(Weight::new(10).unwrap()))
     );
 }
+
+#[test]
+fn routes_by_client_apply_from_the_canarys_start_and_go_before_it_stops() {
+    let mut spec = spec();
+    spec.strategy.canary.routes =
+        serde_json::from_str(r#"[{"match": {"identityPrefix": "tester-"}}]"#).unwrap();
+    let (d, actions) = run_spec(&spec, stable(), &[(0, rollout(None))]);
+    let route: zdeploy_api::route::Route = "canary=identity:tester-".parse().unwrap();
+    assert_eq!(d.status.routes, std::slice::from_ref(&route));
+    let start = actions
+        .iter()
+        .position(|a| matches!(a, Action::StartCanary { .. }));
+    let set = actions
+        .iter()
+        .position(|a| *a == Action::SetRoutes(vec![route.clone()]));
+    assert!(start < set && set.is_some(), "{actions:?}");
+    let (d, actions) = run_spec(
+        &spec,
+        stable(),
+        &[
+            (0, rollout(None)),
+            (0, live()),
+            (1, cmd(Command::Abort { reason: "p".into() })),
+        ],
+    );
+    assert!(d.status.routes.is_empty());
+    let tail: Vec<&Action> = actions.iter().rev().take(4).collect();
+    let at = |a: &Action| actions.iter().rposition(|x| x == a).unwrap();
+    assert!(
+        at(&Action::SetCanaryWeight(Weight::ZERO)) < at(&Action::SetRoutes(Vec::new()))
+            && at(&Action::SetRoutes(Vec::new())) < at(&Action::StopCanary),
+        "weight 0 and no route before the canary stops: {tail:?}"
+    );
+}

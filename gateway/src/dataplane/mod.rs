@@ -37,7 +37,7 @@ use crate::envelope;
 use crate::metrics::{GatewayMetrics, HandshakeFailure, Outcome, PoolMetrics, Undeliverable};
 use crate::pending::PendingRing;
 use crate::router::WeightedRoundRobin;
-use crate::routes::{Match, Route};
+use crate::routes::{self, Match, Route};
 use backend::{Backend, Lifecycle, Tuning};
 
 /// A backend's place in the poll: (pool index, backend index in the pool).
@@ -495,7 +495,10 @@ impl DataPlane {
         let routed = self
             .routes
             .iter()
-            .find(|(m, _)| m.matches(&frames[0], &frames[delim + 1..]))
+            // A route to a pool with no usable backend falls back to the weights.
+            .find(|(m, pool)| {
+                self.pools[*pool].usable && routes::matches(m, &frames[0], &frames[delim + 1..])
+            })
             .map(|(_, pool)| *pool);
         let pool = match routed {
             Some(pool) => {

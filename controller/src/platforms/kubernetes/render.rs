@@ -357,7 +357,7 @@ pub fn render(svc: &ZmqService, now: jiff::Timestamp) -> Rendered {
                 vec![zmq_port(port)],
             ));
         }
-        Router::Gateway => render_gateway(svc, &name, &ns, port, weight, &mut r),
+        Router::Gateway => render_gateway(svc, &name, &ns, port, &status, &mut r),
     }
     r
 }
@@ -367,17 +367,23 @@ fn render_gateway(
     name: &str,
     ns: &str,
     port: i32,
-    weight: Weight,
+    status: &zdeploy_api::ZmqServiceStatus,
     r: &mut Rendered,
 ) {
+    let weight = status.canary_weight;
     let gw = labels(svc, "gateway", None);
     let weights = zdeploy_gateway::follow::TwoPoolWeights::canary_at(weight).document();
+    let mut data = BTreeMap::from([(zdeploy_gateway::follow::KEY.to_string(), weights)]);
+    // Left out when there are none: the apply then removes the key zdeploy wrote.
+    if !status.routes.is_empty() {
+        data.insert(
+            zdeploy_gateway::follow::ROUTES_KEY.to_string(),
+            serde_json::to_string(&status.routes).expect("routes serialize"),
+        );
+    }
     r.config_maps.push(ConfigMap {
         metadata: meta(svc, weights_configmap(name), gw.clone()),
-        data: Some(BTreeMap::from([(
-            zdeploy_gateway::follow::KEY.to_string(),
-            weights,
-        )])),
+        data: Some(data),
         ..Default::default()
     });
     // `--pool NAME=ENDPOINT`: the pool's headless Service, resolved through its EndpointSlices.

@@ -195,6 +195,8 @@ impl Runtime {
             .map(|p| (p.name().to_string(), p.share(w)))
             .into_iter()
             .collect();
+        // As recorded: a resumed rollout keeps its routes by client.
+        gw.routes = status.routes.clone();
         gw.timeout = svc.spec.zmq.request_timeout;
         gw.classifier = svc.spec.zmq.error_classifier.clone();
         gw.metrics = Some("127.0.0.1:0".parse().expect("loopback address"));
@@ -524,6 +526,14 @@ impl Runtime {
                     at: Instant::now(),
                 });
                 self.note(format!("weights: stable {}%, canary {w}%", w.complement()));
+            }
+            Action::SetRoutes(routes) => {
+                let shown: Vec<String> = routes.iter().map(|r| r.to_string()).collect();
+                self.gateway.control().update(|s| s.routes = routes);
+                self.note(match shown.as_slice() {
+                    [] => "routes by client removed".into(),
+                    all => format!("routes by client: {}", all.join(", ")),
+                });
             }
             Action::DeployStable { revision } => {
                 self.drain(Pool::Stable).await;
