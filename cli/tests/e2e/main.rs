@@ -73,6 +73,11 @@ fn main() {
         ),
         trial(
             &cp,
+            "routes_by_client_reach_the_canary_at_weight_zero",
+            traffic::routes_by_client_reach_the_canary_at_weight_zero,
+        ),
+        trial(
+            &cp,
             "a_standby_takes_over_from_a_killed_leader",
             leader::a_standby_takes_over_from_a_killed_leader,
         ),

@@ -556,3 +556,106 @@ pub fn an_unreachable_canary_gets_nothing_and_is_rolled_back(
     }
     Ok(())
 }
+
+/// zgate's routes by client, in every replica.
+fn zgate_routes(runner: &PodRunner) -> Vec<Value> {
+    runner
+        .running(None)
+        .iter()
+        .map(|gw| {
+            support::http()
+                .get(format!("{}/routes", gw.admin.as_ref().unwrap()))
+                .send()
+                .ok()
+                .and_then(|r| r.json::<Value>().ok())
+                .unwrap_or(Value::Null)
+        })
+        .collect()
+}
+
+/// `n` requests from a client with routing id `identity` through zgate replica `gw`;
+/// returns how many a canary pod answered, after checking every one was answered.
+fn canary_answers(gw: &PodRecord, identity: &str, n: u64) -> u64 {
+    let frontend = format!("tcp://{}:5555", gw.ip);
+    let count = n.to_string();
+    let summary = support::client(&[
+        "req",
+        "--connect",
+        &frontend,
+        "--count",
+        &count,
+        "--identity",
+        identity,
+    ]);
+    assert_eq!(summary["received"], n, "{summary}");
+    answered_by(&summary, "echo-canary-")
+}
+
+/// Routes by client through the controller: a rollout held at weight 0 sends a tester's
+/// requests, and no one else's, to the canary in every zgate replica (the route reaches
+/// them through the weights ConfigMap); the rollback takes the route away.
+pub fn routes_by_client_reach_the_canary_at_weight_zero(cp: &ControlPlane) -> Result<(), Failed> {
+    let Stage {
+        ns,
+        ctl: _ctl,
+        pods: runner,
+    } = cp.stage("routes");
+    deploy(cp, &ns.name, &runner, |t| {
+        t.replacen(
+            "      steps:\n",
+            "      routes:\n        - match: {identityPrefix: tester-}\n      steps:\n        - pause: {}\n",
+            1,
+        )
+    });
+    cp.zdeploy(&["rollout", "echo", "-n", &ns.name, "--image", V2]);
+    let route = serde_json::json!(["canary=identity:tester-"]);
+    until(
+        cp,
+        &ns.name,
+        &runner,
+        "the route in every zgate, canary live",
+        || {
+            (zgate_routes(&runner).iter().all(|r| *r == route) && all_live(&runner, "canary"))
+                .then_some(())
+        },
+    );
+    let s = cp.status(&ns.name, "echo");
+    assert_eq!(
+        (s["canaryWeight"].as_u64(), &s["routes"]),
+        (Some(0), &route),
+        "{s}"
+    );
+    for gw in runner.running(None) {
+        assert_eq!(
+            canary_answers(&gw, "tester-1", 500),
+            500,
+            "through {}",
+            gw.name
+        );
+        assert_eq!(
+            canary_answers(&gw, "customer-1", 500),
+            0,
+            "through {}",
+            gw.name
+        );
+    }
+    cp.zdeploy(&["rollback", "echo", "-n", &ns.name]);
+    until(cp, &ns.name, &runner, "no route left in any zgate", || {
+        zgate_routes(&runner)
+            .iter()
+            .all(|r| *r == serde_json::json!([]))
+            .then_some(())
+    });
+    for gw in runner.running(None) {
+        assert_eq!(
+            canary_answers(&gw, "tester-1", 500),
+            0,
+            "through {}",
+            gw.name
+        );
+    }
+    println!(
+        "routes by client: 500 of 500 tester requests to the canary at weight 0 and 0 of 500 others, through each of 2 zgate replicas; 0 of 500 after the rollback"
+    );
+    Ok(())
+}
