@@ -410,20 +410,27 @@ fn answered_by(summary: &Value, part: &str) -> u64 {
         .sum()
 }
 
-/// zgate's weight for the canary, in every replica.
-fn zgate_canary_weights(runner: &PodRunner) -> Vec<u64> {
+/// What every zgate replica's admin API answers at `path` (`null` when it does not).
+fn from_every_zgate(runner: &PodRunner, path: &str) -> Vec<Value> {
     runner
         .running(None)
         .iter()
         .map(|gw| {
             support::http()
-                .get(format!("{}/weights", gw.admin.as_ref().unwrap()))
+                .get(format!("{}{path}", gw.admin.as_ref().unwrap()))
                 .send()
                 .ok()
                 .and_then(|r| r.json::<Value>().ok())
-                .and_then(|w| w["canary"].as_u64())
-                .unwrap_or(u64::MAX)
+                .unwrap_or(Value::Null)
         })
+        .collect()
+}
+
+/// zgate's weight for the canary, in every replica.
+fn zgate_canary_weights(runner: &PodRunner) -> Vec<u64> {
+    from_every_zgate(runner, "/weights")
+        .iter()
+        .map(|w| w["canary"].as_u64().unwrap_or(u64::MAX))
         .collect()
 }
 
@@ -559,18 +566,7 @@ pub fn an_unreachable_canary_gets_nothing_and_is_rolled_back(
 
 /// zgate's routes by client, in every replica.
 fn zgate_routes(runner: &PodRunner) -> Vec<Value> {
-    runner
-        .running(None)
-        .iter()
-        .map(|gw| {
-            support::http()
-                .get(format!("{}/routes", gw.admin.as_ref().unwrap()))
-                .send()
-                .ok()
-                .and_then(|r| r.json::<Value>().ok())
-                .unwrap_or(Value::Null)
-        })
-        .collect()
+    from_every_zgate(runner, "/routes")
 }
 
 /// `n` requests from a client with routing id `identity` through zgate replica `gw`;
