@@ -312,6 +312,10 @@ pub fn describe(name: &str, s: &ZmqServiceStatus) -> String {
         s.canary_weight.complement(),
         s.canary_weight
     ));
+    if !s.routes.is_empty() {
+        let routes: Vec<String> = s.routes.iter().map(|r| r.to_string()).collect();
+        out.push_str(&format!("Routes:    {}\n", routes.join(", ")));
+    }
     if let Some(m) = &s.message {
         out.push_str(&format!("Message:   {m}\n"));
     }

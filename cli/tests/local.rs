@@ -296,6 +296,12 @@ fn a_manifest_route_sends_testers_to_the_canary_at_weight_zero_until_the_rollbac
         s["status"]["routes"],
         serde_json::json!(["canary=identity:tester-"])
     );
+    let (code, text) = zdeploy(&state, &["status", "routed"]);
+    assert_eq!(code, 0);
+    assert!(
+        text.contains("Routes:    canary=identity:tester-\n"),
+        "{text}"
+    );
     // At weight 0: every tester request reaches the canary, no one else's does.
     assert_eq!(replies_to(&up.frontend, 1000, &tester)["OK v2"], 1000);
     let others = replies_to(&up.frontend, 1000, &["--identity", "customer-1"]);
