@@ -19,6 +19,7 @@ use zdeploy_controller::platforms::kubernetes::chaos::{
 use zdeploy_controller::platforms::kubernetes::measure::MetricsSource;
 use zdeploy_controller::platforms::kubernetes::stats::Stats;
 use zdeploy_testkit::apiserver::{Call, MockApiServer, pair};
+use zdeploy_testkit::fixtures::{CANARY, ago as ago_s, echo, status};
 
 const SCHEDULES: &str = "/apis/zdeploy.io/v1alpha1/namespaces/trading/chaosschedules/drill";
 const SERVICE: &str = "/apis/zdeploy.io/v1alpha1/namespaces/trading/zmqservices/echo";
@@ -100,16 +101,14 @@ fn schedule(fault: Value, status: Value) -> Value {
     })
 }
 
-fn service(rollout: bool) -> Value {
-    let mut status = json!({"phase": "Healthy", "stableRevision": "echo:1", "canaryWeight": 0});
-    if rollout {
-        status = json!({"phase": "Progressing", "stableRevision": "echo:1", "canaryRevision": "echo:2", "canaryWeight": 10,
-                        "rollout": {"step": 0, "started": ago(Duration::from_secs(30)), "stepStarted": ago(Duration::from_secs(30)), "lastProgress": ago(Duration::from_secs(30))}});
-    }
-    json!({"apiVersion": "zdeploy.io/v1alpha1", "kind": "ZmqService",
-           "metadata": {"name": "echo", "namespace": "trading", "uid": "s-1"},
-           "spec": {"windows": {"build": "2022"}, "template": {"spec": {"containers": [{"name": "echo", "image": "echo:1"}]}}, "zmq": {"port": 5555}},
-           "status": status})
+/// The target service, healthy.
+fn healthy() -> Value {
+    echo().with_status(status::healthy()).json()
+}
+
+/// The target service in a rollout of `fixtures::CANARY`, started 30 s ago.
+fn in_rollout() -> Value {
+    echo().with_status(status::progressing(ago_s(30))).json()
 }
 
 fn weights(faults: Option<&str>) -> Value {
@@ -278,7 +277,7 @@ async fn a_due_gateway_experiment_writes_its_fault_with_its_end() {
         json!({"gatewayLatency": {"latency": "300ms"}}),
         json!({"lastScheduleTime": previous_minute()}),
     );
-    let out = run(world(cs, Some(service(false)), None), None).await;
+    let out = run(world(cs, Some(healthy()), None), None).await;
     let action = out.result.as_ref().unwrap();
     let patches = out.weight_patches();
     assert_eq!(patches.len(), 1, "{:?}", out.calls);
@@ -327,7 +326,7 @@ async fn a_run_due_during_a_rollout_is_skipped_and_recorded() {
         json!({"gatewayErrors": {"ratio": 0.5}}),
         json!({"lastScheduleTime": previous_minute()}),
     );
-    let out = run(world(cs, Some(service(true)), None), None).await;
+    let out = run(world(cs, Some(in_rollout()), None), None).await;
     out.result.as_ref().unwrap();
     assert!(out.weight_patches().is_empty(), "nothing injected");
     let status = out.status();
@@ -335,7 +334,7 @@ async fn a_run_due_during_a_rollout_is_skipped_and_recorded() {
     assert_eq!(status["history"][0]["verdict"], "skipped");
     assert_eq!(
         status["history"][0]["reason"],
-        "a rollout of echo (echo:2) is in progress"
+        format!("a rollout of echo ({CANARY}) is in progress")
     );
     assert_eq!(out.events(), vec![("ChaosSkipped".into(), "Normal".into())]);
     assert_eq!(out.runs("skipped"), 1);
@@ -360,7 +359,7 @@ async fn a_run_due_while_an_alert_fires_for_the_service_is_skipped() {
         json!({"gatewayDrop": {"ratio": 0.1}}),
         json!({"lastScheduleTime": previous_minute()}),
     );
-    let out = run(world(cs, Some(service(false)), None), Some(inbox)).await;
+    let out = run(world(cs, Some(healthy()), None), Some(inbox)).await;
     out.result.as_ref().unwrap();
     assert!(out.weight_patches().is_empty(), "nothing injected");
     let status = out.status();
@@ -377,7 +376,7 @@ async fn a_run_whose_fault_ended_removes_it_and_holds() {
         json!({"gatewayLatency": {"latency": "300ms"}}),
         active(ago(Duration::from_secs(1)), None),
     );
-    let out = run(world(cs, Some(service(false)), Some(FAULT)), None).await;
+    let out = run(world(cs, Some(healthy()), Some(FAULT)), None).await;
     out.result.as_ref().unwrap();
     let patches = out.weight_patches();
     assert_eq!(patches.len(), 1, "{:?}", out.calls);
@@ -406,7 +405,7 @@ async fn a_rollout_aborts_a_running_experiment_and_removes_its_fault_first() {
         json!({"gatewayLatency": {"latency": "300ms"}}),
         active(from_now(Duration::from_secs(120)), None),
     );
-    let out = run(world(cs, Some(service(true)), Some(FAULT)), None).await;
+    let out = run(world(cs, Some(in_rollout()), Some(FAULT)), None).await;
     out.result.as_ref().unwrap();
     let revert = out.patch_at(WEIGHTS).expect("the fault is removed");
     let record = out
@@ -421,7 +420,7 @@ async fn a_rollout_aborts_a_running_experiment_and_removes_its_fault_first() {
         status["history"][0]["reason"]
             .as_str()
             .unwrap()
-            .contains("rollout of the service (echo:2)"),
+            .contains(&format!("rollout of the service ({CANARY})")),
         "{status}"
     );
     assert_eq!(
@@ -437,7 +436,7 @@ async fn a_pod_kill_deletes_at_most_max_targets_pods_of_the_targeted_pool() {
         json!({"podKill": {}}),
         json!({"lastScheduleTime": previous_minute()}),
     );
-    let mut w = world(cs, Some(service(false)), None);
+    let mut w = world(cs, Some(healthy()), None);
     w.pods = vec![
         pod("echo-canary-a", "canary"),
         pod("echo-canary-b", "canary"),
@@ -490,7 +489,7 @@ async fn deleting_a_schedule_mid_run_removes_its_fault_then_the_finalizer() {
         active(from_now(Duration::from_secs(120)), None),
     );
     cs["metadata"]["deletionTimestamp"] = json!(ago(Duration::from_secs(1)));
-    let out = run(world(cs, Some(service(false)), Some(FAULT)), None).await;
+    let out = run(world(cs, Some(healthy()), Some(FAULT)), None).await;
     out.result.as_ref().unwrap();
     let revert = out.patch_at(WEIGHTS).expect("the fault is removed");
     assert!(out.calls[revert].body["data"].get("faults.json").is_none());
@@ -529,7 +528,7 @@ async fn a_steady_state_that_breaks_in_prometheus_ends_the_run_broken_and_remove
     cs["spec"]["steadyState"] = json!({"interval": "5s", "metrics": [
         {"name": "errors", "builtin": "errorRatio", "window": "1m", "max": 0.05, "minSamples": 10}
     ]});
-    let out = run_with(world(cs, Some(service(false)), Some(FAULT)), None, metrics).await;
+    let out = run_with(world(cs, Some(healthy()), Some(FAULT)), None, metrics).await;
     out.result.as_ref().unwrap();
     let patches = out.weight_patches();
     assert_eq!(patches.len(), 1, "the fault is removed: {:?}", out.calls);
@@ -553,7 +552,7 @@ async fn a_schedule_paused_by_annotation_records_its_due_run_as_skipped() {
         json!({"lastScheduleTime": previous_minute()}),
     );
     cs["metadata"]["annotations"] = json!({"zdeploy.io/suspend": "true"});
-    let out = run(world(cs, Some(service(false)), None), None).await;
+    let out = run(world(cs, Some(healthy()), None), None).await;
     out.result.as_ref().unwrap();
     assert!(out.weight_patches().is_empty(), "nothing injected");
     let status = out.status();
@@ -576,7 +575,7 @@ async fn a_run_asked_for_by_annotation_starts_once_between_scheduled_times() {
         json!({"lastScheduleTime": this_minute(), "lastRunRequest": "r-0"}),
     );
     cs["metadata"]["annotations"] = json!({"zdeploy.io/run-now": "r-1"});
-    let out = run(world(cs.clone(), Some(service(false)), None), None).await;
+    let out = run(world(cs.clone(), Some(healthy()), None), None).await;
     out.result.as_ref().unwrap();
     assert_eq!(out.weight_patches().len(), 1, "injected");
     let status = out.status().clone();
@@ -585,7 +584,7 @@ async fn a_run_asked_for_by_annotation_starts_once_between_scheduled_times() {
     // The same request seen again (the next reconcile) starts nothing new.
     let mut again = cs;
     again["status"]["lastRunRequest"] = json!("r-1");
-    let out = run(world(again, Some(service(false)), None), None).await;
+    let out = run(world(again, Some(healthy()), None), None).await;
     out.result.as_ref().unwrap();
     assert!(out.weight_patches().is_empty(), "{:?}", out.calls);
 }
@@ -597,7 +596,7 @@ async fn a_run_asked_for_during_a_rollout_is_skipped_with_the_reason() {
         json!({"lastScheduleTime": this_minute()}),
     );
     cs["metadata"]["annotations"] = json!({"zdeploy.io/run-now": "r-1"});
-    let out = run(world(cs, Some(service(true)), None), None).await;
+    let out = run(world(cs, Some(in_rollout()), None), None).await;
     out.result.as_ref().unwrap();
     assert!(out.weight_patches().is_empty());
     let status = out.status();
@@ -605,7 +604,7 @@ async fn a_run_asked_for_during_a_rollout_is_skipped_with_the_reason() {
     assert_eq!(status["history"][0]["verdict"], "skipped");
     assert_eq!(
         status["history"][0]["reason"],
-        "a rollout of echo (echo:2) is in progress"
+        format!("a rollout of echo ({CANARY}) is in progress")
     );
 }
 
@@ -624,7 +623,7 @@ fn a_change_of_a_service_wakes_only_the_schedules_aimed_at_it() {
         aimed("other-namespace", "staging", "echo"),
         aimed("second-drill", "trading", "echo"),
     ];
-    let svc: zdeploy_api::ZmqService = serde_json::from_value(service(true)).unwrap();
+    let svc = echo().with_status(status::progressing(ago_s(30))).build();
     let woken: Vec<String> = aimed_at(&svc, &all).into_iter().map(|r| r.name).collect();
     assert_eq!(woken, ["drill", "second-drill"]);
 }
@@ -640,7 +639,7 @@ async fn a_run_recorded_but_not_injected_is_completed_from_the_record() {
     // No run is due besides: only the completion is seen.
     cs["status"]["lastScheduleTime"] = json!(this_minute());
     let ends = cs["status"]["active"]["faultEnds"].clone();
-    let out = run(world(cs, Some(service(false)), None), None).await;
+    let out = run(world(cs, Some(healthy()), None), None).await;
     out.result.as_ref().unwrap();
     let patches = out.weight_patches();
     assert_eq!(patches.len(), 1, "{:?}", out.calls);
@@ -663,7 +662,7 @@ async fn a_run_recorded_but_not_injected_before_its_end_is_aborted() {
     );
     cs["status"]["active"]["injected"] = json!(false);
     cs["status"]["active"]["pods"] = json!(["echo-canary-a"]);
-    let out = run(world(cs, Some(service(false)), None), None).await;
+    let out = run(world(cs, Some(healthy()), None), None).await;
     out.result.as_ref().unwrap();
     assert!(
         out.calls.iter().all(|c| c.method != Method::DELETE),
@@ -689,7 +688,7 @@ fn overlapping(policy: &str) -> Value {
 async fn a_run_due_while_one_is_in_progress_is_skipped_under_forbid() {
     let cs = overlapping("Forbid");
     let running = cs["status"]["active"]["scheduled"].clone();
-    let out = run(world(cs, Some(service(false)), Some(FAULT)), None).await;
+    let out = run(world(cs, Some(healthy()), Some(FAULT)), None).await;
     out.result.as_ref().unwrap();
     assert!(
         out.weight_patches().is_empty(),
@@ -716,7 +715,7 @@ async fn a_run_due_while_one_is_in_progress_is_skipped_under_forbid() {
 async fn a_run_due_while_one_is_in_progress_replaces_it_under_replace() {
     let cs = overlapping("Replace");
     let old = cs["status"]["active"]["scheduled"].clone();
-    let out = run(world(cs, Some(service(false)), Some(FAULT)), None).await;
+    let out = run(world(cs, Some(healthy()), Some(FAULT)), None).await;
     out.result.as_ref().unwrap();
     let patches = out.weight_patches();
     assert_eq!(patches.len(), 2, "{:?}", out.calls);
