@@ -697,3 +697,63 @@ fn routes_by_client_apply_from_the_canarys_start_and_go_before_it_stops() {
         "weight 0 and no route before the canary stops: {tail:?}"
     );
 }
+
+/// Every status field in the CRD is written by someone: the engine, or the controller (the
+/// fields below, from the object it reconciles and the command it carries out). A field
+/// in the schema that nobody writes (as `status.weights` once was) fails here.
+#[test]
+fn every_status_field_of_the_crd_is_written() {
+    use kube::CustomResourceExt;
+    let crd = zdeploy_api::ZmqService::crd();
+    let schema = crd.spec.versions[0]
+        .schema
+        .as_ref()
+        .and_then(|s| s.open_api_v3_schema.as_ref())
+        .expect("a schema");
+    let in_crd: std::collections::BTreeSet<String> = schema.properties.as_ref().unwrap()["status"]
+        .properties
+        .as_ref()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    let mut routed = spec();
+    routed.strategy.canary.routes =
+        serde_json::from_str(r#"[{"match": {"identityPrefix": "t-"}}]"#).unwrap();
+    let mut written = std::collections::BTreeSet::new();
+    let mut note = |s: &ZmqServiceStatus| {
+        if let serde_json::Value::Object(m) = serde_json::to_value(s).unwrap() {
+            written.extend(m.keys().cloned());
+        }
+    };
+    for inputs in [
+        // failureLimit 1: the second failure rolls back.
+        vec![
+            (0, rollout(None)),
+            (0, live()),
+            (1, measured(Verdict::Fail, at(1))),
+            (2, measured(Verdict::Fail, at(2))),
+        ],
+        vec![(0, rollout(None)), (0, live()), (1, cmd(Command::Pause))],
+    ] {
+        let mut s = stable();
+        for (secs, input) in inputs {
+            s = step(&routed, &s, &input, at(secs)).status;
+            note(&s);
+        }
+    }
+    for by_controller in [
+        "conditions",
+        "observedGeneration",
+        "specRevision",
+        "lastCommand",
+        "lastCommandRefused",
+    ] {
+        written.insert(by_controller.to_string());
+    }
+    let unwritten: Vec<&String> = in_crd.difference(&written).collect();
+    assert!(
+        unwritten.is_empty(),
+        "in the CRD, written by no one: {unwritten:?}"
+    );
+}
