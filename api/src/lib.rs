@@ -3,12 +3,14 @@
 
 pub mod chaos;
 pub mod command;
+pub mod compare;
 pub mod crd;
 pub mod duration;
 pub mod image;
 pub mod pool;
 pub mod route;
 pub mod service;
+pub mod shadow;
 pub mod validate;
 pub mod weight;
 pub mod windows;

@@ -9,6 +9,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::Pool;
+use crate::compare::ReplyComparison;
 use crate::route::Route;
 use crate::{Duration, Weight, WindowsBuild};
 
@@ -127,6 +128,17 @@ pub struct ZmqEndpoint {
     /// What reply counts as an error (the ZeroMQ "5xx").
     #[serde(default)]
     pub error_classifier: ErrorClassifier,
+    /// A request may be sent twice without harm (it changes nothing, or the same each
+    /// time): shadow steps copy requests to the canary, so they need this.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub idempotent: bool,
+    /// How a shadowed request's canary reply is compared with stable's.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub compare: ReplyComparison,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 fn default_pattern() -> SocketPattern {
@@ -321,6 +333,18 @@ pub enum Step {
     Pause(Pause),
     /// Run the analysis now; the step passes only when every listed metric passes.
     Analysis(StepAnalysis),
+    /// Copy this share of stable's requests to the canary as well (0 stops): clients get
+    /// stable's replies only, the canary's are compared with them (`shadowMismatchRatio`).
+    /// Needs `zmq.idempotent: true`; lasts until the next shadow step or the rollout's end.
+    Shadow(ShadowStep),
+}
+
+/// A shadow step.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ShadowStep {
+    /// Share of the requests stable serves that is copied to the canary.
+    pub percent: Weight,
 }
 
 /// A pause step.
@@ -434,6 +458,9 @@ pub enum Builtin {
     LatencyP99,
     /// Median request latency through the gateway, in seconds.
     LatencyP50,
+    /// Share of shadowed requests whose canary reply differs from stable's (by
+    /// `zmq.compare`), is an error where stable's is not, or never came (0..1).
+    ShadowMismatchRatio,
 }
 
 /// One metric of the analysis and its thresholds.
@@ -472,10 +499,15 @@ pub struct Metric {
 }
 
 impl Metric {
-    /// Whether the metric is a rate judged from counts (`errorRatio` or `counts`), so that
+    /// Whether the metric is a rate judged from counts (`errorRatio`,
+    /// `shadowMismatchRatio` or `counts`), so that
     /// `max` and `min` are rates between 0 and 1.
     pub fn judges_rate(&self) -> bool {
-        self.counts.is_some() || self.builtin == Some(Builtin::ErrorRatio)
+        self.counts.is_some()
+            || matches!(
+                self.builtin,
+                Some(Builtin::ErrorRatio | Builtin::ShadowMismatchRatio)
+            )
     }
 
     /// The latency threshold that zgate's histogram needs as a bucket edge, in seconds: the
@@ -494,7 +526,7 @@ impl Builtin {
         match self {
             Builtin::LatencyP99 => Some(0.01),
             Builtin::LatencyP50 => Some(0.5),
-            Builtin::ErrorRatio => None,
+            Builtin::ErrorRatio | Builtin::ShadowMismatchRatio => None,
         }
     }
 }
@@ -823,6 +855,9 @@ pub struct ZmqServiceStatus {
     /// Routes by client zgate applies during the rollout (from `strategy.canary.routes`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<Route>,
+    /// Share of stable's requests copied to the canary now (a shadow step); absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow_percent: Option<Weight>,
     /// Why the last command was refused; absent when it was carried out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_command_refused: Option<String>,

@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use zdeploy_api::service::ErrorClassifier;
 
 use crate::routes::{Route, check_routes};
+use zdeploy_api::compare::ReplyComparison;
+use zdeploy_api::shadow::ShadowCopy;
 use zdeploy_api::{Duration, Weight};
 
 /// A named pool of backend endpoints (e.g. `stable` = two Windows pods).
@@ -57,6 +59,10 @@ pub struct GatewayConfig {
     pub timeout: Duration,
     /// Routes by client: matching requests go to a pool whatever the weights.
     pub routes: Vec<Route>,
+    /// Requests copied to a pool as well at start, their replies compared.
+    pub shadow: Option<ShadowCopy>,
+    /// How a shadow copy's reply is compared with the reply the client got.
+    pub compare: ReplyComparison,
     /// Route a client to the same pool while weights stay the same.
     pub sticky: bool,
     /// Which replies count as errors.
@@ -108,6 +114,12 @@ pub enum ConfigError {
     /// A route names no pool.
     #[error("--route {0}")]
     BadRoute(String),
+    /// A shadow copy names no pool.
+    #[error("--shadow {0}")]
+    BadShadow(String),
+    /// A comparison mask does not compile.
+    #[error("--compare-mask {0}: {1}")]
+    BadMask(String, String),
     /// The admin API would be reachable from the network without a token.
     #[error(
         "--admin {0} is not a loopback address: give --admin-token-file so the admin API needs a bearer token"
@@ -182,6 +194,8 @@ impl GatewayConfig {
             weights,
             timeout: Duration::from_secs(2),
             routes: Vec::new(),
+            shadow: None,
+            compare: ReplyComparison::default(),
             sticky: false,
             classifier: ErrorClassifier::default(),
             hwm: 10_000,
@@ -212,6 +226,12 @@ impl GatewayConfig {
         }
         check_weights(&names, &self.weights)?;
         check_routes(&names, &self.routes).map_err(ConfigError::BadRoute)?;
+        if let Some(shadow) = &self.shadow {
+            check_shadow(&names, shadow).map_err(ConfigError::BadShadow)?;
+        }
+        if let Err((i, e)) = self.compare.compile() {
+            return Err(ConfigError::BadMask(self.compare.masks[i].to_string(), e));
+        }
         if let Some(addr) = self.admin
             && !addr.ip().is_loopback()
             && self.admin_token.is_none()
@@ -219,6 +239,21 @@ impl GatewayConfig {
             return Err(ConfigError::AdminWithoutToken(addr));
         }
         Ok(())
+    }
+}
+
+/// Checks that a shadow copy goes to one of `pools`.
+pub fn check_shadow(pools: &[String], shadow: &ShadowCopy) -> Result<(), String> {
+    if pools.contains(&shadow.pool) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}={}: no pool {:?}; pools are: {}",
+            shadow.pool,
+            shadow.percent,
+            shadow.pool,
+            pools.join(", ")
+        ))
     }
 }
 

@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use zdeploy_api::{Duration, Weight};
 
 use crate::routes::Route;
+use crate::shadow::{MismatchSample, SAMPLES};
+use zdeploy_api::shadow::ShadowCopy;
 
 /// A fault injected into one pool's traffic; it ends by itself at `until`.
 #[derive(Clone, Debug, PartialEq)]
@@ -103,6 +105,8 @@ pub struct Settings {
     pub endpoints: Vec<Vec<Endpoint>>,
     /// Routes by client, first match wins; each names one of the pools.
     pub routes: Vec<Route>,
+    /// Requests copied to a pool as well, their replies compared; none when `None`.
+    pub shadow: Option<ShadowCopy>,
 }
 
 /// Whether a backend endpoint may take new requests.
@@ -154,6 +158,7 @@ pub struct Control {
     generation: AtomicU64,
     settings: Mutex<Settings>,
     backends: Mutex<Vec<Vec<BackendView>>>,
+    samples: Mutex<Vec<MismatchSample>>,
     shutdown: AtomicBool,
 }
 
@@ -165,6 +170,7 @@ impl Control {
             generation: AtomicU64::new(0),
             settings: Mutex::new(settings),
             backends: Mutex::default(),
+            samples: Mutex::default(),
             shutdown: AtomicBool::new(false),
         }
     }
@@ -203,6 +209,24 @@ impl Control {
     /// What the data plane last published of each pool's backends, in pool order.
     pub fn backends(&self) -> Vec<Vec<BackendView>> {
         self.backends.lock().expect("backends lock").clone()
+    }
+
+    /// Keeps a mismatching pair, unless enough are kept since the shadow setting changed.
+    pub fn keep_sample(&self, sample: MismatchSample) {
+        let mut kept = self.samples.lock().expect("samples lock");
+        if kept.len() < SAMPLES {
+            kept.push(sample);
+        }
+    }
+
+    /// The mismatching pairs kept since the shadow setting last changed, first ones first.
+    pub fn samples(&self) -> Vec<MismatchSample> {
+        self.samples.lock().expect("samples lock").clone()
+    }
+
+    /// Forgets the kept pairs: they belong to the previous shadow setting.
+    pub fn clear_samples(&self) {
+        self.samples.lock().expect("samples lock").clear();
     }
 
     /// Asks the data plane to answer what is pending and stop.

@@ -16,6 +16,7 @@ pub mod metrics;
 mod pending;
 pub mod router;
 pub mod routes;
+pub mod shadow;
 pub mod watch_retry;
 
 use std::net::SocketAddr;
@@ -91,6 +92,7 @@ impl Gateway {
                 weights,
                 faults: vec![None; pools.len()],
                 routes: config.routes.clone(),
+                shadow: config.shadow.clone(),
                 // Names join once resolved; until then only literal addresses.
                 endpoints: configured
                     .iter()

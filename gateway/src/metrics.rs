@@ -13,6 +13,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
+use crate::shadow::{ShadowOutcome, ShadowSkip};
+
 /// How a request ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -208,6 +210,8 @@ pub struct PoolMetrics {
     /// Requests a route sent to this pool (whatever its weight).
     pub route_requests: Counter,
     handshake_failures: [Counter; 3],
+    shadow: [Counter; 4],
+    shadow_skipped: [Counter; 2],
 }
 
 impl PoolMetrics {
@@ -220,6 +224,16 @@ impl PoolMetrics {
     /// Counts a backend connection whose ZMTP handshake failed.
     pub fn handshake_failed(&self, why: HandshakeFailure) {
         self.handshake_failures[why as usize].inc();
+    }
+
+    /// Counts a shadow copy sent to this pool, by how it compared.
+    pub fn shadowed(&self, outcome: ShadowOutcome) {
+        self.shadow[outcome as usize].inc();
+    }
+
+    /// Counts a request not shadowed to this pool, or a copy not judged.
+    pub fn shadow_skipped(&self, why: ShadowSkip) {
+        self.shadow_skipped[why as usize].inc();
     }
 
     /// The handshake failure counted most often, if any was.
@@ -278,6 +292,8 @@ impl GatewayMetrics {
         let undeliverable = Family::<ReasonLabels, Counter>::default();
         let rejected = Family::<PoolLabels, Counter>::default();
         let handshakes = Family::<PoolReasonLabels, Counter>::default();
+        let shadow = Family::<OutcomeLabels, Counter>::default();
+        let shadow_skipped = Family::<PoolReasonLabels, Counter>::default();
         let open_files_limit = Gauge::default();
         registry.register(
             "open_files_limit",
@@ -331,6 +347,16 @@ impl GatewayMetrics {
             route_requests.clone(),
         );
         registry.register(
+            "shadow",
+            "Shadow copies sent to a pool, by how its reply compared with the one the client got (match, mismatch, canary_error, canary_timeout)",
+            shadow.clone(),
+        );
+        registry.register(
+            "shadow_skipped",
+            "Requests not shadowed to a pool for lack of room (shed), or copies not judged because the reply they shadow failed (stable_failed)",
+            shadow_skipped.clone(),
+        );
+        registry.register(
             "malformed_requests",
             "Requests without an empty delimiter frame or without a body",
             malformed.clone(),
@@ -381,6 +407,22 @@ impl GatewayMetrics {
                     route_requests: route_requests.get_or_create(&pl).clone(),
                     handshake_failures: HandshakeFailure::ALL.map(|r| {
                         handshakes
+                            .get_or_create(&PoolReasonLabels {
+                                pool: name.clone(),
+                                reason: r.label().into(),
+                            })
+                            .clone()
+                    }),
+                    shadow: ShadowOutcome::ALL.map(|o| {
+                        shadow
+                            .get_or_create(&OutcomeLabels {
+                                pool: name.clone(),
+                                outcome: o.label().into(),
+                            })
+                            .clone()
+                    }),
+                    shadow_skipped: ShadowSkip::ALL.map(|r| {
+                        shadow_skipped
                             .get_or_create(&PoolReasonLabels {
                                 pool: name.clone(),
                                 reason: r.label().into(),
@@ -447,6 +489,16 @@ mod tests {
             )));
         }
         assert!(text.contains("zgate_malformed_requests_total{service=\"echo\"} 0"));
+        for o in ShadowOutcome::ALL {
+            let series = format!(
+                "zgate_shadow_total{{service=\"echo\",pool=\"canary\",outcome=\"{}\"}} 0",
+                o.label()
+            );
+            assert!(text.contains(&series), "missing {series} in\n{text}");
+        }
+        assert!(text.contains(
+            "zgate_shadow_skipped_total{service=\"echo\",pool=\"canary\",reason=\"shed\"} 0"
+        ));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use kube::ResourceExt;
 
 use super::{FieldPath, Problem};
-use crate::service::{Metric, Router, SocketPattern, Step};
+use crate::service::{Builtin, Metric, Router, SocketPattern, Step};
 use crate::windows::forbidden_fields;
 use crate::{ChaosSchedule, Fault, ZmqService};
 
@@ -176,8 +176,46 @@ fn steps(svc: &ZmqService, out: &mut Vec<Problem>) {
                     }
                 }
             }
+            Step::Shadow(_) => shadow_step(svc, &path.index(i).key("shadow"), out),
             Step::Pause(_) => {}
         }
+    }
+    let shadowed = canary.steps.iter().any(|s| matches!(s, Step::Shadow(_)));
+    let metrics = spec()
+        .key("strategy")
+        .key("canary")
+        .key("analysis")
+        .key("metrics");
+    for (i, m) in canary.analysis.metrics.iter().enumerate() {
+        if m.builtin == Some(Builtin::ShadowMismatchRatio) && !shadowed {
+            out.push(problem(
+                metrics.index(i).key("builtin"),
+                "shadowMismatchRatio measures shadow traffic: add a step `shadow: {percent: N}` before the analysis, or remove the metric",
+            ));
+        }
+    }
+    if let Err((i, e)) = svc.spec.zmq.compare.compile() {
+        out.push(problem(
+            spec().key("zmq").key("compare").key("masks").index(i),
+            e,
+        ));
+    }
+}
+
+/// A shadow step sends each copied request twice (stable and canary): only for
+/// requests that may be repeated, and only through zgate.
+fn shadow_step(svc: &ZmqService, at: &FieldPath, out: &mut Vec<Problem>) {
+    if !svc.spec.zmq.idempotent {
+        out.push(problem(
+            at.clone(),
+            "needs spec.zmq.idempotent: true: a shadowed request reaches stable and the canary, so a request that changes something (a write, a payment) would happen twice; declare it only when a request may be sent twice without harm",
+        ));
+    }
+    if svc.spec.strategy.router != Router::Gateway {
+        out.push(problem(
+            at.clone(),
+            "shadow traffic needs zgate: use strategy.router: gateway",
+        ));
     }
 }
 
@@ -213,6 +251,12 @@ fn metrics(metrics: &[Metric], path: &FieldPath, out: &mut Vec<Problem>) {
             out.push(problem(
                 at.clone(),
                 "must set a threshold: max, min or relative",
+            ));
+        }
+        if m.builtin == Some(Builtin::ShadowMismatchRatio) && m.relative.is_some() {
+            out.push(problem(
+                at.key("relative"),
+                "shadowMismatchRatio has no stable value to compare with (stable's replies are the reference): use max",
             ));
         }
         if let Some(r) = &m.relative

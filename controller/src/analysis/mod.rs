@@ -385,6 +385,7 @@ fn builtin_name(b: Builtin) -> &'static str {
         Builtin::ErrorRatio => "errorRatio",
         Builtin::LatencyP99 => "latencyP99",
         Builtin::LatencyP50 => "latencyP50",
+        Builtin::ShadowMismatchRatio => "shadowMismatchRatio",
     }
 }
 
@@ -426,6 +427,10 @@ async fn counted(
         (None, Some(Builtin::ErrorRatio)) => (
             promql::errors(target, range),
             promql::requests(target, range),
+        ),
+        (None, Some(Builtin::ShadowMismatchRatio)) => (
+            promql::mismatched(target, range),
+            promql::shadowed(target, range),
         ),
         (None, Some(kind)) => {
             let q = promql::buckets(target, range);

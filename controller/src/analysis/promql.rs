@@ -82,6 +82,22 @@ pub fn errors(target: &Target, range: Duration) -> String {
     )
 }
 
+/// Requests copied to a pool by shadow traffic whose reply was judged over `range`.
+pub fn shadowed(target: &Target, range: Duration) -> String {
+    format!(
+        "sum(increase(zgate_shadow_total{}[{range}]))",
+        selector(target, "")
+    )
+}
+
+/// Shadowed requests whose reply did not match stable's (different, an error, none).
+pub fn mismatched(target: &Target, range: Duration) -> String {
+    format!(
+        "sum(increase(zgate_shadow_total{}[{range}]))",
+        selector(target, ",outcome!=\"match\"")
+    )
+}
+
 /// A pool's latency histogram over `range`, one series per bucket edge (`le`): the count
 /// below the threshold's edge and the total, and the quantile's interpolation.
 pub fn buckets(target: &Target, range: Duration) -> String {
@@ -109,6 +125,10 @@ mod tests {
         assert_eq!(
             q,
             "sum(increase(zgate_requests_total{service=\"echo\",namespace=\"trading\",pool=\"canary\",outcome!=\"ok\"}[5m]))"
+        );
+        assert_eq!(
+            mismatched(&target("echo"), Duration::from_secs(60)),
+            "sum(increase(zgate_shadow_total{service=\"echo\",namespace=\"trading\",pool=\"canary\",outcome!=\"match\"}[1m]))"
         );
         assert_eq!(
             buckets(&target("echo"), Duration::from_secs(90)),

@@ -123,9 +123,13 @@ fn measure(
             .sum()
     };
     match kind {
-        Builtin::ErrorRatio => {
-            let requests = increase("zgate_requests_total", None);
-            let ok = increase("zgate_requests_total", Some(("outcome", "ok")));
+        Builtin::ErrorRatio | Builtin::ShadowMismatchRatio => {
+            let (series, good) = match kind {
+                Builtin::ShadowMismatchRatio => ("zgate_shadow_total", "match"),
+                _ => ("zgate_requests_total", "ok"),
+            };
+            let requests = increase(series, None);
+            let ok = increase(series, Some(("outcome", good)));
             let tally = Tally {
                 requests: requests.round() as u64,
                 bad: (requests - ok).max(0.0).round() as u64,

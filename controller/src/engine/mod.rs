@@ -123,6 +123,8 @@ pub enum Action {
     SetCanaryWeight(Weight),
     /// Apply these routes by client in zgate (none: remove them).
     SetRoutes(Vec<Route>),
+    /// Copy this share of stable's requests to the canary, replies compared (0: stop).
+    SetShadow(Weight),
     /// Run `revision` in the stable pool and wait until it is ready.
     DeployStable {
         /// The revision to run.
@@ -542,11 +544,27 @@ fn advance(spec: &ZmqServiceSpec, d: &mut Decision, now: Timestamp) {
                     return;
                 }
             },
+            Some(Step::Shadow(s)) => {
+                set_shadow(d, s.percent);
+                d.status.message = Some(format!(
+                    "step {i}: {}% of stable's requests copied to the canary",
+                    s.percent
+                ));
+                next_step(d, now);
+            }
             Some(Step::Analysis(_)) => {
                 d.status.message = Some(format!("step {i}: waiting for a passing analysis"));
                 return;
             }
         }
+    }
+}
+
+fn set_shadow(d: &mut Decision, w: Weight) {
+    let wanted = (w != Weight::ZERO).then_some(w);
+    if d.status.shadow_percent != wanted {
+        d.status.shadow_percent = wanted;
+        d.actions.push(Action::SetShadow(w));
     }
 }
 
@@ -677,11 +695,12 @@ fn rollback(d: &mut Decision, reason: &str, runbook: Option<String>, now: Timest
     finish(d, Outcome::RolledBack, reason, runbook, now);
 }
 
-/// Takes every request off the canary (weight 0, routes gone), then stops it (always, in
-/// this order).
+/// Takes every request off the canary (weight 0, shadow copies and routes gone), then
+/// stops it (always, in this order).
 fn stop_canary(d: &mut Decision) {
     d.status.canary_weight = Weight::ZERO;
     d.actions.push(Action::SetCanaryWeight(Weight::ZERO));
+    set_shadow(d, Weight::ZERO);
     if !d.status.routes.is_empty() {
         d.status.routes.clear();
         d.actions.push(Action::SetRoutes(Vec::new()));

@@ -21,6 +21,7 @@
 //! of a request it was not sent, and a reply counts only from the backend its request went to.
 
 mod backend;
+mod shadow;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -28,7 +29,9 @@ use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use zdeploy_api::compare::Comparator;
 use zdeploy_api::service::ErrorClassifier;
+use zdeploy_api::shadow::ShadowCopy;
 
 use crate::classify::is_error_reply;
 use crate::config::GatewayConfig;
@@ -39,6 +42,7 @@ use crate::pending::PendingRing;
 use crate::router::WeightedRoundRobin;
 use crate::routes::{self, Match, Route};
 use backend::{Backend, Lifecycle, Tuning};
+use shadow::{SHADOW_BIT, Shadow};
 
 /// A backend's place in the poll: (pool index, backend index in the pool).
 type Slot = (usize, usize);
@@ -59,6 +63,8 @@ struct Pending {
     received: Instant,
     /// Counted in the pool's in-flight gauge (false when answered on arrival).
     in_flight: bool,
+    /// The id of its shadow copy, if one was sent.
+    shadow: Option<u64>,
 }
 
 struct Pool {
@@ -123,6 +129,14 @@ pub struct DataPlane {
     faults: Vec<Option<ActiveFault>>,
     /// Routes by client with their pool's index, first match wins.
     routes: Vec<(Match, usize)>,
+    /// The shadow pool's index and the share of other requests copied to it.
+    shadow: Option<(usize, zdeploy_api::Weight)>,
+    /// How a copy's reply is compared with the client's.
+    comparator: Comparator,
+    /// Copies waiting for their replies, in the order they were sent.
+    shadows: PendingRing<Shadow>,
+    /// Copies in `shadows`, bounded by `backlog_limit`.
+    shadows_open: usize,
     pending: PendingRing<Pending>,
     held: BinaryHeap<Reverse<(Instant, u64)>>,
     /// Requests a pool's backlog holds at most.
@@ -180,6 +194,13 @@ impl DataPlane {
             generation: control.generation(),
             router: WeightedRoundRobin::new(&settings.weights),
             routes: Vec::new(),
+            shadow: None,
+            comparator: config
+                .compare
+                .compile()
+                .expect("masks are checked with the configuration"),
+            shadows: PendingRing::default(),
+            shadows_open: 0,
             faults: settings.faults.clone(),
             control,
             metrics,
@@ -194,6 +215,7 @@ impl DataPlane {
             plane.follow_endpoints(i, wanted, Instant::now())?;
         }
         plane.routes = plane.resolve(&settings.routes);
+        plane.shadow = plane.resolve_shadow(settings.shadow.as_ref());
         plane.publish_weights(&settings.weights);
         plane.publish_backends();
         Ok((plane, endpoint))
@@ -254,6 +276,12 @@ impl DataPlane {
         self.weights = s.weights.clone();
         self.faults = s.faults;
         self.routes = self.resolve(&s.routes);
+        let shadow = self.resolve_shadow(s.shadow.as_ref());
+        if shadow != self.shadow {
+            // Pairs kept belong to the old setting; new ones are for the new one.
+            self.control.clear_samples();
+            self.shadow = shadow;
+        }
         self.publish_weights(&s.weights);
         let now = Instant::now();
         for (i, wanted) in s.endpoints.iter().enumerate() {
@@ -356,6 +384,14 @@ impl DataPlane {
             .collect()
     }
 
+    /// The shadow pool's index and share; `None` for no shadow, 0% or an unknown pool
+    /// (which the admin API and the configuration check refuse).
+    fn resolve_shadow(&self, shadow: Option<&ShadowCopy>) -> Option<(usize, zdeploy_api::Weight)> {
+        let s = shadow.filter(|s| s.percent != zdeploy_api::Weight::ZERO)?;
+        let i = self.pools.iter().position(|p| p.name == s.pool)?;
+        Some((i, s.percent))
+    }
+
     fn publish_weights(&self, weights: &[zdeploy_api::Weight]) {
         for (pool, w) in self.pools.iter().zip(weights) {
             pool.metrics.weight.set(i64::from(w.percent()));
@@ -386,6 +422,9 @@ impl DataPlane {
             wait = wait.min((p.received + self.timeout).saturating_duration_since(now));
         }
         if let Some(Reverse((due, _))) = self.held.peek() {
+            wait = wait.min(due.saturating_duration_since(now));
+        }
+        if let Some(due) = self.next_shadow_deadline() {
             wait = wait.min(due.saturating_duration_since(now));
         }
         let slots: Vec<Slot> = self
@@ -512,6 +551,10 @@ impl DataPlane {
             Some(f) => f.action(now, fastrand::f64(), fastrand::f64()),
             None => FaultAction::Forward(Duration::ZERO),
         };
+        let shadow = match action {
+            FaultAction::Forward(_) => self.start_shadow(pool, &frames, delim, now),
+            _ => None,
+        };
         let mut p = Pending {
             frames,
             envelope: delim,
@@ -519,6 +562,7 @@ impl DataPlane {
             backend: None,
             received: now,
             in_flight: true,
+            shadow,
         };
         if action == FaultAction::Error {
             p.in_flight = false;
@@ -656,6 +700,11 @@ impl DataPlane {
             self.metrics.rejected_reply(pool);
             return;
         }
+        if id & SHADOW_BIT != 0 {
+            let body = well_formed.then(|| &frames[2..]);
+            self.canary_answered(pool, from, id & !SHADOW_BIT, body);
+            return;
+        }
         let Some(waiting) = self.pending.get(id) else {
             self.pools[pool].metrics.late_replies.inc();
             return;
@@ -680,6 +729,9 @@ impl DataPlane {
         } else {
             Outcome::Ok
         };
+        if let Some(copy) = p.shadow {
+            self.stable_answered(copy, &frames[2..], outcome == Outcome::Error);
+        }
         p.frames.truncate(p.envelope);
         let envelope = std::mem::take(&mut p.frames);
         self.deliver(envelope, frames.drain(2..));
@@ -709,10 +761,14 @@ impl DataPlane {
             );
             self.finish_with_error(p, Outcome::Timeout, &detail);
         }
+        self.expire_shadows(now);
     }
 
     /// Answers a request with a one-frame error reply and counts it.
     fn finish_with_error(&mut self, mut p: Pending, outcome: Outcome, detail: &str) {
+        if let Some(copy) = p.shadow {
+            self.stable_failed(copy);
+        }
         p.frames.truncate(p.envelope);
         let envelope = std::mem::take(&mut p.frames);
         self.deliver(

@@ -17,6 +17,7 @@ use jiff::Timestamp;
 use kube::ResourceExt;
 use tokio::sync::{broadcast, mpsc, watch};
 use zdeploy_api::service::LocalRun;
+use zdeploy_api::shadow::ShadowCopy;
 use zdeploy_api::{Pool, Weight, ZmqService, ZmqServiceStatus};
 use zdeploy_gateway::{Gateway, GatewayConfig, PoolConfig};
 
@@ -197,6 +198,12 @@ impl Runtime {
             .collect();
         // As recorded: a resumed rollout keeps its routes by client.
         gw.routes = status.routes.clone();
+        // As recorded: a resumed shadow step keeps copying.
+        gw.shadow = status.shadow_percent.map(|percent| ShadowCopy {
+            pool: Pool::Canary.name().into(),
+            percent,
+        });
+        gw.compare = svc.spec.zmq.compare.clone();
         gw.timeout = svc.spec.zmq.request_timeout;
         gw.classifier = svc.spec.zmq.error_classifier.clone();
         gw.metrics = Some("127.0.0.1:0".parse().expect("loopback address"));
@@ -533,6 +540,18 @@ impl Runtime {
                 self.note(match shown.as_slice() {
                     [] => "routes by client removed".into(),
                     all => format!("routes by client: {}", all.join(", ")),
+                });
+            }
+            Action::SetShadow(percent) => {
+                let shadow = (percent != Weight::ZERO).then(|| ShadowCopy {
+                    pool: Pool::Canary.name().into(),
+                    percent,
+                });
+                self.gateway.control().update(|s| s.shadow = shadow);
+                self.note(if percent == Weight::ZERO {
+                    "shadow traffic stopped".into()
+                } else {
+                    format!("shadow traffic: {percent}% of stable's requests copied to the canary, replies compared")
                 });
             }
             Action::DeployStable { revision } => {
