@@ -35,6 +35,22 @@ pub struct Args {
     /// frame N); \xNN for any byte. Repeat for more; change them with PUT /routes.
     #[arg(long = "route", value_name = "POOL=MATCH")]
     routes: Vec<zdeploy_gateway::routes::Route>,
+    /// Copy PERCENT of the requests routed to other pools to POOL as well (shadow traffic):
+    /// clients get the other pool's reply only; POOL's is compared with it
+    /// (zgate_shadow_total). Change it with PUT /shadow.
+    #[arg(long, value_name = "POOL=PERCENT")]
+    shadow: Option<zdeploy_api::shadow::ShadowCopy>,
+    /// How shadow replies are compared: bytes (frame by frame, after ignored frames and
+    /// masks) or classifier (only error vs not).
+    #[arg(long, default_value = "bytes")]
+    compare_by: zdeploy_api::compare::CompareBy,
+    /// Leave reply body frame N out of the shadow comparison (repeatable).
+    #[arg(long = "compare-ignore-frame", value_name = "N")]
+    compare_ignore_frames: Vec<u32>,
+    /// Blank part of a reply frame before comparing: FRAME:regex:PATTERN or
+    /// FRAME:bytes:START..END (repeatable), e.g. 0:regex:ts=[0-9]+.
+    #[arg(long = "compare-mask", value_name = "MASK")]
+    compare_masks: Vec<zdeploy_api::compare::Mask>,
     /// Keep each client on one pool (by its ZeroMQ identity) while weights stay the same.
     #[arg(long)]
     sticky: bool,
@@ -44,9 +60,13 @@ pub struct Args {
     /// Replies whose first frame starts with this text count as errors.
     #[arg(long, default_value = "ERR")]
     error_prefix: String,
-    /// Replies whose frame N holds a status >= 500 count as errors (frame index).
+    /// Replies whose frame N holds a status at or above --error-status-min count as errors
+    /// (frame index).
     #[arg(long)]
     error_status_frame: Option<u32>,
+    /// The lowest status --error-status-frame counts as an error.
+    #[arg(long, default_value_t = 500)]
+    error_status_min: u32,
     /// Queue bound per peer, in messages.
     #[arg(long, default_value_t = 10_000)]
     hwm: i32,
@@ -91,11 +111,17 @@ impl Args {
         config.timeout = self.timeout;
         config.sticky = self.sticky;
         config.routes = self.routes.clone();
+        config.shadow = self.shadow.clone();
+        config.compare = zdeploy_api::compare::ReplyComparison {
+            by: self.compare_by,
+            ignore_frames: self.compare_ignore_frames.clone(),
+            masks: self.compare_masks.clone(),
+        };
         config.classifier = ErrorClassifier {
             reply_prefix: Some(self.error_prefix.clone()).filter(|p| !p.is_empty()),
             status_frame: self.error_status_frame.map(|frame| StatusFrame {
                 frame,
-                error_at_or_above: 500,
+                error_at_or_above: self.error_status_min,
             }),
         };
         config.hwm = self.hwm;

@@ -870,3 +870,153 @@ fn a_route_sends_matching_clients_to_the_canary_at_weight_zero_until_it_is_remov
         only("stable", 1000)
     );
 }
+
+/// Sends `n` requests from a REQ client, one at a time; returns who answered each (the
+/// reply's `by=` frame, from services started with `--stamp`).
+fn stamped_answers(endpoint: &str, n: usize) -> BTreeMap<String, usize> {
+    let ctx = zmq::Context::new();
+    let c = zmq_client(&ctx, zmq::REQ, endpoint);
+    let mut by = BTreeMap::new();
+    for i in 0..n {
+        c.send(format!("q{i}").as_str(), 0).unwrap();
+        let reply = c.recv_multipart(0).expect("every request is answered");
+        let who = String::from_utf8_lossy(reply.last().unwrap()).into_owned();
+        *by.entry(who).or_default() += 1;
+    }
+    by
+}
+
+/// `zgate_shadow_total` for the canary, by outcome, once every copy of `n` is judged.
+fn shadow_outcomes(gw: &Gw, n: f64) -> BTreeMap<&'static str, f64> {
+    let read = || {
+        ["match", "mismatch", "canary_error", "canary_timeout"]
+            .map(|o| {
+                let series = format!(
+                    "zgate_shadow_total{{service=\"zgate\",pool=\"canary\",outcome=\"{o}\"}}"
+                );
+                (o, gw.metric(&series))
+            })
+            .into_iter()
+            .collect::<BTreeMap<_, _>>()
+    };
+    for _ in 0..100 {
+        let seen = read();
+        if seen.values().sum::<f64>() >= n {
+            return seen;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    read()
+}
+
+#[test]
+fn shadow_copies_catch_a_canary_answering_3_percent_differently_and_clients_get_only_stable() {
+    let stable = peer(&["rep", "--name", "stable", "--stamp"]);
+    let canary = peer(&[
+        "rep",
+        "--name",
+        "canary",
+        "--stamp",
+        "--differ-ratio",
+        "0.03",
+    ]);
+    // Frames of a reply to a one-frame request: [status, request, ts=, by=].
+    let gw = two_pools(
+        &stable,
+        &canary,
+        "stable=100,canary=0",
+        &[
+            "--shadow",
+            "canary=100",
+            "--compare-ignore-frame",
+            "2",
+            "--compare-ignore-frame",
+            "3",
+        ],
+    );
+    let answered = stamped_answers(&gw.frontend, 1000);
+    assert_eq!(answered, BTreeMap::from([("by=stable".to_string(), 1000)]));
+    let seen = shadow_outcomes(&gw, 1000.0);
+    assert_eq!(seen["match"] + seen["mismatch"], 1000.0, "{seen:?}");
+    // 3% of 1,000: 30 expected, beyond 10..=60 less than once in a million runs.
+    assert!(
+        (10.0..=60.0).contains(&seen["mismatch"]),
+        "mismatches {seen:?}"
+    );
+    assert_eq!(
+        gw.requests("canary", "ok"),
+        1000.0,
+        "the copies count as canary requests"
+    );
+    let report = gw.get("/shadow");
+    assert_eq!(
+        report["shadow"],
+        serde_json::json!({"pool": "canary", "percent": 100})
+    );
+    let kept = report["mismatches"].as_array().unwrap();
+    assert_eq!(kept.len(), 5, "{report}");
+    assert_eq!(kept[0]["outcome"], "mismatch");
+    assert_eq!(kept[0]["stable"][0], "OK");
+    assert_eq!(kept[0]["canary"][0], "OK v2");
+    assert!(kept[0]["request"][0].as_str().unwrap().starts_with('q'));
+    // Stopped: nothing more is copied; a pool that does not exist is refused.
+    let (code, body) = gw.put("/shadow", r#"{"pool": "blue", "percent": 5}"#);
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(gw.put("/shadow", "null").0, 200);
+    stamped_answers(&gw.frontend, 100);
+    assert_eq!(gw.requests("canary", "ok"), 1000.0);
+    assert_eq!(gw.get("/shadow")["mismatches"], serde_json::json!([]));
+}
+
+#[test]
+fn replies_differing_only_in_a_masked_timestamp_match() {
+    let stable = peer(&["rep", "--name", "stable", "--stamp"]);
+    let canary = peer(&["rep", "--name", "canary", "--stamp"]);
+    let shadow = ["--shadow", "canary=100", "--compare-ignore-frame", "3"];
+    let masked: Vec<&str> = shadow
+        .iter()
+        .copied()
+        .chain(["--compare-mask", "2:regex:ts=[0-9]+"])
+        .collect();
+    let gw = two_pools(&stable, &canary, "stable=100,canary=0", &masked);
+    stamped_answers(&gw.frontend, 500);
+    let seen = shadow_outcomes(&gw, 500.0);
+    assert_eq!(seen["match"], 500.0, "{seen:?}");
+    // The same replies without the mask: the timestamps differ, every pair mismatches.
+    let gw = two_pools(&stable, &canary, "stable=100,canary=0", &shadow);
+    stamped_answers(&gw.frontend, 100);
+    let seen = shadow_outcomes(&gw, 100.0);
+    assert_eq!(seen["mismatch"], 100.0, "{seen:?}");
+}
+
+#[test]
+fn a_frozen_canary_never_delays_stable_replies_and_its_copies_are_shed_or_time_out() {
+    let stable = peer(&["rep", "--name", "stable", "--stamp"]);
+    let canary = peer(&["rep", "--name", "canary", "--stamp", "--delay-ms", "60000"]);
+    let gw = two_pools(
+        &stable,
+        &canary,
+        "stable=100,canary=0",
+        &["--shadow", "canary=100", "--timeout", "500ms"],
+    );
+    let started = Instant::now();
+    let answered = stamped_answers(&gw.frontend, 300);
+    assert_eq!(answered, BTreeMap::from([("by=stable".to_string(), 300)]));
+    // A frozen canary that held replies back would cost 300 x 500 ms.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    std::thread::sleep(Duration::from_millis(700));
+    let seen = shadow_outcomes(&gw, 1.0);
+    let shed =
+        gw.metric("zgate_shadow_skipped_total{service=\"zgate\",pool=\"canary\",reason=\"shed\"}");
+    assert!(seen["canary_timeout"] >= 1.0, "{seen:?}");
+    assert_eq!(
+        seen["canary_timeout"] + shed,
+        300.0,
+        "{seen:?}, shed {shed}"
+    );
+    assert_eq!(seen["match"] + seen["mismatch"], 0.0, "{seen:?}");
+}

@@ -16,10 +16,13 @@ use serde::Serialize;
 use serde_json::json;
 use zdeploy_api::{Duration, Weight};
 
+use crate::config::check_shadow;
 use crate::config::check_weights;
 use crate::control::{ActiveFault, BackendView, Control, FaultSpec};
 use crate::metrics::GatewayMetrics;
 use crate::routes::{Route, check_routes};
+use crate::shadow::MismatchSample;
+use zdeploy_api::shadow::ShadowCopy;
 
 /// The `/metrics` endpoint.
 pub fn metrics_router(metrics: Arc<GatewayMetrics>) -> Router {
@@ -40,12 +43,13 @@ pub fn metrics_router(metrics: Arc<GatewayMetrics>) -> Router {
     )
 }
 
-/// The admin API: `GET|PUT /weights`, `GET|PUT /routes`, `GET /faults`,
+/// The admin API: `GET|PUT /weights`, `GET|PUT /routes`, `GET|PUT /shadow`, `GET /faults`,
 /// `PUT|DELETE /faults/{pool}`, `GET /endpoints`, `GET /healthz`.
 pub fn admin_router(control: Arc<Control>, token: Option<String>) -> Router {
     let api = Router::new()
         .route("/weights", get(get_weights).put(put_weights))
         .route("/routes", get(get_routes).put(put_routes))
+        .route("/shadow", get(get_shadow).put(put_shadow))
         .route("/faults", get(get_faults))
         .route("/endpoints", get(get_endpoints))
         .route("/faults/{pool}", put(put_fault).delete(delete_fault))
@@ -182,6 +186,44 @@ async fn put_routes(State(control): State<Arc<Control>>, body: axum::body::Bytes
     control.update(|s| s.routes = routes);
     tracing::info!(?shown, "routes changed");
     Json(control.snapshot().routes).into_response()
+}
+
+/// `GET /shadow`: the copy setting and the mismatching pairs kept since it last changed.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ShadowOut {
+    shadow: Option<ShadowCopy>,
+    mismatches: Vec<MismatchSample>,
+}
+
+async fn get_shadow(State(control): State<Arc<Control>>) -> Json<ShadowOut> {
+    Json(ShadowOut {
+        shadow: control.snapshot().shadow,
+        mismatches: control.samples(),
+    })
+}
+
+/// `PUT /shadow`: `{"pool": "canary", "percent": 5}`, or `null` to stop copying.
+async fn put_shadow(State(control): State<Arc<Control>>, body: axum::body::Bytes) -> Response {
+    let shadow: Option<ShadowCopy> = match serde_json::from_slice(&body) {
+        Ok(s) => s,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "shadow: {e}; send {{\"pool\": \"canary\", \"percent\": 5}}, or null to stop"
+                ),
+            );
+        }
+    };
+    if let Some(s) = &shadow
+        && let Err(e) = check_shadow(control.pools(), s)
+    {
+        return error(StatusCode::BAD_REQUEST, e);
+    }
+    tracing::info!(shadow = ?shadow.as_ref().map(ShadowCopy::to_string), "shadow changed");
+    control.update(|s| s.shadow = shadow);
+    get_shadow(State(control)).await.into_response()
 }
 
 #[derive(Serialize)]

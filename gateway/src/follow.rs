@@ -15,10 +15,11 @@ use kube::{Api, Client};
 use serde::{Deserialize, Serialize};
 use zdeploy_api::Weight;
 
-use crate::config::check_weights;
+use crate::config::{check_shadow, check_weights};
 use crate::control::{ActiveFault, Control, FaultSpec};
 use crate::routes::{Route, check_routes};
 use crate::watch_retry::WatchRetry;
+use zdeploy_api::shadow::ShadowCopy;
 
 /// The key holding `{"stable":90,"canary":10}`.
 pub const KEY: &str = "weights.json";
@@ -26,6 +27,19 @@ pub const KEY: &str = "weights.json";
 pub const FAULTS_KEY: &str = "faults.json";
 /// The key holding routes by client, `["canary=identity:tester-"]` (absent: none).
 pub const ROUTES_KEY: &str = "routes.json";
+
+/// The key holding the shadow copy, `{"pool":"canary","percent":5}` (absent: none).
+pub const SHADOW_KEY: &str = "shadow.json";
+
+/// The shadow copy under [`SHADOW_KEY`], checked against the pools.
+pub fn shadow_from(raw: Option<&str>, pools: &[String]) -> Result<Option<ShadowCopy>, String> {
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    let shadow: ShadowCopy = serde_json::from_str(raw).map_err(|e| format!("{SHADOW_KEY}: {e}"))?;
+    check_shadow(pools, &shadow).map_err(|e| format!("{SHADOW_KEY}: {e}"))?;
+    Ok(Some(shadow))
+}
 
 /// The routes by client under [`ROUTES_KEY`], checked against the pools.
 pub fn routes_from(raw: Option<&str>, pools: &[String]) -> Result<Vec<Route>, String> {
@@ -165,6 +179,7 @@ pub async fn follow(
         // Faults are applied when their text changes, so a resync does not restart them.
         let mut current_faults = None;
         let mut current_routes = None;
+        let mut current_shadow = None;
         // Only this object: the watch is authorised by the Role's resourceNames.
         let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
         let mut changes = watcher(api, config)
@@ -212,6 +227,19 @@ pub async fn follow(
                     Err(e) => tracing::warn!("ConfigMap {name} {e}; keeping the current routes"),
                 }
             }
+            let raw = cm.data.as_ref().and_then(|d| d.get(SHADOW_KEY)).cloned();
+            if raw != current_shadow {
+                match shadow_from(raw.as_deref(), &pools) {
+                    Ok(shadow) => {
+                        tracing::info!(shadow = ?raw, "shadow copy changed in ConfigMap {name}");
+                        control.update(|s| s.shadow = shadow);
+                        current_shadow = raw;
+                    }
+                    Err(e) => {
+                        tracing::warn!("ConfigMap {name} {e}; keeping the current shadow copy")
+                    }
+                }
+            }
         }
     }))
 }
@@ -235,6 +263,16 @@ mod tests {
             "{e}"
         );
         assert!(routes_from(Some("{}"), &pools()).is_err());
+    }
+
+    #[test]
+    fn the_shadow_copy_is_read_from_its_key_and_checked_against_the_pools() {
+        assert_eq!(shadow_from(None, &pools()), Ok(None));
+        let read = shadow_from(Some(r#"{"pool":"canary","percent":5}"#), &pools()).unwrap();
+        assert_eq!(read.unwrap().to_string(), "canary=5");
+        let e = shadow_from(Some(r#"{"pool":"blue","percent":5}"#), &pools()).unwrap_err();
+        assert!(e.starts_with("shadow.json: blue=5: no pool"), "{e}");
+        assert!(shadow_from(Some(r#"{"pool":"canary","percent":500}"#), &pools()).is_err());
     }
 
     #[test]

@@ -29,6 +29,12 @@ def answer(args, frames):
     if args.delay_ms:
         time.sleep(args.delay_ms / 1000.0)
     status = b"ERR" if random.random() < args.error_ratio else b"OK"
+    if args.stamp:
+        # Comparable across services: no name in the body; when and who in frames of their own.
+        if random.random() < args.differ_ratio:
+            status += b" v2"
+        stamp = [b"ts=%d" % time.time_ns(), b"by=" + args.name.encode()]
+        return [status] + frames + stamp
     return [status + b" " + args.name.encode()] + frames
 
 
@@ -179,6 +185,17 @@ def main():
     p.add_argument("--name", default="svc")
     p.add_argument("--error-ratio", type=float, default=0.0)
     p.add_argument("--delay-ms", type=float, default=0.0)
+    p.add_argument(
+        "--stamp",
+        action="store_true",
+        help="service: reply [OK, request..., ts=NANOS, by=NAME] (comparable between services)",
+    )
+    p.add_argument(
+        "--differ-ratio",
+        type=float,
+        default=0.0,
+        help="service with --stamp: share of replies whose first frame reads 'OK v2' (not an error)",
+    )
     p.add_argument("--heartbeat", action="store_true")
     p.add_argument("--log")
     p.add_argument("--log-times", action="store_true", help="prefix each logged request with the time")

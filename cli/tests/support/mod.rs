@@ -360,6 +360,16 @@ impl Gw {
         panic!("pool {pool} never reached {n} live backends");
     }
 
+    /// GET a JSON document from the admin API.
+    pub fn get(&self, path: &str) -> serde_json::Value {
+        http()
+            .get(format!("{}{path}", self.admin))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    }
+
     /// PUT a JSON body to the admin API; returns status and body.
     pub fn put(&self, path: &str, body: &str) -> (u16, String) {
         let r = http()

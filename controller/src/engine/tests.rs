@@ -698,6 +698,45 @@ fn routes_by_client_apply_from_the_canarys_start_and_go_before_it_stops() {
     );
 }
 
+fn shadowed() -> ZmqServiceSpec {
+    let mut spec = spec();
+    spec.strategy.canary.steps.insert(
+        0,
+        Step::Shadow(zdeploy_api::service::ShadowStep {
+            percent: Weight::new(50).unwrap(),
+        }),
+    );
+    spec
+}
+
+#[test]
+fn a_shadow_step_copies_until_the_canary_stops_and_stops_before_it() {
+    let (d, actions) = run_spec(&shadowed(), stable(), &[(0, rollout(None)), (0, live())]);
+    assert_eq!(d.status.shadow_percent, Some(Weight::new(50).unwrap()));
+    assert!(actions.contains(&Action::SetShadow(Weight::new(50).unwrap())));
+    // Copies go on through the later steps: the first weight step keeps them.
+    assert!(
+        actions.contains(&Action::SetCanaryWeight(Weight::new(10).unwrap())),
+        "{actions:?}"
+    );
+    let (d, actions) = run_spec(
+        &shadowed(),
+        stable(),
+        &[
+            (0, rollout(None)),
+            (0, live()),
+            (1, cmd(Command::Abort { reason: "p".into() })),
+        ],
+    );
+    assert_eq!(d.status.shadow_percent, None);
+    let at = |a: &Action| actions.iter().rposition(|x| x == a).unwrap();
+    assert!(
+        at(&Action::SetCanaryWeight(Weight::ZERO)) < at(&Action::SetShadow(Weight::ZERO))
+            && at(&Action::SetShadow(Weight::ZERO)) < at(&Action::StopCanary),
+        "weight 0 and no copies before the canary stops: {actions:?}"
+    );
+}
+
 /// Every status field in the CRD is written by someone: the engine, or the controller (the
 /// fields below, from the object it reconciles and the command it carries out). A field
 /// in the schema that nobody writes (as `status.weights` once was) fails here.
@@ -717,7 +756,7 @@ fn every_status_field_of_the_crd_is_written() {
         .keys()
         .cloned()
         .collect();
-    let mut routed = spec();
+    let mut routed = shadowed();
     routed.strategy.canary.routes =
         serde_json::from_str(r#"[{"match": {"identityPrefix": "t-"}}]"#).unwrap();
     let mut written = std::collections::BTreeSet::new();

@@ -381,6 +381,16 @@ fn render_gateway(
             serde_json::to_string(&status.routes).expect("routes serialize"),
         );
     }
+    if let Some(percent) = status.shadow_percent.filter(|p| *p != Weight::ZERO) {
+        let shadow = zdeploy_api::shadow::ShadowCopy {
+            pool: Pool::Canary.name().into(),
+            percent,
+        };
+        data.insert(
+            zdeploy_gateway::follow::SHADOW_KEY.to_string(),
+            serde_json::to_string(&shadow).expect("shadow serializes"),
+        );
+    }
     r.config_maps.push(ConfigMap {
         metadata: meta(svc, weights_configmap(name), gw.clone()),
         data: Some(data),
@@ -413,6 +423,27 @@ fn render_gateway(
     for edge in svc.spec.latency_edges() {
         args.push("--latency-edge".into());
         args.push(zdeploy_api::Duration::from(edge).to_string());
+    }
+    // Which replies are errors: the manifest's, as the local runtime's zgate uses it.
+    let classifier = &svc.spec.zmq.error_classifier;
+    args.extend([
+        "--error-prefix".into(),
+        classifier.reply_prefix.clone().unwrap_or_default(),
+    ]);
+    if let Some(f) = &classifier.status_frame {
+        args.extend(["--error-status-frame".into(), f.frame.to_string()]);
+        args.extend(["--error-status-min".into(), f.error_at_or_above.to_string()]);
+    }
+    // How shadow replies are compared: fixed by the manifest, so part of the pod spec.
+    let compare = &svc.spec.zmq.compare;
+    if *compare != zdeploy_api::compare::ReplyComparison::default() {
+        args.extend(["--compare-by".into(), compare.by.to_string()]);
+        for f in &compare.ignore_frames {
+            args.extend(["--compare-ignore-frame".into(), f.to_string()]);
+        }
+        for m in &compare.masks {
+            args.extend(["--compare-mask".into(), m.to_string()]);
+        }
     }
     let container = Container {
         name: "zgate".into(),
