@@ -957,7 +957,7 @@ fn shadow_copies_catch_a_canary_answering_3_percent_differently_and_clients_get_
     assert_eq!(kept.len(), 5, "{report}");
     assert_eq!(kept[0]["outcome"], "mismatch");
     assert_eq!(kept[0]["stable"][0], "OK");
-    assert_eq!(kept[0]["canary"][0], "OK v2");
+    assert_eq!(kept[0]["canary"][0], "OK changed");
     assert!(kept[0]["request"][0].as_str().unwrap().starts_with('q'));
     // Stopped: nothing more is copied; a pool that does not exist is refused.
     let (code, body) = gw.put("/shadow", r#"{"pool": "blue", "percent": 5}"#);

@@ -316,3 +316,131 @@ fn a_manifest_route_sends_testers_to_the_canary_at_weight_zero_until_the_rollbac
     );
     drop(up);
 }
+
+/// A service whose replies are comparable between revisions (`--stamp`: no name in the
+/// body, `ts=` and `by=` frames of their own), shadowed at 100% before any weight, and
+/// judged on its mismatch ratio. `canary` holds the peer's flags for the canary's
+/// behaviour, `compare` the manifest's `zmq.compare`.
+fn manifest_shadowed(dir: &Path, name: &str, canary: &str, compare: &str) -> PathBuf {
+    let text = format!(
+        "apiVersion: zdeploy.io/v1alpha1
+kind: ZmqService
+metadata: {{name: {name}}}
+spec:
+  windows: {{build: \"2022\"}}
+  template: {{spec: {{containers: [{{name: svc, image: \"example.com/quotes:v1\"}}]}}}}
+  zmq: {{port: 7000, requestTimeout: 2s, idempotent: true, compare: {compare}}}
+  strategy:
+    canary:
+      steps: [{{shadow: {{percent: 100}}}}, {{analysis: {{}}}}, {{setWeight: 50}}, {{pause: {{}}}}]
+      analysis:
+        interval: 500ms
+        failureLimit: 0
+        minSamples: 200
+        metrics: [{{name: shadow-mismatches, builtin: shadowMismatchRatio, max: 0.01}}]
+  runbooks:
+    - {{id: canary-error-ratio-high, alerts: [CanaryErrorRateHigh]}}
+  local:
+    command: [\"{python}\", \"{peer}\", rep, --bind, \"{{{{endpoint}}}}\", --name, \"{{{{revision}}}}\", --stamp, {canary}]
+",
+        python = python().display(),
+        peer = root().join("tests/peers/zmq_peer.py").display(),
+    );
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Rolls `name` out to v2 under steady REQ traffic until the status says `done`; returns
+/// the final status and who answered the client's requests (the `by=` frame).
+fn shadowed_rollout(
+    state: &Path,
+    frontend: &str,
+    name: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> (serde_json::Value, serde_json::Value) {
+    let stop = state.join("stop-traffic");
+    let traffic = {
+        let (frontend, stop) = (frontend.to_string(), stop.display().to_string());
+        std::thread::spawn(move || {
+            client(&[
+                "req",
+                "--connect",
+                &frontend,
+                "--count",
+                "0",
+                "--stop-file",
+                &stop,
+            ])
+        })
+    };
+    let (code, out) = zdeploy(
+        state,
+        &["rollout", name, "--image", "example.com/quotes:v2"],
+    );
+    assert_eq!(code, 0, "{out}");
+    let mut s = status(state, name);
+    for _ in 0..300 {
+        if done(&s) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        s = status(state, name);
+    }
+    std::fs::write(&stop, "").unwrap();
+    let r = traffic.join().unwrap();
+    assert_eq!(r["lost"], 0, "{r}");
+    (s, r["by_stamp"].clone())
+}
+
+#[test]
+fn a_canary_answering_3_percent_differently_is_rolled_back_by_shadow_comparison_unseen() {
+    let dir = tempdir("shadow");
+    let file = manifest_shadowed(
+        &dir,
+        "shadowed",
+        "--differ-ratio, \"0.03\", --differ-in, v2",
+        "{ignoreFrames: [2, 3]}",
+    );
+    let state = dir.join("state");
+    let up = up(&file, &state);
+    let (s, by) = shadowed_rollout(&state, &up.frontend, "shadowed", |s| {
+        s["status"]["history"].is_array()
+    });
+    let last = &s["status"]["history"][0];
+    assert_eq!(last["outcome"], "RolledBack", "{s}");
+    let reason = last["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("shadow-mismatches"), "{s}");
+    // Not one of the canary's replies reached a client.
+    let answered: Vec<&String> = by.as_object().unwrap().keys().collect();
+    assert_eq!(answered, ["by=v1"], "{by}");
+    assert!(by["by=v1"].as_u64().unwrap() >= 200, "{by}");
+    drop(up);
+}
+
+#[test]
+fn a_canary_differing_only_in_a_masked_timestamp_passes_shadow_comparison() {
+    let dir = tempdir("shadow-masked");
+    let file = manifest_shadowed(
+        &dir,
+        "masked",
+        "--differ-ratio, \"0\"",
+        "{ignoreFrames: [3], masks: [{frame: 2, regex: \"ts=[0-9]+\"}]}",
+    );
+    let state = dir.join("state");
+    let up = up(&file, &state);
+    let (s, by) = shadowed_rollout(&state, &up.frontend, "masked", |s| {
+        s["status"]["phase"] == "Paused" || s["status"]["history"].is_array()
+    });
+    assert_eq!(s["status"]["phase"], "Paused", "{s}");
+    assert_eq!(s["status"]["canaryWeight"], 50, "the analysis passed: {s}");
+    assert!(by["by=v1"].as_u64().unwrap() >= 200, "{by}");
+    let (code, out) = zdeploy(&state, &["rollback", "masked"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        status(&state, "masked")["status"]
+            .get("shadowPercent")
+            .is_none()
+    );
+    drop(up);
+}

@@ -31,8 +31,8 @@ def answer(args, frames):
     status = b"ERR" if random.random() < args.error_ratio else b"OK"
     if args.stamp:
         # Comparable across services: no name in the body; when and who in frames of their own.
-        if random.random() < args.differ_ratio:
-            status += b" v2"
+        if random.random() < args.differ_ratio and args.differ_in in (None, args.name):
+            status += b" changed"
         stamp = [b"ts=%d" % time.time_ns(), b"by=" + args.name.encode()]
         return [status] + frames + stamp
     return [status + b" " + args.name.encode()] + frames
@@ -123,6 +123,9 @@ def client(args):
         summary["received"] += 1
         word = body[0].split(b" ")[0].decode() + " " + (body[0].split(b" ") + [b""])[1].decode()
         summary["by_first_word"][word] = summary["by_first_word"].get(word, 0) + 1
+        if body[-1].startswith(b"by="):
+            by = summary.setdefault("by_stamp", {})
+            by[body[-1].decode()] = by.get(body[-1].decode(), 0) + 1
         if body[0].startswith(b"OK") and args.size and body[-1] != payload:
             summary["mismatched"] += 1
 
@@ -194,8 +197,9 @@ def main():
         "--differ-ratio",
         type=float,
         default=0.0,
-        help="service with --stamp: share of replies whose first frame reads 'OK v2' (not an error)",
+        help="service with --stamp: share of replies whose first frame reads 'OK changed' (not an error)",
     )
+    p.add_argument("--differ-in", help="apply --differ-ratio only when --name is this")
     p.add_argument("--heartbeat", action="store_true")
     p.add_argument("--log")
     p.add_argument("--log-times", action="store_true", help="prefix each logged request with the time")
