@@ -336,7 +336,8 @@ spec:
       analysis:
         interval: 500ms
         failureLimit: 0
-        minSamples: 200
+        # 3% over 1,000 copies: a pass (at most 1% seen) is beyond four standard deviations.
+        minSamples: 1000
         metrics: [{{name: shadow-mismatches, builtin: shadowMismatchRatio, max: 0.01}}]
   runbooks:
     - {{id: canary-error-ratio-high, alerts: [CanaryErrorRateHigh]}}
