@@ -316,6 +316,11 @@ pub fn describe(name: &str, s: &ZmqServiceStatus) -> String {
         let routes: Vec<String> = s.routes.iter().map(|r| r.to_string()).collect();
         out.push_str(&format!("Routes:    {}\n", routes.join(", ")));
     }
+    if let Some(percent) = s.shadow_percent {
+        out.push_str(&format!(
+            "Shadow:    {percent}% of stable's requests copied to the canary, replies compared\n"
+        ));
+    }
     if let Some(m) = &s.message {
         out.push_str(&format!("Message:   {m}\n"));
     }

@@ -435,6 +435,13 @@ fn a_canary_differing_only_in_a_masked_timestamp_passes_shadow_comparison() {
     });
     assert_eq!(s["status"]["phase"], "Paused", "{s}");
     assert_eq!(s["status"]["canaryWeight"], 50, "the analysis passed: {s}");
+    assert_eq!(s["status"]["shadowPercent"], 100, "{s}");
+    let (code, text) = zdeploy(&state, &["status", "masked"]);
+    assert_eq!(code, 0);
+    assert!(
+        text.contains("Shadow:    100% of stable's requests copied"),
+        "{text}"
+    );
     assert!(by["by=v1"].as_u64().unwrap() >= 200, "{by}");
     let (code, out) = zdeploy(&state, &["rollback", "masked"]);
     assert_eq!(code, 0, "{out}");
