@@ -271,17 +271,39 @@ fn until<T>(
         }
         assert!(
             Instant::now() < deadline,
-            "{what}: not within 60 s; pods:\n{}\nplayed: {:#?}\nzgate sees: {:#?}",
+            "{what}: not within 60 s; pods:\n{}\nEndpointSlices:\n{}\nplayed: {:#?}\nzgate sees: {:#?}\nzgate logs:\n{}",
             cp.kubectl(&["get", "pods", "-n", ns, "-o", "wide"]),
+            cp.kubectl(&["get", "endpointslices", "-n", ns, "-o", "wide"]),
             runner.pods(),
             runner
                 .running(None)
                 .iter()
                 .map(|gw| backends(gw, "stable"))
+                .collect::<Vec<_>>(),
+            runner
+                .running(None)
+                .iter()
+                .map(|gw| log_tail(gw))
                 .collect::<Vec<_>>()
+                .join("\n")
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The last lines of a zgate pod's log, for a failure message.
+fn log_tail(gw: &PodRecord) -> String {
+    let text = gw
+        .output
+        .as_ref()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    format!(
+        "--- {}:\n{}",
+        gw.name,
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    )
 }
 
 /// A client through each zgate replica, sending from now on.
