@@ -215,6 +215,10 @@ pub struct Strategy {
     /// Canary steps and analysis.
     #[serde(default)]
     pub canary: Canary,
+    /// Blue-green instead of canary steps: the new revision is previewed at weight 0, then
+    /// takes all traffic at once while the old pool stays up for `scaleDownDelay`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blue_green: Option<BlueGreen>,
 }
 
 impl Default for Strategy {
@@ -224,8 +228,95 @@ impl Default for Strategy {
             progress_deadline: default_progress_deadline(),
             reach_deadline: default_reach_deadline(),
             canary: Canary::default(),
+            blue_green: None,
         }
     }
+}
+
+/// How a new revision is released: the strategy the manifest chose.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Release<'a> {
+    /// Weights step by step (`strategy.canary`).
+    Canary(&'a Canary),
+    /// Preview, then all at once, the old pool kept (`strategy.blueGreen`).
+    BlueGreen(&'a BlueGreen),
+}
+
+impl Strategy {
+    /// The strategy in force: blue-green when `blueGreen` is given, else the canary.
+    pub fn release(&self) -> Release<'_> {
+        match &self.blue_green {
+            Some(bg) => Release::BlueGreen(bg),
+            None => Release::Canary(&self.canary),
+        }
+    }
+
+    /// The steps a rollout runs: the canary's, or the blue-green preview's.
+    pub fn steps(&self) -> &[Step] {
+        match self.release() {
+            Release::Canary(c) => &c.steps,
+            Release::BlueGreen(bg) => &bg.preview,
+        }
+    }
+
+    /// The analysis that judges the new revision.
+    pub fn analysis(&self) -> &Analysis {
+        match self.release() {
+            Release::Canary(c) => &c.analysis,
+            Release::BlueGreen(bg) => &bg.analysis,
+        }
+    }
+
+    /// Routes by client while a rollout runs.
+    pub fn routes(&self) -> &[ClientRoute] {
+        match self.release() {
+            Release::Canary(c) => &c.routes,
+            Release::BlueGreen(bg) => &bg.routes,
+        }
+    }
+
+    /// The field under `spec.strategy` that holds the steps, analysis and routes:
+    /// `canary` or `blueGreen`.
+    pub fn field(&self) -> &'static str {
+        match self.release() {
+            Release::Canary(_) => "canary",
+            Release::BlueGreen(_) => "blueGreen",
+        }
+    }
+
+    /// The name of the steps list under `field()`: `steps` or `preview`.
+    pub fn steps_field(&self) -> &'static str {
+        match self.release() {
+            Release::Canary(_) => "steps",
+            Release::BlueGreen(_) => "preview",
+        }
+    }
+}
+
+/// Blue-green: the new revision starts at full size beside the old one and takes no
+/// weight while its preview runs (shadow copies, routes by client, analysis, a pause for a
+/// person); then all traffic switches to it at once. The old pool keeps running for
+/// `scaleDownDelay`, so a rollback is one weight change back with nothing to start.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BlueGreen {
+    /// Steps before the switch: `shadow`, `analysis` and `pause` (no `setWeight`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub preview: Vec<Step>,
+    /// How long the old pool keeps running after the switch; analysis goes on meanwhile
+    /// and a breach switches back. Shorter than `progressDeadline`.
+    #[serde(default = "default_scale_down_delay")]
+    pub scale_down_delay: Duration,
+    /// Analysis run every `interval` during the preview and after the switch.
+    #[serde(default)]
+    pub analysis: Analysis,
+    /// Routes by client during the preview and the scale-down delay.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<ClientRoute>,
+}
+
+fn default_scale_down_delay() -> Duration {
+    Duration::from_secs(30)
 }
 
 fn default_progress_deadline() -> Duration {
@@ -543,8 +634,7 @@ impl ZmqServiceSpec {
     pub fn latency_edges(&self) -> Vec<std::time::Duration> {
         let mut edges: Vec<_> = self
             .strategy
-            .canary
-            .analysis
+            .analysis()
             .metrics
             .iter()
             .filter_map(Metric::latency_edge)
@@ -806,6 +896,10 @@ pub struct RolloutState {
     /// Since when the canary's pods have been ready while zgate cannot reach any of them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unreachable_since: Option<Time>,
+    /// Blue-green: when all traffic switched to the new revision; the old pool runs until
+    /// `scaleDownDelay` after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switched: Option<Time>,
 }
 
 /// The observed state of a ZmqService.
@@ -878,6 +972,7 @@ impl RolloutState {
             pause_reason: None,
             reached: None,
             unreachable_since: None,
+            switched: None,
         }
     }
 }

@@ -302,3 +302,54 @@ fn a_route_matches_one_way_and_needs_zgate() {
         "{replicas:?}"
     );
 }
+
+#[test]
+fn blue_green_is_an_alternative_to_canary_steps() {
+    let blue_green = |extra: &str, preview: &str| {
+        MINIMAL.to_string()
+            + &format!(
+                "  strategy:\n{extra}    blueGreen:\n      scaleDownDelay: 30s\n      preview: {preview}\n"
+            )
+    };
+    assert_eq!(
+        problems(&blue_green("", "[{analysis: {}}, {pause: {}}]")),
+        Vec::<String>::new()
+    );
+    let weighted = problems(&blue_green("", "[{setWeight: 10}]"));
+    assert!(
+        weighted.len() == 1
+            && weighted[0].contains("spec.strategy.blueGreen.preview[0].setWeight: blue-green gives the new revision all traffic at once"),
+        "{weighted:?}"
+    );
+    let both = problems(&blue_green(
+        "    canary:\n      steps: [{setWeight: 10}]\n",
+        "[]",
+    ));
+    assert!(
+        both.len() == 1
+            && both[0].contains(
+                "spec.strategy.canary: give strategy.canary or strategy.blueGreen, not both"
+            ),
+        "{both:?}"
+    );
+    let replicas = problems(&blue_green("    router: replicas\n", "[]"));
+    assert!(
+        replicas
+            .iter()
+            .any(|p| p
+                .contains("spec.strategy.blueGreen: blue-green switches traffic through zgate")),
+        "{replicas:?}"
+    );
+    let long = problems(&blue_green("    progressDeadline: 20s\n", "[]"));
+    assert!(
+        long.len() == 1
+            && long[0].contains("spec.strategy.blueGreen.scaleDownDelay: must be shorter than strategy.progressDeadline (20s)"),
+        "{long:?}"
+    );
+    let unknown = problems(&blue_green("", "[{analysis: {metrics: [nope]}}]"));
+    assert!(
+        unknown.len() == 1
+            && unknown[0].contains("spec.strategy.blueGreen.preview[0].analysis.metrics[0]: names no metric of strategy.blueGreen.analysis.metrics"),
+        "{unknown:?}"
+    );
+}

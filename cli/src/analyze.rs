@@ -52,7 +52,7 @@ pub async fn run(args: &Args) -> anyhow::Result<ExitCode> {
         namespace: args.namespace.clone(),
         pool: args.pool,
     };
-    let spec = svc.spec.strategy.canary.analysis.clone();
+    let spec = svc.spec.strategy.analysis().clone();
     let (source, age) = match (&args.prometheus, &args.scrape) {
         (Some(url), _) => (Source::prometheus(url), args.since.get()),
         (None, Some(url)) => (

@@ -321,6 +321,12 @@ pub fn describe(name: &str, s: &ZmqServiceStatus) -> String {
             "Shadow:    {percent}% of stable's requests copied to the canary, replies compared\n"
         ));
     }
+    if let Some(at) = s.rollout.as_ref().and_then(|r| r.switched.as_ref()) {
+        out.push_str(&format!(
+            "Switched:  {} (blue-green: the old pool is kept; `zdeploy rollback` switches back)\n",
+            at.0.strftime("%Y-%m-%d %H:%M:%S")
+        ));
+    }
     if let Some(m) = &s.message {
         out.push_str(&format!("Message:   {m}\n"));
     }

@@ -347,7 +347,7 @@ fn at(t0: Timestamp, d: Duration) -> Timestamp {
 /// One rollout of `spec`, judged by `who`, on the traffic of `cell` drawn from `seed`.
 fn rollout(spec: &ZmqServiceSpec, who: Judge, cell: &Cell, seed: u64) -> Ending {
     let mut rng = fastrand::Rng::with_seed(seed);
-    let analysis = &spec.strategy.canary.analysis;
+    let analysis = &spec.strategy.analysis();
     let interval = analysis.interval.get();
     let t0 = Timestamp::UNIX_EPOCH + SignedDuration::from_hours(24 * 365 * 30);
     let mut status = ZmqServiceStatus {
@@ -489,11 +489,11 @@ fn rollout(spec: &ZmqServiceSpec, who: Judge, cell: &Cell, seed: u64) -> Ending 
         };
         feed(&mut status, analysed(measurements, now), now);
         // The operator promotes the final pause after a while.
-        let last_step = spec.strategy.canary.steps.len().saturating_sub(1);
+        let last_step = spec.strategy.steps().len().saturating_sub(1);
         let at_final_pause = status.phase == Phase::Paused
             && status.rollout.as_ref().is_some_and(|r| !r.paused)
             && status.current_step == Some(last_step as u32)
-            && matches!(spec.strategy.canary.steps.get(last_step), Some(Step::Pause(p)) if p.duration.is_none());
+            && matches!(spec.strategy.steps().get(last_step), Some(Step::Pause(p)) if p.duration.is_none());
         if at_final_pause {
             let since = *final_pause_since.get_or_insert(now);
             if now.duration_since(since) >= SignedDuration::try_from(PROMOTE_AFTER).unwrap() {
@@ -626,7 +626,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
-    let a = &spec.strategy.canary.analysis;
+    let a = &spec.strategy.analysis();
     println!(
         "the example's analysis: interval {}, minSamples {}, alpha {}, failureLimit {}, {} metrics; A/B stable: 0.5% errors or 0.5% slow",
         a.interval,

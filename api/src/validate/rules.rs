@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use kube::ResourceExt;
 
 use super::{FieldPath, Problem};
-use crate::service::{Builtin, Metric, Router, SocketPattern, Step};
+use crate::service::{Builtin, Canary, Metric, Router, SocketPattern, Step};
 use crate::windows::forbidden_fields;
 use crate::{ChaosSchedule, Fault, ZmqService};
 
@@ -26,8 +26,9 @@ fn valued(path: FieldPath, rule: impl Into<String>, value: impl serde::Serialize
 
 /// Routes by client: each matches one way, and needs zgate to route them.
 fn routes(svc: &ZmqService, out: &mut Vec<Problem>) {
-    let path = spec().key("strategy").key("canary").key("routes");
-    let routes = &svc.spec.strategy.canary.routes;
+    let strategy = &svc.spec.strategy;
+    let path = spec().key("strategy").key(strategy.field()).key("routes");
+    let routes = strategy.routes();
     if !routes.is_empty() && svc.spec.strategy.router != Router::Gateway {
         out.push(problem(
             path.clone(),
@@ -59,15 +60,16 @@ pub fn zmq_service(svc: &ZmqService) -> Vec<Problem> {
         ));
     }
     workload(svc, &mut out);
+    blue_green(svc, &mut out);
     steps(svc, &mut out);
     routes(svc, &mut out);
     let metrics_path = spec()
         .key("strategy")
-        .key("canary")
+        .key(svc.spec.strategy.field())
         .key("analysis")
         .key("metrics");
     metrics(
-        &svc.spec.strategy.canary.analysis.metrics,
+        &svc.spec.strategy.analysis().metrics,
         &metrics_path,
         &mut out,
     );
@@ -141,18 +143,52 @@ fn workload(svc: &ZmqService, out: &mut Vec<Problem>) {
     }
 }
 
+/// Blue-green is the canary's alternative, needs zgate to switch all traffic at once,
+/// and keeps the old pool for less than the progress deadline.
+fn blue_green(svc: &ZmqService, out: &mut Vec<Problem>) {
+    let strategy = &svc.spec.strategy;
+    let Some(bg) = &strategy.blue_green else {
+        return;
+    };
+    let path = spec().key("strategy").key("blueGreen");
+    if strategy.canary != Canary::default() {
+        out.push(problem(
+            spec().key("strategy").key("canary"),
+            "give strategy.canary or strategy.blueGreen, not both: blue-green has its own preview, analysis and routes",
+        ));
+    }
+    if strategy.router != Router::Gateway {
+        out.push(problem(
+            path.clone(),
+            "blue-green switches traffic through zgate: use strategy.router: gateway",
+        ));
+    }
+    if bg.scale_down_delay.get() >= strategy.progress_deadline.get() {
+        out.push(valued(
+            path.key("scaleDownDelay"),
+            format!(
+                "must be shorter than strategy.progressDeadline ({}): the rollout ends when the old pool is scaled down",
+                strategy.progress_deadline
+            ),
+            bg.scale_down_delay,
+        ));
+    }
+}
+
 fn steps(svc: &ZmqService, out: &mut Vec<Problem>) {
-    let canary = &svc.spec.strategy.canary;
-    let path = spec().key("strategy").key("canary").key("steps");
-    let names: HashSet<&str> = canary
-        .analysis
-        .metrics
-        .iter()
-        .map(|m| m.name.as_str())
-        .collect();
+    let strategy = &svc.spec.strategy;
+    let release = spec().key("strategy").key(strategy.field());
+    let path = release.key(strategy.steps_field());
+    let analysis = strategy.analysis();
+    let names: HashSet<&str> = analysis.metrics.iter().map(|m| m.name.as_str()).collect();
     let mut last: Option<(usize, u8)> = None;
-    for (i, step) in canary.steps.iter().enumerate() {
+    for (i, step) in strategy.steps().iter().enumerate() {
         match step {
+            Step::SetWeight(w) if strategy.blue_green.is_some() => out.push(valued(
+                path.index(i).key("setWeight"),
+                "blue-green gives the new revision all traffic at once after the preview: preview it with shadow or routes, or use strategy.canary for weights",
+                w.percent(),
+            )),
             Step::SetWeight(w) => {
                 if let Some((at, prev)) = last
                     && w.percent() < prev
@@ -170,7 +206,10 @@ fn steps(svc: &ZmqService, out: &mut Vec<Problem>) {
                     if !names.contains(m.as_str()) {
                         out.push(valued(
                             path.index(i).key("analysis").key("metrics").index(j),
-                            "names no metric of strategy.canary.analysis.metrics",
+                            format!(
+                                "names no metric of strategy.{}.analysis.metrics",
+                                strategy.field()
+                            ),
                             m,
                         ));
                     }
@@ -180,13 +219,12 @@ fn steps(svc: &ZmqService, out: &mut Vec<Problem>) {
             Step::Pause(_) => {}
         }
     }
-    let shadowed = canary.steps.iter().any(|s| matches!(s, Step::Shadow(_)));
-    let metrics = spec()
-        .key("strategy")
-        .key("canary")
-        .key("analysis")
-        .key("metrics");
-    for (i, m) in canary.analysis.metrics.iter().enumerate() {
+    let shadowed = strategy
+        .steps()
+        .iter()
+        .any(|s| matches!(s, Step::Shadow(_)));
+    let metrics = release.key("analysis").key("metrics");
+    for (i, m) in analysis.metrics.iter().enumerate() {
         if m.builtin == Some(Builtin::ShadowMismatchRatio) && !shadowed {
             out.push(problem(
                 metrics.index(i).key("builtin"),
@@ -282,7 +320,7 @@ fn metrics(metrics: &[Metric], path: &FieldPath, out: &mut Vec<Problem>) {
 /// timeout (no request is slower than that: it is answered with a timeout error).
 fn latency_edges(svc: &ZmqService, path: &FieldPath, out: &mut Vec<Problem>) {
     let timeout = svc.spec.zmq.request_timeout.get().as_secs_f64();
-    for (i, m) in svc.spec.strategy.canary.analysis.metrics.iter().enumerate() {
+    for (i, m) in svc.spec.strategy.analysis().metrics.iter().enumerate() {
         let Some(edge) = m.latency_edge() else {
             continue;
         };

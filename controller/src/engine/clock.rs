@@ -35,7 +35,8 @@ pub fn canary_age(rollout: &RolloutState, now: Timestamp) -> Duration {
 }
 
 /// When the engine next needs `Input::Tick` to act on time alone (a timed pause ends, the
-/// progress deadline passes, a stopped canary has drained); `None` when nothing is timed.
+/// progress deadline passes, a blue-green scale-down delay ends, a stopped canary has
+/// drained); `None` when nothing is timed.
 /// A time before `now` means at once. Inputs from outside (measurements, commands, zgate
 /// reaching the canary) come whenever they come.
 pub fn poll_timeout(
@@ -57,11 +58,21 @@ pub fn poll_timeout(
         spec.strategy.progress_deadline.get() + Duration::from_millis(1),
     );
     let step = status.current_step.unwrap_or(0) as usize;
-    let pause_ends = match spec.strategy.canary.steps.get(step) {
+    let pause_ends = match spec.strategy.steps().get(step) {
         Some(Step::Pause(p)) => p.duration.map(|d| after(r.step_started.0, d.get())),
         _ => None,
     };
-    Some(pause_ends.map_or(deadline, |p| p.min(deadline)))
+    // Blue-green: the old pool goes once the scale-down delay after the switch is over.
+    let scale_down = match (&spec.strategy.blue_green, &r.switched) {
+        (Some(bg), Some(at)) => Some(after(at.0, bg.scale_down_delay.get())),
+        _ => None,
+    };
+    Some(
+        [pause_ends, scale_down]
+            .into_iter()
+            .flatten()
+            .fold(deadline, Timestamp::min),
+    )
 }
 
 #[cfg(test)]

@@ -7,7 +7,9 @@
 //! the step did; an inconclusive result never moves a rollout forward; a breach (failed
 //! analysis, a firing alert whatever the failure limit) wins over any pause; a rollback sets the canary weight to 0
 //! before it scales the canary down; behind zgate, the canary gets no weight before zgate
-//! has reached one of its pods.
+//! has reached one of its pods. Blue-green: the new revision (in the canary pool) has
+//! weight 0 until its preview is done, then 100 in one change; the old pool stays up until
+//! `scaleDownDelay` after that switch, so a rollback is again one change, back to 0.
 
 pub mod clock;
 
@@ -17,8 +19,8 @@ use zdeploy_api::Weight;
 use zdeploy_api::command::CommandRequest;
 use zdeploy_api::route::Route;
 use zdeploy_api::service::{
-    HISTORY_LIMIT, Measurement, Outcome, Phase, RolloutRecord, RolloutState, Router, RunbookRef,
-    Step, Verdict, ZmqServiceSpec, ZmqServiceStatus,
+    BlueGreen, HISTORY_LIMIT, Measurement, Outcome, Phase, Release, RolloutRecord, RolloutState,
+    Router, RunbookRef, Step, Verdict, ZmqServiceSpec, ZmqServiceStatus,
 };
 use zdeploy_gateway::metrics::HandshakeFailure;
 
@@ -185,6 +187,8 @@ pub enum Reason {
     RolloutStarted,
     /// zgate reached the canary's pods: it now takes weight.
     CanaryReached,
+    /// Blue-green: all traffic switched to the new revision; the old pool is kept.
+    Switched,
     /// Held by hand.
     Paused,
     /// Continued by hand.
@@ -203,6 +207,7 @@ impl Reason {
         match self {
             Reason::RolloutStarted => "RolloutStarted",
             Reason::CanaryReached => "CanaryReached",
+            Reason::Switched => "Switched",
             Reason::Paused => "Paused",
             Reason::Resumed => "Resumed",
             Reason::AnalysisInconclusive => "AnalysisInconclusive",
@@ -245,7 +250,7 @@ fn notice(severity: Severity, reason: Reason, message: String) -> Action {
 /// manifest does not have would otherwise read as "all steps done" and promote the canary
 /// without analysis. Returns the field and the rule broken.
 pub fn check_recorded(spec: &ZmqServiceSpec, status: &ZmqServiceStatus) -> Result<(), String> {
-    let steps = spec.strategy.canary.steps.len();
+    let steps = spec.strategy.steps().len();
     match (status.rollout.is_some(), status.current_step) {
         (true, None) => Err("currentStep is missing while a rollout is recorded".into()),
         (true, Some(s)) if s as usize > steps => Err(format!(
@@ -254,6 +259,14 @@ pub fn check_recorded(spec: &ZmqServiceSpec, status: &ZmqServiceStatus) -> Resul
         (false, Some(s)) => Err(format!("currentStep is {s}, but no rollout is recorded")),
         _ if status.rollout.is_some() && status.canary_revision.is_none() => {
             Err("canaryRevision is missing while a rollout is recorded".into())
+        }
+        _ if status
+            .rollout
+            .as_ref()
+            .is_some_and(|r| r.switched.is_some())
+            && spec.strategy.blue_green.is_none() =>
+        {
+            Err("rollout.switched is recorded, but the manifest's strategy is not blueGreen".into())
         }
         _ => Ok(()),
     }
@@ -406,9 +419,14 @@ fn command(spec: &ZmqServiceSpec, d: &mut Decision, c: &Command, now: Timestamp)
             advance(spec, d, now);
         }
         Command::Promote { full: true } => complete(d, "promoted by hand (--full)", now),
+        Command::Promote { full: false } if switched(&d.status) => complete(
+            d,
+            "promoted by hand: the old pool goes without waiting for scaleDownDelay",
+            now,
+        ),
         Command::Promote { full: false } => {
             let i = d.status.current_step.unwrap_or(0) as usize;
-            match spec.strategy.canary.steps.get(i) {
+            match spec.strategy.steps().get(i) {
                 Some(Step::Analysis(_)) => {
                     d.refused = Some("the current step is an analysis: it passes only on a passing analysis (promote --full overrides)".into());
                 }
@@ -445,8 +463,7 @@ fn start(
     // Validated with the manifest; zgate applies a route once the canary is usable.
     let routes: Vec<Route> = spec
         .strategy
-        .canary
-        .routes
+        .routes()
         .iter()
         .filter_map(|r| r.route().ok())
         .collect();
@@ -497,7 +514,7 @@ fn advance(spec: &ZmqServiceSpec, d: &mut Decision, now: Timestamp) {
     }
     // `--canary N` applies first, then the steps after the last setWeight at or below N.
     if let Some(initial) = r.initial_weight {
-        let steps = &spec.strategy.canary.steps;
+        let steps = spec.strategy.steps();
         let skip_to = steps
             .iter()
             .rposition(|s| matches!(s, Step::SetWeight(w) if *w <= initial))
@@ -513,14 +530,8 @@ fn advance(spec: &ZmqServiceSpec, d: &mut Decision, now: Timestamp) {
     loop {
         let i = d.status.current_step.unwrap_or(0) as usize;
         let r = d.status.rollout.as_ref().expect("in rollout");
-        match spec.strategy.canary.steps.get(i) {
-            // An inconclusive or failed analysis never promotes: the last one must pass.
-            None if !last_analysis_passed(&d.status) => {
-                d.status.message =
-                    Some("all steps done: waiting for a passing analysis to promote".into());
-                return;
-            }
-            None => return complete(d, "all steps passed", now),
+        match spec.strategy.steps().get(i) {
+            None => return steps_done(spec, d, now),
             Some(Step::SetWeight(w)) => {
                 set_weight(d, *w);
                 d.status.message = Some(format!("step {i}: canary at {w}%"));
@@ -560,6 +571,57 @@ fn advance(spec: &ZmqServiceSpec, d: &mut Decision, now: Timestamp) {
     }
 }
 
+/// Every step is done. A canary is promoted on a passing analysis (an inconclusive or
+/// failed one never promotes). Blue-green switches all traffic to the new revision, then
+/// is promoted once `scaleDownDelay` is over and the analysis passes.
+fn steps_done(spec: &ZmqServiceSpec, d: &mut Decision, now: Timestamp) {
+    let switched = d.status.rollout.as_ref().and_then(|r| r.switched.clone());
+    match (spec.strategy.release(), switched) {
+        (Release::BlueGreen(bg), None) => switch(bg, d, now),
+        (Release::BlueGreen(bg), Some(at)) if elapsed(&at, now) < bg.scale_down_delay.get() => {
+            d.status.message = Some(format!(
+                "all traffic on the new revision; the old pool stays up for {} after the switch",
+                bg.scale_down_delay
+            ));
+        }
+        _ if !last_analysis_passed(&d.status) => {
+            d.status.message =
+                Some("all steps done: waiting for a passing analysis to promote".into());
+        }
+        (Release::BlueGreen(_), Some(_)) => complete(d, "scale-down delay over", now),
+        (Release::Canary(_), _) => complete(d, "all steps passed", now),
+    }
+}
+
+/// Blue-green's switch: shadow copies stop and the new revision takes all traffic in one
+/// weight change; the old pool keeps running.
+fn switch(bg: &BlueGreen, d: &mut Decision, now: Timestamp) {
+    set_shadow(d, Weight::ZERO);
+    set_weight(d, Weight::FULL);
+    let r = d.status.rollout.as_mut().expect("in rollout");
+    r.switched = Some(time(now));
+    r.last_progress = time(now);
+    let revision = d.status.canary_revision.clone().unwrap_or_default();
+    let old = d.status.stable_revision.clone().unwrap_or_default();
+    let delay = bg.scale_down_delay;
+    d.status.message = Some(format!(
+        "all traffic on {revision}; {old} stays up for {delay}"
+    ));
+    d.actions.push(notice(
+        Severity::Normal,
+        Reason::Switched,
+        format!("all traffic switched to {revision}; {old} stays up for {delay}: `zdeploy rollback` switches back at once"),
+    ));
+}
+
+/// Whether a blue-green rollout has switched all traffic to the new revision.
+fn switched(status: &ZmqServiceStatus) -> bool {
+    status
+        .rollout
+        .as_ref()
+        .is_some_and(|r| r.switched.is_some())
+}
+
 fn set_shadow(d: &mut Decision, w: Weight) {
     let wanted = (w != Weight::ZERO).then_some(w);
     if d.status.shadow_percent != wanted {
@@ -580,7 +642,7 @@ fn analysis(
         return;
     };
     d.status.analysis = measurements.to_vec();
-    let limits = &spec.strategy.canary.analysis;
+    let limits = &spec.strategy.analysis();
     match verdict {
         Verdict::Fail => {
             r.failures += 1;
@@ -621,7 +683,7 @@ fn analysis(
         Verdict::Pass => {
             r.inconclusive_streak = 0;
             let i = d.status.current_step.unwrap_or(0) as usize;
-            if let Some(Step::Analysis(a)) = spec.strategy.canary.steps.get(i) {
+            if let Some(Step::Analysis(a)) = spec.strategy.steps().get(i) {
                 let began_after_step = started >= r.step_started.0;
                 let required: Vec<&String> = if a.metrics.is_empty() {
                     limits.metrics.iter().map(|m| &m.name).collect()

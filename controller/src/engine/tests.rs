@@ -796,3 +796,191 @@ fn every_status_field_of_the_crd_is_written() {
         "in the CRD, written by no one: {unwritten:?}"
     );
 }
+
+const BLUE_GREEN: &str = "\
+apiVersion: zdeploy.io/v1alpha1
+kind: ZmqService
+metadata: {name: echo}
+spec:
+  windows: {build: \"2022\"}
+  template: {spec: {containers: [{name: echo, image: echo:1}]}}
+  zmq: {port: 5555, idempotent: true}
+  strategy:
+    progressDeadline: 5m
+    blueGreen:
+      preview:
+        - shadow: {percent: 100}
+        - analysis: {}
+        - pause: {}
+      scaleDownDelay: 60s
+      analysis:
+        metrics:
+          - {name: error-ratio, builtin: errorRatio, max: 0.01}
+";
+
+fn blue_green() -> ZmqServiceSpec {
+    let mut svcs = zdeploy_api::validate::load_services(BLUE_GREEN).expect("valid manifest");
+    svcs.remove(0).spec
+}
+
+/// The weights the actions set, in order.
+fn weights(actions: &[Action]) -> Vec<u8> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::SetCanaryWeight(w) => Some(w.percent()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A blue-green rollout through its preview: shadowed, analysed, paused for a person.
+fn previewed() -> Vec<(i64, Input)> {
+    vec![
+        (0, rollout(None)),
+        (0, live()),
+        (5, measured(Verdict::Pass, at(5))),
+    ]
+}
+
+#[test]
+fn blue_green_previews_at_weight_zero_then_switches_all_at_once() {
+    let spec = blue_green();
+    let (d, actions) = run_spec(&spec, stable(), &previewed());
+    assert_eq!(d.status.canary_weight, Weight::ZERO, "{actions:?}");
+    assert_eq!(d.status.shadow_percent, Some(Weight::FULL));
+    assert_eq!(d.status.phase, Phase::Paused, "the preview's pause holds");
+    assert!(weights(&actions).is_empty(), "{actions:?}");
+
+    let mut inputs = previewed();
+    inputs.push((20, cmd(Command::Promote { full: false })));
+    let (d, actions) = run_spec(&spec, stable(), &inputs);
+    assert_eq!(
+        weights(&actions),
+        vec![100],
+        "one change, to all: {actions:?}"
+    );
+    assert_eq!(d.status.shadow_percent, None, "copies stop at the switch");
+    let r = d
+        .status
+        .rollout
+        .as_ref()
+        .expect("still in the scale-down delay");
+    assert_eq!(r.switched, Some(Time(at(20))));
+    assert!(
+        !actions
+            .iter()
+            .any(|a| matches!(a, Action::StopCanary | Action::DeployStable { .. }))
+    );
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Event(n) if n.reason == Reason::Switched))
+    );
+    assert_eq!(
+        clock::poll_timeout(&spec, &d.status, at(20)),
+        Some(at(80)),
+        "the engine wants the time when the delay ends"
+    );
+}
+
+#[test]
+fn blue_green_keeps_the_old_pool_for_the_delay_then_promotes() {
+    let spec = blue_green();
+    let mut inputs = previewed();
+    inputs.push((20, cmd(Command::Promote { full: false })));
+    inputs.push((30, measured(Verdict::Pass, at(30))));
+    inputs.push((79, Input::Tick));
+    let (d, _) = run_spec(&spec, stable(), &inputs);
+    assert!(d.status.rollout.is_some(), "59 s after the switch: kept");
+    inputs.push((80, Input::Tick));
+    let (d, actions) = run_spec(&spec, stable(), &inputs);
+    assert!(d.status.rollout.is_none());
+    assert_eq!(d.status.stable_revision.as_deref(), Some("echo:2"));
+    assert_eq!(d.status.history[0].outcome, Outcome::Promoted);
+    let tail: Vec<&Action> = actions.iter().rev().take(4).collect();
+    assert!(
+        tail.iter()
+            .any(|a| matches!(a, Action::DeployStable { revision } if revision == "echo:2"))
+            && tail.contains(&&Action::StopCanary),
+        "{tail:?}"
+    );
+}
+
+#[test]
+fn blue_green_rollback_in_the_delay_is_one_weight_change_back() {
+    let spec = blue_green();
+    let mut inputs = previewed();
+    inputs.push((20, cmd(Command::Promote { full: false })));
+    let (before, _) = run_spec(&spec, stable(), &inputs);
+    let d = step(
+        &spec,
+        &before.status,
+        &cmd(Command::Abort {
+            reason: "paged".into(),
+        }),
+        at(40),
+    );
+    assert_eq!(weights(&d.actions), vec![0], "{:?}", d.actions);
+    assert_eq!(
+        d.actions.first(),
+        Some(&Action::SetCanaryWeight(Weight::ZERO)),
+        "weight back first, with nothing to start before it"
+    );
+    assert!(
+        !d.actions
+            .iter()
+            .any(|a| matches!(a, Action::DeployStable { .. } | Action::StartCanary { .. }))
+    );
+    assert_eq!(d.status.phase, Phase::RolledBack);
+    assert_eq!(d.status.stable_revision.as_deref(), Some("echo:1"));
+    // A failed analysis after the switch does the same by itself.
+    let d = step(
+        &spec,
+        &before.status,
+        &measured(Verdict::Fail, at(40)),
+        at(40),
+    );
+    assert_eq!(
+        d.actions.first(),
+        Some(&Action::SetCanaryWeight(Weight::ZERO))
+    );
+    assert_eq!(d.status.phase, Phase::RolledBack);
+}
+
+#[test]
+fn blue_green_after_the_delay_waits_for_a_passing_analysis() {
+    let spec = blue_green();
+    let mut inputs = previewed();
+    inputs.push((20, cmd(Command::Promote { full: false })));
+    inputs.push((30, measured(Verdict::Inconclusive, at(30))));
+    inputs.push((90, Input::Tick));
+    let (d, _) = run_spec(&spec, stable(), &inputs);
+    assert!(d.status.rollout.is_some(), "{:?}", d.status.message);
+    assert_eq!(d.status.canary_weight, Weight::FULL);
+}
+
+#[test]
+fn blue_green_promote_in_the_delay_ends_it_now() {
+    let spec = blue_green();
+    let mut inputs = previewed();
+    inputs.push((20, cmd(Command::Promote { full: false })));
+    inputs.push((25, cmd(Command::Promote { full: false })));
+    let (d, _) = run_spec(&spec, stable(), &inputs);
+    assert!(d.status.rollout.is_none());
+    assert_eq!(d.status.stable_revision.as_deref(), Some("echo:2"));
+}
+
+#[test]
+fn a_switch_recorded_under_a_canary_strategy_is_refused() {
+    let mut status = stable();
+    status.canary_revision = Some("echo:2".into());
+    status.current_step = Some(0);
+    status.rollout = Some(RolloutState {
+        switched: Some(Time(at(0))),
+        ..RolloutState::started_at(Time(at(0)), None)
+    });
+    assert!(check_recorded(&blue_green(), &status).is_ok());
+    let e = check_recorded(&spec(), &status).unwrap_err();
+    assert!(e.contains("switched"), "{e}");
+}

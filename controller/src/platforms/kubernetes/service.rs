@@ -182,7 +182,7 @@ impl Context {
             let mut analyzer = Analyzer::new(
                 source,
                 target,
-                svc.spec.strategy.canary.analysis.clone(),
+                svc.spec.strategy.analysis().clone(),
                 None,
                 Span::CanaryLife,
             );
@@ -209,7 +209,7 @@ impl Context {
         let mut analyzer = analyzer.lock().await;
         let (ns, name) = (svc.namespace().unwrap_or_default(), svc.name_any());
         analyzer.scrape_targets(self.endpoints.zgate_metrics(&ns, &name));
-        let every = svc.spec.strategy.canary.analysis.interval.get();
+        let every = svc.spec.strategy.analysis().interval.get();
         let last = status.analysis.iter().map(|m| m.at.0).max();
         let due = last.is_none_or(|t| {
             now.duration_since(t) >= jiff::SignedDuration::try_from(every).unwrap_or_default()
@@ -429,8 +429,7 @@ async fn apply(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
         Some(_) => svc
             .spec
             .strategy
-            .canary
-            .analysis
+            .analysis()
             .interval
             .get()
             .max(Duration::from_secs(1)),

@@ -262,7 +262,7 @@ impl Runtime {
         let mut analyzer = Analyzer::new(
             source,
             target,
-            svc.spec.strategy.canary.analysis.clone(),
+            svc.spec.strategy.analysis().clone(),
             inbox.clone(),
             Span::CanaryLife,
         );
@@ -356,8 +356,7 @@ impl Runtime {
         let mut analysis = tokio::time::interval(
             self.spec
                 .strategy
-                .canary
-                .analysis
+                .analysis()
                 .interval
                 .get()
                 .max(Duration::from_millis(100)),
