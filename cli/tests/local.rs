@@ -452,3 +452,213 @@ fn a_canary_differing_only_in_a_masked_timestamp_passes_shadow_comparison() {
     );
     drop(up);
 }
+
+/// A blue-green service: previewed with every request shadowed (replies compared, the
+/// timestamp masked), held for a person, then switched; the old pool is kept for
+/// `scaleDownDelay` after the switch.
+fn manifest_blue_green(dir: &Path, name: &str, delay: &str) -> PathBuf {
+    let text = format!(
+        "apiVersion: zdeploy.io/v1alpha1
+kind: ZmqService
+metadata: {{name: {name}}}
+spec:
+  windows: {{build: \"2022\"}}
+  template: {{spec: {{containers: [{{name: svc, image: \"example.com/quotes:v1\"}}]}}}}
+  zmq: {{port: 7000, requestTimeout: 2s, idempotent: true, compare: {{ignoreFrames: [3], masks: [{{frame: 2, regex: \"ts=[0-9]+\"}}]}}}}
+  strategy:
+    blueGreen:
+      preview: [{{shadow: {{percent: 100}}}}, {{analysis: {{metrics: [shadow-mismatches]}}}}, {{pause: {{}}}}]
+      scaleDownDelay: {delay}
+      analysis:
+        interval: 500ms
+        minSamples: 200
+        inconclusiveLimit: 1000000
+        metrics:
+          - {{name: shadow-mismatches, builtin: shadowMismatchRatio, max: 0.01}}
+          - {{name: error-ratio, builtin: errorRatio, max: 0.01}}
+  runbooks:
+    - {{id: canary-error-ratio-high, alerts: [CanaryErrorRateHigh]}}
+  local:
+    command: [\"{python}\", \"{peer}\", rep, --bind, \"{{{{endpoint}}}}\", --name, \"{{{{revision}}}}\", --stamp, --differ-ratio, \"0\"]
+",
+        python = python().display(),
+        peer = root().join("tests/peers/zmq_peer.py").display(),
+    );
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Who answered `n` requests of a fresh REQ client (the `by=` frame).
+fn answered_by(frontend: &str, n: u32) -> serde_json::Value {
+    let r = client(&["req", "--connect", frontend, "--count", &n.to_string()]);
+    assert_eq!(
+        (r["received"].as_u64(), r["lost"].as_u64()),
+        (Some(n.into()), Some(0)),
+        "{r}"
+    );
+    r["by_stamp"].clone()
+}
+
+/// Polls the status until `done` holds (at most 30 s).
+fn status_until(
+    state: &Path,
+    name: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let mut s = status(state, name);
+    for _ in 0..300 {
+        if done(&s) {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        s = status(state, name);
+    }
+    panic!("not within 30 s: {s}");
+}
+
+#[test]
+fn blue_green_previews_switches_and_switches_back_in_one_weight_change() {
+    let dir = tempdir("blue-green");
+    let file = manifest_blue_green(&dir, "bg", "60s");
+    let state = dir.join("state");
+    let mut up = up(&file, &state);
+    // Steady traffic throughout: not one request may go unanswered.
+    let stop = state.join("stop-traffic");
+    let traffic = {
+        let (frontend, stop) = (up.frontend.clone(), stop.display().to_string());
+        std::thread::spawn(move || {
+            client(&[
+                "req",
+                "--connect",
+                &frontend,
+                "--count",
+                "0",
+                "--stop-file",
+                &stop,
+            ])
+        })
+    };
+    let (code, out) = zdeploy(
+        &state,
+        &["rollout", "bg", "--image", "example.com/quotes:v2"],
+    );
+    assert_eq!(code, 0, "{out}");
+
+    // Preview: shadowed and judged at weight 0, then held for a person.
+    let s = status_until(&state, "bg", |s| s["status"]["phase"] == "Paused");
+    assert_eq!(s["status"]["canaryWeight"], 0, "{s}");
+    assert_eq!(s["status"]["shadowPercent"], 100, "{s}");
+    assert_eq!(
+        s["status"]["currentStep"], 2,
+        "the analysis step passed: {s}"
+    );
+    assert_eq!(
+        answered_by(&up.frontend, 300),
+        serde_json::json!({"by=v1": 300})
+    );
+
+    // Promote: every request to the new revision at once, the old pool kept.
+    let (code, out) = zdeploy(&state, &["promote", "bg"]);
+    assert_eq!(code, 0, "{out}");
+    let s = status(&state, "bg");
+    assert_eq!(s["status"]["canaryWeight"], 100, "{s}");
+    assert!(s["status"]["rollout"]["switched"].is_string(), "{s}");
+    assert!(s["status"].get("shadowPercent").is_none(), "{s}");
+    assert_eq!(
+        answered_by(&up.frontend, 300),
+        serde_json::json!({"by=v2": 300})
+    );
+    let (_, text) = zdeploy(&state, &["status", "bg"]);
+    assert!(text.contains("Switched:  "), "{text}");
+
+    // Rollback within the scale-down delay: back to the old pool in one weight change,
+    // with nothing to start first.
+    up.proc.drain();
+    let asked = std::time::Instant::now();
+    let (code, out) = zdeploy(&state, &["rollback", "bg", "--reason", "paged"]);
+    assert_eq!(code, 0, "{out}");
+    let command = asked.elapsed();
+    // The first requests sent once the command returned all reach the old pool.
+    assert_eq!(
+        answered_by(&up.frontend, 300),
+        serde_json::json!({"by=v1": 300})
+    );
+    println!(
+        "blue-green rollback in the scale-down delay: `zdeploy rollback` returned in {:.0} ms; the next 300 requests all reached the old pool",
+        command.as_secs_f64() * 1000.0
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let changes: Vec<String> = up
+        .proc
+        .drain()
+        .into_iter()
+        .filter(|l| l.contains(" weights: "))
+        .collect();
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert!(
+        changes[0].ends_with("weights: stable 100%, canary 0%"),
+        "{changes:?}"
+    );
+    let s = status(&state, "bg");
+    assert_eq!(s["status"]["phase"], "RolledBack", "{s}");
+    assert_eq!(
+        s["status"]["stableRevision"], "example.com/quotes:v1",
+        "{s}"
+    );
+
+    std::fs::write(&stop, "").unwrap();
+    let r = traffic.join().unwrap();
+    assert_eq!(r["lost"], 0, "{r}");
+    assert!(r["by_stamp"]["by=v2"].as_u64() > Some(0), "{r}");
+    drop(up);
+}
+
+#[test]
+fn blue_green_scales_the_old_pool_down_after_the_delay() {
+    let dir = tempdir("blue-green-delay");
+    let file = manifest_blue_green(&dir, "bgd", "3s");
+    let state = dir.join("state");
+    let up = up(&file, &state);
+    let stop = state.join("stop-traffic");
+    let traffic = {
+        let (frontend, stop) = (up.frontend.clone(), stop.display().to_string());
+        std::thread::spawn(move || {
+            client(&[
+                "req",
+                "--connect",
+                &frontend,
+                "--count",
+                "0",
+                "--stop-file",
+                &stop,
+            ])
+        })
+    };
+    let (code, out) = zdeploy(
+        &state,
+        &["rollout", "bgd", "--image", "example.com/quotes:v2"],
+    );
+    assert_eq!(code, 0, "{out}");
+    status_until(&state, "bgd", |s| s["status"]["phase"] == "Paused");
+    let (code, out) = zdeploy(&state, &["promote", "bgd"]);
+    assert_eq!(code, 0, "{out}");
+    let s = status_until(&state, "bgd", |s| s["status"]["phase"] == "Healthy");
+    assert_eq!(
+        s["status"]["stableRevision"], "example.com/quotes:v2",
+        "{s}"
+    );
+    assert_eq!(s["status"]["history"][0]["outcome"], "Promoted", "{s}");
+    assert_eq!(
+        s["status"]["history"][0]["reason"], "scale-down delay over",
+        "{s}"
+    );
+    assert_eq!(
+        answered_by(&up.frontend, 300),
+        serde_json::json!({"by=v2": 300})
+    );
+    std::fs::write(&stop, "").unwrap();
+    let r = traffic.join().unwrap();
+    assert_eq!(r["lost"], 0, "{r}");
+    drop(up);
+}

@@ -117,6 +117,11 @@ impl Proc {
         }
     }
 
+    /// The stdout lines printed since the last read, without waiting.
+    pub fn drain(&mut self) -> Vec<String> {
+        self.lines.try_iter().collect()
+    }
+
     /// Sends a signal (e.g. "TERM", "STOP", "KILL").
     pub fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
