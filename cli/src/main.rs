@@ -75,21 +75,23 @@ enum Command {
         after_help = "Example:\n  zdeploy up -f manifests/examples/echo-local.yaml\n  # in another terminal:\n  zdeploy rollout echo --canary 10 --image registry.example.com/echo:2.1"
     )]
     Up(Box<local::UpArgs>),
-    /// Start releasing a new revision as a canary.
+    /// Start releasing a new revision: canary steps, or a blue-green preview.
     #[command(
         after_help = "Examples:\n  zdeploy rollout echo --canary 10 --image registry.example.com/echo:2.1\n  zdeploy rollout echo            # the image in the manifest"
     )]
     Rollout {
         #[command(flatten)]
         on: On,
-        /// Start at this canary weight (0-100), then follow the manifest's steps.
+        /// Start at this canary weight (0-100), then follow the manifest's steps (not with
+        /// blue-green, which switches all at once after its preview).
         #[arg(long, value_parser = weight)]
         canary: Option<Weight>,
         /// The image to release (default: the manifest's).
         #[arg(long)]
         image: Option<String>,
     },
-    /// Move past the current pause step (--full: make the canary stable now).
+    /// Move past the current pause step; blue-green after the switch: the old pool goes now
+    /// (--full: make the new revision stable now).
     Promote {
         #[command(flatten)]
         on: On,
@@ -97,7 +99,7 @@ enum Command {
         #[arg(long)]
         full: bool,
     },
-    /// Send all traffic back to stable now and stop the canary.
+    /// Send all traffic back to stable now and stop the canary (blue-green: to the old pool).
     #[command(after_help = "Example:\n  zdeploy rollback echo --reason \"paged: latency\"")]
     Rollback {
         #[command(flatten)]

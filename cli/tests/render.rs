@@ -133,6 +133,15 @@ fn the_example_with_a_runtime_class_renders_valid_objects() {
 }
 
 #[test]
+fn the_blue_green_example_renders_valid_objects_with_the_shadow_rules_in_zgate() {
+    let yaml = render(&root().join("manifests/examples/echo-blue-green.yaml"));
+    kubernetes_validate(&yaml, "1.37");
+    check_windows_pools(&yaml, false);
+    assert_eq!(deployments(&yaml).len(), 3);
+    assert!(yaml.contains("ts=[0-9]+"), "zgate gets the compare mask: {yaml}");
+}
+
+#[test]
 fn without_runtime_class_the_pods_select_and_tolerate_windows_nodes() {
     let file = variant(
         "no-rc",

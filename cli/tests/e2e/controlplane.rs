@@ -620,10 +620,12 @@ impl ControlPlane {
     }
 
     /// Runs `during` with the API server stopped (etcd and the rest keep running), then
-    /// starts it again and waits until it is ready. The control plane's own clients
-    /// (controller manager, scheduler, kwok) are started again too: client-go's informers
-    /// back off after an outage, with jitter, up to a minute before they list again, and
-    /// the scenarios after this one measure zdeploy, not that backoff.
+    /// starts it again and waits until it is ready, and until the control plane works
+    /// again: client-go's informers back off after an outage, with jitter, up to a minute
+    /// before they list again, and the scenarios after this one measure zdeploy, not that
+    /// backoff. The controller manager and the scheduler are started again (no state of
+    /// their own); kwok is not (it hands out pod addresses from memory, and would give a
+    /// live pod's address to a new one), so a probe pod must run before this returns.
     pub fn with_apiserver_down(&self, during: impl FnOnce()) {
         let on = |names: &[&str], act: fn(&mut Daemon)| {
             let mut daemons = self.daemons.lock().unwrap();
@@ -641,9 +643,30 @@ impl ControlPlane {
             |cp| cp.kubectl_status(&["get", "--raw=/readyz"]),
         );
         on(
-            &["kube-controller-manager", "kube-scheduler", "kwok"],
+            &["kube-controller-manager", "kube-scheduler"],
             Daemon::restart,
         );
+        let name = format!("outage-probe-{}", self.restarts.lock().unwrap().len());
+        let probe = self.file(
+            &format!("{name}.yaml"),
+            &format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  nodeSelector: {{kubernetes.io/os: linux}}\n  containers: [{{name: probe, image: probe.example/none:1}}]\n"),
+        );
+        self.kubectl(&["apply", "-f", &probe.display().to_string()]);
+        self.wait(
+            "a pod is scheduled and runs after the restart",
+            Duration::from_secs(120),
+            |cp| {
+                cp.kubectl_status(&[
+                    "wait",
+                    "--for=jsonpath={.status.phase}=Running",
+                    &format!("pod/{name}"),
+                    "-n",
+                    "default",
+                    "--timeout=2s",
+                ])
+            },
+        );
+        self.kubectl(&["delete", "pod", &name, "-n", "default", "--wait=false"]);
     }
 }
 

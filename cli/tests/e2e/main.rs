@@ -78,6 +78,11 @@ fn main() {
         ),
         trial(
             &cp,
+            "blue_green_switches_and_switches_back_in_one_change",
+            traffic::blue_green_switches_and_switches_back_in_one_change,
+        ),
+        trial(
+            &cp,
             "a_standby_takes_over_from_a_killed_leader",
             leader::a_standby_takes_over_from_a_killed_leader,
         ),

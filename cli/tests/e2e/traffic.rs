@@ -677,3 +677,127 @@ pub fn routes_by_client_reach_the_canary_at_weight_zero(cp: &ControlPlane) -> Re
     );
     Ok(())
 }
+
+/// The echo example with `strategy.blueGreen` in place of its canary: previewed by a
+/// tester's route, held for a person, the old pool kept `scaleDownDelay` after the switch.
+fn blue_green(text: String) -> String {
+    let start = text
+        .find("    canary:\n")
+        .expect("the example has a canary");
+    let end = text
+        .find("  runbooks:\n")
+        .expect("the example has runbooks");
+    let strategy = "    blueGreen:
+      preview:
+        - pause: {}            # wait for `zdeploy promote echo`
+      scaleDownDelay: 5m
+      routes:
+        - match: {identityPrefix: tester-}
+      analysis:
+        interval: 2s
+";
+    format!("{}{strategy}{}", &text[..start], &text[end..])
+}
+
+/// Blue-green through the controller: the new revision previewed at weight 0 (a tester's
+/// requests reach it, no one else's), `zdeploy promote` switches every zgate replica to
+/// it in one change, and `zdeploy rollback` within the scale-down delay switches back in
+/// one change, with the old pods never gone. Clients through both replicas all along.
+pub fn blue_green_switches_and_switches_back_in_one_change(
+    cp: &ControlPlane,
+) -> Result<(), Failed> {
+    let Stage {
+        ns,
+        ctl: _ctl,
+        pods: runner,
+    } = cp.stage("blue-green");
+    deploy(cp, &ns.name, &runner, blue_green);
+    let old_pods: Vec<String> = runner
+        .running(Some("stable"))
+        .iter()
+        .map(|p| p.name.clone())
+        .collect();
+    let clients = clients(&runner);
+    cp.zdeploy(&["rollout", "echo", "-n", &ns.name, "--image", V2]);
+    until(
+        cp,
+        &ns.name,
+        &runner,
+        "the preview's route in every zgate, the new pods live",
+        || {
+            let route = serde_json::json!(["canary=identity:tester-"]);
+            (zgate_routes(&runner).iter().all(|r| *r == route)
+                && runner.running(Some("canary")).len() == 3
+                && all_live(&runner, "canary"))
+            .then_some(())
+        },
+    );
+    assert_eq!(cp.status(&ns.name, "echo")["canaryWeight"], 0);
+    for gw in runner.running(None) {
+        assert_eq!(canary_answers(&gw, "tester-1", 200), 200, "{}", gw.name);
+        assert_eq!(canary_answers(&gw, "customer-1", 200), 0, "{}", gw.name);
+    }
+
+    // The switch: every zgate replica goes from 0 to 100 with nothing between.
+    let switch = weights_seen(&runner, 100, || {
+        cp.zdeploy(&["promote", "echo", "-n", &ns.name]);
+    });
+    let s = cp.status(&ns.name, "echo");
+    assert!(s["rollout"]["switched"].is_string(), "{s}");
+    for gw in runner.running(None) {
+        assert_eq!(canary_answers(&gw, "customer-1", 200), 200, "{}", gw.name);
+    }
+
+    // Within the delay: back in one change, to pods that never stopped.
+    let asked = Instant::now();
+    let back = weights_seen(&runner, 0, || {
+        cp.zdeploy(&["rollback", "echo", "-n", &ns.name, "--reason", "paged"]);
+    });
+    let took = asked.elapsed();
+    for gw in runner.running(None) {
+        assert_eq!(canary_answers(&gw, "customer-1", 200), 0, "{}", gw.name);
+    }
+    let stable_now: Vec<String> = runner
+        .running(Some("stable"))
+        .iter()
+        .map(|p| p.name.clone())
+        .collect();
+    assert_eq!(stable_now, old_pods, "the old pool was kept, not restarted");
+    assert_eq!(cp.status(&ns.name, "echo")["phase"], "RolledBack");
+    println!(
+        "blue-green in the cluster: canary weights seen by each zgate replica at the switch {switch:?}, at the rollback {back:?}; rollback command -> every replica at 0: {:.0} ms",
+        ms(took)
+    );
+    for summary in stop(&runner, clients, 1000) {
+        assert_eq!(errors(&summary), Vec::<String>::new(), "{summary}");
+        assert!(answered_by(&summary, "-canary-") > 0, "{summary}");
+    }
+    Ok(())
+}
+
+/// Runs `act`, then polls every zgate replica's canary weight until all are `target`;
+/// returns the distinct weights each replica showed, in order (one change: `[from, to]`).
+fn weights_seen(runner: &PodRunner, target: u64, act: impl FnOnce()) -> Vec<Vec<u64>> {
+    let mut seen: Vec<Vec<u64>> = zgate_canary_weights(runner)
+        .into_iter()
+        .map(|w| vec![w])
+        .collect();
+    act();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = zgate_canary_weights(runner);
+        for (s, w) in seen.iter_mut().zip(&now) {
+            if s.last() != Some(w) {
+                s.push(*w);
+            }
+        }
+        if now.iter().all(|w| *w == target) {
+            return seen;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "weights {seen:?}, not all {target}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

@@ -373,6 +373,8 @@ fn command(spec: &ZmqServiceSpec, d: &mut Decision, c: &Command, now: Timestamp)
                 ));
             } else if d.status.stable_revision.as_deref() == Some(revision.as_str()) {
                 d.refused = Some(format!("{revision} is already the stable revision"));
+            } else if canary.is_some() && spec.strategy.blue_green.is_some() {
+                d.refused = Some("--canary sets a first weight, and blue-green gives the new revision none until its preview is done, then all at once: leave --canary out".into());
             } else {
                 start(spec, d, revision.clone(), *canary, now);
                 advance(spec, d, now);

@@ -984,3 +984,15 @@ fn a_switch_recorded_under_a_canary_strategy_is_refused() {
     let e = check_recorded(&spec(), &status).unwrap_err();
     assert!(e.contains("switched"), "{e}");
 }
+
+#[test]
+fn blue_green_refuses_a_first_canary_weight() {
+    let d = step(&blue_green(), &stable(), &rollout(Some(10)), at(0));
+    assert!(
+        d.refused
+            .as_deref()
+            .is_some_and(|r| r.contains("leave --canary out")),
+        "{d:?}"
+    );
+    assert!(d.actions.is_empty());
+}
