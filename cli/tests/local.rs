@@ -360,21 +360,7 @@ fn shadowed_rollout(
     name: &str,
     done: impl Fn(&serde_json::Value) -> bool,
 ) -> (serde_json::Value, serde_json::Value) {
-    let stop = state.join("stop-traffic");
-    let traffic = {
-        let (frontend, stop) = (frontend.to_string(), stop.display().to_string());
-        std::thread::spawn(move || {
-            client(&[
-                "req",
-                "--connect",
-                &frontend,
-                "--count",
-                "0",
-                "--stop-file",
-                &stop,
-            ])
-        })
-    };
+    let traffic = Traffic::start(frontend, state);
     let (code, out) = zdeploy(
         state,
         &["rollout", name, "--image", "example.com/quotes:v2"],
@@ -388,9 +374,7 @@ fn shadowed_rollout(
         std::thread::sleep(Duration::from_millis(100));
         s = status(state, name);
     }
-    std::fs::write(&stop, "").unwrap();
-    let r = traffic.join().unwrap();
-    assert_eq!(r["lost"], 0, "{r}");
+    let r = traffic.finish();
     (s, r["by_stamp"].clone())
 }
 
@@ -451,6 +435,51 @@ fn a_canary_differing_only_in_a_masked_timestamp_passes_shadow_comparison() {
             .is_none()
     );
     drop(up);
+}
+
+/// A REQ client sending through zgate from its start until `finish`.
+struct Traffic {
+    stop: PathBuf,
+    thread: std::thread::JoinHandle<serde_json::Value>,
+}
+
+impl Traffic {
+    /// Starts sending through `frontend`; its stop file goes in `dir`.
+    fn start(frontend: &str, dir: &Path) -> Self {
+        let stop = dir.join("stop-traffic");
+        let args = [
+            "req".to_string(),
+            "--connect".into(),
+            frontend.into(),
+            "--count".into(),
+            "0".into(),
+            "--stop-file".into(),
+            stop.display().to_string(),
+        ];
+        let thread = std::thread::spawn(move || {
+            client(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        });
+        Traffic { stop, thread }
+    }
+
+    /// Stops the client and returns its summary, after checking every request it sent
+    /// was answered.
+    fn finish(self) -> serde_json::Value {
+        std::fs::write(&self.stop, "").unwrap();
+        let r = self.thread.join().unwrap();
+        assert_eq!(r["lost"], 0, "{r}");
+        r
+    }
+}
+
+/// Rolls `name` out to v2 and waits until its preview (or a step) holds it for a person.
+fn previewed(state: &Path, name: &str) -> serde_json::Value {
+    let (code, out) = zdeploy(
+        state,
+        &["rollout", name, "--image", "example.com/quotes:v2"],
+    );
+    assert_eq!(code, 0, "{out}");
+    status_until(state, name, |s| s["status"]["phase"] == "Paused")
 }
 
 /// A blue-green service: previewed with every request shadowed (replies compared, the
@@ -524,29 +553,9 @@ fn blue_green_previews_switches_and_switches_back_in_one_weight_change() {
     let state = dir.join("state");
     let mut up = up(&file, &state);
     // Steady traffic throughout: not one request may go unanswered.
-    let stop = state.join("stop-traffic");
-    let traffic = {
-        let (frontend, stop) = (up.frontend.clone(), stop.display().to_string());
-        std::thread::spawn(move || {
-            client(&[
-                "req",
-                "--connect",
-                &frontend,
-                "--count",
-                "0",
-                "--stop-file",
-                &stop,
-            ])
-        })
-    };
-    let (code, out) = zdeploy(
-        &state,
-        &["rollout", "bg", "--image", "example.com/quotes:v2"],
-    );
-    assert_eq!(code, 0, "{out}");
-
+    let traffic = Traffic::start(&up.frontend, &state);
     // Preview: shadowed and judged at weight 0, then held for a person.
-    let s = status_until(&state, "bg", |s| s["status"]["phase"] == "Paused");
+    let s = previewed(&state, "bg");
     assert_eq!(s["status"]["canaryWeight"], 0, "{s}");
     assert_eq!(s["status"]["shadowPercent"], 100, "{s}");
     assert_eq!(
@@ -607,9 +616,7 @@ fn blue_green_previews_switches_and_switches_back_in_one_weight_change() {
         "{s}"
     );
 
-    std::fs::write(&stop, "").unwrap();
-    let r = traffic.join().unwrap();
-    assert_eq!(r["lost"], 0, "{r}");
+    let r = traffic.finish();
     assert!(r["by_stamp"]["by=v2"].as_u64() > Some(0), "{r}");
     drop(up);
 }
@@ -620,27 +627,8 @@ fn blue_green_scales_the_old_pool_down_after_the_delay() {
     let file = manifest_blue_green(&dir, "bgd", "3s");
     let state = dir.join("state");
     let up = up(&file, &state);
-    let stop = state.join("stop-traffic");
-    let traffic = {
-        let (frontend, stop) = (up.frontend.clone(), stop.display().to_string());
-        std::thread::spawn(move || {
-            client(&[
-                "req",
-                "--connect",
-                &frontend,
-                "--count",
-                "0",
-                "--stop-file",
-                &stop,
-            ])
-        })
-    };
-    let (code, out) = zdeploy(
-        &state,
-        &["rollout", "bgd", "--image", "example.com/quotes:v2"],
-    );
-    assert_eq!(code, 0, "{out}");
-    status_until(&state, "bgd", |s| s["status"]["phase"] == "Paused");
+    let traffic = Traffic::start(&up.frontend, &state);
+    previewed(&state, "bgd");
     let (code, out) = zdeploy(&state, &["promote", "bgd"]);
     assert_eq!(code, 0, "{out}");
     let s = status_until(&state, "bgd", |s| s["status"]["phase"] == "Healthy");
@@ -657,8 +645,6 @@ fn blue_green_scales_the_old_pool_down_after_the_delay() {
         answered_by(&up.frontend, 300),
         serde_json::json!({"by=v2": 300})
     );
-    std::fs::write(&stop, "").unwrap();
-    let r = traffic.join().unwrap();
-    assert_eq!(r["lost"], 0, "{r}");
+    traffic.finish();
     drop(up);
 }

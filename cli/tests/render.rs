@@ -138,7 +138,10 @@ fn the_blue_green_example_renders_valid_objects_with_the_shadow_rules_in_zgate()
     kubernetes_validate(&yaml, "1.37");
     check_windows_pools(&yaml, false);
     assert_eq!(deployments(&yaml).len(), 3);
-    assert!(yaml.contains("ts=[0-9]+"), "zgate gets the compare mask: {yaml}");
+    assert!(
+        yaml.contains("ts=[0-9]+"),
+        "zgate gets the compare mask: {yaml}"
+    );
 }
 
 #[test]

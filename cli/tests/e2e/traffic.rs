@@ -283,7 +283,7 @@ fn until<T>(
             runner
                 .running(None)
                 .iter()
-                .map(|gw| log_tail(gw))
+                .map(log_tail)
                 .collect::<Vec<_>>()
                 .join("\n")
         );

@@ -843,6 +843,13 @@ fn previewed() -> Vec<(i64, Input)> {
     ]
 }
 
+/// `previewed`, then promoted at 20 s: switched.
+fn switched_at_20() -> Vec<(i64, Input)> {
+    let mut inputs = previewed();
+    inputs.push((20, cmd(Command::Promote { full: false })));
+    inputs
+}
+
 #[test]
 fn blue_green_previews_at_weight_zero_then_switches_all_at_once() {
     let spec = blue_green();
@@ -852,8 +859,7 @@ fn blue_green_previews_at_weight_zero_then_switches_all_at_once() {
     assert_eq!(d.status.phase, Phase::Paused, "the preview's pause holds");
     assert!(weights(&actions).is_empty(), "{actions:?}");
 
-    let mut inputs = previewed();
-    inputs.push((20, cmd(Command::Promote { full: false })));
+    let inputs = switched_at_20();
     let (d, actions) = run_spec(&spec, stable(), &inputs);
     assert_eq!(
         weights(&actions),
@@ -887,8 +893,7 @@ fn blue_green_previews_at_weight_zero_then_switches_all_at_once() {
 #[test]
 fn blue_green_keeps_the_old_pool_for_the_delay_then_promotes() {
     let spec = blue_green();
-    let mut inputs = previewed();
-    inputs.push((20, cmd(Command::Promote { full: false })));
+    let mut inputs = switched_at_20();
     inputs.push((30, measured(Verdict::Pass, at(30))));
     inputs.push((79, Input::Tick));
     let (d, _) = run_spec(&spec, stable(), &inputs);
@@ -910,8 +915,7 @@ fn blue_green_keeps_the_old_pool_for_the_delay_then_promotes() {
 #[test]
 fn blue_green_rollback_in_the_delay_is_one_weight_change_back() {
     let spec = blue_green();
-    let mut inputs = previewed();
-    inputs.push((20, cmd(Command::Promote { full: false })));
+    let inputs = switched_at_20();
     let (before, _) = run_spec(&spec, stable(), &inputs);
     let d = step(
         &spec,
@@ -951,8 +955,7 @@ fn blue_green_rollback_in_the_delay_is_one_weight_change_back() {
 #[test]
 fn blue_green_after_the_delay_waits_for_a_passing_analysis() {
     let spec = blue_green();
-    let mut inputs = previewed();
-    inputs.push((20, cmd(Command::Promote { full: false })));
+    let mut inputs = switched_at_20();
     inputs.push((30, measured(Verdict::Inconclusive, at(30))));
     inputs.push((90, Input::Tick));
     let (d, _) = run_spec(&spec, stable(), &inputs);
@@ -963,8 +966,7 @@ fn blue_green_after_the_delay_waits_for_a_passing_analysis() {
 #[test]
 fn blue_green_promote_in_the_delay_ends_it_now() {
     let spec = blue_green();
-    let mut inputs = previewed();
-    inputs.push((20, cmd(Command::Promote { full: false })));
+    let mut inputs = switched_at_20();
     inputs.push((25, cmd(Command::Promote { full: false })));
     let (d, _) = run_spec(&spec, stable(), &inputs);
     assert!(d.status.rollout.is_none());
