@@ -388,7 +388,7 @@ fn a_canary_answering_3_percent_differently_is_rolled_back_by_shadow_comparison_
         "{ignoreFrames: [2, 3]}",
     );
     let state = dir.join("state");
-    let up = up(&file, &state);
+    let mut up = up(&file, &state);
     let (s, by) = shadowed_rollout(&state, &up.frontend, "shadowed", |s| {
         s["status"]["history"].is_array()
     });
@@ -396,6 +396,19 @@ fn a_canary_answering_3_percent_differently_is_rolled_back_by_shadow_comparison_
     assert_eq!(last["outcome"], "RolledBack", "{s}");
     let reason = last["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("shadow-mismatches"), "{s}");
+    // The rollback notice shows a pair that differed, escaped.
+    let notice = up
+        .proc
+        .drain()
+        .into_iter()
+        .find(|l| l.contains(" Warning RolledBack: "))
+        .expect("a rollback notice");
+    assert!(
+        notice.contains("; first mismatching pair mismatch: request [")
+            && notice.contains("stable answered [\"OK\"")
+            && notice.contains("by=v2"),
+        "{notice}"
+    );
     // Not one of the canary's replies reached a client.
     let answered: Vec<&String> = by.as_object().unwrap().keys().collect();
     assert_eq!(answered, ["by=v1"], "{by}");

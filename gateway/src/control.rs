@@ -211,10 +211,13 @@ impl Control {
         self.backends.lock().expect("backends lock").clone()
     }
 
-    /// Keeps a mismatching pair, unless enough are kept since the shadow setting changed.
+    /// Keeps a mismatching pair, unless enough are kept since the shadow setting changed;
+    /// a kept one is logged too (in a cluster, where zgate serves no admin API, the log is
+    /// where a person reads it).
     pub fn keep_sample(&self, sample: MismatchSample) {
         let mut kept = self.samples.lock().expect("samples lock");
         if kept.len() < SAMPLES {
+            tracing::warn!(pair = %sample.summary(), "shadow copy: the canary's reply differs from stable's");
             kept.push(sample);
         }
     }

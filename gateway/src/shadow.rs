@@ -107,6 +107,19 @@ pub struct MismatchSample {
     pub canary: Vec<String>,
 }
 
+impl MismatchSample {
+    /// One line for an Event or a log: the outcome and the three messages' frames.
+    pub fn summary(&self) -> String {
+        format!(
+            "{}: request {:?}, stable answered {:?}, canary {:?}",
+            self.outcome.label(),
+            self.request,
+            self.stable,
+            self.canary
+        )
+    }
+}
+
 /// The first bytes of a message's first frames, as much as a sample shows.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Excerpt {
@@ -206,6 +219,16 @@ mod tests {
         let text = Excerpt::of(&[vec![b'a'; 1000]]).shown();
         assert!(text[0].ends_with("a... (1000 bytes)"), "{text:?}");
         assert_eq!(text[0].len(), SAMPLE_BYTES + "... (1000 bytes)".len());
+        let sample = MismatchSample {
+            outcome: ShadowOutcome::Mismatch,
+            request: Excerpt::of(&[b"q\"1".to_vec()]).shown(),
+            stable: Excerpt::of(&[b"a".to_vec()]).shown(),
+            canary: Excerpt::of(&[b"b\n".to_vec()]).shown(),
+        };
+        assert_eq!(
+            sample.summary(),
+            r#"mismatch: request ["q\\\"1"], stable answered ["a"], canary ["b\\n"]"#
+        );
         let many: Vec<Vec<u8>> = (0..20).map(|_| b"f".to_vec()).collect();
         let text = Excerpt::of(&many).shown();
         assert_eq!(text.len(), SAMPLE_FRAMES + 1);

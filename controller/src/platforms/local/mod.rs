@@ -19,12 +19,13 @@ use tokio::sync::{broadcast, mpsc, watch};
 use zdeploy_api::service::LocalRun;
 use zdeploy_api::shadow::ShadowCopy;
 use zdeploy_api::{Pool, Weight, ZmqService, ZmqServiceStatus};
+use zdeploy_gateway::shadow::MismatchSample;
 use zdeploy_gateway::{Gateway, GatewayConfig, PoolConfig};
 
 use crate::analysis::promql::Target;
 use crate::analysis::webhook::AlertInbox;
 use crate::analysis::{AnalysisRun, Analyzer, Source, Span};
-use crate::engine::{self, Action, Command, Input, Reach};
+use crate::engine::{self, Action, Command, Input, Reach, Reason};
 use api::{ChaosQueued, ChaosReply, ChaosRequest, CommandReply, Queued, StatusView};
 use chaos::{Experiment, Scheduled, Step};
 use process::ProcessPool;
@@ -107,6 +108,22 @@ pub struct Runtime {
     metrics_url: String,
     /// Where the admin API listens.
     pub admin_url: String,
+}
+
+/// A rollback notice with the first mismatching pair zgate kept of the shadowed canary,
+/// escaped and capped, so the person reading it sees what differed.
+fn with_first_mismatch(mut actions: Vec<Action>, samples: &[MismatchSample]) -> Vec<Action> {
+    let Some(first) = samples.first() else {
+        return actions;
+    };
+    for a in &mut actions {
+        if let Action::Event(n) = a
+            && n.reason == Reason::RolledBack
+        {
+            n.message = format!("{}; first mismatching pair {}", n.message, first.summary());
+        }
+    }
+    actions
 }
 
 /// Waits until zgate holds a connection to every process of `pool`, so that no request
@@ -480,7 +497,9 @@ impl Runtime {
                     .events
                     .send(RuntimeEvent::Status(Box::new(self.status.clone())));
             }
-            for action in d.actions {
+            // Read now: the pairs go once the shadow copy stops, before the notice is told.
+            let actions = with_first_mismatch(d.actions, &self.gateway.control().samples());
+            for action in actions {
                 let started = matches!(action, Action::StartCanary { .. });
                 if let Err(reason) = self.apply(action).await {
                     // A canary that cannot start is rolled back like any other failure.
