@@ -117,6 +117,33 @@ impl Proc {
         }
     }
 
+    /// The next stdout line that contains `part`, waiting at most `limit`.
+    pub fn wait_line_containing(&mut self, part: &str, limit: Duration) -> String {
+        self.lines_until(part, limit).pop().expect("the line found")
+    }
+
+    /// The stdout lines up to and including the next one that contains `part`, waiting at
+    /// most `limit`.
+    pub fn lines_until(&mut self, part: &str, limit: Duration) -> Vec<String> {
+        let deadline = std::time::Instant::now() + limit;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    let found = l.contains(part);
+                    seen.push(l);
+                    if found {
+                        return seen;
+                    }
+                }
+                Err(e) => panic!(
+                    "no line with {part:?} from the child within {limit:?}: {e}; before: {seen:?}"
+                ),
+            }
+        }
+    }
+
     /// The stdout lines printed since the last read, without waiting.
     pub fn drain(&mut self) -> Vec<String> {
         self.lines.try_iter().collect()
@@ -202,6 +229,46 @@ pub fn client(args: &[&str]) -> serde_json::Value {
     let text = String::from_utf8_lossy(&out.stdout);
     serde_json::from_str(text.lines().last().unwrap_or_default())
         .unwrap_or_else(|e| panic!("client output {text:?}: {e}"))
+}
+
+/// zdeploy.exe, made by `tests/windows/build` (which `./tests/run` runs).
+pub fn windows_exe() -> PathBuf {
+    let exe = root().join(".cache/windows/zdeploy.exe");
+    assert!(
+        exe.exists(),
+        "{} not found: tests/windows/build makes it (./tests/run runs it)",
+        exe.display()
+    );
+    exe
+}
+
+/// Debian's 64-bit wine loader itself: the `wine` wrapper prints a hint about 32-bit
+/// wine on every run, and the exe is 64-bit.
+const WINE64: &str = "/usr/lib/wine/wine64";
+
+/// `zdeploy.exe ARGS` under wine in the repository root, in the wine prefix
+/// `.cache/windows/PREFIX`. Each prefix has a wineserver of its own, which creates the
+/// sockets: a prefix first used in a network namespace keeps its sockets there.
+pub fn wine(prefix: &str, args: &[&str]) -> Command {
+    assert!(
+        std::path::Path::new(WINE64).exists(),
+        "{WINE64} not found: apt-get install wine64 (./tests/run does)"
+    );
+    let mut cmd = Command::new(WINE64);
+    cmd.arg(windows_exe())
+        .args(args)
+        .current_dir(root())
+        .env("WINEPREFIX", root().join(".cache/windows").join(prefix))
+        .env("WINEDEBUG", "-all")
+        // No Mono or Gecko installer dialogs: nothing here needs them.
+        .env("WINEDLLOVERRIDES", "mscoree,mshtml=")
+        .env_remove("KUBECONFIG");
+    cmd
+}
+
+/// A path as Windows programs under wine see it: drive Z: is `/`.
+pub fn windows_path(p: &std::path::Path) -> String {
+    format!("Z:{}", p.display()).replace('/', "\\")
 }
 
 /// An HTTP client for tests (ring as the TLS provider, as in the binary).
