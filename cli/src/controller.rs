@@ -110,7 +110,7 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     tracing::info!(%identity, "waiting for the {} Lease", leader::LEASE_NAME);
     tokio::select! {
         _ = leader.acquired() => {}
-        _ = shutdown_signal() => {
+        _ = crate::signals::wait_for_stop() => {
             leader.release().await;
             return Ok(());
         }
@@ -127,13 +127,4 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     stats.set_leader(false);
     leader.release().await;
     outcome
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

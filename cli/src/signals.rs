@@ -1,12 +1,65 @@
-//! Waiting for SIGINT or SIGTERM, the signals a terminal or the kubelet sends.
+//! The requests to stop that zdeploy obeys: Ctrl-C everywhere; SIGTERM (a terminal, the
+//! kubelet) on Unix; Ctrl-Break, a closed console and a shutdown on Windows.
 
-use tokio::signal::unix::{SignalKind, signal};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Returns when the process is asked to stop.
+#[cfg(unix)]
 pub async fn wait_for_stop() {
+    use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+}
+
+/// Returns when the process is asked to stop.
+#[cfg(windows)]
+pub async fn wait_for_stop() {
+    use tokio::signal::windows::{ctrl_break, ctrl_close, ctrl_shutdown};
+    let mut brk = ctrl_break().expect("installing a Ctrl-Break handler");
+    let mut close = ctrl_close().expect("installing a console-close handler");
+    let mut shutdown = ctrl_shutdown().expect("installing a shutdown handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = brk.recv() => {}
+        _ = close.recv() => {}
+        _ = shutdown.recv() => {}
+    }
+}
+
+/// Set once the process is asked to stop; for loops that poll instead of awaiting.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Installs the handlers that set the stop flag; returns the flag.
+pub fn stop_flag() -> &'static AtomicBool {
+    #[cfg(unix)]
+    {
+        extern "C" fn on_signal(_: libc::c_int) {
+            STOP.store(true, Ordering::Relaxed);
+        }
+        // SAFETY: the handler only stores to an atomic.
+        unsafe {
+            libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+            libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        }
+    }
+    #[cfg(windows)]
+    {
+        unsafe extern "system" fn on_event(_: u32) -> windows_sys::core::BOOL {
+            STOP.store(true, Ordering::Relaxed);
+            1
+        }
+        // SAFETY: the handler only stores to an atomic.
+        unsafe {
+            windows_sys::Win32::System::Console::SetConsoleCtrlHandler(Some(on_event), 1);
+        }
+    }
+    &STOP
+}
+
+/// Whether the stop flag is set.
+pub fn stop_requested(flag: &AtomicBool) -> bool {
+    flag.load(Ordering::Relaxed)
 }

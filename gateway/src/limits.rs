@@ -1,8 +1,17 @@
 //! The process's open-file limit. Every client and backend connection is a descriptor; at
 //! a soft limit of 1,024 a burst of idle connections starves zgate (libzmq retries the
-//! failing accept), so zgate raises its soft limit to the hard one at start.
+//! failing accept), so zgate raises its soft limit to the hard one at start. Windows has
+//! no such limit on sockets.
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the soft limit in force
+/// (`u64::MAX` on Windows, which has none).
+#[cfg(windows)]
+pub fn raise_open_files() -> u64 {
+    u64::MAX
+}
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the soft limit in force.
+#[cfg(unix)]
 pub fn raise_open_files() -> u64 {
     let mut limit = libc::rlimit {
         rlim_cur: 0,

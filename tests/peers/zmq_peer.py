@@ -123,6 +123,10 @@ def client(args):
         summary["received"] += 1
         word = body[0].split(b" ")[0].decode() + " " + (body[0].split(b" ") + [b""])[1].decode()
         summary["by_first_word"][word] = summary["by_first_word"].get(word, 0) + 1
+        # The whole first frame (cut at 40 bytes), for services that say more in it.
+        head = body[0][:40].decode("utf-8", "replace")
+        by_head = summary.setdefault("by_head", {})
+        by_head[head] = by_head.get(head, 0) + 1
         if body[-1].startswith(b"by="):
             by = summary.setdefault("by_stamp", {})
             by[body[-1].decode()] = by.get(body[-1].decode(), 0) + 1

@@ -2,16 +2,11 @@
 //! build metadata that makes it misbehave, so a demo can ship a bad build:
 //! `1.1+errors=0.2` answers 20% of requests with `ERR`, `1.1+latency=300ms` adds delay.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use zdeploy_api::Duration as Span;
 
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::Relaxed);
-}
+use crate::signals;
 
 /// Arguments of `zdeploy example echo`.
 #[derive(clap::Args)]
@@ -44,13 +39,9 @@ fn faults(version: &str) -> (f64, Duration) {
     (errors, latency)
 }
 
-/// Serves until SIGTERM or SIGINT.
+/// Serves until asked to stop (SIGTERM, Ctrl-C; on Windows Ctrl-Break too).
 pub fn run(args: &Args) -> anyhow::Result<()> {
-    // SAFETY: the handler only stores to an atomic.
-    unsafe {
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-    }
+    let stop = signals::stop_flag();
     let (meta_errors, meta_latency) = faults(&args.version);
     let error_ratio = (args.error_ratio + meta_errors).min(1.0);
     let latency = args.latency.get() + meta_latency;
@@ -65,7 +56,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     );
     let ok = format!("OK echo {}", args.version);
     let err = format!("ERR echo {} simulated failure", args.version);
-    while !STOP.load(Ordering::Relaxed) {
+    while !signals::stop_requested(stop) {
         let request = match sock.recv_multipart(0) {
             Ok(r) => r,
             Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => continue,

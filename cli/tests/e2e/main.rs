@@ -17,6 +17,7 @@ mod rbac;
 mod rollout;
 mod scenario;
 mod traffic;
+mod windows;
 mod zgate;
 
 use std::sync::{Arc, OnceLock};
@@ -80,6 +81,11 @@ fn main() {
             &cp,
             "blue_green_switches_and_switches_back_in_one_change",
             traffic::blue_green_switches_and_switches_back_in_one_change,
+        ),
+        trial(
+            &cp,
+            "the_windows_exe_rolls_a_canary_back",
+            windows::the_windows_exe_rolls_a_canary_back,
         ),
         trial(
             &cp,

@@ -250,20 +250,57 @@ const WINE64: &str = "/usr/lib/wine/wine64";
 /// `.cache/windows/PREFIX`. Each prefix has a wineserver of its own, which creates the
 /// sockets: a prefix first used in a network namespace keeps its sockets there.
 pub fn wine(prefix: &str, args: &[&str]) -> Command {
+    let exe = windows_exe();
+    let prefix = root().join(".cache/windows").join(prefix);
+    let mut cmd = wine_in(&prefix);
+    prepare_prefix(&prefix);
+    cmd.arg(exe)
+        .args(args)
+        .current_dir(root())
+        .env_remove("KUBECONFIG");
+    cmd
+}
+
+/// The wine loader with its environment for `prefix`.
+fn wine_in(prefix: &std::path::Path) -> Command {
     assert!(
         std::path::Path::new(WINE64).exists(),
         "{WINE64} not found: apt-get install wine64 (./tests/run does)"
     );
     let mut cmd = Command::new(WINE64);
-    cmd.arg(windows_exe())
-        .args(args)
-        .current_dir(root())
-        .env("WINEPREFIX", root().join(".cache/windows").join(prefix))
+    cmd.env("WINEPREFIX", prefix)
         .env("WINEDEBUG", "-all")
         // No Mono or Gecko installer dialogs: nothing here needs them.
-        .env("WINEDLLOVERRIDES", "mscoree,mshtml=")
-        .env_remove("KUBECONFIG");
+        .env("WINEDLLOVERRIDES", "mscoree,mshtml=");
     cmd
+}
+
+/// Creates the wine prefix once (per test process) and gives it the bcryptprimitives.dll
+/// stand-in that wine 8 lacks (tests/windows/bcryptprimitives.c).
+fn prepare_prefix(prefix: &std::path::Path) {
+    static READY: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    let mut ready = READY.lock().unwrap_or_else(|e| e.into_inner());
+    if ready.iter().any(|p| p == prefix) {
+        return;
+    }
+    let system32 = prefix.join("drive_c/windows/system32");
+    if !system32.exists() {
+        let status = wine_in(prefix)
+            .args(["wineboot", "--init"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("wineboot runs");
+        assert!(status.success(), "wineboot --init: {status}");
+    }
+    let shim = root().join(".cache/windows/bcryptprimitives.dll");
+    assert!(
+        shim.exists(),
+        "{} not found: tests/windows/build makes it",
+        shim.display()
+    );
+    std::fs::copy(&shim, system32.join("bcryptprimitives.dll")).expect("the stand-in is copied");
+    ready.push(prefix.to_path_buf());
 }
 
 /// A path as Windows programs under wine see it: drive Z: is `/`.

@@ -5,6 +5,8 @@
 
 pub mod api;
 pub mod chaos;
+mod child;
+mod private;
 pub mod process;
 pub mod state;
 

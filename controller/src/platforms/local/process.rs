@@ -1,5 +1,6 @@
 //! The processes of one pool (stable or canary): started from the manifest's `local`
-//! command with the revision substituted, checked for readiness, stopped with SIGTERM.
+//! command with the revision substituted, checked for readiness, asked to stop (SIGTERM,
+//! CTRL_BREAK on Windows) and killed after a grace period.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -12,7 +13,7 @@ use zdeploy_api::service::LocalRun;
 
 /// How long a process has to accept connections on its port.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
-/// How long a process has to exit after SIGTERM before SIGKILL.
+/// How long a process has to exit after it is asked to stop before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(3);
 
 /// One pool's processes on fixed ports.
@@ -132,18 +133,13 @@ impl ProcessPool {
             .stdout(log)
             .stderr(err)
             .kill_on_drop(true);
-        // If zdeploy itself dies (even by SIGKILL), the kernel stops its children too.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        // If zdeploy itself dies (even killed), its children stop too.
+        super::child::tie_to_parent(&mut cmd);
         let child = cmd
             .spawn()
             .map_err(|e| format!("starting {:?}: {e}", local.command))?;
+        super::child::adopt(&child)
+            .map_err(|e| format!("tying {:?} to zdeploy: {e}", local.command))?;
         self.children[i] = Some(child);
         Ok(())
     }
@@ -173,7 +169,7 @@ impl ProcessPool {
         notes
     }
 
-    /// Kills up to `n` running processes at once (SIGKILL), as a chaos fault; they are
+    /// Kills up to `n` running processes at once (no chance to finish), as a chaos fault; they are
     /// restarted like any process that died. Returns what was hit.
     pub fn kill_some(&mut self, n: usize) -> Vec<String> {
         let mut hit = Vec::new();
@@ -196,13 +192,10 @@ impl ProcessPool {
         self.ports.len()
     }
 
-    /// Stops every process: SIGTERM, then SIGKILL after a grace period.
+    /// Stops every process: asked to stop, then killed after a grace period.
     pub async fn stop(&mut self) {
         for c in self.children.iter().flatten() {
-            if let Some(pid) = c.id() {
-                // SAFETY: kill(2) on a pid of our own child.
-                unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-            }
+            super::child::ask_to_stop(c);
         }
         for slot in &mut self.children {
             if let Some(mut c) = slot.take()

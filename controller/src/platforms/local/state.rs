@@ -1,8 +1,7 @@
 //! The local state directory of one service: its recorded status (so a restarted
 //! `zdeploy up` resumes), its ports, the admin API address and the token that guards it.
 
-use std::io::{Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -24,15 +23,11 @@ pub struct StateDir {
     dir: PathBuf,
 }
 
-fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+/// Writes a private file (see `private`) in one step.
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
+        let mut f = super::private::create_file(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
     }
@@ -44,8 +39,8 @@ impl StateDir {
     /// The state directory of `service` under `root`, created private to this user.
     pub fn open(root: &Path, service: &str) -> std::io::Result<Self> {
         let dir = root.join(service);
+        super::private::create_dir(&dir)?;
         std::fs::create_dir_all(dir.join("logs"))?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
         Ok(Self { dir })
     }
 
@@ -83,7 +78,7 @@ impl StateDir {
     /// Records the status (atomically).
     pub fn save_status(&self, status: &ZmqServiceStatus) -> std::io::Result<()> {
         let bytes = serde_json::to_vec_pretty(status).map_err(std::io::Error::other)?;
-        write_atomic(&self.dir.join("status.json"), &bytes, 0o600)
+        write_atomic(&self.dir.join("status.json"), &bytes)
     }
 
     /// The recorded ports, if any.
@@ -94,25 +89,25 @@ impl StateDir {
     /// Records the ports.
     pub fn save_ports(&self, ports: &Ports) -> std::io::Result<()> {
         let bytes = serde_json::to_vec(ports).map_err(std::io::Error::other)?;
-        write_atomic(&self.dir.join("ports.json"), &bytes, 0o600)
+        write_atomic(&self.dir.join("ports.json"), &bytes)
     }
 
-    /// The admin token, created (32 random bytes, hex, mode 0600) on first use.
+    /// The admin token, created (32 bytes from the OS's CSPRNG, hex, private) on first use.
     pub fn token(&self) -> std::io::Result<String> {
         let path = self.dir.join("token");
         if let Ok(t) = std::fs::read_to_string(&path) {
             return Ok(t.trim().to_string());
         }
         let mut raw = [0u8; 32];
-        std::fs::File::open("/dev/urandom")?.read_exact(&mut raw)?;
+        getrandom::fill(&mut raw).map_err(|e| std::io::Error::other(e.to_string()))?;
         let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-        write_atomic(&path, token.as_bytes(), 0o600)?;
+        write_atomic(&path, token.as_bytes())?;
         Ok(token)
     }
 
     /// Records where the admin API listens.
     pub fn save_endpoint(&self, url: &str) -> std::io::Result<()> {
-        write_atomic(&self.dir.join("endpoint"), url.as_bytes(), 0o600)
+        write_atomic(&self.dir.join("endpoint"), url.as_bytes())
     }
 
     /// Where the admin API listens, if `zdeploy up` recorded it.
@@ -133,7 +128,7 @@ impl StateDir {
     /// Records the chaos schedules and their history (atomically).
     pub fn save_chaos(&self, chaos: &[super::chaos::Scheduled]) -> std::io::Result<()> {
         let bytes = serde_json::to_vec_pretty(chaos).map_err(std::io::Error::other)?;
-        write_atomic(&self.dir.join("chaos.json"), &bytes, 0o600)
+        write_atomic(&self.dir.join("chaos.json"), &bytes)
     }
 
     /// The log file of one process.

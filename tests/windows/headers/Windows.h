@@ -1,0 +1,2 @@
+/* MinGW names this header in lower case. */
+#include <windows.h>
