@@ -179,6 +179,20 @@ fn verb(state: &str, args: &[&str]) -> (Option<i32>, String) {
     )
 }
 
+/// Kills, when dropped, any example service still bound to one of these ports: children
+/// that outlived a failed check must not outlive the test too.
+struct Orphans(Vec<u16>);
+
+impl Drop for Orphans {
+    fn drop(&mut self) {
+        for port in &self.0 {
+            let _ = Command::new("pkill")
+                .args(["-f", "--", &format!("--bind tcp://127.0.0.1:{port} ")])
+                .status();
+        }
+    }
+}
+
 #[test]
 fn up_from_a_chinese_folder_then_verbs_from_a_second_exe_and_the_children_die_with_it() {
     let dir = tempdir("wine-up");
@@ -250,6 +264,7 @@ fn up_from_a_chinese_folder_then_verbs_from_a_second_exe_and_the_children_die_wi
     )
     .unwrap();
     let stable: Vec<u16> = serde_json::from_value(ports["stable"].clone()).unwrap();
+    let _orphans = Orphans(stable.clone());
     let listening = |p: u16| std::net::TcpStream::connect(("127.0.0.1", p)).is_ok();
     assert!(
         stable.iter().all(|p| listening(*p)),
