@@ -39,7 +39,12 @@ fn it_imports_only_windows_own_dlls() {
     exe();
     let list = std::fs::read_to_string(root().join(".cache/windows/zdeploy.exe.dlls"))
         .expect("the build lists the imported DLLs");
-    let dlls: Vec<String> = list.lines().map(|l| l.trim().to_lowercase()).collect();
+    let dlls: Vec<String> = list
+        .lines()
+        .map(|l| l.trim().to_lowercase())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
     let system = [
         "kernel32.dll",
         "ntdll.dll",
@@ -198,8 +203,18 @@ fn up_from_a_chinese_folder_then_verbs_from_a_second_exe_and_the_children_die_wi
     let dir = tempdir("wine-up");
     let folder = dir.join("部署 测试");
     std::fs::create_dir_all(&folder).unwrap();
+    // The manifest, the state and the program of local.command all in that folder.
+    let program = folder.join("zdeploy.exe");
+    std::fs::copy(exe(), &program).unwrap();
+    let example = std::fs::read_to_string(root().join("manifests/examples/echo-local.yaml"))
+        .unwrap()
+        .replace(
+            "command: [zdeploy, example",
+            &format!("command: ['{}', example", windows_path(&program)),
+        );
+    assert!(example.contains("部署 测试\\zdeploy.exe'"), "{example}");
     let manifest = folder.join("echo.yaml");
-    std::fs::copy(root().join("manifests/examples/echo-local.yaml"), &manifest).unwrap();
+    std::fs::write(&manifest, example).unwrap();
     let state = windows_path(&folder.join("状态"));
     let mut cmd = wine(&[
         "up",

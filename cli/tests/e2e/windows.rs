@@ -28,6 +28,27 @@ pub fn the_windows_exe_rolls_a_canary_back(cp: &ControlPlane) -> Result<(), Fail
             .is_object()
             .then_some(())
     });
+    // KUBECONFIG lists files with `;` on Windows: a file with no context, then the admin's.
+    let partial = cp.file("no-context.kubeconfig", "apiVersion: v1\nkind: Config\n");
+    let list = format!(
+        "{};{}",
+        support::windows_path(&partial),
+        support::windows_path(&cp.admin)
+    );
+    let out = support::wine(
+        "prefix-e2e",
+        &["status", "echo", "-n", &ns.name, "-o", "json"],
+    )
+    .env("KUBECONFIG", &list)
+    .output()
+    .expect("wine runs");
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "zdeploy.exe status with KUBECONFIG={list}: {e}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(status["rollout"].is_object(), "{status}");
     let kubeconfig = support::windows_path(&cp.admin);
     let out = support::wine(
         "prefix-e2e",
