@@ -144,13 +144,7 @@ fn the_gateway_answers_1000_requests_from_linux_peers() {
     ]);
     cmd.env("RUST_LOG", "warn");
     let gw = Proc::start(cmd, "zgate ready:");
-    let frontend = gw
-        .ready
-        .split_whitespace()
-        .skip_while(|w| *w != "frontend")
-        .nth(1)
-        .expect("the ready line names the frontend")
-        .to_string();
+    let frontend = gw.ready_field("frontend");
     let r = client(&[
         "dealer",
         "--connect",
@@ -227,13 +221,7 @@ fn up_from_a_chinese_folder_then_verbs_from_a_second_exe_and_the_children_die_wi
     ]);
     cmd.env("RUST_LOG", "warn");
     let up = Proc::start(cmd, "zdeploy up:");
-    let frontend = up
-        .ready
-        .split_whitespace()
-        .skip_while(|w| *w != "frontend")
-        .nth(1)
-        .unwrap()
-        .to_string();
+    let frontend = up.ready_field("frontend");
     let sent = |n: &str| {
         client(&[
             "dealer",

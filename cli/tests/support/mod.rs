@@ -117,6 +117,15 @@ impl Proc {
         }
     }
 
+    /// The word after `word` in the ready line (`frontend tcp://...`).
+    pub fn ready_field(&self, word: &str) -> String {
+        let mut it = self.ready.split_whitespace();
+        it.find(|x| *x == word)
+            .and(it.next())
+            .unwrap_or_else(|| panic!("no {word:?} in the ready line {:?}", self.ready))
+            .to_string()
+    }
+
     /// The next stdout line that contains `part`, waiting at most `limit`.
     pub fn wait_line_containing(&mut self, part: &str, limit: Duration) -> String {
         self.lines_until(part, limit).pop().expect("the line found")
@@ -357,13 +366,7 @@ pub fn up_with(file: &std::path::Path, state: &std::path::Path, extra: &[&str]) 
     ]);
     cmd.args(extra);
     let proc = Proc::start(cmd, "zdeploy up:");
-    let frontend = proc
-        .ready
-        .split_whitespace()
-        .skip_while(|w| *w != "frontend")
-        .nth(1)
-        .unwrap()
-        .to_string();
+    let frontend = proc.ready_field("frontend");
     Up { proc, frontend }
 }
 
@@ -421,17 +424,10 @@ pub fn gateway_with(frontend: &str, args: &[&str], configure: impl FnOnce(&mut C
     ]);
     cmd.args(args);
     let proc = Proc::start(cmd, "zgate ready:");
-    let word = |w: &str| {
-        let mut it = proc.ready.split_whitespace();
-        it.find(|x| *x == w)
-            .and(it.next())
-            .expect("ready line field")
-            .to_string()
-    };
     Gw {
-        frontend: word("frontend"),
-        metrics: word("metrics"),
-        admin: word("admin"),
+        frontend: proc.ready_field("frontend"),
+        metrics: proc.ready_field("metrics"),
+        admin: proc.ready_field("admin"),
         proc,
     }
 }
