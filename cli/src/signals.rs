@@ -58,8 +58,3 @@ pub fn stop_flag() -> &'static AtomicBool {
     }
     &STOP
 }
-
-/// Whether the stop flag is set.
-pub fn stop_requested(flag: &AtomicBool) -> bool {
-    flag.load(Ordering::Relaxed)
-}

@@ -15,6 +15,29 @@ fn manifest(dir: &Path, name: &str, steps: &str) -> PathBuf {
 
 /// `manifest` with `routes` under `strategy.canary`.
 fn manifest_routed(dir: &Path, name: &str, steps: &str, routes: &str) -> PathBuf {
+    let strategy = format!(
+        "    canary:
+      steps: {steps}
+      routes: {routes}
+      analysis:
+        interval: 500ms
+        minSamples: 1000000
+        inconclusiveLimit: 1000000
+"
+    );
+    service_manifest(dir, name, "{port: 7000, requestTimeout: 2s}", &strategy, "")
+}
+
+/// A ZmqService whose revisions are the pyzmq peer (`peer_flags`: more of its flags,
+/// each followed by a comma), with `zmq` as its `zmq` mapping and `strategy` (indented
+/// four spaces) under `strategy`.
+fn service_manifest(
+    dir: &Path,
+    name: &str,
+    zmq: &str,
+    strategy: &str,
+    peer_flags: &str,
+) -> PathBuf {
     let text = format!(
         "apiVersion: zdeploy.io/v1alpha1
 kind: ZmqService
@@ -22,19 +45,12 @@ metadata: {{name: {name}}}
 spec:
   windows: {{build: \"2022\"}}
   template: {{spec: {{containers: [{{name: svc, image: \"example.com/quotes:v1\"}}]}}}}
-  zmq: {{port: 7000, requestTimeout: 2s}}
+  zmq: {zmq}
   strategy:
-    canary:
-      steps: {steps}
-      routes: {routes}
-      analysis:
-        interval: 500ms
-        minSamples: 1000000
-        inconclusiveLimit: 1000000
-  runbooks:
+{strategy}  runbooks:
     - {{id: canary-error-ratio-high, alerts: [CanaryErrorRateHigh]}}
   local:
-    command: [\"{python}\", \"{peer}\", rep, --bind, \"{{{{endpoint}}}}\", --name, \"{{{{revision}}}}\"]
+    command: [\"{python}\", \"{peer}\", rep, {peer_flags}--bind, \"{{{{endpoint}}}}\", --name, \"{{{{revision}}}}\"]
 ",
         python = python().display(),
         peer = root().join("tests/peers/zmq_peer.py").display(),
@@ -322,34 +338,22 @@ fn a_manifest_route_sends_testers_to_the_canary_at_weight_zero_until_the_rollbac
 /// judged on its mismatch ratio. `canary` holds the peer's flags for the canary's
 /// behaviour, `compare` the manifest's `zmq.compare`.
 fn manifest_shadowed(dir: &Path, name: &str, canary: &str, compare: &str) -> PathBuf {
-    let text = format!(
-        "apiVersion: zdeploy.io/v1alpha1
-kind: ZmqService
-metadata: {{name: {name}}}
-spec:
-  windows: {{build: \"2022\"}}
-  template: {{spec: {{containers: [{{name: svc, image: \"example.com/quotes:v1\"}}]}}}}
-  zmq: {{port: 7000, requestTimeout: 2s, idempotent: true, compare: {compare}}}
-  strategy:
-    canary:
-      steps: [{{shadow: {{percent: 100}}}}, {{analysis: {{}}}}, {{setWeight: 50}}, {{pause: {{}}}}]
+    let strategy = "    canary:
+      steps: [{shadow: {percent: 100}}, {analysis: {}}, {setWeight: 50}, {pause: {}}]
       analysis:
         interval: 500ms
         failureLimit: 0
         # 3% over 1,000 copies: a pass (at most 1% seen) is beyond four standard deviations.
         minSamples: 1000
-        metrics: [{{name: shadow-mismatches, builtin: shadowMismatchRatio, max: 0.01}}]
-  runbooks:
-    - {{id: canary-error-ratio-high, alerts: [CanaryErrorRateHigh]}}
-  local:
-    command: [\"{python}\", \"{peer}\", rep, --bind, \"{{{{endpoint}}}}\", --name, \"{{{{revision}}}}\", --stamp, {canary}]
-",
-        python = python().display(),
-        peer = root().join("tests/peers/zmq_peer.py").display(),
-    );
-    let path = dir.join(format!("{name}.yaml"));
-    std::fs::write(&path, text).unwrap();
-    path
+        metrics: [{name: shadow-mismatches, builtin: shadowMismatchRatio, max: 0.01}]
+";
+    service_manifest(
+        dir,
+        name,
+        &format!("{{port: 7000, requestTimeout: 2s, idempotent: true, compare: {compare}}}"),
+        strategy,
+        &format!("--stamp, {canary}, "),
+    )
 }
 
 /// Rolls `name` out to v2 under steady REQ traffic until the status says `done`; returns
@@ -496,16 +500,8 @@ fn previewed(state: &Path, name: &str) -> serde_json::Value {
 /// timestamp masked), held for a person, then switched; the old pool is kept for
 /// `scaleDownDelay` after the switch.
 fn manifest_blue_green(dir: &Path, name: &str, delay: &str) -> PathBuf {
-    let text = format!(
-        "apiVersion: zdeploy.io/v1alpha1
-kind: ZmqService
-metadata: {{name: {name}}}
-spec:
-  windows: {{build: \"2022\"}}
-  template: {{spec: {{containers: [{{name: svc, image: \"example.com/quotes:v1\"}}]}}}}
-  zmq: {{port: 7000, requestTimeout: 2s, idempotent: true, compare: {{ignoreFrames: [3], masks: [{{frame: 2, regex: \"ts=[0-9]+\"}}]}}}}
-  strategy:
-    blueGreen:
+    let strategy = format!(
+        "    blueGreen:
       preview: [{{shadow: {{percent: 100}}}}, {{analysis: {{metrics: [shadow-mismatches]}}}}, {{pause: {{}}}}]
       scaleDownDelay: {delay}
       analysis:
@@ -515,17 +511,15 @@ spec:
         metrics:
           - {{name: shadow-mismatches, builtin: shadowMismatchRatio, max: 0.01}}
           - {{name: error-ratio, builtin: errorRatio, max: 0.01}}
-  runbooks:
-    - {{id: canary-error-ratio-high, alerts: [CanaryErrorRateHigh]}}
-  local:
-    command: [\"{python}\", \"{peer}\", rep, --bind, \"{{{{endpoint}}}}\", --name, \"{{{{revision}}}}\", --stamp, --differ-ratio, \"0\"]
-",
-        python = python().display(),
-        peer = root().join("tests/peers/zmq_peer.py").display(),
+"
     );
-    let path = dir.join(format!("{name}.yaml"));
-    std::fs::write(&path, text).unwrap();
-    path
+    service_manifest(
+        dir,
+        name,
+        "{port: 7000, requestTimeout: 2s, idempotent: true, compare: {ignoreFrames: [3], masks: [{frame: 2, regex: \"ts=[0-9]+\"}]}}",
+        &strategy,
+        "--stamp, --differ-ratio, \"0\", ",
+    )
 }
 
 /// Who answered `n` requests of a fresh REQ client (the `by=` frame).

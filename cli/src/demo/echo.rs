@@ -2,6 +2,7 @@
 //! build metadata that makes it misbehave, so a demo can ship a bad build:
 //! `1.1+errors=0.2` answers 20% of requests with `ERR`, `1.1+latency=300ms` adds delay.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use zdeploy_api::Duration as Span;
@@ -56,7 +57,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     );
     let ok = format!("OK echo {}", args.version);
     let err = format!("ERR echo {} simulated failure", args.version);
-    while !signals::stop_requested(stop) {
+    while !stop.load(Ordering::Relaxed) {
         let request = match sock.recv_multipart(0) {
             Ok(r) => r,
             Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => continue,

@@ -22,7 +22,8 @@ const RUNS: usize = 5;
 const BAD: &str = "registry.example.com/trading/echo:2.0.6-ltsc2022";
 /// A build whose port the node's firewall blocks.
 const BLOCKED: &str = "registry.example.com/trading/echo:2.0.7-ltsc2022";
-const V2: &str = "registry.example.com/trading/echo:2.0.4-ltsc2022";
+/// A good build.
+pub const V2: &str = "registry.example.com/trading/echo:2.0.4-ltsc2022";
 
 /// A REQ client sending through one zgate until stopped.
 pub struct Client {

@@ -9,8 +9,7 @@ use libtest_mimic::Failed;
 use crate::controlplane::ControlPlane;
 use crate::scenario::{Stage, eventually};
 use crate::support;
-
-const V2: &str = "registry.example.com/trading/echo:2.0.4-ltsc2022";
+use crate::traffic::V2;
 
 pub fn the_windows_exe_rolls_a_canary_back(cp: &ControlPlane) -> Result<(), Failed> {
     let Stage {

@@ -21,7 +21,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use zdeploy_api::service::LocalRun;
 use zdeploy_api::shadow::ShadowCopy;
 use zdeploy_api::{Pool, Weight, ZmqService, ZmqServiceStatus};
-use zdeploy_gateway::shadow::MismatchSample;
+use zdeploy_gateway::control::Control;
 use zdeploy_gateway::{Gateway, GatewayConfig, PoolConfig};
 
 use crate::analysis::promql::Target;
@@ -114,13 +114,11 @@ pub struct Runtime {
 
 /// A rollback notice with the first mismatching pair zgate kept of the shadowed canary,
 /// escaped and capped, so the person reading it sees what differed.
-fn with_first_mismatch(mut actions: Vec<Action>, samples: &[MismatchSample]) -> Vec<Action> {
-    let Some(first) = samples.first() else {
-        return actions;
-    };
+fn with_first_mismatch(mut actions: Vec<Action>, control: &Control) -> Vec<Action> {
     for a in &mut actions {
         if let Action::Event(n) = a
             && n.reason == Reason::RolledBack
+            && let Some(first) = control.samples().first()
         {
             n.message = format!("{}; first mismatching pair {}", n.message, first.summary());
         }
@@ -500,7 +498,7 @@ impl Runtime {
                     .send(RuntimeEvent::Status(Box::new(self.status.clone())));
             }
             // Read now: the pairs go once the shadow copy stops, before the notice is told.
-            let actions = with_first_mismatch(d.actions, &self.gateway.control().samples());
+            let actions = with_first_mismatch(d.actions, self.gateway.control());
             for action in actions {
                 let started = matches!(action, Action::StartCanary { .. });
                 if let Err(reason) = self.apply(action).await {
