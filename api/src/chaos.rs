@@ -118,6 +118,10 @@ pub enum TargetPool {
     All,
 }
 
+/// The longest a fault lasts and the longest delay it adds: an experiment is a drill, and
+/// zgate refuses anything longer.
+pub const MAX_FAULT: Duration = Duration::from_secs(24 * 3600);
+
 /// A fault zdeploy can inject; all of them work for Windows pods.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]

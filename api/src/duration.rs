@@ -15,12 +15,24 @@ pub struct Duration(pub std::time::Duration);
 
 /// Why a duration string was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "{0:?} is not a duration: write a number and a unit (ms, s, m, h), e.g. 800ms, 30s, 5m, 1h30m"
-)]
-pub struct ParseDurationError(pub String);
+pub enum ParseDurationError {
+    /// Not a number and a unit.
+    #[error(
+        "{0:?} is not a duration: write a number and a unit (ms, s, m, h), e.g. 800ms, 30s, 5m, 1h30m"
+    )]
+    Malformed(String),
+    /// Longer than any zdeploy takes.
+    #[error(
+        "{0:?} is longer than the maximum of 8760h (one year) that zdeploy takes for any duration"
+    )]
+    TooLong(String),
+}
 
 impl Duration {
+    /// The longest span zdeploy accepts anywhere (one year): every deadline computed from
+    /// an accepted duration fits a clock, so no input can overflow one.
+    pub const MAX: Self = Self::from_secs(365 * 24 * 3600);
+
     /// A span of whole seconds.
     pub const fn from_secs(secs: u64) -> Self {
         Self(std::time::Duration::from_secs(secs))
@@ -47,7 +59,7 @@ impl FromStr for Duration {
     type Err = ParseDurationError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || ParseDurationError(s.to_string());
+        let err = || ParseDurationError::Malformed(s.to_string());
         let mut rest = s.trim();
         if rest.is_empty() {
             return Err(err());
@@ -76,6 +88,9 @@ impl FromStr for Duration {
             };
             total += number * unit_secs;
             rest = &rest[unit_len..];
+        }
+        if total > Self::MAX.0.as_secs_f64() {
+            return Err(ParseDurationError::TooLong(s.to_string()));
         }
         std::time::Duration::try_from_secs_f64(total)
             .map(Self)
@@ -159,6 +174,23 @@ mod tests {
     fn refuses_garbage() {
         for bad in ["", "5", "m", "5 minutes", "5x", "-1s", "1..2s"] {
             assert!(bad.parse::<Duration>().is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn refuses_spans_beyond_the_maximum() {
+        assert_eq!("8760h".parse::<Duration>().unwrap(), Duration::MAX);
+        for long in [
+            "8760h1ms",
+            "9223372036854775807s",
+            "2562047788015215h",
+            "99999999999999999999999999999999999999999999h",
+        ] {
+            let e = long.parse::<Duration>().unwrap_err();
+            assert!(
+                matches!(e, ParseDurationError::TooLong(_)) && e.to_string().contains("8760h"),
+                "{long}: {e}"
+            );
         }
     }
 

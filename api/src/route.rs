@@ -65,8 +65,10 @@ fn unescape(text: &str) -> Result<Vec<u8>, String> {
     let mut rest = text.as_bytes();
     while let Some((&b, tail)) = rest.split_first() {
         if b == b'\\' && tail.first() == Some(&b'x') {
+            // Exactly two hex digits: from_str_radix alone would take "+1" too.
             let hex = tail
                 .get(1..3)
+                .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
                 .and_then(|h| std::str::from_utf8(h).ok())
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
                 .ok_or_else(|| format!("{text:?}: \\x must be followed by two hex digits"))?;
@@ -109,9 +111,14 @@ impl std::str::FromStr for Route {
             let (n, p) = rest
                 .split_once(':')
                 .ok_or_else(|| format!("route {s:?}: {usage}"))?;
-            let frame = n.parse().map_err(|_| {
-                format!("route {s:?}: frame {n:?} is not a frame index (0, 1, ...)")
-            })?;
+            let frame = n
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+                .then(|| n.parse().ok())
+                .flatten()
+                .ok_or_else(|| {
+                    format!("route {s:?}: frame {n:?} is not a frame index (0, 1, ...)")
+                })?;
             Match::FramePrefix {
                 frame,
                 prefix: unescape(p)?,
@@ -125,6 +132,19 @@ impl std::str::FromStr for Route {
         if empty {
             return Err(format!(
                 "route {s:?}: an empty prefix matches every request; set the weights instead"
+            ));
+        }
+        let prefix = match &matcher {
+            Match::IdentityPrefix(p) | Match::FramePrefix { prefix: p, .. } => p,
+        };
+        if prefix.len() > MAX_PREFIX {
+            return Err(format!(
+                "route {s:?}: a prefix is at most {MAX_PREFIX} bytes (a ZeroMQ routing id is at most 255)"
+            ));
+        }
+        if matches!(&matcher, Match::IdentityPrefix(p) if p[0] == 0) {
+            return Err(format!(
+                "route {s:?}: routing ids starting with \\x00 are the ones libzmq makes up for clients that set none, so this would catch every such client; set ZMQ_ROUTING_ID on the clients to route and match that"
             ));
         }
         Ok(Route {
@@ -159,8 +179,19 @@ impl From<Route> for String {
     }
 }
 
-/// Checks that every route names one of `pools`.
+/// The most routes a service or a gateway takes.
+pub const MAX_ROUTES: usize = 10_000;
+/// The longest prefix a route matches, in bytes.
+pub const MAX_PREFIX: usize = 255;
+
+/// Checks that there are at most `MAX_ROUTES` routes and every one names one of `pools`.
 pub fn check_routes(pools: &[String], routes: &[Route]) -> Result<(), String> {
+    if routes.len() > MAX_ROUTES {
+        return Err(format!(
+            "{} routes: at most {MAX_ROUTES} are taken; route by a shared prefix instead of one route per client",
+            routes.len()
+        ));
+    }
     match routes.iter().find(|r| !pools.contains(&r.pool)) {
         Some(r) => Err(format!(
             "route {r}: no pool {:?}; pools are: {}",
@@ -203,11 +234,27 @@ mod tests {
             ("canary=frame:x:y", "not a frame index"),
             ("canary=identity:", "empty prefix"),
             (r"canary=identity:\xZZ", "two hex digits"),
+            (r"canary=identity:\x+1", "two hex digits"),
+            (r"canary=identity:\x-1", "two hex digits"),
+            ("canary=frame:+0:x", "not a frame index"),
+            ("canary=frame: 0:x", "not a frame index"),
+            (r"canary=identity:\x00", "ZMQ_ROUTING_ID"),
         ] {
             let e = bad.parse::<Route>().unwrap_err();
             assert!(e.contains(said), "{bad}: {e}");
         }
+        let long = format!("canary=frame:0:{}", "x".repeat(MAX_PREFIX + 1));
+        assert!(long.parse::<Route>().unwrap_err().contains("at most 255"));
         let pools = ["stable".to_string(), "canary".to_string()];
+        let many: Vec<Route> = (0..=MAX_ROUTES)
+            .map(|i| format!("canary=identity:c{i}").parse().unwrap())
+            .collect();
+        assert!(
+            check_routes(&pools, &many)
+                .unwrap_err()
+                .contains("at most 10000")
+        );
+        assert!(check_routes(&pools, &many[1..]).is_ok());
         let blue: Route = "blue=identity:x".parse().unwrap();
         assert!(
             check_routes(&pools, &[blue])

@@ -145,6 +145,9 @@ fn default_pattern() -> SocketPattern {
     SocketPattern::ReqRep
 }
 
+/// The longest request timeout zgate takes: a reply later than an hour is no reply.
+pub const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(3600);
+
 fn default_request_timeout() -> Duration {
     Duration::from_secs(2)
 }

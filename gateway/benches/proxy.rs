@@ -147,7 +147,7 @@ fn main() {
         }],
     );
     config.metrics = Some("127.0.0.1:0".parse().unwrap());
-    config.hwm = 0;
+    config.hwm = 1_000_000;
     let gateway = rt.block_on(Gateway::start(config)).expect("zgate starts");
     let zgate = gateway.frontend().to_string();
     thread::sleep(Duration::from_millis(300));

@@ -274,7 +274,7 @@ async fn put_fault(
         Ok(s) => s,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    let until = Instant::now() + spec.duration.get();
+    let until = crate::deadline::after(Instant::now(), spec.duration.get());
     tracing::info!(pool, ?spec, "fault injected");
     control.update(|s| {
         s.faults[i] = Some(ActiveFault {

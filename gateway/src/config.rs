@@ -7,8 +7,14 @@ use zdeploy_api::service::ErrorClassifier;
 
 use crate::routes::{Route, check_routes};
 use zdeploy_api::compare::ReplyComparison;
+use zdeploy_api::service::MAX_REQUEST_TIMEOUT;
 use zdeploy_api::shadow::ShadowCopy;
 use zdeploy_api::{Duration, Weight};
+
+/// The longest ZMTP heartbeat interval zgate takes.
+pub const MAX_HEARTBEAT: Duration = Duration::from_secs(3600);
+/// The smallest `max_message_size` zgate takes, in bytes.
+pub const MIN_MESSAGE_BYTES: i64 = 1024;
 
 /// A named pool of backend endpoints (e.g. `stable` = two Windows pods).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -120,6 +126,20 @@ pub enum ConfigError {
     /// A comparison mask does not compile.
     #[error("--compare-mask {0}: {1}")]
     BadMask(String, String),
+    /// The request timeout is 0 or longer than zgate takes.
+    #[error("--timeout {0}: must be above 0s and at most {max}", max = MAX_REQUEST_TIMEOUT)]
+    Timeout(Duration),
+    /// The heartbeat interval is longer than zgate takes.
+    #[error("--heartbeat {0}: must be 0s (off) or from 10ms to {max} (libzmq keeps it in milliseconds; a longer one would detect nothing)", max = MAX_HEARTBEAT)]
+    Heartbeat(Duration),
+    /// The message size limit is too small for any request.
+    #[error(
+        "--max-message-bytes {0}: must be at least {MIN_MESSAGE_BYTES} (every frame, identities and request ids included, must fit)"
+    )]
+    MessageSize(i64),
+    /// The queue bound is not a bound.
+    #[error("--hwm {0}: must be at least 1 (libzmq takes 0 as no bound at all)")]
+    Hwm(i32),
     /// The admin API would be reachable from the network without a token.
     #[error(
         "--admin {0} is not a loopback address: give --admin-token-file so the admin API needs a bearer token"
@@ -231,6 +251,21 @@ impl GatewayConfig {
         }
         if let Err((i, e)) = self.compare.compile() {
             return Err(ConfigError::BadMask(self.compare.masks[i].to_string(), e));
+        }
+        if self.timeout.get().is_zero() || self.timeout > MAX_REQUEST_TIMEOUT {
+            return Err(ConfigError::Timeout(self.timeout));
+        }
+        let heartbeat = self.heartbeat.get();
+        if heartbeat > MAX_HEARTBEAT.get()
+            || (!heartbeat.is_zero() && heartbeat < std::time::Duration::from_millis(10))
+        {
+            return Err(ConfigError::Heartbeat(self.heartbeat));
+        }
+        if self.max_message_size < MIN_MESSAGE_BYTES {
+            return Err(ConfigError::MessageSize(self.max_message_size));
+        }
+        if self.hwm < 1 {
+            return Err(ConfigError::Hwm(self.hwm));
         }
         if let Some(addr) = self.admin
             && !addr.ip().is_loopback()

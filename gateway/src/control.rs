@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
+use zdeploy_api::chaos::MAX_FAULT;
 use zdeploy_api::{Duration, Weight};
 
 use crate::routes::Route;
@@ -55,12 +56,16 @@ impl FaultSpec {
                 self.drop_ratio
             ));
         }
-        if self.duration.get().is_zero()
-            || self.duration.get() > std::time::Duration::from_secs(24 * 3600)
-        {
+        if self.duration.get().is_zero() || self.duration > MAX_FAULT {
             return Some(format!(
-                "duration must be above 0s and at most 24h (got {})",
+                "duration must be above 0s and at most {MAX_FAULT} (got {})",
                 self.duration
+            ));
+        }
+        if self.latency > MAX_FAULT {
+            return Some(format!(
+                "latency must be at most {MAX_FAULT} (got {})",
+                self.latency
             ));
         }
         None

@@ -7,6 +7,7 @@ pub mod classify;
 pub mod config;
 pub mod control;
 mod dataplane;
+pub mod deadline;
 pub mod discovery;
 pub mod endpointslices;
 pub mod envelope;

@@ -5,7 +5,8 @@ use std::collections::HashSet;
 use kube::ResourceExt;
 
 use super::{FieldPath, Problem};
-use crate::service::{Builtin, Canary, Metric, Router, SocketPattern, Step};
+use crate::chaos::MAX_FAULT;
+use crate::service::{Builtin, Canary, MAX_REQUEST_TIMEOUT, Metric, Router, SocketPattern, Step};
 use crate::windows::forbidden_fields;
 use crate::{ChaosSchedule, Fault, ZmqService};
 
@@ -33,6 +34,16 @@ fn routes(svc: &ZmqService, out: &mut Vec<Problem>) {
         out.push(problem(
             path.clone(),
             "routes by client need zgate: use strategy.router: gateway, or remove them",
+        ));
+    }
+    if routes.len() > crate::route::MAX_ROUTES {
+        out.push(valued(
+            path.clone(),
+            format!(
+                "at most {} routes: route by a shared prefix instead of one route per client",
+                crate::route::MAX_ROUTES
+            ),
+            routes.len(),
         ));
     }
     for (i, r) in routes.iter().enumerate() {
@@ -83,6 +94,14 @@ pub fn zmq_service(svc: &ZmqService) -> Vec<Problem> {
             spec().key("zmq").key("pattern"),
             "zgate routes request/reply traffic only: use strategy.router: replicas for one-way patterns",
             svc.spec.zmq.pattern,
+        ));
+    }
+    let timeout = svc.spec.zmq.request_timeout;
+    if timeout.get().is_zero() || timeout > MAX_REQUEST_TIMEOUT {
+        out.push(valued(
+            spec().key("zmq").key("requestTimeout"),
+            format!("must be above 0s and at most {MAX_REQUEST_TIMEOUT}"),
+            timeout.to_string(),
         ));
     }
     if let Some(local) = &svc.spec.local
@@ -362,6 +381,23 @@ pub fn chaos_schedule(cs: &ChaosSchedule) -> Vec<Problem> {
             ));
         }
         _ => {}
+    }
+    let x = &cs.spec.experiment;
+    if x.duration > MAX_FAULT || x.duration.get().is_zero() {
+        out.push(valued(
+            exp.key("duration"),
+            format!("must be above 0s and at most {MAX_FAULT}"),
+            x.duration.to_string(),
+        ));
+    }
+    if let Fault::GatewayLatency { latency } = &x.fault
+        && *latency > MAX_FAULT
+    {
+        out.push(valued(
+            fault.key("gatewayLatency").key("latency"),
+            format!("must be at most {MAX_FAULT}"),
+            latency.to_string(),
+        ));
     }
     if cs.spec.schedule.split_whitespace().count() != 5 {
         out.push(valued(

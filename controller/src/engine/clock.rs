@@ -14,7 +14,7 @@ const DRAIN_MARGIN: Duration = Duration::from_secs(1);
 /// How long a canary that stopped taking traffic keeps running, at most: requests already
 /// sent to it get their replies (or zgate's timeout) instead of being cut off.
 pub fn drain_window(spec: &ZmqServiceSpec) -> Duration {
-    spec.zmq.request_timeout.get() + DRAIN_MARGIN
+    spec.zmq.request_timeout.get().saturating_add(DRAIN_MARGIN)
 }
 
 /// Until when the canary of the rollout that just ended drains; `None` when no rollout
@@ -24,7 +24,15 @@ pub fn draining_until(spec: &ZmqServiceSpec, status: &ZmqServiceStatus) -> Optio
         return None;
     }
     let ended = status.history.first()?.ended.0;
-    Some(ended + SignedDuration::try_from(drain_window(spec)).ok()?)
+    Some(later(ended, drain_window(spec)))
+}
+
+/// `t + d`, or the last timestamp there is when that is past it (never a panic).
+fn later(t: Timestamp, d: Duration) -> Timestamp {
+    SignedDuration::try_from(d)
+        .ok()
+        .and_then(|d| t.checked_add(d).ok())
+        .unwrap_or(Timestamp::MAX)
 }
 
 /// How long the canary of `rollout` has run at `now`: the span its analysis covers.
@@ -51,7 +59,7 @@ pub fn poll_timeout(
     if r.paused {
         return None;
     }
-    let after = |t: Timestamp, d: Duration| t + SignedDuration::try_from(d).unwrap_or_default();
+    let after = later;
     // The deadline is passed once the time since progress exceeds it.
     let deadline = after(
         r.last_progress.0,

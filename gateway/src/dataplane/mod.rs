@@ -36,11 +36,12 @@ use zdeploy_api::shadow::ShadowCopy;
 use crate::classify::is_error_reply;
 use crate::config::GatewayConfig;
 use crate::control::{ActiveFault, Control, Endpoint, FaultAction};
+use crate::deadline::after;
 use crate::envelope;
 use crate::metrics::{GatewayMetrics, HandshakeFailure, Outcome, PoolMetrics, Undeliverable};
 use crate::pending::PendingRing;
 use crate::router::WeightedRoundRobin;
-use crate::routes::{self, Match, Route};
+use crate::routes::{Route, RouteTable};
 use backend::{Backend, Lifecycle, Tuning};
 use shadow::{SHADOW_BIT, Shadow};
 
@@ -128,7 +129,7 @@ pub struct DataPlane {
     router: WeightedRoundRobin,
     faults: Vec<Option<ActiveFault>>,
     /// Routes by client with their pool's index, first match wins.
-    routes: Vec<(Match, usize)>,
+    routes: RouteTable,
     /// The shadow pool's index and the share of other requests copied to it.
     shadow: Option<(usize, zdeploy_api::Weight)>,
     /// How a copy's reply is compared with the client's.
@@ -193,7 +194,7 @@ impl DataPlane {
             sticky: config.sticky,
             generation: control.generation(),
             router: WeightedRoundRobin::new(&settings.weights),
-            routes: Vec::new(),
+            routes: RouteTable::default(),
             shadow: None,
             comparator: config
                 .compare
@@ -374,14 +375,11 @@ impl DataPlane {
 
     /// The routes with their pool's index; one naming no pool is dropped (the admin API
     /// and the configuration check refuse those).
-    fn resolve(&self, routes: &[Route]) -> Vec<(Match, usize)> {
-        routes
-            .iter()
-            .filter_map(|r| {
-                let i = self.pools.iter().position(|p| p.name == r.pool)?;
-                Some((r.matcher.clone(), i))
-            })
-            .collect()
+    fn resolve(&self, routes: &[Route]) -> RouteTable {
+        RouteTable::new(routes.iter().filter_map(|r| {
+            let i = self.pools.iter().position(|p| p.name == r.pool)?;
+            Some((r.matcher.clone(), i))
+        }))
     }
 
     /// The shadow pool's index and share; `None` for no shadow, 0% or an unknown pool
@@ -419,7 +417,7 @@ impl DataPlane {
         let now = Instant::now();
         let mut wait = Duration::from_millis(MAX_POLL_MS as u64);
         if let Some((_, p)) = self.pending.oldest() {
-            wait = wait.min((p.received + self.timeout).saturating_duration_since(now));
+            wait = wait.min(after(p.received, self.timeout).saturating_duration_since(now));
         }
         if let Some(Reverse((due, _))) = self.held.peek() {
             wait = wait.min(due.saturating_duration_since(now));
@@ -448,7 +446,8 @@ impl DataPlane {
             // A stall is seen a timeout after the oldest unanswered send.
             if let Some(t) = backend.unanswered_since {
                 wait = wait.min(
-                    (t + self.timeout).saturating_duration_since(now) + Duration::from_millis(1),
+                    after(t, self.timeout).saturating_duration_since(now)
+                        + Duration::from_millis(1),
                 );
             }
         }
@@ -531,14 +530,13 @@ impl DataPlane {
                 return;
             }
         };
-        let routed = self
-            .routes
-            .iter()
-            // A route to a pool with no usable backend falls back to the weights.
-            .find(|(m, pool)| {
-                self.pools[*pool].usable && routes::matches(m, &frames[0], &frames[delim + 1..])
-            })
-            .map(|(_, pool)| *pool);
+        let body = &frames[delim + 1..];
+        // A route to a pool with no usable backend falls back to the weights.
+        let routed = self.routes.pick(
+            &frames[0],
+            |n| body.get(n).map(|f| &f[..]),
+            |pool| self.pools[pool].usable,
+        );
         let pool = match routed {
             Some(pool) => {
                 self.pools[pool].metrics.route_requests.inc();
@@ -580,7 +578,7 @@ impl DataPlane {
         let id = self.pending.push(p);
         match action {
             FaultAction::Forward(delay) if !delay.is_zero() => {
-                self.held.push(Reverse((now + delay, id)));
+                self.held.push(Reverse((after(now, delay), id)));
             }
             FaultAction::Forward(_) => self.dispatch(id),
             _ => {}
@@ -750,7 +748,7 @@ impl DataPlane {
 
     fn expire(&mut self, now: Instant) {
         while let Some((id, p)) = self.pending.oldest() {
-            if p.received + self.timeout > now {
+            if after(p.received, self.timeout) > now {
                 break;
             }
             let p = self.pending.remove(id).expect("the oldest is waiting");

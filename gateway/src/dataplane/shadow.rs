@@ -171,7 +171,7 @@ impl DataPlane {
     /// Counts the copies whose canary did not answer within the timeout.
     pub(super) fn expire_shadows(&mut self, now: Instant) {
         while let Some((id, s)) = self.shadows.oldest() {
-            if s.sent + self.timeout > now {
+            if crate::deadline::after(s.sent, self.timeout) > now {
                 break;
             }
             let s = self.shadows.remove(id).expect("the oldest is waiting");
@@ -196,7 +196,9 @@ impl DataPlane {
 
     /// When the oldest copy times out.
     pub(super) fn next_shadow_deadline(&self) -> Option<Instant> {
-        self.shadows.oldest().map(|(_, s)| s.sent + self.timeout)
+        self.shadows
+            .oldest()
+            .map(|(_, s)| crate::deadline::after(s.sent, self.timeout))
     }
 
     /// Frees what an unjudged copy held: its slot and, if unanswered, its backend's.

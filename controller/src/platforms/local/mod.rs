@@ -779,7 +779,7 @@ impl Runtime {
         match chaos::injection(&x.fault, x.duration) {
             chaos::Injection::Gateway(spec) => {
                 // The fault carries its own expiry inside zgate: a crash here cannot leave it behind.
-                let until = Instant::now() + spec.duration.get();
+                let until = zdeploy_gateway::deadline::after(Instant::now(), spec.duration.get());
                 self.set_faults(&pools, Some(ActiveFault { spec, until }));
                 e.run.targets = pools.iter().map(|p| format!("zgate pool {p}")).collect();
             }
@@ -876,7 +876,10 @@ impl Runtime {
     /// both platforms keep), so stopping its processes loses none and no late timeout is
     /// counted against the next canary.
     async fn drain(&self, pool: Pool) {
-        let deadline = Instant::now() + engine::clock::drain_window(&self.spec);
+        let deadline = zdeploy_gateway::deadline::after(
+            Instant::now(),
+            engine::clock::drain_window(&self.spec),
+        );
         while self.gateway.in_flight(pool.name()) > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
