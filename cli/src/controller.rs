@@ -58,12 +58,10 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
                 async move { s.encode() }
             }),
         );
-    let listener = tokio::net::TcpListener::bind(args.probes)
+    let limits = zdeploy_gateway::http::Limits::default();
+    zdeploy_gateway::http::bind(args.probes, router, limits, stats.probes_refused.clone())
         .await
         .with_context(|| format!("listening on {}", args.probes))?;
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
-    });
     let mut alerts = None;
     if let (Some(addr), Some(file)) = (args.alertmanager_webhook, &args.webhook_token_file) {
         let token = std::fs::read_to_string(file)
@@ -72,13 +70,10 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
             .to_string();
         anyhow::ensure!(!token.is_empty(), "{} is empty", file.display());
         let inbox = Arc::new(zdeploy_controller::analysis::webhook::AlertInbox::default());
-        let listener = tokio::net::TcpListener::bind(addr)
+        let router = zdeploy_controller::analysis::webhook::router(inbox.clone(), token);
+        zdeploy_gateway::http::bind(addr, router, limits, stats.webhook_refused.clone())
             .await
             .with_context(|| format!("listening on {addr}"))?;
-        let router = zdeploy_controller::analysis::webhook::router(inbox.clone(), token);
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, router).await;
-        });
         tokio::spawn(alerts::rollback_on_alerts(client.clone(), inbox.clone()));
         alerts = Some(inbox);
     }

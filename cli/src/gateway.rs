@@ -90,6 +90,11 @@ pub struct Args {
     /// count of requests slower than its threshold, which needs an edge there.
     #[arg(long = "latency-edge")]
     latency_edges: Vec<Duration>,
+    /// At start, requests wait up to this long for every pool with weight to have a live
+    /// backend (then they are served; a pool still without one answers `unavailable`).
+    /// `/readyz` turns 200 when the wait ends.
+    #[arg(long, default_value = "10s")]
+    ready_wait: Duration,
     /// Largest message (all frames) accepted from a client or backend, in bytes; a peer
     /// sending a larger one is disconnected before zgate holds it.
     #[arg(long, default_value_t = 8 << 20)]
@@ -128,6 +133,7 @@ impl Args {
         config.heartbeat = self.heartbeat;
         config.latency_edges = self.latency_edges.iter().map(|d| d.get()).collect();
         config.max_message_size = self.max_message_bytes;
+        config.ready_wait = self.ready_wait;
         config.metrics = self.metrics;
         config.admin = self.admin;
         if let Some(f) = &self.admin_token_file {

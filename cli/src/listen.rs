@@ -8,6 +8,12 @@ pub fn listen_addr(s: &str) -> Result<SocketAddr, String> {
     if let Ok(a) = s.parse() {
         return Ok(a);
     }
+    // An IPv6 pod address without brackets, as `$(POD_IP):PORT` gives it.
+    if let Some((host, port)) = s.rsplit_once(':')
+        && let (Ok(ip), Ok(port)) = (host.parse::<std::net::Ipv6Addr>(), port.parse::<u16>())
+    {
+        return Ok(SocketAddr::from((ip, port)));
+    }
     match s.rsplit_once(':') {
         Some((host, port)) if host.eq_ignore_ascii_case("localhost") => port
             .parse::<u16>()
@@ -32,6 +38,10 @@ mod tests {
             "127.0.0.1:9465".parse().unwrap()
         );
         assert!(listen_addr("LocalHost:1").is_ok());
+        assert_eq!(
+            listen_addr("fd00::7:9464").unwrap(),
+            "[fd00::7]:9464".parse().unwrap()
+        );
         assert!(
             listen_addr("localhost:x")
                 .unwrap_err()

@@ -514,7 +514,12 @@ fn router_services_timeouts_and_late_replies() {
 #[test]
 fn a_pool_without_live_backend_answers_unavailable_at_once() {
     let nobody = zdeploy_testkit::ports::free_port();
-    let gw = gateway(&["--pool", &format!("canary=tcp://127.0.0.1:{nobody}")]);
+    let gw = gateway(&[
+        "--pool",
+        &format!("canary=tcp://127.0.0.1:{nobody}"),
+        "--ready-wait",
+        "0s",
+    ]);
     let ctx = zmq::Context::new();
     let c = zmq_client(&ctx, zmq::REQ, &gw.frontend);
     let t = Instant::now();

@@ -19,14 +19,50 @@ use zdeploy_api::{Duration, Weight};
 use crate::config::check_shadow;
 use crate::config::check_weights;
 use crate::control::{ActiveFault, BackendView, Control, FaultSpec};
+use crate::heartbeat::Heartbeat;
 use crate::metrics::GatewayMetrics;
 use crate::routes::{Route, check_routes};
 use crate::shadow::MismatchSample;
 use zdeploy_api::shadow::ShadowCopy;
 
-/// The `/metrics` endpoint.
+/// `/healthz` and `/readyz`: 503 with the reason while the data plane is stalled or
+/// stopped (and, for `/readyz`, before the frontend serves).
+pub fn health_router(heartbeat: Arc<Heartbeat>) -> Router {
+    let health = heartbeat.clone();
+    Router::new()
+        .route(
+            "/healthz",
+            get(move || {
+                let outcome = health.check(Instant::now());
+                async move {
+                    match outcome {
+                        Ok(()) => (StatusCode::OK, "ok\n".to_string()),
+                        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+                    }
+                }
+            }),
+        )
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = heartbeat.ready(Instant::now());
+                async move {
+                    match ready {
+                        true => (StatusCode::OK, "ready\n"),
+                        false => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "not ready: the data plane is not turning, or a pool with weight has no live backend yet\n",
+                        ),
+                    }
+                }
+            }),
+        )
+}
+
+/// The `/metrics` endpoint, with `/healthz` and `/readyz`.
 pub fn metrics_router(metrics: Arc<GatewayMetrics>) -> Router {
-    Router::new().route(
+    let health = health_router(metrics.heartbeat.clone());
+    Router::new().merge(health).route(
         "/metrics",
         get(move || {
             let metrics = metrics.clone();
@@ -44,8 +80,12 @@ pub fn metrics_router(metrics: Arc<GatewayMetrics>) -> Router {
 }
 
 /// The admin API: `GET|PUT /weights`, `GET|PUT /routes`, `GET|PUT /shadow`, `GET /faults`,
-/// `PUT|DELETE /faults/{pool}`, `GET /endpoints`, `GET /healthz`.
-pub fn admin_router(control: Arc<Control>, token: Option<String>) -> Router {
+/// `PUT|DELETE /faults/{pool}`, `GET /endpoints`, `GET /healthz`, `GET /readyz`.
+pub fn admin_router(
+    control: Arc<Control>,
+    heartbeat: Arc<Heartbeat>,
+    token: Option<String>,
+) -> Router {
     let api = Router::new()
         .route("/weights", get(get_weights).put(put_weights))
         .route("/routes", get(get_routes).put(put_routes))
@@ -58,7 +98,7 @@ pub fn admin_router(control: Arc<Control>, token: Option<String>) -> Router {
         Some(t) => api.layer(middleware::from_fn_with_state(Arc::new(t), require_token)),
         None => api,
     };
-    api.route("/healthz", get(|| async { "ok" }))
+    api.merge(health_router(heartbeat))
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {

@@ -13,6 +13,8 @@ use zdeploy_api::{Duration, Weight};
 
 /// The longest ZMTP heartbeat interval zgate takes.
 pub const MAX_HEARTBEAT: Duration = Duration::from_secs(3600);
+/// The longest wait for backends at start zgate takes.
+pub const MAX_READY_WAIT: Duration = Duration::from_secs(600);
 /// The smallest `max_message_size` zgate takes, in bytes.
 pub const MIN_MESSAGE_BYTES: i64 = 1024;
 
@@ -89,6 +91,10 @@ pub struct GatewayConfig {
     /// Largest message accepted from a client or a backend, in bytes; a peer that sends a
     /// larger one is disconnected.
     pub max_message_size: i64,
+    /// At start, requests wait (unread) up to this long for every pool with weight to have a
+    /// live backend, so a restarted gateway neither answers `unavailable` nor sends a pool's
+    /// share to another pool while its backends connect.
+    pub ready_wait: Duration,
 }
 
 /// A gateway configuration that cannot work.
@@ -132,6 +138,9 @@ pub enum ConfigError {
     /// The heartbeat interval is longer than zgate takes.
     #[error("--heartbeat {0}: must be 0s (off) or from 10ms to {max} (libzmq keeps it in milliseconds; a longer one would detect nothing)", max = MAX_HEARTBEAT)]
     Heartbeat(Duration),
+    /// The wait for backends at start is longer than zgate takes.
+    #[error("--ready-wait {0}: must be at most {max}", max = MAX_READY_WAIT)]
+    ReadyWait(Duration),
     /// The message size limit is too small for any request.
     #[error(
         "--max-message-bytes {0}: must be at least {MIN_MESSAGE_BYTES} (every frame, identities and request ids included, must fit)"
@@ -225,6 +234,7 @@ impl GatewayConfig {
             admin_token: None,
             latency_edges: Vec::new(),
             max_message_size: 8 << 20,
+            ready_wait: Duration::from_secs(10),
         }
     }
 
@@ -260,6 +270,9 @@ impl GatewayConfig {
             || (!heartbeat.is_zero() && heartbeat < std::time::Duration::from_millis(10))
         {
             return Err(ConfigError::Heartbeat(self.heartbeat));
+        }
+        if self.ready_wait > MAX_READY_WAIT {
+            return Err(ConfigError::ReadyWait(self.ready_wait));
         }
         if self.max_message_size < MIN_MESSAGE_BYTES {
             return Err(ConfigError::MessageSize(self.max_message_size));

@@ -12,6 +12,8 @@ pub mod discovery;
 pub mod endpointslices;
 pub mod envelope;
 pub mod follow;
+pub mod heartbeat;
+pub mod http;
 pub mod limits;
 pub mod metrics;
 mod pending;
@@ -23,7 +25,6 @@ pub mod watch_retry;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 pub use config::{ConfigError, Discovery, GatewayConfig, PoolConfig};
@@ -58,22 +59,37 @@ pub struct Gateway {
     tasks: Vec<JoinHandle<()>>,
 }
 
+/// Serves `router` on `addr` within the default limits, counting refusals as `name`'s.
 async fn serve(
     addr: SocketAddr,
     router: axum::Router,
+    metrics: &GatewayMetrics,
+    name: &str,
 ) -> Result<(SocketAddr, JoinHandle<()>), GatewayError> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|e| GatewayError::Listen(addr, e))?;
-    let bound = listener
-        .local_addr()
-        .map_err(|e| GatewayError::Listen(addr, e))?;
-    let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router).await {
-            tracing::error!("http server on {bound} stopped: {e}");
-        }
-    });
-    Ok((bound, task))
+    http::bind(
+        addr,
+        router,
+        http::Limits::default(),
+        metrics.http_refused(name),
+    )
+    .await
+    .map_err(|e| GatewayError::Listen(addr, e))
+}
+
+/// Runs the data plane; if it panics or its loop fails, ends the process with a clear
+/// line, so that its supervisor (kubelet, or whoever started `zdeploy up`) starts it again
+/// instead of keeping a gateway that answers nothing.
+fn run_data_plane(plane: DataPlane, control: Arc<Control>, heartbeat: Arc<heartbeat::Heartbeat>) {
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| plane.run()));
+    heartbeat.stop();
+    let why = match outcome {
+        Err(_) => "it panicked (the message is above)",
+        Ok(()) if control.shutting_down() => return,
+        Ok(()) => "its poll loop failed (the error is above)",
+    };
+    tracing::error!("zgate's data plane stopped: {why}; exiting so that zgate is started again");
+    eprintln!("zgate's data plane stopped: {why}; exiting so that zgate is started again");
+    std::process::exit(70);
 }
 
 impl Gateway {
@@ -116,9 +132,10 @@ impl Gateway {
             .set(i64::try_from(limits::raise_open_files()).unwrap_or(i64::MAX));
         let (plane, frontend) = DataPlane::bind(&config, control.clone(), metrics.clone())
             .map_err(|e| GatewayError::Zmq(e, config.frontend.clone()))?;
+        let (beat_control, heartbeat) = (control.clone(), metrics.heartbeat.clone());
         let data_plane = std::thread::Builder::new()
             .name("zgate-dataplane".into())
-            .spawn(move || plane.run())
+            .spawn(move || run_data_plane(plane, beat_control, heartbeat))
             .expect("spawning the data plane thread");
         let mut gateway = Self {
             control,
@@ -141,16 +158,18 @@ impl Gateway {
                 .push(discovery::follow(configured, gateway.control.clone()).await);
         }
         if let Some(addr) = config.metrics {
-            let (bound, task) = serve(addr, admin::metrics_router(gateway.metrics.clone())).await?;
+            let router = admin::metrics_router(gateway.metrics.clone());
+            let (bound, task) = serve(addr, router, &gateway.metrics, "metrics").await?;
             gateway.metrics_addr = Some(bound);
             gateway.tasks.push(task);
         }
         if let Some(addr) = config.admin {
-            let (bound, task) = serve(
-                addr,
-                admin::admin_router(gateway.control.clone(), config.admin_token.clone()),
-            )
-            .await?;
+            let router = admin::admin_router(
+                gateway.control.clone(),
+                gateway.metrics.heartbeat.clone(),
+                config.admin_token.clone(),
+            );
+            let (bound, task) = serve(addr, router, &gateway.metrics, "admin").await?;
             gateway.admin_addr = Some(bound);
             gateway.tasks.push(task);
         }

@@ -13,6 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
+use crate::heartbeat::Heartbeat;
 use crate::shadow::{ShadowOutcome, ShadowSkip};
 
 /// How a request ended.
@@ -270,6 +271,16 @@ pub struct GatewayMetrics {
     rejected: Vec<Counter>,
     /// The soft open-file limit zgate runs with (raised to the hard limit at start).
     pub open_files_limit: Gauge,
+    /// The data plane's heartbeat, shown as `zgate_up`.
+    pub heartbeat: Arc<Heartbeat>,
+    up: Gauge,
+    /// HTTP connections refused, by listener, because the listener was at its cap.
+    http_refused: Family<ListenerLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: String,
 }
 
 impl GatewayMetrics {
@@ -295,6 +306,18 @@ impl GatewayMetrics {
         let shadow = Family::<OutcomeLabels, Counter>::default();
         let shadow_skipped = Family::<PoolReasonLabels, Counter>::default();
         let open_files_limit = Gauge::default();
+        let up = Gauge::default();
+        registry.register(
+            "up",
+            "1 while the data plane turns (it marks every turn); 0 once it stalled for 2 s or stopped",
+            up.clone(),
+        );
+        let http_refused = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "http_connections_refused",
+            "HTTP connections closed on arrival because the listener was at its connection cap, by listener",
+            http_refused.clone(),
+        );
         registry.register(
             "open_files_limit",
             "Soft limit on open descriptors (each connection is one), raised to the hard limit at start",
@@ -444,7 +467,19 @@ impl GatewayMetrics {
             undeliverable,
             rejected,
             open_files_limit,
+            heartbeat: Arc::default(),
+            up,
+            http_refused,
         }
+    }
+
+    /// The counter of connections `listener` refused at its cap.
+    pub fn http_refused(&self, listener: &str) -> Counter {
+        self.http_refused
+            .get_or_create(&ListenerLabels {
+                listener: listener.into(),
+            })
+            .clone()
     }
 
     /// Counts a reply dropped from pool `i`: no request id, a forged one, or another pool's.
@@ -461,6 +496,8 @@ impl GatewayMetrics {
 
     /// The text exposition format.
     pub fn encode(&self) -> String {
+        let up = self.heartbeat.check(std::time::Instant::now()).is_ok();
+        self.up.set(i64::from(up));
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("encoding to a String cannot fail");

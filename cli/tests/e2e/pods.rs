@@ -343,6 +343,8 @@ fn gateway(pod: &Value, name: &str, ip: &str, log: &Path, setup: &Setup) -> (Pro
         .map(|a| {
             a.replace("tcp://*:", &format!("tcp://{ip}:"))
                 .replace("0.0.0.0:", &format!("{ip}:"))
+                // What kubelet does with the POD_IP variable the container declares.
+                .replace("$(POD_IP)", ip)
         })
         .collect();
     let account = pod["spec"]["serviceAccountName"]

@@ -142,6 +142,9 @@ pub struct DataPlane {
     held: BinaryHeap<Reverse<(Instant, u64)>>,
     /// Requests a pool's backlog holds at most.
     backlog_limit: usize,
+    /// Until when the frontend stays unread while a pool with weight has no live backend;
+    /// `None` once it serves.
+    ready_by: Option<Instant>,
     /// The key of the hash that makes request ids unguessable.
     id_key: std::collections::hash_map::RandomState,
     // Dropped last: libzmq needs every socket closed before the context terminates.
@@ -209,6 +212,7 @@ impl DataPlane {
             held: BinaryHeap::new(),
             backlog_limit: usize::try_from(config.hwm).unwrap_or(1).max(1),
             id_key: std::collections::hash_map::RandomState::new(),
+            ready_by: Some(after(Instant::now(), config.ready_wait.get())),
             context,
         };
         // Names are connected once resolved (discovery), one backend per address.
@@ -225,6 +229,7 @@ impl DataPlane {
     /// Runs until shutdown is requested, then answers whatever is still pending.
     pub fn run(mut self) {
         while !self.control.shutting_down() {
+            self.metrics.heartbeat.beat(Instant::now());
             let (ready, slots) = match self.poll() {
                 Ok(r) => r,
                 Err(e) => {
@@ -234,7 +239,7 @@ impl DataPlane {
             };
             // After the poll, so a request that woke it is routed by the newest settings.
             self.reload_settings();
-            if ready[0] {
+            if ready[0] && self.ready_by.is_none() {
                 self.drain_frontend();
             }
             let mut changed = false;
@@ -256,6 +261,7 @@ impl DataPlane {
             if self.refresh_usable(now) || changed {
                 self.publish_backends();
             }
+            self.end_warm_up(now);
         }
         while let Some((id, _)) = self.pending.oldest() {
             if let Some(p) = self.pending.remove(id) {
@@ -265,6 +271,33 @@ impl DataPlane {
         }
         // Give the last replies a moment to leave before the sockets close.
         let _ = self.frontend.set_linger(1000);
+    }
+
+    /// Opens the frontend once every pool with weight has a usable backend, or the wait
+    /// for them is over (their requests are then answered `unavailable` as usual).
+    fn end_warm_up(&mut self, now: Instant) {
+        let Some(by) = self.ready_by else {
+            return;
+        };
+        let waiting: Vec<&str> = self
+            .pools
+            .iter()
+            .zip(&self.weights)
+            .filter(|(p, w)| {
+                **w != zdeploy_api::Weight::ZERO && p.usable_backends(now, self.timeout) == 0
+            })
+            .map(|(p, _)| p.name.as_str())
+            .collect();
+        if !waiting.is_empty() && now < by {
+            return;
+        }
+        if waiting.is_empty() {
+            tracing::info!("every pool with weight has a live backend: serving");
+        } else {
+            tracing::warn!(pools = ?waiting, "no live backend yet in pools with weight: serving anyway, their requests are answered unavailable until one connects");
+        }
+        self.ready_by = None;
+        self.metrics.heartbeat.set_ready();
     }
 
     fn reload_settings(&mut self) {
@@ -425,6 +458,9 @@ impl DataPlane {
         if let Some(due) = self.next_shadow_deadline() {
             wait = wait.min(due.saturating_duration_since(now));
         }
+        if let Some(by) = self.ready_by {
+            wait = wait.min(by.saturating_duration_since(now));
+        }
         let slots: Vec<Slot> = self
             .pools
             .iter()
@@ -432,7 +468,12 @@ impl DataPlane {
             .flat_map(|(i, p)| (0..p.backends.len()).map(move |b| (i, b)))
             .collect();
         let mut items = Vec::with_capacity(1 + 2 * slots.len());
-        items.push(self.frontend.as_poll_item(zmq::POLLIN));
+        // Unread while warming up: requests wait in libzmq's queue, not in an error reply.
+        let frontend = match self.ready_by {
+            Some(_) => zmq::PollEvents::empty(),
+            None => zmq::POLLIN,
+        };
+        items.push(self.frontend.as_poll_item(frontend));
         for &(i, b) in &slots {
             let pool = &self.pools[i];
             // A pool with a backlog is woken when a backend has room again.

@@ -9,9 +9,9 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, ContainerPort, PodOS, PodSecurityContext, PodSpec, PodTemplateSpec,
-    Probe, Service, ServiceAccount, ServicePort, ServiceSpec, TCPSocketAction, Toleration,
-    WindowsSecurityContextOptions,
+    ConfigMap, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector,
+    PodOS, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, Service, ServiceAccount,
+    ServicePort, ServiceSpec, TCPSocketAction, Toleration, WindowsSecurityContextOptions,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
@@ -362,6 +362,20 @@ pub fn render(svc: &ZmqService, now: jiff::Timestamp) -> Rendered {
     r
 }
 
+/// An HTTP probe of zgate's metrics port.
+fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("metrics".into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        ..Default::default()
+    }
+}
+
 fn render_gateway(
     svc: &ZmqService,
     name: &str,
@@ -416,8 +430,9 @@ fn render_gateway(
         format!("{ns}/{}", weights_configmap(name)),
         "--timeout".into(),
         svc.spec.zmq.request_timeout.to_string(),
+        // The pod's own address (kubelet expands $(POD_IP)): not every interface.
         "--metrics".into(),
-        format!("0.0.0.0:{METRICS_PORT}"),
+        format!("$(POD_IP):{METRICS_PORT}"),
     ];
     // Latency gates count the requests slower than their thresholds: edges there.
     for edge in svc.spec.latency_edges() {
@@ -461,14 +476,21 @@ fn render_gateway(
                 ..Default::default()
             },
         ]),
-        readiness_probe: Some(Probe {
-            tcp_socket: Some(TCPSocketAction {
-                port: IntOrString::Int(port),
+        env: Some(vec![EnvVar {
+            name: "POD_IP".into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "status.podIP".into(),
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
-            period_seconds: Some(2),
             ..Default::default()
-        }),
+        }]),
+        // Ready once every pool with weight has a live backend (or the wait is over);
+        // alive while the data plane turns: a stalled one is restarted.
+        readiness_probe: Some(http_probe("/readyz", 2, 1)),
+        liveness_probe: Some(http_probe("/healthz", 5, 3)),
         security_context: Some(k8s_openapi::api::core::v1::SecurityContext {
             run_as_non_root: Some(true),
             allow_privilege_escalation: Some(false),

@@ -15,6 +15,10 @@ pub struct Stats {
     leader: std::sync::atomic::AtomicBool,
     /// Chaos runs recorded, by verdict.
     pub chaos_runs: crate::experiment::RunCounts,
+    /// Connections the probes listener refused at its caps.
+    pub probes_refused: zdeploy_gateway::http::Refused,
+    /// Connections the Alertmanager webhook listener refused at its caps.
+    pub webhook_refused: zdeploy_gateway::http::Refused,
 }
 
 impl Stats {
@@ -50,6 +54,16 @@ impl Stats {
             ));
         }
         out.push_str(&self.chaos_runs.encode());
+        out.push_str("# TYPE zdeploy_http_connections_refused_total counter\n");
+        for (listener, refused) in [
+            ("probes", &self.probes_refused),
+            ("webhook", &self.webhook_refused),
+        ] {
+            out.push_str(&format!(
+                "zdeploy_http_connections_refused_total{{listener=\"{listener}\"}} {}\n",
+                refused.get()
+            ));
+        }
         out
     }
 

@@ -22,6 +22,7 @@ use zdeploy_api::service::LocalRun;
 use zdeploy_api::shadow::ShadowCopy;
 use zdeploy_api::{Pool, Weight, ZmqService, ZmqServiceStatus};
 use zdeploy_gateway::control::Control;
+use zdeploy_gateway::http::{self, Refused};
 use zdeploy_gateway::{Gateway, GatewayConfig, PoolConfig};
 
 use crate::analysis::promql::Target;
@@ -313,24 +314,16 @@ impl Runtime {
         let chaos_runs = Arc::new(crate::experiment::RunCounts::default());
         let router = api::router(token.clone(), view_rx, cmd_tx, chaos_tx, manifest_image)
             .merge(api::metrics_router(chaos_runs.clone()));
-        let listener = tokio::net::TcpListener::bind(config.admin)
+        let limits = http::Limits::default();
+        let (bound, _) = http::bind(config.admin, router, limits, Refused::default())
             .await
             .map_err(|e| format!("admin API on {}: {e}", config.admin))?;
-        let admin_url = format!(
-            "http://{}",
-            listener.local_addr().map_err(|e| e.to_string())?
-        );
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, router).await;
-        });
+        let admin_url = format!("http://{bound}");
         if let (Some(addr), Some(inbox)) = (config.webhook, inbox) {
-            let listener = tokio::net::TcpListener::bind(addr)
+            let router = crate::analysis::webhook::router(inbox, token);
+            http::bind(addr, router, limits, Refused::default())
                 .await
                 .map_err(|e| format!("webhook on {addr}: {e}"))?;
-            let router = crate::analysis::webhook::router(inbox, token);
-            tokio::spawn(async move {
-                let _ = axum::serve(listener, router).await;
-            });
         }
         state.save_endpoint(&admin_url).map_err(|e| e.to_string())?;
         state.save_status(&status).map_err(|e| e.to_string())?;
