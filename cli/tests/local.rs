@@ -206,6 +206,69 @@ fn a_killed_zdeploy_up_resumes_the_same_step() {
 }
 
 #[test]
+fn a_second_zdeploy_up_on_one_state_is_refused_and_the_rollout_survives_both() {
+    let dir = tempdir("twice");
+    let file = manifest(&dir, "twice", "[{setWeight: 20}, {pause: {}}]");
+    let state = dir.join("state");
+    let mut first = up(&file, &state);
+    let (code, out) = zdeploy(
+        &state,
+        &["rollout", "twice", "--image", "example.com/twice:v2"],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(status(&state, "twice")["status"]["canaryWeight"], 20);
+
+    let t = std::time::Instant::now();
+    let mut second = Command::new(env!("CARGO_BIN_EXE_zdeploy"))
+        .args([
+            "up",
+            "-f",
+            file.to_str().unwrap(),
+            "--frontend",
+            "tcp://127.0.0.1:*",
+        ])
+        .args(["--state-dir", state.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Bounded: a second up that is not refused runs until it is killed.
+    let exited = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        if t.elapsed() > Duration::from_secs(5) {
+            second.kill().unwrap();
+            panic!("a second zdeploy up on the same state directory started and kept running");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = t.elapsed();
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut said).unwrap();
+    assert!(!exited.success(), "a second up started: {said}");
+    assert!(took < Duration::from_secs(1), "refused after {took:?}");
+    let pid = first.proc.child.id().to_string();
+    assert!(
+        said.contains("another zdeploy up")
+            && said.contains(&format!("pid {pid}"))
+            && said.contains(&first.frontend),
+        "the refusal does not name the running one (pid {pid}, {}): {said}",
+        first.frontend
+    );
+
+    // The first one stops as a person stops it; its rollout is on record as it was.
+    first.proc.signal("INT");
+    first.proc.wait_exit(Duration::from_secs(10));
+    drop(first);
+    let _again = up(&file, &state);
+    let after = status(&state, "twice")["status"].clone();
+    assert_eq!(after["canaryWeight"], 20, "{after}");
+    assert_eq!(after["canaryRevision"], "example.com/twice:v2", "{after}");
+    assert_eq!(after["phase"], "Paused", "{after}");
+}
+
+#[test]
 fn a_recorded_step_the_manifest_does_not_have_is_refused_never_promoted() {
     let dir = tempdir("tampered");
     let file = manifest(&dir, "steps", "[{setWeight: 30}, {pause: {}}]");

@@ -32,7 +32,7 @@ use crate::engine::{self, Action, Command, Input, Reach, Reason};
 use api::{ChaosQueued, ChaosReply, ChaosRequest, CommandReply, Queued, StatusView};
 use chaos::{Experiment, Scheduled, Step};
 use process::ProcessPool;
-use state::{Ports, StateDir};
+use state::{Ports, StateDir, StateLock};
 use zdeploy_api::ChaosSchedule;
 use zdeploy_api::chaos::ChaosRun;
 use zdeploy_gateway::control::ActiveFault;
@@ -96,6 +96,8 @@ pub struct Runtime {
     spec: zdeploy_api::ZmqServiceSpec,
     local: LocalRun,
     state: StateDir,
+    /// Held while this runtime lives: one `zdeploy up` per state directory.
+    _lock: StateLock,
     status: ZmqServiceStatus,
     gateway: Gateway,
     stable: ProcessPool,
@@ -161,6 +163,10 @@ impl Runtime {
         })?;
         let state = StateDir::open(&config.state_root, &name)
             .map_err(|e| format!("state directory: {e}"))?;
+        // Before anything is read: the status read here is the one this process saves over.
+        let lock = state
+            .lock(&config.frontend)
+            .map_err(|e| format!("{name}: {e}"))?;
         let manifest_image = svc.spec.image();
         let mut status = state
             .load_status()
@@ -228,6 +234,9 @@ impl Runtime {
         let gateway = Gateway::start(gw)
             .await
             .map_err(|e| format!("starting zgate: {e}"))?;
+        state
+            .save_owner(gateway.frontend())
+            .map_err(|e| format!("state directory: {e}"))?;
         let metrics_url = format!(
             "http://{}/metrics",
             gateway.metrics_addr().expect("metrics listener")
@@ -332,6 +341,7 @@ impl Runtime {
             spec: svc.spec,
             local,
             state,
+            _lock: lock,
             status,
             gateway,
             stable,

@@ -1,5 +1,8 @@
 //! The local state directory of one service: its recorded status (so a restarted
 //! `zdeploy up` resumes), its ports, the admin API address and the token that guards it.
+//! One `zdeploy up` holds it at a time, by an OS file lock (released when the process ends,
+//! however it ends): a second one would serve from the first one's processes and, when the
+//! first stops, save the status it read at its own start over the rollout made since.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -17,7 +20,36 @@ pub struct Ports {
     pub canary: Vec<u16>,
 }
 
-/// `<root>/<service>/`: status.json, ports.json, token, endpoint, logs/.
+/// Who holds a state directory: written by the `zdeploy up` that locked it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    /// Its process id.
+    pub pid: u32,
+    /// zgate's frontend endpoint.
+    pub frontend: String,
+}
+
+/// Why a state directory could not be held.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// Another `zdeploy up` holds it.
+    #[error("another zdeploy up runs with this state directory ({}): stop it first (Ctrl-C in its terminal), or give this one another --state-dir", match .0 {
+        Some(o) => format!("pid {}, frontend {}", o.pid, o.frontend),
+        None => "it has not said which yet".into(),
+    })]
+    Held(Option<Owner>),
+    /// The lock file could not be opened or locked.
+    #[error("locking the state directory: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The lock on a state directory; released when dropped or when the process ends.
+#[derive(Debug)]
+pub struct StateLock {
+    _file: std::fs::File,
+}
+
+/// `<root>/<service>/`: status.json, ports.json, token, endpoint, lock, owner.json, logs/.
 #[derive(Clone, Debug)]
 pub struct StateDir {
     dir: PathBuf,
@@ -25,7 +57,10 @@ pub struct StateDir {
 
 /// Writes a private file (see `private`) in one step.
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
+    // Named after the file, so two files being written never share a temporary.
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
     {
         let mut f = super::private::create_file(&tmp)?;
         f.write_all(bytes)?;
@@ -42,6 +77,39 @@ impl StateDir {
         super::private::create_dir(&dir)?;
         std::fs::create_dir_all(dir.join("logs"))?;
         Ok(Self { dir })
+    }
+
+    /// Takes the directory for this process, which serves on `frontend`; refused while
+    /// another process holds it.
+    pub fn lock(&self, frontend: &str) -> Result<StateLock, LockError> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(self.dir.join("lock"))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(LockError::Held(self.owner())),
+            Err(std::fs::TryLockError::Error(e)) => return Err(LockError::Io(e)),
+        }
+        self.save_owner(frontend)?;
+        Ok(StateLock { _file: file })
+    }
+
+    /// Records the frontend of the process holding the lock (once its port is known).
+    pub fn save_owner(&self, frontend: &str) -> std::io::Result<()> {
+        let owner = Owner {
+            pid: std::process::id(),
+            frontend: frontend.to_string(),
+        };
+        let bytes = serde_json::to_vec(&owner).map_err(std::io::Error::other)?;
+        write_atomic(&self.dir.join("owner.json"), &bytes)
+    }
+
+    /// Who holds (or last held) the directory, as it said.
+    pub fn owner(&self) -> Option<Owner> {
+        serde_json::from_slice(&std::fs::read(self.dir.join("owner.json")).ok()?).ok()
     }
 
     /// The state directory of `service`, only if `zdeploy up` created it.
@@ -134,5 +202,28 @@ impl StateDir {
     /// The log file of one process.
     pub fn log_path(&self, pool: Pool, index: usize) -> PathBuf {
         self.dir.join("logs").join(format!("{pool}-{index}.log"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_holder_at_a_time_and_the_next_one_is_told_who() {
+        let root = std::env::temp_dir().join(format!("zdeploy-lock-{}", std::process::id()));
+        let dir = StateDir::open(&root, "echo").unwrap();
+        let held = dir.lock("tcp://127.0.0.1:5555").unwrap();
+        let again = StateDir::open(&root, "echo").unwrap();
+        match again.lock("tcp://127.0.0.1:6666") {
+            Err(LockError::Held(Some(owner))) => {
+                assert_eq!(owner.pid, std::process::id());
+                assert_eq!(owner.frontend, "tcp://127.0.0.1:5555");
+            }
+            other => panic!("a second holder was not refused: {other:?}"),
+        }
+        drop(held);
+        assert!(again.lock("tcp://127.0.0.1:6666").is_ok());
+        std::fs::remove_dir_all(root).unwrap();
     }
 }
