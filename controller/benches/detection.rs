@@ -4,7 +4,9 @@
 //! a sliding 4 s window (`Span::Window`), so that one trial's errors do not count in the next.
 //!
 //! `cargo bench -p zdeploy-controller --bench detection` (needs prometheus and
-//! prometheus-alertmanager, which ./tests/run installs). Prints each trial and the medians.
+//! prometheus-alertmanager, which ./tests/run installs). Prints each trial and the medians;
+//! fails when a path detected fewer than half of the bursts (it measured nothing).
+//! `ZDEPLOY_BENCH_QUICK=1` runs two trials (how ./tests/run keeps it working).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -18,7 +20,13 @@ use zdeploy_controller::analysis::promql::Target as Who;
 use zdeploy_controller::analysis::webhook::AlertInbox;
 use zdeploy_controller::analysis::{Analyzer, Source, Span};
 
-const TRIALS: usize = 7;
+/// Trials: 7, or 2 with `ZDEPLOY_BENCH_QUICK`.
+fn trials() -> usize {
+    match std::env::var_os("ZDEPLOY_BENCH_QUICK") {
+        Some(_) => 2,
+        None => 7,
+    }
+}
 const WINDOW: Duration = Duration::from_secs(4);
 
 fn canary() -> Who {
@@ -85,7 +93,8 @@ async fn main() {
         "trial", "query polling", "webhook", "embedded scrape"
     );
     let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
-    for trial in 1..=TRIALS {
+    let trials = trials();
+    for trial in 1..=trials {
         // Quiet period: every window forgets the previous burst.
         tokio::time::sleep(Duration::from_secs(8)).await;
         inbox.take_matching("echo", None, zdeploy_api::Pool::Canary);
@@ -147,6 +156,17 @@ async fn main() {
         a.extend(pa);
         b.extend(pb);
         c.extend(pc);
+    }
+    for (path, detected) in [
+        ("query polling", &a),
+        ("webhook", &b),
+        ("embedded scrape", &c),
+    ] {
+        assert!(
+            2 * detected.len() >= trials,
+            "{path} detected {} of {trials} bursts: the median would not measure detection",
+            detected.len()
+        );
     }
     let show = |d: Option<Duration>| {
         d.map(|d| format!("{:.2} s", d.as_secs_f64()))

@@ -19,7 +19,8 @@
 //! reached; a rollout still running 30 minutes after it started ends there.
 //!
 //! `cargo bench -p zdeploy-controller --bench judge` (about ten minutes on two cores;
-//! `ZDEPLOY_JUDGE_ROLLOUTS=N` sets the A/A rollouts per cell, default 10,000, A/B a fifth).
+//! `ZDEPLOY_JUDGE_ROLLOUTS=N` sets the A/A rollouts per cell, default 10,000, A/B a fifth;
+//! `ZDEPLOY_BENCH_QUICK=1`, 20). It fails when fewer than half of a cell's rollouts ended.
 
 use std::time::Duration;
 
@@ -29,7 +30,7 @@ use zdeploy_api::validate::{Resource, validate_str};
 use zdeploy_api::{ZmqServiceSpec, ZmqServiceStatus};
 use zdeploy_controller::analysis::judge::{Reading, fail_at, judge, overall};
 use zdeploy_controller::analysis::sequential::{Bound, ln_evidence_bound};
-use zdeploy_controller::engine::{self, Command, Input};
+use zdeploy_controller::engine::{self, Command, Input, Reach};
 
 const EXAMPLE: &str = include_str!("../../manifests/examples/echo.yaml");
 /// Time between two looks of the sequential judge inside an interval: `zdeploy up`'s scrape.
@@ -365,6 +366,8 @@ fn rollout(spec: &ZmqServiceSpec, who: Judge, cell: &Cell, seed: u64) -> Ending 
         }),
         t0,
     );
+    // zgate connected to the canary: the engine waits for this before any weight.
+    feed(&mut status, Input::Reach(Reach::Live), t0);
     let mut canary = Pool::new(cell.canary, &mut rng);
     let mut stable = Pool::new(cell.stable, &mut rng);
     let mut life: Vec<(Slice, Slice)> = Vec::new();
@@ -622,9 +625,12 @@ fn main() {
         Some(Resource::ZmqService(svc)) => svc.spec,
         _ => panic!("the example is a valid ZmqService"),
     };
+    // ZDEPLOY_BENCH_QUICK: a few rollouts a cell, how ./tests/run keeps it working.
+    let quick = std::env::var_os("ZDEPLOY_BENCH_QUICK").map(|_| 20);
     let aa = std::env::var("ZDEPLOY_JUDGE_ROLLOUTS")
         .ok()
         .and_then(|v| v.parse().ok())
+        .or(quick)
         .unwrap_or(10_000);
     let a = &spec.strategy.analysis();
     println!(
@@ -656,6 +662,18 @@ fn main() {
     });
     let mut rows = rows.into_inner().unwrap();
     rows.sort_by_key(|(i, _)| *i);
+    // A table of rollouts that never moved would read as "no false alarms": refuse it.
+    for (_, r) in &rows {
+        let ended = r.rolled_back + r.promoted;
+        assert!(
+            2 * ended >= r.rollouts,
+            "the benchmark measured nothing: in {} ({}), {} of {} rollouts were neither promoted nor rolled back within {CAP:?}: did the canary get weight?",
+            r.cell,
+            r.judge.name(),
+            r.rollouts - ended,
+            r.rollouts
+        );
+    }
     println!(
         "\n| cell | judge | rollouts | rolled back | promoted | median canary requests before weight 0 | median canary bad replies before weight 0 |"
     );

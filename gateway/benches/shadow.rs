@@ -15,7 +15,13 @@ use zdeploy_gateway::{Gateway, GatewayConfig, PoolConfig};
 
 const RATE: u32 = 1_000;
 const PER_ROUND: usize = 5_000;
-const ROUNDS: usize = 6;
+/// Alternating rounds: 6, or 1 with `ZDEPLOY_BENCH_QUICK` (how ./tests/run keeps it working).
+fn rounds() -> usize {
+    match std::env::var_os("ZDEPLOY_BENCH_QUICK") {
+        Some(_) => 1,
+        None => 6,
+    }
+}
 
 /// A ROUTER that echoes every message whole.
 fn echo_server(ctx: &zmq::Context) -> String {
@@ -76,6 +82,15 @@ fn paced(ctx: &zmq::Context, endpoint: &str) -> (Duration, Duration) {
     (lat[lat.len() / 2], lat[lat.len() * 99 / 100])
 }
 
+/// The value of the series of `name` whose labels contain `label`.
+fn series(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && l.contains(label))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort_unstable();
     v[v.len() / 2]
@@ -97,11 +112,12 @@ fn main() {
         ("shadow 100%", on.frontend()),
     ];
     println!(
-        "shadow benchmark: {RATE} req/s, {PER_ROUND} requests per round, {ROUNDS} alternating rounds, median round shown"
+        "shadow benchmark: {RATE} req/s, {PER_ROUND} requests per round, {} alternating rounds, median round shown",
+        rounds()
     );
     let mut p50s = [Vec::new(), Vec::new()];
     let mut p99s = [Vec::new(), Vec::new()];
-    for round in 0..ROUNDS {
+    for round in 0..rounds() {
         for (i, (name, ep)) in paths.iter().enumerate() {
             eprint!("  round {}: {name}...\r", round + 1);
             let (p50, p99) = paced(&ctx, ep);
@@ -110,6 +126,21 @@ fn main() {
         }
     }
     eprintln!();
+    // Measured what it names only if every request was copied and its copy judged a match.
+    let sent = (rounds() * PER_ROUND) as f64;
+    let on_metrics = on.encode_metrics();
+    let matched = series(
+        &on_metrics,
+        "zgate_shadow_total",
+        "pool=\"canary\",outcome=\"match\"",
+    );
+    let off_copies = series(
+        &off.encode_metrics(),
+        "zgate_shadow_total",
+        "pool=\"canary\",outcome=\"match\"",
+    );
+    assert_eq!(matched, sent, "copies judged a match with shadowing on");
+    assert_eq!(off_copies, 0.0, "copies with shadowing off");
     let p50s = p50s.map(median);
     let p99s = p99s.map(median);
     println!("  {:<12} {:>10} {:>10}", "path", "p50", "p99");
