@@ -11,6 +11,7 @@ pub mod pool;
 pub mod route;
 pub mod service;
 pub mod shadow;
+pub mod strict_json;
 pub mod validate;
 pub mod weight;
 pub mod windows;

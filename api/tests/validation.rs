@@ -353,3 +353,58 @@ fn blue_green_is_an_alternative_to_canary_steps() {
         "{unknown:?}"
     );
 }
+
+#[test]
+fn a_duration_past_its_maximum_is_refused_naming_the_field_and_the_limit() {
+    let huge = MINIMAL.replace(
+        "    port: 7000\n",
+        "    port: 7000\n    requestTimeout: 2562047788015215h\n",
+    );
+    let found = problems(&huge);
+    assert!(
+        found
+            .iter()
+            .any(|p| p.contains("spec.zmq.requestTimeout") && p.contains("8760h")),
+        "{found:?}"
+    );
+    let long = MINIMAL.replace(
+        "    port: 7000\n",
+        "    port: 7000\n    requestTimeout: 2h\n",
+    );
+    let found = problems(&long);
+    assert!(
+        found
+            .iter()
+            .any(|p| p.contains("spec.zmq.requestTimeout: must be above 0s and at most 1h")),
+        "{found:?}"
+    );
+    let drill = |fault: &str, duration: &str| {
+        format!(
+            "apiVersion: zdeploy.io/v1alpha1\nkind: ChaosSchedule\nmetadata: {{name: drill}}\nspec:\n  schedule: \"0 3 * * *\"\n  experiment:\n    service: echo\n    fault: {fault}\n    duration: {duration}\n"
+        )
+    };
+    let found = problems(&drill(
+        "{gatewayLatency: {latency: 9223372036854775807s}}",
+        "5m",
+    ));
+    assert!(
+        found.iter().any(
+            |p| p.contains("spec.experiment.fault.gatewayLatency.latency") && p.contains("8760h")
+        ),
+        "{found:?}"
+    );
+    let found = problems(&drill("{gatewayLatency: {latency: 25h}}", "48h"));
+    assert!(
+        found
+            .iter()
+            .any(|p| p.contains("gatewayLatency.latency: must be at most 24h")),
+        "{found:?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|p| p.contains("spec.experiment.duration: must be above 0s and at most 24h")),
+        "{found:?}"
+    );
+    assert!(problems(&drill("{gatewayLatency: {latency: 200ms}}", "5m")).is_empty());
+}

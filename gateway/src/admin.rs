@@ -24,6 +24,7 @@ use crate::metrics::GatewayMetrics;
 use crate::routes::{Route, check_routes};
 use crate::shadow::MismatchSample;
 use zdeploy_api::shadow::ShadowCopy;
+use zdeploy_api::strict_json;
 
 /// `/healthz` and `/readyz`: 503 with the reason while the data plane is stalled or
 /// stopped (and, for `/readyz`, before the frontend serves).
@@ -161,7 +162,7 @@ async fn get_weights(State(control): State<Arc<Control>>) -> Json<BTreeMap<Strin
 /// The weights a `PUT /weights` body asks for, in pool order; pools left out get 0 (the
 /// body is the whole new split). No I/O: the handler calls it, and the fuzzer.
 pub fn weights_from_body(pools: &[String], body: &[u8]) -> Result<Vec<Weight>, String> {
-    let wanted: BTreeMap<String, i64> = serde_json::from_slice(body).map_err(|e| {
+    let wanted: BTreeMap<String, i64> = strict_json::from_slice(body).map_err(|e| {
         format!("body must be a JSON object like {{\"stable\":90,\"canary\":10}}: {e}")
     })?;
     let mut weights = BTreeMap::new();
@@ -178,7 +179,7 @@ pub fn weights_from_body(pools: &[String], body: &[u8]) -> Result<Vec<Weight>, S
 
 /// The fault a `PUT /faults/{pool}` body asks for, checked. No I/O.
 pub fn fault_from_body(body: &[u8]) -> Result<FaultSpec, String> {
-    let spec: FaultSpec = serde_json::from_slice(body).map_err(|e| {
+    let spec: FaultSpec = strict_json::from_slice(body).map_err(|e| {
         format!(
             "body must be like {{\"latency\":\"200ms\",\"errorRatio\":0.1,\"dropRatio\":0,\"duration\":\"30s\"}}: {e}"
         )
@@ -210,7 +211,7 @@ async fn get_routes(State(control): State<Arc<Control>>) -> Json<Vec<Route>> {
 
 /// `PUT /routes`: the whole list, e.g. `["canary=identity:tester-"]`; `[]` removes them.
 async fn put_routes(State(control): State<Arc<Control>>, body: axum::body::Bytes) -> Response {
-    let routes: Vec<Route> = match serde_json::from_slice(&body) {
+    let routes: Vec<Route> = match strict_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
             return error(
@@ -245,7 +246,7 @@ async fn get_shadow(State(control): State<Arc<Control>>) -> Json<ShadowOut> {
 
 /// `PUT /shadow`: `{"pool": "canary", "percent": 5}`, or `null` to stop copying.
 async fn put_shadow(State(control): State<Arc<Control>>, body: axum::body::Bytes) -> Response {
-    let shadow: Option<ShadowCopy> = match serde_json::from_slice(&body) {
+    let shadow: Option<ShadowCopy> = match strict_json::from_slice(&body) {
         Ok(s) => s,
         Err(e) => {
             return error(

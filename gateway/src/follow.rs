@@ -36,7 +36,8 @@ pub fn shadow_from(raw: Option<&str>, pools: &[String]) -> Result<Option<ShadowC
     let Some(raw) = raw else {
         return Ok(None);
     };
-    let shadow: ShadowCopy = serde_json::from_str(raw).map_err(|e| format!("{SHADOW_KEY}: {e}"))?;
+    let shadow: ShadowCopy =
+        zdeploy_api::strict_json::from_str(raw).map_err(|e| format!("{SHADOW_KEY}: {e}"))?;
     check_shadow(pools, &shadow).map_err(|e| format!("{SHADOW_KEY}: {e}"))?;
     Ok(Some(shadow))
 }
@@ -44,7 +45,9 @@ pub fn shadow_from(raw: Option<&str>, pools: &[String]) -> Result<Option<ShadowC
 /// The routes by client under [`ROUTES_KEY`], checked against the pools.
 pub fn routes_from(raw: Option<&str>, pools: &[String]) -> Result<Vec<Route>, String> {
     let routes: Vec<Route> = match raw {
-        Some(r) => serde_json::from_str(r).map_err(|e| format!("{ROUTES_KEY}: {e}"))?,
+        Some(r) => {
+            zdeploy_api::strict_json::from_str(r).map_err(|e| format!("{ROUTES_KEY}: {e}"))?
+        }
         None => Vec::new(),
     };
     check_routes(pools, &routes).map_err(|e| format!("{ROUTES_KEY}: {e}"))?;
@@ -92,7 +95,9 @@ pub fn faults_from(
     now: Timestamp,
 ) -> Result<Vec<Option<ActiveFault>>, String> {
     let stored: BTreeMap<String, StoredFault> = match raw {
-        Some(r) => serde_json::from_str(r).map_err(|e| format!("{FAULTS_KEY}: {e}"))?,
+        Some(r) => {
+            zdeploy_api::strict_json::from_str(r).map_err(|e| format!("{FAULTS_KEY}: {e}"))?
+        }
         None => BTreeMap::new(),
     };
     if let Some(unknown) = stored.keys().find(|p| !pools.contains(p)) {
@@ -135,8 +140,8 @@ fn weights_in(cm: &ConfigMap, name: &str, pools: &[String]) -> Result<Vec<Weight
         .as_ref()
         .and_then(|d| d.get(KEY))
         .ok_or_else(|| format!("ConfigMap {name} has no {KEY}"))?;
-    let parsed: BTreeMap<String, i64> =
-        serde_json::from_str(raw).map_err(|e| format!("ConfigMap {name} {KEY}: {e}"))?;
+    let parsed: BTreeMap<String, i64> = zdeploy_api::strict_json::from_str(raw)
+        .map_err(|e| format!("ConfigMap {name} {KEY}: {e}"))?;
     let mut weights = BTreeMap::new();
     for (pool, n) in parsed {
         weights.insert(

@@ -6,4 +6,5 @@ pub mod apiserver;
 pub mod children;
 pub mod dirs;
 pub mod fixtures;
+pub mod freeze;
 pub mod ports;

@@ -209,7 +209,7 @@ impl AlertInbox {
     /// Takes in one webhook body (Alertmanager's version 4 payload): firing alerts join
     /// the inbox, resolved ones leave the firing set. No I/O: the HTTP handler calls it.
     pub fn receive(&self, body: &[u8]) -> Result<Received, String> {
-        let payload: Payload = serde_json::from_slice(body)
+        let payload: Payload = zdeploy_api::strict_json::from_slice(body)
             .map_err(|e| format!("not an Alertmanager webhook payload: {e}"))?;
         let mut r = Received::default();
         for a in payload.alerts {

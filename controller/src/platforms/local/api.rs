@@ -146,7 +146,7 @@ where
     if !authorized(shared, headers) {
         return unauthorized();
     }
-    let req: Req = match serde_json::from_slice(body) {
+    let req: Req = match zdeploy_api::strict_json::from_slice(body) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
