@@ -296,3 +296,55 @@ fn health_turns_red_when_the_data_plane_is_stopped() {
     );
     assert_eq!(gw.metric("zgate_up{service=\"zgate\"}"), 1.0);
 }
+
+/// Opens `n` DEALER clients, sends one request from each, waits for every reply, closes them.
+fn wave_of_clients(frontend: &str, n: usize) {
+    let payload = vec![7u8; 1024];
+    // libzmq allows 1,023 sockets a context.
+    let contexts: Vec<zmq::Context> = (0..n.div_ceil(500)).map(|_| zmq::Context::new()).collect();
+    let clients: Vec<zmq::Socket> = (0..n)
+        .map(|i| {
+            let s = zmq_client(&contexts[i / 500], zmq::DEALER, frontend);
+            s.send_multipart([&b""[..], &payload[..]], 0).unwrap();
+            s
+        })
+        .collect();
+    for s in &clients {
+        let reply = s.recv_multipart(0).expect("every client gets its reply");
+        assert!(
+            reply[1].starts_with(b"OK stable"),
+            "{:?}",
+            String::from_utf8_lossy(&reply[1])
+        );
+    }
+}
+
+#[test]
+fn memory_taken_by_2000_clients_is_given_back_when_they_leave() {
+    zdeploy_gateway::limits::raise_open_files();
+    let svc = peer(&["rep", "--name", "stable"]);
+    let gw = gateway(&["--pool", &format!("stable={}", svc.endpoint())]);
+    gw.wait_live("stable", 1.0);
+    wave_of_clients(&gw.frontend, 50);
+    let baseline = gw.proc.rss_kib() / 1024;
+    let mut after_waves = Vec::new();
+    for wave in 0..3 {
+        wave_of_clients(&gw.frontend, 2000);
+        let with_clients = gw.proc.rss_kib() / 1024;
+        // They have left; zgate gives their memory back within a few seconds.
+        let deadline = Instant::now() + Duration::from_secs(8);
+        let mut left = gw.proc.rss_kib() / 1024;
+        while left > baseline + 24 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(250));
+            left = gw.proc.rss_kib() / 1024;
+        }
+        eprintln!(
+            "wave {wave}: RSS {baseline} MiB before, {with_clients} MiB with 2,000 clients, {left} MiB after they left"
+        );
+        after_waves.push(left);
+    }
+    assert!(
+        after_waves.iter().all(|m| *m <= baseline + 24),
+        "RSS after the clients left: {after_waves:?} MiB (baseline {baseline} MiB)"
+    );
+}

@@ -15,6 +15,7 @@ pub mod follow;
 pub mod heartbeat;
 pub mod http;
 pub mod limits;
+mod memory;
 pub mod metrics;
 mod pending;
 pub mod router;
@@ -146,6 +147,7 @@ impl Gateway {
             data_plane: Some(data_plane),
             tasks: Vec::new(),
         };
+        gateway.tasks.push(memory::give_back_periodically());
         // EndpointSlices are followed by the caller, who has the Kubernetes client.
         if config.discovery == Discovery::Dns
             && configured
