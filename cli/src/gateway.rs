@@ -40,6 +40,11 @@ pub struct Args {
     /// (zgate_shadow_total). Change it with PUT /shadow.
     #[arg(long, value_name = "POOL=PERCENT")]
     shadow: Option<zdeploy_api::shadow::ShadowCopy>,
+    /// Bytes of replies zgate keeps at most while it waits to compare a shadow copy's
+    /// reply with stable's; past it, comparisons are skipped (zgate_shadow_skipped_total,
+    /// reason shed) instead of holding more.
+    #[arg(long, default_value_t = 64 << 20)]
+    shadow_max_bytes: usize,
     /// How shadow replies are compared: bytes (frame by frame, after ignored frames and
     /// masks) or classifier (only error vs not).
     #[arg(long, default_value = "bytes")]
@@ -134,6 +139,7 @@ impl Args {
         config.latency_edges = self.latency_edges.iter().map(|d| d.get()).collect();
         config.max_message_size = self.max_message_bytes;
         config.ready_wait = self.ready_wait;
+        config.shadow_max_bytes = self.shadow_max_bytes;
         config.metrics = self.metrics;
         config.admin = self.admin;
         if let Some(f) = &self.admin_token_file {

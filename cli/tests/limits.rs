@@ -348,3 +348,59 @@ fn memory_taken_by_2000_clients_is_given_back_when_they_leave() {
         "RSS after the clients left: {after_waves:?} MiB (baseline {baseline} MiB)"
     );
 }
+
+#[test]
+fn shadowing_a_slow_canary_with_large_replies_keeps_memory_within_the_budget() {
+    let stable = peer(&["rep", "--name", "stable"]);
+    let canary = peer(&["rep", "--name", "canary", "--delay-ms", "1500"]);
+    let gw = support::two_pools(
+        &stable,
+        &canary,
+        "stable=100",
+        &["--shadow", "canary=100", "--shadow-max-bytes", "16777216"],
+    );
+    let baseline = gw.proc.rss_kib() / 1024;
+    let pid = gw.proc.child.id();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watching = done.clone();
+    let peak = std::thread::spawn(move || {
+        let mut peak = 0;
+        while !watching.load(std::sync::atomic::Ordering::Relaxed) {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let rss: u64 = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or(0);
+            peak = peak.max(rss / 1024);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        peak
+    });
+    // 1 MiB requests (echoed: 1 MiB replies), 20 in flight, 300 in all.
+    let r = support::client(&[
+        "dealer",
+        "--connect",
+        &gw.frontend,
+        "--count",
+        "300",
+        "--pipeline",
+        "20",
+        "--size",
+        "1048576",
+    ]);
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = peak.join().unwrap();
+    assert_eq!(r["by_first_word"]["OK stable"], 300, "{r}");
+    let shed =
+        gw.metric("zgate_shadow_skipped_total{service=\"zgate\",pool=\"canary\",reason=\"shed\"}");
+    eprintln!(
+        "RSS {baseline} MiB before, peak {peak} MiB; {shed} comparisons shed at the 16 MiB budget"
+    );
+    assert!(shed > 0.0, "nothing was shed: the budget was never reached");
+    // The budget, the 20 requests and replies in flight on each side, and libzmq's buffers.
+    assert!(
+        peak < baseline + 120,
+        "RSS peaked at {peak} MiB from {baseline} MiB"
+    );
+}

@@ -91,6 +91,9 @@ pub struct GatewayConfig {
     /// Largest message accepted from a client or a backend, in bytes; a peer that sends a
     /// larger one is disconnected.
     pub max_message_size: i64,
+    /// Bytes of replies kept at most for shadow comparisons; past it, comparisons are
+    /// skipped and counted `shed`.
+    pub shadow_max_bytes: usize,
     /// At start, requests wait (unread) up to this long for every pool with weight to have a
     /// live backend, so a restarted gateway neither answers `unavailable` nor sends a pool's
     /// share to another pool while its backends connect.
@@ -235,6 +238,7 @@ impl GatewayConfig {
             latency_edges: Vec::new(),
             max_message_size: 8 << 20,
             ready_wait: Duration::from_secs(10),
+            shadow_max_bytes: 64 << 20,
         }
     }
 

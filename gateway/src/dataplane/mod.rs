@@ -138,6 +138,9 @@ pub struct DataPlane {
     shadows: PendingRing<Shadow>,
     /// Copies in `shadows`, bounded by `backlog_limit`.
     shadows_open: usize,
+    /// Bytes of replies `shadows` keeps for comparison, bounded by `shadow_budget`.
+    shadow_bytes: usize,
+    shadow_budget: usize,
     pending: PendingRing<Pending>,
     held: BinaryHeap<Reverse<(Instant, u64)>>,
     /// Requests a pool's backlog holds at most.
@@ -205,6 +208,8 @@ impl DataPlane {
                 .expect("masks are checked with the configuration"),
             shadows: PendingRing::default(),
             shadows_open: 0,
+            shadow_bytes: 0,
+            shadow_budget: config.shadow_max_bytes,
             faults: settings.faults.clone(),
             control,
             metrics,

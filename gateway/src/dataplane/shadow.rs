@@ -2,7 +2,11 @@
 //! the shadow pool (the canary) as well. The client only ever gets the first pool's reply,
 //! which is never held back: the copy's reply is compared with a copy of it, whichever
 //! comes first. Copies are sent only when the canary has room now, never backlogged, and
-//! at most `hwm` are outstanding: under load they are shed first (counted).
+//! at most `hwm` are outstanding: under load they are shed first (counted). The replies
+//! kept for comparison take at most `shadow_max_bytes` in all: a reply that would go past
+//! it ends its comparison, counted as shed, so a slow canary with large replies cannot make
+//! zgate hold stable's replies without bound. A copy's own bytes count too until it is
+//! answered or expires.
 //!
 //! A copy's request id has its top bit set, so both kinds share the id space of the keyed
 //! hash and a backend can answer a copy only if it was sent it.
@@ -25,6 +29,12 @@ pub(super) struct Shadow {
     request: Excerpt,
     stable: Option<Reply>,
     canary: Option<Reply>,
+    /// Bytes of the replies kept, counted in `DataPlane::shadow_bytes`.
+    held: usize,
+}
+
+fn size(body: &[zmq::Message]) -> usize {
+    body.iter().map(|f| f.len()).sum()
 }
 
 impl DataPlane {
@@ -42,7 +52,11 @@ impl DataPlane {
             return None;
         }
         let metrics = self.pools[to].metrics.clone();
-        if !self.pools[to].usable || self.shadows_open >= self.backlog_limit {
+        let bytes = size(&frames[delim..]);
+        if !self.pools[to].usable
+            || self.shadows_open >= self.backlog_limit
+            || self.shadow_bytes + bytes > self.shadow_budget
+        {
             metrics.shadow_skipped(ShadowSkip::Shed);
             return None;
         }
@@ -57,6 +71,8 @@ impl DataPlane {
             request: Excerpt::of(&frames[delim + 1..]),
             stable: None,
             canary: None,
+            // The copy counts until it is answered or expires: until then zgate may hold it.
+            held: bytes,
         });
         let wire = self.wire_id(id | SHADOW_BIT);
         let target = &mut self.pools[to];
@@ -76,6 +92,7 @@ impl DataPlane {
                 s.backend = backend;
             }
             self.shadows_open += 1;
+            self.shadow_bytes += bytes;
             return Some(id);
         }
         self.shadows.remove(id);
@@ -85,9 +102,19 @@ impl DataPlane {
 
     /// Keeps stable's reply to a shadowed request (a copy of what the client got).
     pub(super) fn stable_answered(&mut self, id: u64, body: &[zmq::Message], error: bool) {
-        let Some(s) = self.shadows.get_mut(id) else {
+        if self.shadows.get(id).is_none() {
             return;
-        };
+        }
+        let bytes = size(body);
+        if self.shadow_bytes + bytes > self.shadow_budget {
+            let s = self.shadows.remove(id).expect("looked up above");
+            self.pools[s.pool].metrics.shadow_skipped(ShadowSkip::Shed);
+            self.close_shadow(&s);
+            return;
+        }
+        self.shadow_bytes += bytes;
+        let s = self.shadows.get_mut(id).expect("looked up above");
+        s.held += bytes;
         s.stable = Some(Reply {
             frames: body.iter().map(|f| f.to_vec()).collect(),
             error,
@@ -130,7 +157,18 @@ impl DataPlane {
         if let Some(b) = target.backend_mut(from) {
             b.done();
         }
+        let bytes = body.map_or(0, size);
+        if self.shadow_bytes + bytes > self.shadow_budget {
+            // Answered (its backend is free again), but not kept: the comparison ends.
+            let s = self.shadows.remove(id).expect("looked up above");
+            self.shadows_open -= 1;
+            self.shadow_bytes -= s.held;
+            self.pools[pool].metrics.shadow_skipped(ShadowSkip::Shed);
+            return;
+        }
+        self.shadow_bytes += bytes;
         let s = self.shadows.get_mut(id).expect("looked up above");
+        s.held += bytes;
         s.canary = Some(Reply {
             frames: body
                 .unwrap_or_default()
@@ -153,6 +191,7 @@ impl DataPlane {
         }
         let s = self.shadows.remove(id).expect("looked up above");
         self.shadows_open -= 1;
+        self.shadow_bytes -= s.held;
         let (Some(stable), Some(canary)) = (&s.stable, &s.canary) else {
             unreachable!("both replies are in");
         };
@@ -204,6 +243,7 @@ impl DataPlane {
     /// Frees what an unjudged copy held: its slot and, if unanswered, its backend's.
     fn close_shadow(&mut self, s: &Shadow) {
         self.shadows_open -= 1;
+        self.shadow_bytes -= s.held;
         if s.canary.is_none()
             && let Some(b) = self.pools[s.pool].backend_mut(s.backend)
         {
