@@ -715,3 +715,59 @@ fn blue_green_scales_the_old_pool_down_after_the_delay() {
     traffic.finish();
     drop(up);
 }
+
+/// `zdeploy up` on a fixed frontend, as a restart keeps it.
+fn up_on(file: &Path, state: &Path, frontend: &str) -> support::Up {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_zdeploy"));
+    cmd.args(["up", "-f", file.to_str().unwrap(), "--frontend", frontend])
+        .args(["--state-dir", state.to_str().unwrap()]);
+    let proc = support::Proc::start(cmd, "zdeploy up:");
+    let frontend = proc.ready_field("frontend");
+    support::Up { proc, frontend }
+}
+
+#[test]
+fn a_restarted_up_after_a_switch_serves_queued_requests_from_the_new_revision() {
+    let dir = tempdir("restart-switched");
+    let file = manifest_blue_green(&dir, "rs", "5m");
+    let state = dir.join("state");
+    let frontend = format!("tcp://127.0.0.1:{}", zdeploy_testkit::ports::free_port());
+    let mut first = up_on(&file, &state, &frontend);
+    // The preview's analysis needs traffic to pass.
+    let traffic = Traffic::start(&first.frontend, &state);
+    previewed(&state, "rs");
+    traffic.finish();
+    let (code, out) = zdeploy(&state, &["promote", "rs"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(status(&state, "rs")["status"]["canaryWeight"], 100);
+
+    first.proc.signal("KILL");
+    first.proc.wait_exit(Duration::from_secs(5));
+    drop(first);
+    // Requests sent while it is down wait in the client's queue for the restart.
+    let queued = {
+        let frontend = frontend.clone();
+        std::thread::spawn(move || {
+            client(&[
+                "dealer",
+                "--connect",
+                &frontend,
+                "--count",
+                "200",
+                "--pipeline",
+                "200",
+                "--recv-timeout-ms",
+                "30000",
+            ])
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let _second = up_on(&file, &state, &frontend);
+    let r = queued.join().unwrap();
+    assert_eq!(r["received"], 200, "{r}");
+    assert_eq!(
+        r["by_stamp"],
+        serde_json::json!({"by=v2": 200}),
+        "queued requests after the restart: {r}"
+    );
+}
