@@ -124,10 +124,15 @@ pub async fn up(args: &UpArgs) -> anyhow::Result<()> {
         }
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let run = tokio::spawn(runtime.run(stop_rx));
-    crate::signals::wait_for_stop().await;
-    let _ = stop_tx.send(true);
-    run.await?;
+    let mut run = tokio::spawn(runtime.run(stop_rx));
+    tokio::select! {
+        _ = crate::signals::wait_for_stop() => {
+            let _ = stop_tx.send(true);
+            run.await??;
+        }
+        // It stops by itself only when its gateway stopped serving.
+        ended = &mut run => ended??,
+    }
     Ok(())
 }
 

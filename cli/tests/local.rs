@@ -771,3 +771,38 @@ fn a_restarted_up_after_a_switch_serves_queued_requests_from_the_new_revision() 
         "queued requests after the restart: {r}"
     );
 }
+
+#[test]
+fn zdeploy_up_stops_when_its_gateway_stalls_and_a_restart_resumes() {
+    let dir = tempdir("stalled");
+    let file = manifest(&dir, "stalled", "[{setWeight: 30}, {pause: {}}]");
+    let state = dir.join("state");
+    let mut up = up(&file, &state);
+    let (code, out) = zdeploy(
+        &state,
+        &["rollout", "stalled", "--image", "example.com/stalled:v2"],
+    );
+    assert_eq!(code, 0, "{out}");
+    let tid = zdeploy_testkit::freeze::thread_named(up.proc.child.id(), "zgate-dataplane")
+        .expect("zdeploy up runs zgate's data plane");
+    let frozen = zdeploy_testkit::freeze::freeze(tid).expect("ptrace can stop a thread");
+    let t = std::time::Instant::now();
+    // Its exit status waits for the frozen thread to be let go: watch /proc instead.
+    let pid = up.proc.child.id();
+    while !zdeploy_testkit::freeze::exited(pid) && t.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let took = t.elapsed();
+    drop(frozen);
+    let code = up.proc.wait_exit(Duration::from_secs(5));
+    eprintln!("zdeploy up exited {code:?} {took:?} after its data plane froze");
+    assert!(code.is_some_and(|c| c != 0), "exit code {code:?}");
+    drop(up);
+    let _again = support::up(&file, &state);
+    let s = status(&state, "stalled")["status"].clone();
+    assert_eq!(
+        (s["canaryWeight"].as_u64(), s["phase"].as_str()),
+        (Some(30), Some("Paused")),
+        "{s}"
+    );
+}

@@ -219,6 +219,11 @@ impl Gateway {
             .map_or(0, |i| self.metrics.pools[i].in_flight.get())
     }
 
+    /// Whether the data plane is turning (it marks every turn of its loop).
+    pub fn health(&self) -> Result<(), heartbeat::Unhealthy> {
+        self.metrics.heartbeat.check(std::time::Instant::now())
+    }
+
     /// The metrics in the Prometheus text format.
     pub fn encode_metrics(&self) -> String {
         self.metrics.encode()

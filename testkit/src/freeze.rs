@@ -10,6 +10,16 @@ pub struct Frozen {
     tid: i32,
 }
 
+/// Whether process `pid` has exited (a zombie, or gone), as /proc says.
+pub fn exited(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z'))
+        })
+        .unwrap_or(true)
+}
+
 /// The id of the thread of process `pid` whose name is `name`, if it has one.
 pub fn thread_named(pid: u32, name: &str) -> Option<i32> {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
@@ -42,9 +52,13 @@ pub fn freeze(tid: i32) -> std::io::Result<Frozen> {
 impl Drop for Frozen {
     fn drop(&mut self) {
         let null = std::ptr::null_mut::<libc::c_void>();
-        // SAFETY: as above; detaching lets the thread run on.
+        // SAFETY: as above; detaching lets the thread run on. A thread whose process
+        // exited meanwhile waits for its tracer to reap it (and holds up the process's own
+        // exit status until then): reap it.
         unsafe {
             libc::ptrace(libc::PTRACE_DETACH, self.tid, null, null);
+            let mut status = 0;
+            libc::waitpid(self.tid, &mut status, libc::__WALL | libc::WNOHANG);
         }
         // The thread may need a moment to be scheduled again.
         std::thread::sleep(Duration::from_millis(10));

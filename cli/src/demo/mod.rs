@@ -214,7 +214,7 @@ pub async fn run(args: &Args) -> anyhow::Result<std::process::ExitCode> {
     });
     let result = scenario(args, &view, &state_root, &frontend, &weights).await;
     let _ = stop_tx.send(true);
-    let _ = running.await;
+    running.await??;
     let _ = std::fs::remove_dir_all(&state_root);
     let summary = result?;
     let ok = summary.bad_version_rolled_back

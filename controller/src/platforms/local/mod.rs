@@ -40,6 +40,16 @@ use zdeploy_gateway::control::ActiveFault;
 /// How often crashed processes are restarted and, until zgate reaches the canary, its
 /// reach is looked at.
 const TICK: Duration = Duration::from_millis(100);
+/// How long zgate's data plane may be unhealthy before `zdeploy up` gives up on it.
+const GATEWAY_GRACE: Duration = Duration::from_secs(3);
+
+/// Why a runtime stopped by itself.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Its zgate stopped serving; the recorded status is intact, so a restart resumes.
+    #[error("{0}; the recorded status is intact: start zdeploy up again to resume")]
+    GatewayStopped(zdeploy_gateway::heartbeat::Unhealthy),
+}
 /// The shortest wait for an engine deadline (one just passed is handled at once, but a
 /// deadline the engine found not yet passed, by a clock's rounding, is not busy-polled).
 const TIMER_FLOOR: Duration = Duration::from_millis(10);
@@ -371,7 +381,7 @@ impl Runtime {
     }
 
     /// Runs until `stop` turns true, then stops every process and the gateway.
-    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) -> Result<(), RunError> {
         let mut tick = tokio::time::interval(TICK);
         let mut analysis = tokio::time::interval(
             self.spec
@@ -387,7 +397,8 @@ impl Runtime {
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
         let inbox = self.analyzer.inbox().cloned();
-        loop {
+        let mut unhealthy_since: Option<Instant> = None;
+        let outcome = loop {
             let notified = async {
                 match &inbox {
                     Some(i) => i.notify.notified().await,
@@ -405,6 +416,14 @@ impl Runtime {
                     self.feed(Input::Tick).await;
                 }
                 _ = tick.tick() => {
+                    match self.gateway.health() {
+                        Ok(()) => unhealthy_since = None,
+                        Err(why) if unhealthy_since.get_or_insert_with(Instant::now).elapsed() >= GATEWAY_GRACE => {
+                            tracing::error!("{why}: stopping, so that zdeploy up can be started again");
+                            break Err(RunError::GatewayStopped(why));
+                        }
+                        Err(_) => {}
+                    }
                     for note in self.stable.restart_exited(&self.local).into_iter().chain(self.canary.restart_exited(&self.local)) {
                         self.note(note);
                     }
@@ -430,9 +449,9 @@ impl Runtime {
                 }
                 Some((req, reply)) = self.chaos_requests.recv() => self.chaos_request(req, reply).await,
                 _ = chaos.tick() => self.chaos_tick().await,
-                _ = stop.changed() => break,
+                _ = stop.changed() => break Ok(()),
             }
-        }
+        };
         if let Some((e, reply)) = self.experiment.take() {
             let run = e.abort("zdeploy up is stopping");
             self.finish_experiment(&e, run, reply);
@@ -440,7 +459,12 @@ impl Runtime {
         self.note("stopping: processes and gateway".into());
         self.canary.stop().await;
         self.stable.stop().await;
-        self.gateway.shutdown().await;
+        match outcome {
+            Ok(()) => self.gateway.shutdown().await,
+            // A stalled data plane would never be joined: dropping it stops the rest.
+            Err(_) => drop(self.gateway),
+        }
+        outcome
     }
 
     async fn analyse(&mut self) {
