@@ -194,6 +194,25 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Any number with any unit parses to a span within the maximum, or is refused as
+        /// too long exactly when it is; nothing panics.
+        #[test]
+        fn extreme_spans_parse_or_are_refused_as_too_long(
+            whole in proptest::prelude::any::<u64>(),
+            frac in 0u32..1000,
+            unit in proptest::sample::select(vec![("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0)]),
+        ) {
+            let text = format!("{whole}.{frac:03}{}", unit.0);
+            let secs = (whole as f64 + f64::from(frac) / 1000.0) * unit.1;
+            match text.parse::<Duration>() {
+                Ok(d) => proptest::prop_assert!(d <= Duration::MAX && secs <= Duration::MAX.0.as_secs_f64()),
+                Err(ParseDurationError::TooLong(_)) => proptest::prop_assert!(secs > Duration::MAX.0.as_secs_f64()),
+                Err(e) => proptest::prop_assert!(false, "{text}: {e}"),
+            }
+        }
+    }
+
     #[test]
     fn display_round_trips() {
         for s in ["800ms", "30s", "5m", "1h30m", "2h", "1m5s", "0s"] {

@@ -326,6 +326,30 @@ mod tests {
         assert!(parse_weights("stable").is_err());
     }
 
+    proptest::proptest! {
+        /// Any timeout, heartbeat, wait and size: checked, never a panic; what passes has
+        /// deadlines that fit a clock and a heartbeat libzmq can take.
+        #[test]
+        fn extreme_settings_are_checked(
+            timeout in proptest::prelude::any::<u64>(),
+            heartbeat in proptest::prelude::any::<u64>(),
+            wait in proptest::prelude::any::<u64>(),
+            size in proptest::prelude::any::<i64>(),
+        ) {
+            let pools = vec![PoolConfig::parse("stable=tcp://127.0.0.1:1").unwrap()];
+            let mut c = GatewayConfig::new("echo", "tcp://127.0.0.1:2", pools);
+            c.timeout = std::time::Duration::from_millis(timeout).into();
+            c.heartbeat = std::time::Duration::from_millis(heartbeat).into();
+            c.ready_wait = std::time::Duration::from_millis(wait).into();
+            c.max_message_size = size;
+            if c.check().is_ok() {
+                proptest::prop_assert!(c.timeout <= MAX_REQUEST_TIMEOUT && c.ready_wait <= MAX_READY_WAIT);
+                proptest::prop_assert!(c.heartbeat.get().as_millis() * 3 <= i32::MAX as u128);
+                proptest::prop_assert!(size >= MIN_MESSAGE_BYTES);
+            }
+        }
+    }
+
     #[test]
     fn refuses_unsafe_or_impossible_setups() {
         let pools = vec![PoolConfig::parse("stable=tcp://127.0.0.1:1").unwrap()];

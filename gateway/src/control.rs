@@ -281,6 +281,22 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Any latency and duration in an admin body: refused, or a fault whose end and
+        /// delay fit a clock; never a panic.
+        #[test]
+        fn extreme_faults_are_refused_or_fit(latency in proptest::prelude::any::<u64>(), duration in proptest::prelude::any::<u64>()) {
+            let body = format!(r#"{{"latency":"{latency}s","duration":"{duration}ms"}}"#);
+            if let Ok(spec) = crate::admin::fault_from_body(body.as_bytes()) {
+                let now = Instant::now();
+                let f = ActiveFault { until: crate::deadline::after(now, spec.duration.get()), spec };
+                if let FaultAction::Forward(delay) = f.action(now, 1.0, 1.0) {
+                    proptest::prop_assert!(now.checked_add(delay).is_some());
+                }
+            }
+        }
+    }
+
     #[test]
     fn bad_faults_are_named() {
         let mut f = fault(0, 1.5, 0.0).spec;

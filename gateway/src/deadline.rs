@@ -18,6 +18,15 @@ pub fn after(start: Instant, span: Duration) -> Instant {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        /// Any span from any start: a deadline no earlier than the start, never a panic.
+        #[test]
+        fn any_span_gives_a_deadline(secs in proptest::prelude::any::<u64>(), nanos in 0u32..1_000_000_000) {
+            let now = Instant::now();
+            proptest::prop_assert!(after(now, Duration::new(secs, nanos)) >= now);
+        }
+    }
+
     #[test]
     fn saturates_instead_of_panicking() {
         let now = Instant::now();
