@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{Gw, Proc, gateway, peer, zmq_client};
+use support::{Gw, gateway, peer, zmq_client};
 
 /// `zdeploy gateway ARGS` that must refuse to start: its stderr.
 fn refused(args: &[&str]) -> String {
@@ -112,13 +112,7 @@ fn gateway_with_1024_descriptors(pool: &str) -> Gw {
         .arg(env!("CARGO_BIN_EXE_zdeploy"))
         .args(["gateway", "--frontend", "tcp://127.0.0.1:*", "--pool", pool])
         .args(["--metrics", "127.0.0.1:0", "--admin", "127.0.0.1:0"]);
-    let proc = Proc::start(cmd, "zgate ready:");
-    Gw {
-        frontend: proc.ready_field("frontend"),
-        metrics: proc.ready_field("metrics"),
-        admin: proc.ready_field("admin"),
-        proc,
-    }
+    Gw::started(cmd)
 }
 
 /// Whether the server closed `s` (a read sees the end, or an error other than "no data yet").
@@ -231,11 +225,7 @@ fn a_restarted_zgate_holds_requests_until_its_backend_is_back_instead_of_refusin
             .unwrap();
     }
     // Not ready while its only pool with weight has no backend.
-    let ready = support::http()
-        .get(gw.metrics.replace("/metrics", "/readyz"))
-        .send()
-        .unwrap();
-    assert_eq!(ready.status().as_u16(), 503);
+    assert_eq!(gw.status_of("/readyz"), 503);
     std::thread::sleep(Duration::from_millis(700));
     let _svc = peer(&["rep", "--name", "stable", "--bind", &endpoint]);
     let mut by_word = std::collections::BTreeMap::new();
@@ -249,11 +239,7 @@ fn a_restarted_zgate_holds_requests_until_its_backend_is_back_instead_of_refusin
         *by_word.entry(word).or_insert(0) += 1;
     }
     assert_eq!(by_word.get("OK stable"), Some(&50), "{by_word:?}");
-    let ready = support::http()
-        .get(gw.metrics.replace("/metrics", "/readyz"))
-        .send()
-        .unwrap();
-    assert_eq!(ready.status().as_u16(), 200);
+    assert_eq!(gw.status_of("/readyz"), 200);
 }
 
 #[test]
@@ -262,15 +248,7 @@ fn health_turns_red_when_the_data_plane_is_stopped() {
     let gw = gateway(&["--pool", &format!("stable={}", svc.endpoint())]);
     gw.wait_live("stable", 1.0);
     let health = gw.metrics.replace("/metrics", "/healthz");
-    assert_eq!(
-        support::http()
-            .get(&health)
-            .send()
-            .unwrap()
-            .status()
-            .as_u16(),
-        200
-    );
+    assert_eq!(gw.status_of("/healthz"), 200);
     assert_eq!(gw.metric("zgate_up{service=\"zgate\"}"), 1.0);
     // Freeze only the data plane thread: its heartbeat stops, the HTTP side answers.
     let tid = zdeploy_testkit::freeze::thread_named(gw.proc.child.id(), "zgate-dataplane")
@@ -285,15 +263,7 @@ fn health_turns_red_when_the_data_plane_is_stopped() {
     assert!(text.contains("stalled"), "{text}");
     assert_eq!(up, 0.0);
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(
-        support::http()
-            .get(&health)
-            .send()
-            .unwrap()
-            .status()
-            .as_u16(),
-        200
-    );
+    assert_eq!(gw.status_of("/healthz"), 200);
     assert_eq!(gw.metric("zgate_up{service=\"zgate\"}"), 1.0);
 }
 

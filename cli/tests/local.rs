@@ -60,6 +60,18 @@ spec:
     path
 }
 
+/// `zdeploy up` of service `name` with canary `steps`, rolled out to
+/// `example.com/NAME:v2` from another process; its manifest, state folder and process.
+fn rolled_out(dir: &Path, name: &str, steps: &str) -> (PathBuf, PathBuf, support::Up) {
+    let file = manifest(dir, name, steps);
+    let state = dir.join("state");
+    let running = up(&file, &state);
+    let image = format!("example.com/{name}:v2");
+    let (code, out) = zdeploy(&state, &["rollout", name, "--image", &image]);
+    assert_eq!(code, 0, "{out}");
+    (file, state, running)
+}
+
 /// Runs a CLI verb as its own process; returns exit code and stdout.
 fn zdeploy(state: &Path, args: &[&str]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_zdeploy"))
@@ -167,18 +179,11 @@ fn rollout_then_rollback_from_other_processes() {
 #[test]
 fn a_killed_zdeploy_up_resumes_the_same_step() {
     let dir = tempdir("resume");
-    let file = manifest(
+    let (file, state, mut first) = rolled_out(
         &dir,
         "ticks",
         "[{setWeight: 30}, {pause: {}}, {setWeight: 60}]",
     );
-    let state = dir.join("state");
-    let mut first = up(&file, &state);
-    let (code, out) = zdeploy(
-        &state,
-        &["rollout", "ticks", "--image", "example.com/ticks:v2"],
-    );
-    assert_eq!(code, 0, "{out}");
     let before = status(&state, "ticks")["status"].clone();
     assert_eq!(before["currentStep"], 1);
 
@@ -208,26 +213,11 @@ fn a_killed_zdeploy_up_resumes_the_same_step() {
 #[test]
 fn a_second_zdeploy_up_on_one_state_is_refused_and_the_rollout_survives_both() {
     let dir = tempdir("twice");
-    let file = manifest(&dir, "twice", "[{setWeight: 20}, {pause: {}}]");
-    let state = dir.join("state");
-    let mut first = up(&file, &state);
-    let (code, out) = zdeploy(
-        &state,
-        &["rollout", "twice", "--image", "example.com/twice:v2"],
-    );
-    assert_eq!(code, 0, "{out}");
+    let (file, state, mut first) = rolled_out(&dir, "twice", "[{setWeight: 20}, {pause: {}}]");
     assert_eq!(status(&state, "twice")["status"]["canaryWeight"], 20);
 
     let t = std::time::Instant::now();
-    let mut second = Command::new(env!("CARGO_BIN_EXE_zdeploy"))
-        .args([
-            "up",
-            "-f",
-            file.to_str().unwrap(),
-            "--frontend",
-            "tcp://127.0.0.1:*",
-        ])
-        .args(["--state-dir", state.to_str().unwrap()])
+    let mut second = up_command(&file, &state, "tcp://127.0.0.1:*")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -271,14 +261,7 @@ fn a_second_zdeploy_up_on_one_state_is_refused_and_the_rollout_survives_both() {
 #[test]
 fn a_recorded_step_the_manifest_does_not_have_is_refused_never_promoted() {
     let dir = tempdir("tampered");
-    let file = manifest(&dir, "steps", "[{setWeight: 30}, {pause: {}}]");
-    let state = dir.join("state");
-    let mut first = up(&file, &state);
-    let (code, out) = zdeploy(
-        &state,
-        &["rollout", "steps", "--image", "example.com/steps:v2"],
-    );
-    assert_eq!(code, 0, "{out}");
+    let (file, state, mut first) = rolled_out(&dir, "steps", "[{setWeight: 30}, {pause: {}}]");
     first.proc.signal("KILL");
     first.proc.wait_exit(Duration::from_secs(5));
     drop(first);
@@ -293,15 +276,7 @@ fn a_recorded_step_the_manifest_does_not_have_is_refused_never_promoted() {
         ("{ not json".to_string(), "key must be a string"),
     ] {
         std::fs::write(&recorded, &tampered).unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_zdeploy"))
-            .args([
-                "up",
-                "-f",
-                file.to_str().unwrap(),
-                "--frontend",
-                "tcp://127.0.0.1:*",
-            ])
-            .args(["--state-dir", state.to_str().unwrap()])
+        let out = up_command(&file, &state, "tcp://127.0.0.1:*")
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -716,12 +691,17 @@ fn blue_green_scales_the_old_pool_down_after_the_delay() {
     drop(up);
 }
 
-/// `zdeploy up` on a fixed frontend, as a restart keeps it.
-fn up_on(file: &Path, state: &Path, frontend: &str) -> support::Up {
+/// The command of `zdeploy up -f FILE` with its state in `state`, serving on `frontend`.
+fn up_command(file: &Path, state: &Path, frontend: &str) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_zdeploy"));
     cmd.args(["up", "-f", file.to_str().unwrap(), "--frontend", frontend])
         .args(["--state-dir", state.to_str().unwrap()]);
-    let proc = support::Proc::start(cmd, "zdeploy up:");
+    cmd
+}
+
+/// `zdeploy up` on a fixed frontend, as a restart keeps it.
+fn up_on(file: &Path, state: &Path, frontend: &str) -> support::Up {
+    let proc = support::Proc::start(up_command(file, state, frontend), "zdeploy up:");
     let frontend = proc.ready_field("frontend");
     support::Up { proc, frontend }
 }
@@ -775,14 +755,7 @@ fn a_restarted_up_after_a_switch_serves_queued_requests_from_the_new_revision() 
 #[test]
 fn zdeploy_up_stops_when_its_gateway_stalls_and_a_restart_resumes() {
     let dir = tempdir("stalled");
-    let file = manifest(&dir, "stalled", "[{setWeight: 30}, {pause: {}}]");
-    let state = dir.join("state");
-    let mut up = up(&file, &state);
-    let (code, out) = zdeploy(
-        &state,
-        &["rollout", "stalled", "--image", "example.com/stalled:v2"],
-    );
-    assert_eq!(code, 0, "{out}");
+    let (file, state, mut up) = rolled_out(&dir, "stalled", "[{setWeight: 30}, {pause: {}}]");
     let tid = zdeploy_testkit::freeze::thread_named(up.proc.child.id(), "zgate-dataplane")
         .expect("zdeploy up runs zgate's data plane");
     let frozen = zdeploy_testkit::freeze::freeze(tid).expect("ptrace can stop a thread");

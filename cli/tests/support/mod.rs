@@ -423,16 +423,28 @@ pub fn gateway_with(frontend: &str, args: &[&str], configure: impl FnOnce(&mut C
         "127.0.0.1:0",
     ]);
     cmd.args(args);
-    let proc = Proc::start(cmd, "zgate ready:");
-    Gw {
-        frontend: proc.ready_field("frontend"),
-        metrics: proc.ready_field("metrics"),
-        admin: proc.ready_field("admin"),
-        proc,
-    }
+    Gw::started(cmd)
 }
 
 impl Gw {
+    /// Starts `cmd` (a `zdeploy gateway`, however wrapped) and reads its addresses from
+    /// its ready line.
+    pub fn started(cmd: Command) -> Gw {
+        let proc = Proc::start(cmd, "zgate ready:");
+        Gw {
+            frontend: proc.ready_field("frontend"),
+            metrics: proc.ready_field("metrics"),
+            admin: proc.ready_field("admin"),
+            proc,
+        }
+    }
+
+    /// The HTTP status of GET `path` on the metrics listener (`/healthz`, `/readyz`).
+    pub fn status_of(&self, path: &str) -> u16 {
+        let url = self.metrics.replace("/metrics", path);
+        http().get(url).send().unwrap().status().as_u16()
+    }
+
     /// The current `/metrics` text.
     pub fn scrape(&self) -> String {
         http().get(&self.metrics).send().unwrap().text().unwrap()
