@@ -26,6 +26,10 @@ pub enum CommandRequest {
         /// Start at this weight.
         #[serde(default)]
         canary: Option<Weight>,
+        /// With no image: release the manifest's even when the running stable is another
+        /// (without it, that is refused: it may be a downgrade).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        manifest_over_stable: bool,
     },
     /// Skip the current pause, or finish the rollout with `full`.
     Promote {
@@ -81,6 +85,7 @@ mod tests {
             request: CommandRequest::Rollout {
                 image: Some("echo:2".into()),
                 canary: Some(Weight::new(10).unwrap()),
+                manifest_over_stable: false,
             },
         };
         let text = a.to_value();

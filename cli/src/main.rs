@@ -86,9 +86,13 @@ enum Command {
         /// blue-green, which switches all at once after its preview).
         #[arg(long, value_parser = weight)]
         canary: Option<Weight>,
-        /// The image to release (default: the manifest's).
+        /// The image to release (default: the manifest's, refused while stable runs another
+        /// image: that may be a downgrade).
         #[arg(long)]
         image: Option<String>,
+        /// Release the manifest's image even though stable runs another one.
+        #[arg(long, conflicts_with = "image")]
+        manifest_image: bool,
     },
     /// Move past the current pause step; blue-green after the switch: the old pool goes now
     /// (--full: make the new revision stable now).
@@ -215,9 +219,19 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(args) => runtime().block_on(demo::run(&args)),
         Command::Up(args) => ok(runtime().block_on(local::up(&args))),
-        Command::Rollout { on, canary, image } => {
-            verb(on, CommandRequest::Rollout { image, canary })
-        }
+        Command::Rollout {
+            on,
+            canary,
+            image,
+            manifest_image,
+        } => verb(
+            on,
+            CommandRequest::Rollout {
+                image,
+                canary,
+                manifest_over_stable: manifest_image,
+            },
+        ),
         Command::Promote { on, full } => verb(on, CommandRequest::Promote { full }),
         Command::Rollback { on, reason } => verb(on, CommandRequest::Rollback { reason }),
         Command::Retry { on } => verb(on, CommandRequest::Retry),

@@ -779,3 +779,30 @@ fn zdeploy_up_stops_when_its_gateway_stalls_and_a_restart_resumes() {
         "{s}"
     );
 }
+
+#[test]
+fn a_rollout_without_an_image_over_a_newer_stable_is_refused_naming_both() {
+    let dir = tempdir("downgrade");
+    let (_, state, _up) = rolled_out(&dir, "down", "[{setWeight: 20}, {pause: {}}]");
+    let (code, out) = zdeploy(&state, &["promote", "down", "--full"]);
+    assert_eq!(code, 0, "{out}");
+    let s = status(&state, "down")["status"].clone();
+    assert_eq!(s["stableRevision"], "example.com/down:v2", "{s}");
+    // The manifest still names v1: without --image, that would be a silent downgrade.
+    let out = Command::new(env!("CARGO_BIN_EXE_zdeploy"))
+        .args(["rollout", "down", "--state-dir", state.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "refused: {said}");
+    assert!(
+        said.contains("stable runs example.com/down:v2, not the manifest's example.com/quotes:v1"),
+        "{said}"
+    );
+    assert!(status(&state, "down")["status"].get("rollout").is_none());
+    // Said outright, it goes.
+    let (code, out) = zdeploy(&state, &["rollout", "down", "--manifest-image"]);
+    assert_eq!(code, 0, "{out}");
+    let s = status(&state, "down")["status"].clone();
+    assert_eq!(s["canaryRevision"], "example.com/quotes:v1", "{s}");
+}

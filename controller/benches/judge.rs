@@ -363,6 +363,7 @@ fn rollout(spec: &ZmqServiceSpec, who: Judge, cell: &Cell, seed: u64) -> Ending 
         Input::Command(Command::Rollout {
             revision: "v2".into(),
             canary: None,
+            origin: engine::Origin::Named,
         }),
         t0,
     );

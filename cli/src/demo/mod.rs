@@ -287,6 +287,7 @@ async fn scenario(
         .command(&CommandRequest::Rollout {
             image: Some(BAD.into()),
             canary: Weight::new(10).ok(),
+            manifest_over_stable: false,
         })
         .await?;
     wait_for(
@@ -311,6 +312,7 @@ async fn scenario(
         .command(&CommandRequest::Rollout {
             image: Some(GOOD.into()),
             canary: Weight::new(10).ok(),
+            manifest_over_stable: false,
         })
         .await?;
     wait_for(

@@ -74,6 +74,8 @@ pub enum Command {
         revision: String,
         /// Start at this weight.
         canary: Option<Weight>,
+        /// Who chose the revision.
+        origin: Origin,
     },
     /// Skip the current pause (`full`: finish the rollout now).
     Promote {
@@ -98,7 +100,15 @@ impl Command {
     /// `manifest_image`.
     pub fn from_request(request: CommandRequest, manifest_image: String) -> Self {
         match request {
-            CommandRequest::Rollout { image, canary } => Command::Rollout {
+            CommandRequest::Rollout {
+                image,
+                canary,
+                manifest_over_stable,
+            } => Command::Rollout {
+                origin: match (&image, manifest_over_stable) {
+                    (None, false) => Origin::ManifestByDefault,
+                    _ => Origin::Named,
+                },
                 revision: image.unwrap_or(manifest_image),
                 canary,
             },
@@ -111,6 +121,17 @@ impl Command {
             CommandRequest::Resume => Command::Resume,
         }
     }
+}
+
+/// Who chose a rollout's revision: a rollout nobody chose must not replace a stable that
+/// differs from the manifest (a release made from the CLI that the manifest does not know
+/// yet, or a newer one: that would be a silent downgrade).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Named: `--image`, a manifest change the controller saw, or `--manifest-image`.
+    Named,
+    /// The manifest's, because no image was given.
+    ManifestByDefault,
 }
 
 /// What the platform must do, in order.
@@ -365,7 +386,12 @@ pub fn waiting_for_reach(spec: &ZmqServiceSpec, r: &RolloutState) -> bool {
 fn command(spec: &ZmqServiceSpec, d: &mut Decision, c: &Command, now: Timestamp) {
     let in_rollout = d.status.rollout.is_some();
     match c {
-        Command::Rollout { revision, canary } => {
+        Command::Rollout {
+            revision,
+            canary,
+            origin,
+        } => {
+            let stable = d.status.stable_revision.clone();
             if in_rollout {
                 let current = d.status.canary_revision.clone().unwrap_or_default();
                 d.refused = Some(format!(
@@ -373,6 +399,10 @@ fn command(spec: &ZmqServiceSpec, d: &mut Decision, c: &Command, now: Timestamp)
                 ));
             } else if d.status.stable_revision.as_deref() == Some(revision.as_str()) {
                 d.refused = Some(format!("{revision} is already the stable revision"));
+            } else if let (Origin::ManifestByDefault, Some(stable)) = (origin, stable) {
+                d.refused = Some(format!(
+                    "stable runs {stable}, not the manifest's {revision}: a rollout without --image would replace it with {revision} (a downgrade if {stable} is newer); give --image {revision} (or --manifest-image) to release it anyway, or --image with the revision you mean"
+                ));
             } else if canary.is_some() && spec.strategy.blue_green.is_some() {
                 d.refused = Some("--canary sets a first weight, and blue-green gives the new revision none until its preview is done, then all at once: leave --canary out".into());
             } else {

@@ -70,6 +70,7 @@ fn rollout(canary: Option<u8>) -> Input {
     cmd(Command::Rollout {
         revision: "echo:2".into(),
         canary: canary.map(|w| Weight::new(w.into()).unwrap()),
+        origin: Origin::Named,
     })
 }
 
@@ -997,4 +998,40 @@ fn blue_green_refuses_a_first_canary_weight() {
         "{d:?}"
     );
     assert!(d.actions.is_empty());
+}
+
+#[test]
+fn a_rollout_without_an_image_never_replaces_a_stable_the_manifest_does_not_name() {
+    // echo:3 was released from the CLI; the manifest still says echo:1.
+    let released = ZmqServiceStatus {
+        stable_revision: Some("echo:3".into()),
+        ..Default::default()
+    };
+    let by_default = Command::from_request(
+        zdeploy_api::command::CommandRequest::Rollout {
+            image: None,
+            canary: None,
+            manifest_over_stable: false,
+        },
+        spec().image(),
+    );
+    let d = step(&spec(), &released, &cmd(by_default), t0());
+    let why = d.refused.clone().expect("refused");
+    assert!(why.contains("echo:3") && why.contains("echo:1"), "{why}");
+    assert!(d.status.rollout.is_none() && d.actions.is_empty());
+    // Named, it goes.
+    let meant = Command::from_request(
+        zdeploy_api::command::CommandRequest::Rollout {
+            image: None,
+            canary: None,
+            manifest_over_stable: true,
+        },
+        spec().image(),
+    );
+    let d = step(&spec(), &released, &cmd(meant), t0());
+    assert_eq!(d.refused, None);
+    assert_eq!(d.status.canary_revision.as_deref(), Some("echo:1"));
+    // With stable as the manifest says, the manifest's image is the default as before.
+    let d = step(&spec(), &stable(), &rollout(None), t0());
+    assert_eq!(d.refused, None);
 }

@@ -28,7 +28,7 @@ use super::events::publish;
 use super::measure::{Analyzers, MetricsSource, SharedAnalyzer};
 use super::render::{Rendered, render};
 use crate::analysis::{Analyzer, Span};
-use crate::engine::{self, Action as EngineAction, Command, Input, Severity};
+use crate::engine::{self, Action as EngineAction, Command, Input, Origin, Severity};
 
 /// The field manager of every server-side apply.
 pub const FIELD_MANAGER: &str = "zdeploy";
@@ -280,6 +280,7 @@ fn observe(svc: &ZmqService, status: &ZmqServiceStatus) -> Observed {
     settled(Input::Command(Command::Rollout {
         revision: image.clone(),
         canary: None,
+        origin: Origin::Named,
     }))
 }
 
