@@ -234,7 +234,6 @@ impl DataPlane {
     /// Runs until shutdown is requested, then answers whatever is still pending.
     pub fn run(mut self) {
         while !self.control.shutting_down() {
-            self.metrics.heartbeat.beat(Instant::now());
             let (ready, slots) = match self.poll() {
                 Ok(r) => r,
                 Err(e) => {
@@ -257,6 +256,7 @@ impl DataPlane {
                 }
             }
             let now = Instant::now();
+            self.metrics.heartbeat.beat(now);
             self.expire(now);
             changed |= self.retire(now);
             for i in 0..self.pools.len() {
