@@ -71,6 +71,10 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
         anyhow::ensure!(!token.is_empty(), "{} is empty", file.display());
         let inbox = Arc::new(zdeploy_controller::analysis::webhook::AlertInbox::default());
         let router = zdeploy_controller::analysis::webhook::router(inbox.clone(), token);
+        let limits = zdeploy_gateway::http::Limits {
+            max_body_bytes: zdeploy_controller::analysis::webhook::MAX_BODY,
+            ..limits
+        };
         zdeploy_gateway::http::bind(addr, router, limits, stats.webhook_refused.clone())
             .await
             .with_context(|| format!("listening on {addr}"))?;

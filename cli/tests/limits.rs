@@ -374,3 +374,21 @@ fn shadowing_a_slow_canary_with_large_replies_keeps_memory_within_the_budget() {
         "RSS peaked at {peak} MiB from {baseline} MiB"
     );
 }
+
+#[test]
+fn a_body_not_sent_in_time_is_answered_408_before_any_handler_sees_it() {
+    let svc = peer(&["rep", "--name", "stable"]);
+    let gw = gateway(&["--pool", &format!("stable={}", svc.endpoint())]);
+    let admin = gw.admin.trim_start_matches("http://").to_string();
+    let mut s = TcpStream::connect(admin).unwrap();
+    s.write_all(b"PUT /weights HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"stable\"")
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let t = Instant::now();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    eprintln!("after {:?}: {answer:?}", t.elapsed());
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(t.elapsed() < Duration::from_secs(12), "{:?}", t.elapsed());
+    assert_eq!(gw.get("/weights")["stable"], 100);
+}

@@ -1,8 +1,10 @@
 //! zdeploy's HTTP listeners (zgate's `/metrics` and admin API, the controller's probes,
 //! the webhook, `zdeploy up`'s API), bounded: a client that sends its headers slowly or
-//! keeps a connection idle is cut after `header_timeout` (hyper's own timer), a request
-//! that takes longer than `request_timeout` (a slow body included) is answered 408, and
-//! connections beyond a total and a per-address cap are closed on arrival and counted.
+//! keeps a connection idle is cut after `header_timeout` (hyper's own timer), a body not
+//! sent within `body_timeout` is answered 408 (one larger than `max_body_bytes`, 413)
+//! before any handler sees it, and connections beyond a total and a per-address cap are
+//! closed on arrival and counted. A handler may take as long as it needs (a chaos run
+//! answers when it ends).
 //! One slow or hostile client cannot hold descriptors that zgate's ZeroMQ side needs.
 
 use std::collections::HashMap;
@@ -14,6 +16,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
@@ -31,8 +34,10 @@ pub struct Limits {
     pub max_per_address: usize,
     /// Time to send a request's headers, and the most a kept-alive connection idles.
     pub header_timeout: Duration,
-    /// Time from the headers to the response, the body included.
-    pub request_timeout: Duration,
+    /// Time to send a request's body once its headers are in.
+    pub body_timeout: Duration,
+    /// The largest body read.
+    pub max_body_bytes: usize,
 }
 
 impl Default for Limits {
@@ -43,7 +48,8 @@ impl Default for Limits {
             max_connections: 256,
             max_per_address: 32,
             header_timeout: Duration::from_secs(5),
-            request_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            max_body_bytes: 4 << 20,
         }
     }
 }
@@ -131,11 +137,12 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, refuse
         };
         let router = router.clone();
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let call = router.clone().oneshot(req.map(Body::new));
+            let router = router.clone();
             async move {
-                match tokio::time::timeout(limits.request_timeout, call).await {
-                    Ok(response) => response,
-                    Err(_) => Ok(timed_out(limits.request_timeout)),
+                let (parts, body) = req.into_parts();
+                match read_body(body, &limits).await {
+                    Ok(body) => router.oneshot(Request::from_parts(parts, body)).await,
+                    Err(refusal) => Ok(refusal),
                 }
             }
         });
@@ -151,12 +158,25 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, refuse
     }
 }
 
-fn timed_out(limit: Duration) -> Response {
-    (
-        StatusCode::REQUEST_TIMEOUT,
-        format!("the request took longer than {limit:?}\n"),
-    )
-        .into_response()
+/// The whole body, read within the limits; the response that refuses it otherwise.
+async fn read_body(body: Incoming, limits: &Limits) -> Result<Body, Response> {
+    let limited = http_body_util::Limited::new(body, limits.max_body_bytes);
+    match tokio::time::timeout(limits.body_timeout, limited.collect()).await {
+        Ok(Ok(collected)) => Ok(Body::from(collected.to_bytes())),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err((
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is larger than {} bytes\n", limits.max_body_bytes),
+        )
+            .into_response()),
+        Ok(Err(e)) => {
+            Err((StatusCode::BAD_REQUEST, format!("reading the body: {e}\n")).into_response())
+        }
+        Err(_) => Err((
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the body was not sent within {:?}\n", limits.body_timeout),
+        )
+            .into_response()),
+    }
 }
 
 #[cfg(test)]

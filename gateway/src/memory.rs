@@ -1,18 +1,20 @@
 //! Giving freed memory back to the OS. libzmq allocates buffers and pipes for every
 //! connection and frees them when a client leaves, but glibc's allocator keeps freed
 //! memory in its arenas: 2,000 clients coming and going took zgate from 30 to 133 MiB,
-//! never returned. Every few seconds, when the allocator holds more than a few MiB
-//! unused, zgate asks it to return them (`malloc_trim`). Other allocators and systems
-//! give memory back by themselves or not at all: there it does nothing.
+//! never returned. Every few seconds, when the allocator holds more unused than in use
+//! (and more than 16 MiB), zgate asks it to return it (`malloc_trim`). A busy gateway,
+//! whose freed memory is soon used again, is left alone: trimming takes the allocator's
+//! locks, which libzmq's I/O threads wait on. Other allocators and systems give memory
+//! back by themselves or not at all: there it does nothing.
 
 use std::time::Duration;
 
 /// How often the allocator is looked at.
 const EVERY: Duration = Duration::from_secs(2);
 
-/// Free memory held by the allocator above which it is asked to give it back.
+/// Free memory held by the allocator above which it may be asked to give it back.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-const HELD_ENOUGH: usize = 8 << 20;
+const HELD_ENOUGH: usize = 16 << 20;
 
 /// Returns the allocator's unused memory to the OS every few seconds, until aborted.
 pub fn give_back_periodically() -> tokio::task::JoinHandle<()> {
@@ -31,7 +33,8 @@ fn give_back() {
     // SAFETY: mallinfo2 and malloc_trim take no pointers and only walk the allocator's
     // own arenas under their locks.
     unsafe {
-        if libc::mallinfo2().fordblks > HELD_ENOUGH {
+        let info = libc::mallinfo2();
+        if info.fordblks > HELD_ENOUGH && info.fordblks > info.uordblks {
             libc::malloc_trim(0);
         }
     }

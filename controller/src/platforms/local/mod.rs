@@ -340,6 +340,10 @@ impl Runtime {
         let admin_url = format!("http://{bound}");
         if let (Some(addr), Some(inbox)) = (config.webhook, inbox) {
             let router = crate::analysis::webhook::router(inbox, token);
+            let limits = http::Limits {
+                max_body_bytes: crate::analysis::webhook::MAX_BODY,
+                ..limits
+            };
             http::bind(addr, router, limits, Refused::default())
                 .await
                 .map_err(|e| format!("webhook on {addr}: {e}"))?;
