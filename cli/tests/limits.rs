@@ -336,13 +336,7 @@ fn shadowing_a_slow_canary_with_large_replies_keeps_memory_within_the_budget() {
     let peak = std::thread::spawn(move || {
         let mut peak = 0;
         while !watching.load(std::sync::atomic::Ordering::Relaxed) {
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-            let rss: u64 = status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-                .unwrap_or(0);
-            peak = peak.max(rss / 1024);
+            peak = peak.max(support::rss_kib(pid).unwrap_or(0) / 1024);
             std::thread::sleep(Duration::from_millis(50));
         }
         peak

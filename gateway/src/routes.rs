@@ -72,8 +72,6 @@ pub struct RouteTable {
     identity: Trie,
     /// One trie per body frame index that some route looks at.
     frames: Vec<(usize, Trie)>,
-    /// The number of routes.
-    len: usize,
 }
 
 impl RouteTable {
@@ -82,7 +80,6 @@ impl RouteTable {
         let mut table = Self::default();
         for (i, (m, pool)) in routes.into_iter().enumerate() {
             let i = i as u32;
-            table.len += 1;
             match m {
                 Match::IdentityPrefix(p) => table.identity.insert(&p, i, pool),
                 Match::FramePrefix { frame, prefix } => {
@@ -100,14 +97,9 @@ impl RouteTable {
         table
     }
 
-    /// The number of routes.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
     /// True when there are no routes.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.identity.nodes.is_empty() && self.frames.is_empty()
     }
 
     /// The pool of the first route matching a request from `identity` with body frame `n`

@@ -1007,27 +1007,24 @@ fn a_rollout_without_an_image_never_replaces_a_stable_the_manifest_does_not_name
         stable_revision: Some("echo:3".into()),
         ..Default::default()
     };
-    let by_default = Command::from_request(
-        zdeploy_api::command::CommandRequest::Rollout {
-            image: None,
-            canary: None,
-            manifest_over_stable: false,
-        },
-        spec().image(),
-    );
+    // `zdeploy rollout echo`, with or without --manifest-image.
+    let without_image = |manifest_over_stable| {
+        Command::from_request(
+            zdeploy_api::command::CommandRequest::Rollout {
+                image: None,
+                canary: None,
+                manifest_over_stable,
+            },
+            spec().image(),
+        )
+    };
+    let by_default = without_image(false);
     let d = step(&spec(), &released, &cmd(by_default), t0());
     let why = d.refused.clone().expect("refused");
     assert!(why.contains("echo:3") && why.contains("echo:1"), "{why}");
     assert!(d.status.rollout.is_none() && d.actions.is_empty());
     // Named, it goes.
-    let meant = Command::from_request(
-        zdeploy_api::command::CommandRequest::Rollout {
-            image: None,
-            canary: None,
-            manifest_over_stable: true,
-        },
-        spec().image(),
-    );
+    let meant = without_image(true);
     let d = step(&spec(), &released, &cmd(meant), t0());
     assert_eq!(d.refused, None);
     assert_eq!(d.status.canary_revision.as_deref(), Some("echo:1"));
