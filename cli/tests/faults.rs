@@ -191,10 +191,9 @@ fn assert_one_reply_each_to_its_sender(records: &[Record], timeout: Duration) {
         foreign, 0,
         "a reply reached a client other than its requester"
     );
-    assert!(
-        worst <= timeout + Duration::from_millis(100),
-        "a reply took {worst:?}"
-    );
+    // Half the timeout again is the scheduler's share on a loaded 2-core machine (a CI run
+    // saw 168 ms); a reply later than that was not answered by zgate's timeout.
+    assert!(worst <= timeout * 3 / 2, "a reply took {worst:?}");
 }
 
 fn first_words(records: &[Record], pool_word: &str) -> usize {

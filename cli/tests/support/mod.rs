@@ -404,6 +404,9 @@ pub fn two_pools(stable: &Proc, canary: &Proc, weights: &str, extra: &[&str]) ->
     ];
     args.extend_from_slice(extra);
     let gw = gateway(&args);
+    // zgate holds requests while a weighted pool has no live backend yet (its warm-up);
+    // a test that times replies starts once both pools are connected.
+    gw.wait_live("stable", 1.0);
     gw.wait_live("canary", 1.0);
     gw
 }
