@@ -26,6 +26,7 @@ pub const HISTORY_LIMIT: usize = 10;
     status = "ZmqServiceStatus",
     shortname = "zs",
     category = "zdeploy",
+    scale = r#"{"specReplicasPath":".spec.replicas","statusReplicasPath":".status.replicas","labelSelectorPath":".status.selector"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Weight","type":"integer","jsonPath":".status.canaryWeight","description":"canary weight in percent"}"#,
     printcolumn = r#"{"name":"Step","type":"integer","jsonPath":".status.currentStep"}"#,
@@ -344,6 +345,11 @@ pub struct Canary {
     /// pool whatever the weights, from the canary's start until the rollout ends.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<ClientRoute>,
+    /// Canary pods behind zgate, fixed; by default the canary is sized for its share of
+    /// the requests: ceil(replicas x weight), at least one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub replicas: Option<i32>,
 }
 
 impl Default for Canary {
@@ -352,6 +358,7 @@ impl Default for Canary {
             steps: default_steps(),
             analysis: Analysis::default(),
             routes: Vec::new(),
+            replicas: None,
         }
     }
 }
@@ -838,6 +845,9 @@ pub struct RolloutRecord {
     /// The runbook shown at the time, as `id@version`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runbook: Option<RunbookRef>,
+    /// The largest share of requests the canary took (its pods drain at that size).
+    #[serde(default)]
+    pub peak_weight: Weight,
 }
 
 /// A runbook as it was shown: `id@version`, so the page read later is the page that was
@@ -903,6 +913,9 @@ pub struct RolloutState {
     /// `scaleDownDelay` after it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub switched: Option<Time>,
+    /// The largest weight the canary has had in this rollout.
+    #[serde(default)]
+    pub peak_weight: Weight,
 }
 
 /// The observed state of a ZmqService.
@@ -958,6 +971,13 @@ pub struct ZmqServiceStatus {
     /// Why the last command was refused; absent when it was carried out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_command_refused: Option<String>,
+    /// Pods of the stable pool now (the `/scale` subresource's current count).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    /// The label selector of the stable pool's pods, as a string (what an autoscaler
+    /// measures through `/scale`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
 }
 
 impl RolloutState {
@@ -976,6 +996,7 @@ impl RolloutState {
             reached: None,
             unreachable_since: None,
             switched: None,
+            peak_weight: Weight::ZERO,
         }
     }
 }

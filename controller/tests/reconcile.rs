@@ -203,7 +203,12 @@ async fn a_new_image_starts_a_canary() {
         run(service(CANARY).with_status(status::healthy()), false).await;
     result.unwrap();
     let canary = find(&calls, "deployments", "echo-canary");
-    assert_eq!(canary.body["spec"]["replicas"], 3);
+    // Sized for its first step, 10% of 3 pods: one pod, not a copy of stable.
+    assert_eq!(canary.body["spec"]["replicas"], 1);
+    assert_eq!(
+        find(&calls, "deployments", "echo-stable").body["spec"]["replicas"],
+        3
+    );
     assert_eq!(
         canary.body["spec"]["template"]["spec"]["containers"][0]["image"],
         "registry.example.com/trading/echo:2.1.0-ltsc2022"
@@ -263,9 +268,10 @@ async fn a_restarted_controller_resumes_from_the_recorded_status() {
         find(&calls, "configmaps", "echo-weights").body["data"]["weights.json"],
         r#"{"stable":90,"canary":10}"#
     );
+    // At 10% with 25% next: ceil(3 x 25%) pods.
     assert_eq!(
         find(&calls, "deployments", "echo-canary").body["spec"]["replicas"],
-        3
+        1
     );
     let status = &recorded;
     assert_eq!(
@@ -351,8 +357,8 @@ async fn a_failing_canary_in_prometheus_is_rolled_back_by_the_controller() {
     assert!(weights < canary);
     assert_eq!(
         find(&calls, "deployments", "echo-canary").body["spec"]["replicas"],
-        3,
-        "weight 0 now; the canary drains before it scales down"
+        1,
+        "weight 0 now; the canary drains at its peak size (10%) before it scales down"
     );
 }
 
@@ -384,7 +390,7 @@ async fn a_rollback_writes_weight_zero_before_the_canary_scales_down() {
     // The canary keeps its pods and revision while requests already sent to it finish
     // (the request timeout, 2 s, plus 1 s); the controller comes back to scale it down.
     let canary = &find(&calls, "deployments", "echo-canary").body["spec"];
-    assert_eq!(canary["replicas"], 3);
+    assert_eq!(canary["replicas"], 1, "the size it had at its peak, 10%");
     assert_eq!(
         canary["template"]["spec"]["containers"][0]["image"],
         "registry.example.com/trading/echo:2.1.0-ltsc2022"

@@ -142,6 +142,7 @@ pub mod status {
                 outcome: Outcome::RolledBack,
                 reason: reason.into(),
                 runbook: None,
+                peak_weight: zdeploy_api::Weight::new(10).expect("a weight"),
             }],
             ..healthy()
         }

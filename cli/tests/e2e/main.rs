@@ -39,6 +39,11 @@ fn main() {
         trial(&cp, "rollout_through_gitops", rollout::through_gitops),
         trial(
             &cp,
+            "scaled_through_the_scale_subresource",
+            rollout::scaled_through_the_scale_subresource,
+        ),
+        trial(
+            &cp,
             "pools_land_on_their_windows_build",
             placement::pools_land_on_their_windows_build,
         ),

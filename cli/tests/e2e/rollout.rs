@@ -218,3 +218,98 @@ pub fn through_gitops(cp: &ControlPlane) -> Result<(), Failed> {
     assert_eq!(code, 0, "zdeploy diff sees drift: {out}{err}");
     Ok(())
 }
+
+fn replicas(cp: &ControlPlane, ns: &str, deployment: &str) -> i64 {
+    cp.json(&["get", "deployment", deployment, "-n", ns])["spec"]["replicas"]
+        .as_i64()
+        .unwrap_or(-1)
+}
+
+/// `kubectl scale` through the ZmqService's `/scale` subresource (what an HPA uses) is
+/// kept by the controller through a whole rollout, and the canary is sized for its weight.
+pub fn scaled_through_the_scale_subresource(cp: &ControlPlane) -> Result<(), Failed> {
+    let Stage {
+        ns,
+        ctl: _ctl,
+        pods: _pods,
+    } = cp.stage("scale");
+    let ns = ns.name.as_str();
+    let file = cp.echo_manifest(ns, |t| t);
+    cp.zdeploy(&["apply", "-f", &file.display().to_string()]);
+    wait_condition(cp, ns, "Available");
+    cp.kubectl(&["scale", "zmqservice/echo", "--replicas", "6", "-n", ns]);
+    let scale = || {
+        cp.json(&[
+            "get",
+            "zmqservice",
+            "echo",
+            "-n",
+            ns,
+            "--subresource",
+            "scale",
+        ])
+    };
+    eventually(
+        "/scale reports 6 stable pods",
+        Duration::from_secs(60),
+        || {
+            let s = scale();
+            (s["spec"]["replicas"] == 6 && s["status"]["replicas"] == 6).then_some(s)
+        },
+    );
+    let selector = scale()["status"]["selector"].as_str().unwrap().to_string();
+    assert!(selector.contains("zdeploy.io/pool=stable"), "{selector}");
+    let selected = cp.kubectl(&["get", "pods", "-n", ns, "-l", &selector, "-o", "name"]);
+    assert_eq!(
+        selected.lines().count(),
+        6,
+        "the selector finds stable's pods: {selected}"
+    );
+
+    // 25% now and 50% next (the example's steps): ceil(6 x 50%) canary pods.
+    cp.zdeploy(&["rollout", "echo", "-n", ns, "--canary", "25", "--image", V2]);
+    eventually("the canary takes 25%", Duration::from_secs(60), || {
+        (cp.weights(ns, "echo")["canary"] == 25).then_some(())
+    });
+    assert_eq!(replicas(cp, ns, "echo-canary"), 3);
+    assert_eq!(replicas(cp, ns, "echo-stable"), 6, "stable keeps its size");
+
+    // Scaled down mid-rollout: both pools follow, nothing is reset to the manifest's 3.
+    cp.kubectl(&["scale", "zmqservice/echo", "--replicas", "4", "-n", ns]);
+    eventually(
+        "the pools follow the new scale",
+        Duration::from_secs(30),
+        || {
+            (replicas(cp, ns, "echo-stable") == 4 && replicas(cp, ns, "echo-canary") == 2)
+                .then_some(())
+        },
+    );
+    cp.zdeploy(&["promote", "echo", "-n", ns]);
+    eventually("the canary takes 50%", Duration::from_secs(30), || {
+        (cp.weights(ns, "echo")["canary"] == 50).then_some(())
+    });
+    cp.zdeploy(&["promote", "echo", "-n", ns, "--full"]);
+    eventually("the canary becomes stable", Duration::from_secs(30), || {
+        (cp.status(ns, "echo")["stableRevision"] == V2).then_some(())
+    });
+    eventually(
+        "the canary drains and scales down",
+        Duration::from_secs(30),
+        || (replicas(cp, ns, "echo-canary") == 0).then_some(()),
+    );
+    let svc = cp.json(&["get", "zmqservice", "echo", "-n", ns]);
+    assert_eq!(
+        svc["spec"]["replicas"], 4,
+        "the controller never resets the scale"
+    );
+    assert_eq!(replicas(cp, ns, "echo-stable"), 4);
+    eventually(
+        "/scale reports 4 stable pods",
+        Duration::from_secs(60),
+        || (scale()["status"]["replicas"] == 4).then_some(()),
+    );
+    println!(
+        "scale 6 then 4 kept through a rollout; canary 3 pods at 25% (50% next), 2 after scaling to 4"
+    );
+    Ok(())
+}

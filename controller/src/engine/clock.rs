@@ -87,6 +87,7 @@ pub fn poll_timeout(
 mod tests {
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use zdeploy_api::Weight;
     use zdeploy_api::service::{Outcome, RolloutRecord};
 
     fn spec() -> ZmqServiceSpec {
@@ -120,6 +121,7 @@ mod tests {
                 outcome: Outcome::RolledBack,
                 reason: "r".into(),
                 runbook: None,
+                peak_weight: Weight::ZERO,
             }],
             ..Default::default()
         };

@@ -12,6 +12,7 @@
 //! `scaleDownDelay` after that switch, so a rollback is again one change, back to 0.
 
 pub mod clock;
+pub mod sizing;
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -518,6 +519,9 @@ fn next_step(d: &mut Decision, now: Timestamp) {
 }
 
 fn set_weight(d: &mut Decision, w: Weight) {
+    if let Some(r) = d.status.rollout.as_mut() {
+        r.peak_weight = r.peak_weight.max(w);
+    }
     if d.status.canary_weight != w {
         d.status.canary_weight = w;
         d.actions.push(Action::SetCanaryWeight(w));
@@ -763,6 +767,7 @@ fn finish(
         outcome,
         reason: reason.to_string(),
         runbook,
+        peak_weight: r.peak_weight,
     };
     d.status.history.insert(0, record);
     d.status.history.truncate(HISTORY_LIMIT);
@@ -805,7 +810,12 @@ fn stop_canary(d: &mut Decision) {
 /// Makes the canary the new stable: all traffic to it, stable pool updated, traffic back.
 fn complete(d: &mut Decision, reason: &str, now: Timestamp) {
     let revision = d.status.canary_revision.clone().unwrap_or_default();
-    set_weight(d, Weight::FULL);
+    // All traffic to the canary only while stable is replaced, not a share it is sized
+    // for: its peak weight stays what the steps gave it.
+    if d.status.canary_weight != Weight::FULL {
+        d.status.canary_weight = Weight::FULL;
+        d.actions.push(Action::SetCanaryWeight(Weight::FULL));
+    }
     d.actions.push(Action::DeployStable {
         revision: revision.clone(),
     });

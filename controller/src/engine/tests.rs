@@ -788,6 +788,8 @@ fn every_status_field_of_the_crd_is_written() {
         "specRevision",
         "lastCommand",
         "lastCommandRefused",
+        "replicas",
+        "selector",
     ] {
         written.insert(by_controller.to_string());
     }

@@ -20,7 +20,9 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use zdeploy_api::service::Router;
-use zdeploy_api::{Weight, ZmqService};
+use zdeploy_api::{Weight, ZmqService, ZmqServiceStatus};
+
+use crate::engine::sizing;
 
 use zdeploy_api::Pool;
 use zdeploy_api::image::tag_of;
@@ -264,18 +266,27 @@ fn zmq_port(port: i32) -> ServicePort {
     }
 }
 
-/// Replicas of the canary pool: none without a rollout; with the replica router, the
-/// share of `replicas` that approximates the weight (at least one).
-fn canary_replicas(svc: &ZmqService, weight: Weight, in_rollout: bool) -> i32 {
-    if !in_rollout {
-        return 0;
-    }
-    match svc.spec.strategy.router {
-        Router::Gateway => svc.spec.replicas.max(1),
+/// Replicas of the canary pool during a rollout: behind zgate, sized for the share it
+/// takes or is about to take (`engine::sizing`); with the replica router, the share of
+/// `replicas` that approximates the weight, since the pod ratio is the split.
+fn canary_replicas(svc: &ZmqService, status: &ZmqServiceStatus) -> i32 {
+    let spec = &svc.spec;
+    match spec.strategy.router {
+        Router::Gateway => sizing::canary_replicas(spec, sizing::canary_share(spec, status)),
         Router::Replicas => {
-            ((svc.spec.replicas as f64 * f64::from(weight.percent()) / 100.0).ceil() as i32).max(1)
+            let weight = f64::from(status.canary_weight.percent());
+            ((spec.replicas as f64 * weight / 100.0).ceil() as i32).max(1)
         }
     }
+}
+
+/// The label selector of the stable pool's pods, as `/scale` reports it.
+pub fn stable_selector(svc: &ZmqService) -> String {
+    labels(svc, "service", Some(Pool::Stable))
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Renders the service for its recorded status (stable and canary revisions, weight) at
@@ -291,14 +302,13 @@ pub fn render(svc: &ZmqService, now: jiff::Timestamp) -> Rendered {
         .clone()
         .unwrap_or_else(|| stable_image.clone());
     let in_rollout = status.rollout.is_some();
-    let weight = status.canary_weight;
     let port = svc.spec.zmq.port as i32;
     let mut r = Rendered::default();
 
     let pool = |p: Pool| labels(svc, "service", Some(p));
     let stable_replicas = match svc.spec.strategy.router {
         Router::Replicas if in_rollout => {
-            (svc.spec.replicas - canary_replicas(svc, weight, true)).max(1)
+            (svc.spec.replicas - canary_replicas(svc, &status)).max(1)
         }
         _ => svc.spec.replicas,
     };
@@ -312,9 +322,14 @@ pub fn render(svc: &ZmqService, now: jiff::Timestamp) -> Rendered {
     let draining = crate::engine::clock::draining_until(&svc.spec, &status)
         .filter(|until| now < *until)
         .and(status.history.first());
+    // A draining canary keeps the size it had at its peak: it answers what it holds.
     let (canary_image, canary_count) = match draining {
-        Some(last) => (last.revision.clone(), svc.spec.replicas.max(1)),
-        None => (canary_image, canary_replicas(svc, weight, in_rollout)),
+        Some(last) => (
+            last.revision.clone(),
+            sizing::canary_replicas(&svc.spec, last.peak_weight),
+        ),
+        None if in_rollout => (canary_image, canary_replicas(svc, &status)),
+        None => (canary_image, 0),
     };
     r.pools.push(deployment(
         svc,

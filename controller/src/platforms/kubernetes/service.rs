@@ -284,7 +284,8 @@ fn observe(svc: &ZmqService, status: &ZmqServiceStatus) -> Observed {
     }))
 }
 
-async fn apply_all<K>(client: &Client, ns: &str, objects: &[K]) -> Result<(), Error>
+/// Applies `objects` in order; returns them as the API server has them now.
+async fn apply_all<K>(client: &Client, ns: &str, objects: &[K]) -> Result<Vec<K>, Error>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
@@ -295,24 +296,27 @@ where
 {
     let api: Api<K> = Api::namespaced(client.clone(), ns);
     let params = PatchParams::apply(FIELD_MANAGER).force();
+    let mut applied = Vec::with_capacity(objects.len());
     for o in objects {
-        api.patch(&o.name_any(), &params, &Patch::Apply(o)).await?;
+        applied.push(api.patch(&o.name_any(), &params, &Patch::Apply(o)).await?);
     }
-    Ok(())
+    Ok(applied)
 }
 
 /// Applies every rendered object: identities, zgate's read access and weights first, then Services, zgate,
-/// stable, canary, and disruption budgets last.
-async fn apply_rendered(client: &Client, ns: &str, r: &Rendered) -> Result<(), Error> {
+/// stable, canary, and disruption budgets last. Returns the stable pool's pods now (what
+/// `/scale` reports).
+async fn apply_rendered(client: &Client, ns: &str, r: &Rendered) -> Result<i32, Error> {
     apply_all::<ServiceAccount>(client, ns, &r.service_accounts).await?;
     apply_all::<Role>(client, ns, &r.roles).await?;
     apply_all::<RoleBinding>(client, ns, &r.role_bindings).await?;
     apply_all::<ConfigMap>(client, ns, &r.config_maps).await?;
     apply_all::<Service>(client, ns, &r.services).await?;
     apply_all::<Deployment>(client, ns, r.gateway.as_slice()).await?;
-    apply_all::<Deployment>(client, ns, &r.pools).await?;
+    let pools = apply_all::<Deployment>(client, ns, &r.pools).await?;
     apply_all::<PodDisruptionBudget>(client, ns, &r.pdbs).await?;
-    Ok(())
+    let stable = pools.first().and_then(|d| d.status.as_ref());
+    Ok(stable.and_then(|s| s.replicas).unwrap_or(0))
 }
 
 async fn apply(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
@@ -378,7 +382,10 @@ async fn apply(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
     d.status.conditions = super::conditions::conditions(&d.status, svc.metadata.generation, now);
     let mut desired = (*svc).clone();
     desired.status = Some(d.status.clone());
-    apply_rendered(&ctx.client, &ns, &render(&desired, now)).await?;
+    // The count an autoscaler reads through `/scale`; it sets `spec.replicas`, which
+    // the controller only reads, so the two never fight.
+    d.status.replicas = Some(apply_rendered(&ctx.client, &ns, &render(&desired, now)).await?);
+    d.status.selector = Some(super::render::stable_selector(&svc));
     if d.status != recorded {
         let api: Api<ZmqService> = Api::namespaced(ctx.client.clone(), &ns);
         // Fields the new status no longer has (a finished rollout) must be removed.
