@@ -308,8 +308,39 @@ pub fn scaled_through_the_scale_subresource(cp: &ControlPlane) -> Result<(), Fai
         Duration::from_secs(60),
         || (scale()["status"]["replicas"] == 4).then_some(()),
     );
+
+    // A real HorizontalPodAutoscaler (kube-controller-manager's) targets the ZmqService.
+    // There is no metrics API here (kwok's pods report no usage), so it cannot compute a
+    // utilization; below minReplicas it scales to minReplicas without one, through /scale.
+    let hpa = cp.file(
+        &format!("hpa-{ns}.yaml"),
+        &format!(
+            "apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata: {{name: echo, namespace: {ns}}}
+spec:
+  scaleTargetRef: {{apiVersion: zdeploy.io/v1alpha1, kind: ZmqService, name: echo}}
+  minReplicas: 5
+  maxReplicas: 8
+  metrics:
+    - type: Resource
+      resource: {{name: cpu, target: {{type: Utilization, averageUtilization: 80}}}}
+"
+        ),
+    );
+    cp.kubectl(&["apply", "-f", &hpa.display().to_string()]);
+    eventually(
+        "the HPA scales the ZmqService to 5",
+        Duration::from_secs(90),
+        || (replicas(cp, ns, "echo-stable") == 5).then_some(()),
+    );
+    let svc = cp.json(&["get", "zmqservice", "echo", "-n", ns]);
+    assert_eq!(
+        svc["spec"]["replicas"], 5,
+        "set by the HPA through /scale: {svc}"
+    );
     println!(
-        "scale 6 then 4 kept through a rollout; canary 3 pods at 25% (50% next), 2 after scaling to 4"
+        "scale 6 then 4 kept through a rollout; canary 3 pods at 25% (50% next), 2 after scaling to 4; a HorizontalPodAutoscaler scaled it to 5"
     );
     Ok(())
 }
