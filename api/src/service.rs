@@ -978,6 +978,10 @@ pub struct ZmqServiceStatus {
     /// measures through `/scale`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
+    /// Since when a change waits for its canary to start (the namespace's limit of
+    /// canaries in flight is reached); the queue is served in this order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued_since: Option<Time>,
 }
 
 impl RolloutState {

@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use axum::routing::get;
 use zdeploy_controller::platforms::kubernetes::leader::{self, Leader};
 use zdeploy_controller::platforms::kubernetes::measure::MetricsSource;
+use zdeploy_controller::platforms::kubernetes::queue::{CanaryLimits, LimitArg};
 use zdeploy_controller::platforms::kubernetes::stats::Stats;
 use zdeploy_controller::platforms::kubernetes::{alerts, manager};
 
@@ -39,10 +40,17 @@ pub struct Args {
     /// Name this replica holds the Lease under.
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// The most canaries a spec change starts at once in a namespace: `N` for every
+    /// namespace, `NAMESPACE=N` for one (repeatable); the others wait in a queue that
+    /// `zdeploy status` shows. Default: no limit. Commands from people are not queued.
+    #[arg(long, value_name = "N|NAMESPACE=N")]
+    max_canaries: Vec<LimitArg>,
 }
 
 /// Runs until SIGINT or SIGTERM.
 pub async fn run(args: &Args) -> anyhow::Result<()> {
+    // From the start: a SIGTERM while the Lease is taken must not be lost.
+    let stop = crate::signals::listen_for_stop();
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API (in-cluster or KUBECONFIG)")?;
@@ -88,9 +96,10 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
         },
         None => MetricsSource::Scrape,
     };
+    let limits = CanaryLimits::from_args(&args.max_canaries);
     if args.no_leader_election {
         stats.set_leader(true);
-        manager::run(client, metrics, stats, alerts).await?;
+        manager::run(client, metrics, stats, alerts, limits, stop).await?;
         return Ok(());
     }
     let identity = args
@@ -109,7 +118,7 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     tracing::info!(%identity, "waiting for the {} Lease", leader::LEASE_NAME);
     tokio::select! {
         _ = leader.acquired() => {}
-        _ = crate::signals::wait_for_stop() => {
+        _ = stop.clone() => {
             leader.release().await;
             return Ok(());
         }
@@ -117,7 +126,7 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     tracing::info!(%identity, "holding the {} Lease: reconciling", leader::LEASE_NAME);
     stats.set_leader(true);
     let outcome = tokio::select! {
-        r = manager::run(client, metrics, stats.clone(), alerts) => r.map_err(anyhow::Error::from),
+        r = manager::run(client, metrics, stats.clone(), alerts, limits, stop) => r.map_err(anyhow::Error::from),
         _ = leader.lost() => Err(anyhow::anyhow!(
             "lost the {} Lease: stopping so that only the new holder reconciles",
             leader::LEASE_NAME

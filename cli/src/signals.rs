@@ -29,6 +29,48 @@ pub async fn wait_for_stop() {
     }
 }
 
+/// A request to stop, listened for from this call on: a signal that comes before anything
+/// awaits it is kept, not lost. Clones resolve together.
+pub type Stop = futures::future::Shared<futures::future::BoxFuture<'static, ()>>;
+
+/// Starts listening for a request to stop.
+#[cfg(unix)]
+pub fn listen_for_stop() -> Stop {
+    use futures::FutureExt;
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    }
+    .boxed()
+    .shared()
+}
+
+/// Starts listening for a request to stop.
+#[cfg(windows)]
+pub fn listen_for_stop() -> Stop {
+    use futures::FutureExt;
+    use tokio::signal::windows::{ctrl_break, ctrl_c, ctrl_close, ctrl_shutdown};
+    let mut c = ctrl_c().expect("installing a Ctrl-C handler");
+    let mut brk = ctrl_break().expect("installing a Ctrl-Break handler");
+    let mut close = ctrl_close().expect("installing a console-close handler");
+    let mut shutdown = ctrl_shutdown().expect("installing a shutdown handler");
+    async move {
+        tokio::select! {
+            _ = c.recv() => {}
+            _ = brk.recv() => {}
+            _ = close.recv() => {}
+            _ = shutdown.recv() => {}
+        }
+    }
+    .boxed()
+    .shared()
+}
+
 /// Set once the process is asked to stop; for loops that poll instead of awaiting.
 static STOP: AtomicBool = AtomicBool::new(false);
 

@@ -39,6 +39,11 @@ fn main() {
         trial(&cp, "rollout_through_gitops", rollout::through_gitops),
         trial(
             &cp,
+            "a_change_to_many_services_waits_in_a_queue",
+            rollout::a_change_to_many_services_waits_in_a_queue,
+        ),
+        trial(
+            &cp,
             "scaled_through_the_scale_subresource",
             rollout::scaled_through_the_scale_subresource,
         ),

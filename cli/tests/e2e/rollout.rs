@@ -170,6 +170,17 @@ pub fn through_the_cli(cp: &ControlPlane) -> Result<(), Failed> {
     Ok(())
 }
 
+/// `file` server-side applied as a GitOps tool does, under its own field manager.
+fn gitops_apply(cp: &ControlPlane, file: &std::path::Path) -> String {
+    cp.kubectl(&[
+        "apply",
+        "--server-side",
+        "--field-manager=argocd-controller",
+        "-f",
+        &file.display().to_string(),
+    ])
+}
+
 /// Another field manager (a GitOps tool) server-side applies the manifest and then a new
 /// image: no conflict with what zdeploy writes, a rollout starts, and a second apply of the
 /// same manifest changes nothing.
@@ -179,15 +190,7 @@ pub fn through_gitops(cp: &ControlPlane) -> Result<(), Failed> {
         ctl: _ctl,
         pods: _pods,
     } = cp.stage("gitops");
-    let apply = |file: &std::path::Path| {
-        cp.kubectl(&[
-            "apply",
-            "--server-side",
-            "--field-manager=argocd-controller",
-            "-f",
-            &file.display().to_string(),
-        ])
-    };
+    let apply = |file: &std::path::Path| gitops_apply(cp, file);
     let v1 = cp.echo_manifest(&ns.name, |t| t);
     apply(&v1);
     wait_condition(cp, &ns.name, "Available");
@@ -341,6 +344,98 @@ spec:
     );
     println!(
         "scale 6 then 4 kept through a rollout; canary 3 pods at 25% (50% next), 2 after scaling to 4; a HorizontalPodAutoscaler scaled it to 5"
+    );
+    Ok(())
+}
+
+/// Ten services changed by one GitOps commit under a controller allowed 3 canaries per
+/// namespace: never more than 3 run, the others say their place in the queue, all ten
+/// are released.
+pub fn a_change_to_many_services_waits_in_a_queue(cp: &ControlPlane) -> Result<(), Failed> {
+    let Stage {
+        ns,
+        ctl: _ctl,
+        pods: _pods,
+    } = cp.stage_with_controller("queue", &["--max-canaries", "3"]);
+    let ns = ns.name.as_str();
+    let names: Vec<String> = (0..10).map(|i| format!("echo-{i}")).collect();
+    let manifest = |name: &str, image: &str| {
+        cp.echo_manifest(ns, |t| {
+            t.replace("  name: echo\n", &format!("  name: {name}\n"))
+                .replace("replicas: 3", "replicas: 1")
+                .replace(V1, image)
+        })
+    };
+    let apply = |image: &str| {
+        for name in &names {
+            gitops_apply(cp, &manifest(name, image));
+        }
+    };
+    apply(V1);
+    for name in &names {
+        cp.kubectl(&[
+            "wait",
+            "--for=condition=Available",
+            &format!("zmqservice/{name}"),
+            "-n",
+            ns,
+            "--timeout=120s",
+        ]);
+    }
+    apply(V2);
+    // Each canary in flight is promoted once seen; the queue must never let a fourth in.
+    let (mut most, mut positions) = (0, std::collections::BTreeSet::new());
+    let started = std::time::Instant::now();
+    loop {
+        let list = cp.json(&["get", "zmqservices", "-n", ns]);
+        let items = list["items"].as_array().cloned().unwrap_or_default();
+        let in_flight: Vec<&serde_json::Value> = items
+            .iter()
+            .filter(|s| !s["status"]["rollout"].is_null())
+            .collect();
+        most = most.max(in_flight.len());
+        assert!(in_flight.len() <= 3, "{} canaries at once", in_flight.len());
+        for s in &items {
+            let message = s["status"]["message"].as_str().unwrap_or_default();
+            if let Some((_, after)) = message.split_once(" is number ") {
+                positions.insert(after.split(' ').next().unwrap_or_default().to_string());
+                assert!(message.starts_with("queued: "), "{message}");
+                assert!(
+                    message.contains("in progress in e2e-queue (at most 3)"),
+                    "{message}"
+                );
+                assert!(!s["status"]["queuedSince"].is_null(), "{s}");
+            }
+        }
+        let released = items
+            .iter()
+            .filter(|s| s["status"]["stableRevision"] == V2 && s["status"]["rollout"].is_null())
+            .count();
+        if released == names.len() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(240),
+            "{released} of 10 released after 4 minutes"
+        );
+        for s in in_flight {
+            let name = s["metadata"]["name"].as_str().unwrap();
+            let _ = cp.zdeploy_as(&cp.admin, &["promote", name, "-n", ns, "--full"]);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let events = cp.kubectl(&[
+        "get",
+        "events",
+        "-n",
+        ns,
+        "--field-selector",
+        "reason=Queued",
+    ]);
+    assert!(events.contains("(at most 3)"), "{events}");
+    println!(
+        "10 services changed at once, at most 3 canaries: {most} at most in flight, queue positions seen {positions:?}, all 10 released in {:.0} s",
+        started.elapsed().as_secs_f64()
     );
     Ok(())
 }

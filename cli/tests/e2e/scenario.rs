@@ -103,6 +103,15 @@ impl ControlPlane {
     /// own (`e2e-TAG`), the processes of its pods (images in `behaviours` misbehave) and a
     /// controller `e2e-TAG` that leads.
     pub fn stage_with(&self, tag: &str, behaviours: &[(&str, Behaviour)]) -> Stage<'_> {
+        self.stage_of(tag, behaviours, &[])
+    }
+
+    /// `stage` whose controller runs with `flags` added.
+    pub fn stage_with_controller(&self, tag: &str, flags: &[&str]) -> Stage<'_> {
+        self.stage_of(tag, &[], flags)
+    }
+
+    fn stage_of(&self, tag: &str, behaviours: &[(&str, Behaviour)], flags: &[&str]) -> Stage<'_> {
         self.install();
         self.windows_runtime_class();
         let ns = Namespace::new(self, tag);
@@ -117,7 +126,7 @@ impl ControlPlane {
                 .map(|(image, b)| (image.to_string(), *b))
                 .collect(),
         });
-        let ctl = self.controller(&format!("e2e-{tag}"));
+        let ctl = self.controller_with(&format!("e2e-{tag}"), flags);
         ctl.wait_leading(Duration::from_secs(30));
         Stage { pods, ctl, ns }
     }
@@ -135,10 +144,16 @@ impl ControlPlane {
     /// `zdeploy controller` on this machine as the installed ServiceAccount, electing its
     /// leader in zdeploy-system as the in-cluster Deployment does.
     pub fn controller(&self, identity: &str) -> Controller {
+        self.controller_with(identity, &[])
+    }
+
+    /// `controller` with `flags` added.
+    pub fn controller_with(&self, identity: &str, flags: &[&str]) -> Controller {
         let port = zdeploy_testkit::ports::free_port();
         let probes = format!("127.0.0.1:{port}");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_zdeploy"));
         cmd.args(["controller", "--probes", &probes, "--identity", identity])
+            .args(flags)
             .env("KUBECONFIG", self.controller_kubeconfig())
             .env("RUST_LOG", "info");
         let log = self.file(&format!("controller-{identity}.log"), "");

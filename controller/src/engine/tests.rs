@@ -790,6 +790,7 @@ fn every_status_field_of_the_crd_is_written() {
         "lastCommandRefused",
         "replicas",
         "selector",
+        "queuedSince",
     ] {
         written.insert(by_controller.to_string());
     }

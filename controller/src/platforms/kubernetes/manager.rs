@@ -12,16 +12,21 @@ use zdeploy_gateway::watch_retry::WatchRetry;
 use super::endpoints::Endpoints;
 use super::errors::Error;
 use super::measure::MetricsSource;
+use super::queue::CanaryLimits;
 use super::service::{Context, error_policy, reconcile};
 use super::stats::Stats;
 
 /// Runs the controllers until SIGINT or SIGTERM: every ZmqService and what it owns, and
-/// every ChaosSchedule. `alerts` are Alertmanager's pushed alerts, for the chaos guard.
+/// every ChaosSchedule. `alerts` are Alertmanager's pushed alerts, for the chaos guard;
+/// `limits` bound the canaries in flight per namespace; `stop` ends both gracefully
+/// (reconciles under way finish).
 pub async fn run(
     client: Client,
     metrics: MetricsSource,
     stats: Arc<Stats>,
     alerts: Option<Arc<crate::analysis::webhook::AlertInbox>>,
+    limits: CanaryLimits,
+    stop: impl std::future::Future<Output = ()> + Clone + Send + Sync + 'static,
 ) -> Result<(), Error> {
     use futures::StreamExt;
     use kube::runtime::{Controller, watcher};
@@ -58,11 +63,11 @@ pub async fn run(
         futures::future::ready(())
     });
     let endpoints = Endpoints(store);
-    let ctx = Arc::new(Context::with_endpoints(
-        client.clone(),
-        metrics.clone(),
-        endpoints.clone(),
-    ));
+    let rollouts = Controller::new(services, watcher::Config::default());
+    let ctx = Context::with_endpoints(client.clone(), metrics.clone(), endpoints.clone())
+        .limit_canaries(limits);
+    ctx.queue.read_from(rollouts.store());
+    let ctx = Arc::new(ctx);
     ctx.wake_on_breach(wake);
     let woken = futures::stream::unfold(
         woken,
@@ -72,7 +77,7 @@ pub async fn run(
         super::chaos::ChaosContext::new(client.clone(), metrics, alerts, stats.clone())
             .with_endpoints(endpoints),
     );
-    let rollouts = Controller::new(services, watcher::Config::default())
+    let rollouts = rollouts
         .owns(
             Api::<Deployment>::all(client.clone()),
             watcher::Config::default(),
@@ -83,7 +88,7 @@ pub async fn run(
         )
         .reconcile_on(woken)
         .trigger_backoff(WatchRetry::default())
-        .shutdown_on_signal()
+        .graceful_shutdown_on(stop.clone())
         .run(reconcile, error_policy, ctx)
         .for_each(|result| {
             stats.tally(result);
@@ -100,7 +105,7 @@ pub async fn run(
             move |svc| super::chaos::aimed_at(&svc, &known.state()),
         )
         .trigger_backoff(WatchRetry::default())
-        .shutdown_on_signal()
+        .graceful_shutdown_on(stop)
         .run(
             super::chaos::reconcile,
             super::chaos::error_policy,

@@ -13,6 +13,7 @@ pub mod leader;
 pub mod manager;
 pub mod measure;
 pub mod merge_patch;
+pub mod queue;
 pub mod render;
 pub mod service;
 pub mod stats;

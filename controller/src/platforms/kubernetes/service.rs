@@ -26,6 +26,7 @@ use super::endpoints::Endpoints;
 use super::errors::{Error, backoff};
 use super::events::publish;
 use super::measure::{Analyzers, MetricsSource, SharedAnalyzer};
+use super::queue::Turn;
 use super::render::{Rendered, render};
 use crate::analysis::{Analyzer, Span};
 use crate::engine::{self, Action as EngineAction, Command, Input, Origin, Severity};
@@ -49,6 +50,8 @@ pub struct Context {
     pub endpoints: Endpoints,
     /// Scrapes each canary between analyses and wakes its reconcile on a breach.
     watches: CanaryWatches,
+    /// The canaries in flight per namespace and the changes waiting for their turn.
+    pub queue: super::queue::Queue,
     /// The objects this process has reconciled: the first reconcile of each resumes a
     /// rollout that no controller drove meanwhile.
     driven: std::sync::Mutex<std::collections::HashSet<String>>,
@@ -144,12 +147,19 @@ impl Context {
             analyzers: Default::default(),
             endpoints,
             watches: CanaryWatches::default(),
+            queue: Default::default(),
             driven: Default::default(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(2))
                 .build()
                 .expect("building an HTTP client"),
         }
+    }
+
+    /// The same context, with at most `limits` canaries in flight per namespace.
+    pub fn limit_canaries(mut self, limits: super::queue::CanaryLimits) -> Self {
+        self.queue = super::queue::Queue::new(limits);
+        self
     }
 
     /// Where the canary watches ask for a reconcile when they see a breach.
@@ -234,6 +244,16 @@ struct Observed {
     command_id: Option<String>,
     spec_revision: Option<String>,
 }
+
+impl Observed {
+    /// A canary the spec's change starts, not a person's command: it waits its turn.
+    fn starts_by_itself(&self) -> bool {
+        self.command_id.is_none() && matches!(self.input, Input::Command(Command::Rollout { .. }))
+    }
+}
+
+/// How often a change waiting in the queue looks for its turn.
+const QUEUE_RECHECK: Duration = Duration::from_secs(2);
 
 /// A command annotation not yet carried out comes first; then a change of the spec's
 /// image (GitOps) starts a rollout once no rollout runs.
@@ -338,8 +358,45 @@ async fn apply(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
         // of progress.
         before = engine::step(&svc.spec, &before, &Input::Restarted, now).status;
     }
-    let observed = observe(&svc, &before);
+    let mut observed = observe(&svc, &before);
+    let mut queued = None;
+    if observed.starts_by_itself() {
+        let since = before.queued_since.as_ref().map_or(now, |t| t.0);
+        match ctx.queue.turn(&svc, since) {
+            Turn::Go => {}
+            Turn::Wait {
+                in_flight,
+                limit,
+                position,
+            } => {
+                // Not acted on: the change is looked at again on its turn.
+                observed = Observed {
+                    input: Input::Tick,
+                    command_id: None,
+                    spec_revision: None,
+                };
+                queued = Some(format!(
+                    "queued: {in_flight} canaries already in progress in {ns} (at most {limit}); {} is number {position} in the queue",
+                    svc.spec.image()
+                ));
+            }
+        }
+    }
+    // Recorded while it waits, so its place survives a restart; gone once it is not.
+    before.queued_since = match queued {
+        Some(_) => {
+            before
+                .queued_since
+                .or(Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    now,
+                )))
+        }
+        None => None,
+    };
     let mut d = engine::step(&svc.spec, &before, &observed.input, now);
+    if d.status.rollout.is_none() {
+        ctx.queue.ended(&svc);
+    }
     // A new canary (a retry seconds after a rollback too) is counted from zero.
     if d.actions
         .iter()
@@ -379,6 +436,9 @@ async fn apply(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
     if let Some(why) = &d.refused {
         d.status.message = Some(format!("command refused: {why}"));
     }
+    if let Some(why) = &queued {
+        d.status.message = Some(why.clone());
+    }
     d.status.conditions = super::conditions::conditions(&d.status, svc.metadata.generation, now);
     let mut desired = (*svc).clone();
     desired.status = Some(d.status.clone());
@@ -406,6 +466,17 @@ async fn apply(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
         .await?;
     }
     let reference = svc.object_ref(&());
+    if let Some(why) = queued.filter(|_| recorded.queued_since.is_none()) {
+        publish(
+            &ctx.recorder,
+            &reference,
+            Severity::Normal,
+            "Queued",
+            why,
+            "Rollout",
+        )
+        .await;
+    }
     for a in &d.actions {
         if let EngineAction::Event(n) = a {
             let (severity, reason) = (n.severity, n.reason.as_str());
@@ -442,6 +513,10 @@ async fn apply(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
             .get()
             .max(Duration::from_secs(1)),
         None => IDLE_RECHECK,
+    };
+    let look = match d.status.queued_since {
+        Some(_) => look.min(QUEUE_RECHECK),
+        None => look,
     };
     let deadline = engine::clock::poll_timeout(&svc.spec, &d.status, now)
         .map(|t| Duration::try_from(t.duration_since(now)).unwrap_or_default());
