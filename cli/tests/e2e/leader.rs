@@ -42,5 +42,18 @@ pub fn a_standby_takes_over_from_a_killed_leader(cp: &ControlPlane) -> Result<()
         took <= limit,
         "took {took:?}, more than the Lease duration and a retry"
     );
+
+    // Asked to stop the moment it leads (a rolling update of the controller), it stops
+    // within the grace and gives the Lease up.
+    let mut b = b;
+    b.proc.signal("TERM");
+    let asked = Instant::now();
+    assert_eq!(b.proc.wait_exit(Duration::from_secs(15)), Some(0));
+    println!(
+        "stopped {:.1} s after SIGTERM right after taking the Lease",
+        asked.elapsed().as_secs_f64()
+    );
+    let lease = cp.json(&["get", "lease", "zdeploy-controller", "-n", "zdeploy-system"]);
+    assert!(lease["spec"]["holderIdentity"].is_null(), "{lease}");
     Ok(())
 }

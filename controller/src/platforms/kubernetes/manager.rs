@@ -16,6 +16,10 @@ use super::queue::CanaryLimits;
 use super::service::{Context, error_policy, reconcile};
 use super::stats::Stats;
 
+/// How long reconciles under way may take to finish once the controller is asked to stop
+/// (well within the 30 s a kubelet waits before killing).
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Runs the controllers until SIGINT or SIGTERM: every ZmqService and what it owns, and
 /// every ChaosSchedule. `alerts` are Alertmanager's pushed alerts, for the chaos guard;
 /// `limits` bound the canaries in flight per namespace; `stop` ends both gracefully
@@ -77,6 +81,7 @@ pub async fn run(
         super::chaos::ChaosContext::new(client.clone(), metrics, alerts, stats.clone())
             .with_endpoints(endpoints),
     );
+    let overdue = stop.clone();
     let rollouts = rollouts
         .owns(
             Api::<Deployment>::all(client.clone()),
@@ -115,10 +120,20 @@ pub async fn run(
             stats.tally(result);
             futures::future::ready(())
         });
-    // The slice watch ends with the process; the controllers end on a signal.
+    // The slice watch ends with the process; the controllers end on a signal, once their
+    // reconciles under way finish, but not later than SHUTDOWN_GRACE after it: a stop that
+    // comes before the first list of ZmqServices is in would otherwise wait for a cache
+    // that no watch fills any more.
+    let overdue = async move {
+        overdue.await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
     tokio::select! {
         _ = async { futures::join!(rollouts, chaos) } => {}
         _ = follow_slices => {}
+        _ = overdue => tracing::warn!(
+            "stopping {SHUTDOWN_GRACE:?} after the request to stop, without waiting further for reconciles"
+        ),
     }
     Ok(())
 }
