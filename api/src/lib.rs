@@ -8,6 +8,7 @@ pub mod crd;
 pub mod duration;
 pub mod image;
 pub mod pool;
+pub mod revision;
 pub mod route;
 pub mod service;
 pub mod shadow;

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use zdeploy_api::validate::Resource;
-use zdeploy_controller::platforms::kubernetes::render::render;
+use zdeploy_controller::platforms::kubernetes::render::{Templates, render};
 
 /// Arguments of `zdeploy render`.
 #[derive(clap::Args)]
@@ -31,7 +31,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             svc.metadata
                 .namespace
                 .get_or_insert_with(|| args.namespace.clone());
-            print!("{}", render(&svc, jiff::Timestamp::now()).to_yaml());
+            print!(
+                "{}",
+                render(&svc, &Templates::default(), jiff::Timestamp::now()).to_yaml()
+            );
         }
     }
     anyhow::ensure!(problems.is_empty(), "{}", problems.join("\n"));

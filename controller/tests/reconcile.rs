@@ -24,12 +24,39 @@ fn is_apply(call: &Call, kind_path: &str, name: &str) -> bool {
 }
 
 /// Answers like the API server; `conflict_on_status` answers the first status patch with
-/// 409. Applies and status patches are echoed back, as the server would.
-async fn api_server(server: MockApiServer, object: Value, conflict_on_status: bool) -> Vec<Call> {
+/// 409. Applies and status patches are echoed back, as the server would; a GET finds what
+/// was applied at its path before, or nothing (404).
+/// `stored` are objects (by path) it holds from the start.
+async fn api_server_holding(
+    server: MockApiServer,
+    object: Value,
+    conflict_on_status: bool,
+    mut stored: std::collections::HashMap<String, Value>,
+) -> Vec<Call> {
     let mut object = object;
     let mut conflicted = false;
     server
         .serve(move |call| {
+            if call.method == Method::GET && !call.path.contains("/zmqservices/") {
+                let collection = call.path.rsplit('/').next().unwrap_or_default();
+                if ["configmaps", "secrets"].contains(&collection) {
+                    // A list of what was applied there (a label selector is not applied).
+                    let prefix = format!("{}/", call.path);
+                    let items: Vec<Value> = stored
+                        .iter()
+                        .filter(|(p, _)| p.starts_with(&prefix))
+                        .map(|(_, o)| Value::clone(o))
+                        .collect();
+                    return (200, json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": items}));
+                }
+                return match stored.get(&call.path) {
+                    Some(o) => (200, Value::clone(o)),
+                    None => (404, zdeploy_testkit::apiserver::not_found()),
+                };
+            }
+            if call.method == Method::PATCH && call.query.contains("fieldManager") {
+                stored.insert(call.path.clone(), call.body.clone());
+            }
             if call.path.ends_with("/status") {
                 if conflict_on_status && !conflicted {
                     conflicted = true;
@@ -80,10 +107,19 @@ async fn run(svc: ServiceFixture, conflict: bool) -> Outcome {
 }
 
 async fn run_with(svc: ServiceFixture, conflict: bool, metrics: MetricsSource) -> Outcome {
+    run_holding(svc, conflict, metrics, Default::default()).await
+}
+
+async fn run_holding(
+    svc: ServiceFixture,
+    conflict: bool,
+    metrics: MetricsSource,
+    stored: std::collections::HashMap<String, Value>,
+) -> Outcome {
     let (client, server) = pair("trading");
     let svc = svc.build();
     let object = serde_json::to_value(&svc).unwrap();
-    let server = tokio::spawn(api_server(server, object.clone(), conflict));
+    let server = tokio::spawn(api_server_holding(server, object.clone(), conflict, stored));
     let ctx = Arc::new(Context::new(client, metrics));
     let result = reconcile(Arc::new(svc), ctx).await;
     // Dropping the client ends the mock server.
@@ -123,8 +159,12 @@ fn find<'a>(calls: &'a [Call], kind_path: &str, name: &str) -> &'a Call {
 async fn first_deploy_applies_everything_and_records_stable() {
     let (result, calls, recorded) = run(service(STABLE), false).await;
     result.unwrap();
+    let mut applied = applies(&calls);
+    // First the record of the stable revision (its pod template; it reads no config).
+    let record = applied.remove(0);
+    assert!(record.starts_with("configmaps/echo-rev-"), "{record}");
     assert_eq!(
-        applies(&calls),
+        applied,
         [
             "serviceaccounts/echo-service",
             "serviceaccounts/echo-zgate",
@@ -166,10 +206,12 @@ async fn first_deploy_applies_everything_and_records_stable() {
         0
     );
     let status = &recorded;
-    assert_eq!(
-        status["stableRevision"],
-        "registry.example.com/trading/echo:2.0.3-ltsc2022"
-    );
+    // The image, and the digest of the pod template it runs with (recorded above).
+    let stable = status["stableRevision"].as_str().unwrap();
+    let digest = stable
+        .strip_prefix("registry.example.com/trading/echo:2.0.3-ltsc2022+")
+        .unwrap();
+    assert_eq!(record, format!("configmaps/echo-rev-{digest}"));
     assert_eq!(status["phase"], "Healthy");
     assert_eq!(
         conditions(status),
@@ -589,4 +631,82 @@ async fn a_rollouts_routes_by_client_reach_zgate_through_the_weights_configmap()
     result.unwrap();
     let data = &find(&calls, "configmaps", "echo-weights").body["data"];
     assert!(data.get("routes.json").is_none(), "{data}");
+}
+
+#[tokio::test]
+async fn a_first_deploy_copies_the_config_its_pods_read_and_records_their_template() {
+    let reads = |spec: &mut zdeploy_api::ZmqServiceSpec| {
+        let c = &mut spec.template.spec.as_mut().unwrap().containers[0];
+        c.env = Some(
+            serde_json::from_value(json!([
+                {"name": "LEVEL", "valueFrom": {"configMapKeyRef": {"name": "echo-config", "key": "level"}}},
+                {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "echo-token", "key": "token"}}}
+            ]))
+            .unwrap(),
+        );
+    };
+    let ns = "/api/v1/namespaces/trading";
+    let stored = std::collections::HashMap::from([
+        (
+            format!("{ns}/configmaps/echo-config"),
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "echo-config"}, "data": {"level": "info"}, "binaryData": {"blob": "/wA="}}),
+        ),
+        (
+            format!("{ns}/secrets/echo-token"),
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "echo-token"}, "type": "Opaque", "data": {"token": "czNjcjN0"}}),
+        ),
+    ]);
+    let (result, calls, recorded) =
+        run_holding(service(STABLE).spec(reads), false, no_metrics(), stored).await;
+    result.unwrap();
+    let digest = recorded["stableRevision"]
+        .as_str()
+        .unwrap()
+        .rsplit_once('+')
+        .unwrap()
+        .1
+        .to_string();
+    let order: Vec<String> = calls
+        .iter()
+        .filter(|c| !c.path.contains("/zmqservices/"))
+        .map(|c| format!("{} {}", c.method, c.path.trim_start_matches(ns)))
+        .take(6)
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "GET /configmaps/echo-config".to_string(),
+            "GET /secrets/echo-token".into(),
+            format!("GET /configmaps/echo-rev-{digest}"),
+            format!("PATCH /configmaps/echo-config-{digest}"),
+            format!("PATCH /secrets/echo-token-{digest}"),
+            format!("PATCH /configmaps/echo-rev-{digest}"),
+        ],
+        "reads, then copies, then the record, before any workload"
+    );
+    let copy = &find(&calls, "configmaps", &format!("echo-config-{digest}")).body;
+    assert_eq!(copy["data"], json!({"level": "info"}));
+    assert_eq!(copy["binaryData"], json!({"blob": "/wA="}));
+    assert_eq!(copy["immutable"], true);
+    let secret = &find(&calls, "secrets", &format!("echo-token-{digest}")).body;
+    assert_eq!(secret["type"], "Opaque");
+    assert_eq!(secret["data"], json!({"token": "czNjcjN0"}));
+    assert_eq!(
+        secret["metadata"]["ownerReferences"][0]["kind"],
+        "ZmqService"
+    );
+    let env = &find(&calls, "deployments", "echo-stable").body["spec"]["template"]["spec"]["containers"]
+        [0]["env"];
+    assert_eq!(
+        env[0]["valueFrom"]["configMapKeyRef"]["name"],
+        format!("echo-config-{digest}")
+    );
+    assert_eq!(
+        env[1]["valueFrom"]["secretKeyRef"]["name"],
+        format!("echo-token-{digest}")
+    );
+    assert!(
+        !calls.iter().any(|c| c.body.to_string().contains("s3cr3t")),
+        "a Secret's value is only ever sent encoded"
+    );
 }

@@ -39,6 +39,11 @@ fn main() {
         trial(&cp, "rollout_through_gitops", rollout::through_gitops),
         trial(
             &cp,
+            "config_changes_are_released_by_canary",
+            rollout::config_changes_are_released_by_canary,
+        ),
+        trial(
+            &cp,
             "a_change_to_many_services_waits_in_a_queue",
             rollout::a_change_to_many_services_waits_in_a_queue,
         ),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use libtest_mimic::Failed;
 
 use crate::controlplane::ControlPlane;
-use crate::scenario::{Stage, eventually};
+use crate::scenario::{Stage, eventually, image_of};
 
 const V1: &str = "registry.example.com/trading/echo:2.0.3-ltsc2022";
 const V2: &str = "registry.example.com/trading/echo:2.0.4-ltsc2022";
@@ -47,7 +47,7 @@ pub fn through_the_cli(cp: &ControlPlane) -> Result<(), Failed> {
     cp.zdeploy(&["apply", "-f", &file.display().to_string()]);
     wait_condition(cp, &ns.name, "Available");
     let s = cp.status(&ns.name, "echo");
-    assert_eq!(s["stableRevision"], V1, "{s}");
+    assert_eq!(image_of(&s["stableRevision"]), V1, "{s}");
     assert_eq!(cp.weights(&ns.name, "echo")["canary"], 0);
     let stable = cp.json(&["get", "deployment", "echo-stable", "-n", &ns.name]);
     assert_eq!(
@@ -95,7 +95,7 @@ pub fn through_the_cli(cp: &ControlPlane) -> Result<(), Failed> {
 
     cp.zdeploy(&["promote", "echo", "-n", &ns.name, "--full"]);
     eventually("the canary becomes stable", Duration::from_secs(30), || {
-        (cp.status(&ns.name, "echo")["stableRevision"] == V2).then_some(())
+        (image_of(&cp.status(&ns.name, "echo")["stableRevision"]) == V2).then_some(())
     });
     assert_eq!(cp.weights(&ns.name, "echo")["canary"], 0);
     let stable = cp.json(&["get", "deployment", "echo-stable", "-n", &ns.name]);
@@ -122,8 +122,8 @@ pub fn through_the_cli(cp: &ControlPlane) -> Result<(), Failed> {
     assert_eq!(cp.weights(&ns.name, "echo")["canary"], 0);
     let s = cp.status(&ns.name, "echo");
     assert_eq!(s["phase"], "RolledBack", "{s}");
-    assert_eq!(s["history"][0]["revision"], V3);
-    assert_eq!(s["stableRevision"], V2);
+    assert_eq!(image_of(&s["history"][0]["revision"]), V3);
+    assert_eq!(image_of(&s["stableRevision"]), V2);
 
     cp.zdeploy(&["retry", "echo", "-n", &ns.name]);
     eventually(
@@ -131,7 +131,7 @@ pub fn through_the_cli(cp: &ControlPlane) -> Result<(), Failed> {
         Duration::from_secs(30),
         || {
             let s = cp.status(&ns.name, "echo");
-            (s["phase"] == "Progressing" && s["canaryRevision"] == V3).then_some(())
+            (s["phase"] == "Progressing" && image_of(&s["canaryRevision"]) == V3).then_some(())
         },
     );
     cp.zdeploy(&["rollback", "echo", "-n", &ns.name, "--reason", "e2e again"]);
@@ -199,7 +199,7 @@ pub fn through_gitops(cp: &ControlPlane) -> Result<(), Failed> {
     eventually(
         "the spec change starts a canary",
         Duration::from_secs(30),
-        || (cp.status(&ns.name, "echo")["canaryRevision"] == V2).then_some(()),
+        || (image_of(&cp.status(&ns.name, "echo")["canaryRevision"]) == V2).then_some(()),
     );
     let out = cp.kubectl_as(
         &cp.admin,
@@ -293,7 +293,7 @@ pub fn scaled_through_the_scale_subresource(cp: &ControlPlane) -> Result<(), Fai
     });
     cp.zdeploy(&["promote", "echo", "-n", ns, "--full"]);
     eventually("the canary becomes stable", Duration::from_secs(30), || {
-        (cp.status(ns, "echo")["stableRevision"] == V2).then_some(())
+        (image_of(&cp.status(ns, "echo")["stableRevision"]) == V2).then_some(())
     });
     eventually(
         "the canary drains and scales down",
@@ -409,7 +409,9 @@ pub fn a_change_to_many_services_waits_in_a_queue(cp: &ControlPlane) -> Result<(
         }
         let released = items
             .iter()
-            .filter(|s| s["status"]["stableRevision"] == V2 && s["status"]["rollout"].is_null())
+            .filter(|s| {
+                image_of(&s["status"]["stableRevision"]) == V2 && s["status"]["rollout"].is_null()
+            })
             .count();
         if released == names.len() {
             break;
@@ -436,6 +438,248 @@ pub fn a_change_to_many_services_waits_in_a_queue(cp: &ControlPlane) -> Result<(
     println!(
         "10 services changed at once, at most 3 canaries: {most} at most in flight, queue positions seen {positions:?}, all 10 released in {:.0} s",
         started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The env entries of the ZeroMQ container of Deployment `name`, by name: a value, or
+/// `ConfigMap NAME/KEY` / `Secret NAME/KEY` where it reads one.
+fn env_of(cp: &ControlPlane, ns: &str, name: &str) -> std::collections::BTreeMap<String, String> {
+    let d = cp.json(&["get", "deployment", name, "-n", ns]);
+    let env = d["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .cloned();
+    env.unwrap_or_default()
+        .iter()
+        .map(|e| {
+            let from = &e["valueFrom"];
+            let said = if let Some(v) = e["value"].as_str() {
+                v.to_string()
+            } else if !from["configMapKeyRef"].is_null() {
+                format!(
+                    "ConfigMap {}/{}",
+                    from["configMapKeyRef"]["name"].as_str().unwrap(),
+                    from["configMapKeyRef"]["key"].as_str().unwrap()
+                )
+            } else {
+                format!(
+                    "Secret {}/{}",
+                    from["secretKeyRef"]["name"].as_str().unwrap(),
+                    from["secretKeyRef"]["key"].as_str().unwrap()
+                )
+            };
+            (e["name"].as_str().unwrap().to_string(), said)
+        })
+        .collect()
+}
+
+/// The value of `key` in `Kind name/key` (a Secret's decoded by kubectl).
+fn config_value(cp: &ControlPlane, ns: &str, reference: &str) -> String {
+    let (kind_name, key) = reference.split_once('/').unwrap();
+    let (kind, name) = kind_name.split_once(' ').unwrap();
+    let decode = if kind == "Secret" {
+        " | base64decode"
+    } else {
+        ""
+    };
+    let template = format!("go-template={{{{index .data \"{key}\"{decode}}}}}");
+    cp.kubectl(&["get", &kind.to_lowercase(), name, "-n", ns, "-o", &template])
+}
+
+/// Only an env value, then only a ConfigMap key, then only a Secret key change: each
+/// starts a canary that reads the new value while stable (a pod deleted mid-rollout too)
+/// reads the old; promotion gives stable the new, a rollback leaves it as it was, and the
+/// copies of revisions no longer run are deleted.
+pub fn config_changes_are_released_by_canary(cp: &ControlPlane) -> Result<(), Failed> {
+    let Stage {
+        ns,
+        ctl: _ctl,
+        pods: _pods,
+    } = cp.stage("config");
+    let ns = ns.name.as_str();
+    let config = cp.file(
+        &format!("config-{ns}.yaml"),
+        &format!(
+            "apiVersion: v1
+kind: ConfigMap
+metadata: {{name: echo-config, namespace: {ns}}}
+data: {{level: info, banner: hello}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: echo-token, namespace: {ns}}}
+stringData: {{token: first}}
+"
+        ),
+    );
+    cp.kubectl(&["apply", "-f", &config.display().to_string()]);
+    let manifest = |log_level: &str| {
+        cp.echo_manifest(ns, |t| {
+            t.replace(
+                "            - name: ECHO_LOG_LEVEL\n              value: info\n",
+                &format!(
+                    "            - name: ECHO_LOG_LEVEL\n              value: {log_level}\n            - name: LEVEL\n              valueFrom: {{configMapKeyRef: {{name: echo-config, key: level}}}}\n            - name: TOKEN\n              valueFrom: {{secretKeyRef: {{name: echo-token, key: token}}}}\n"
+                ),
+            )
+        })
+    };
+    gitops_apply(cp, &manifest("info"));
+    wait_condition(cp, ns, "Available");
+    let first = cp.status(ns, "echo")["stableRevision"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let stable = env_of(cp, ns, "echo-stable");
+    assert_eq!(config_value(cp, ns, &stable["LEVEL"]), "info", "{stable:?}");
+    assert_eq!(config_value(cp, ns, &stable["TOKEN"]), "first");
+    assert_ne!(
+        stable["LEVEL"], "ConfigMap echo-config/level",
+        "stable reads a copy"
+    );
+    let canary_started = |why: &str, before: &str| {
+        eventually(why, Duration::from_secs(60), || {
+            let s = cp.status(ns, "echo");
+            let canary = s["canaryRevision"].as_str()?;
+            (!s["rollout"].is_null() && canary != before).then(|| canary.to_string())
+        })
+    };
+    let promoted = |revision: &str| {
+        cp.zdeploy(&["promote", "echo", "-n", ns, "--full"]);
+        eventually("promoted", Duration::from_secs(30), || {
+            (cp.status(ns, "echo")["stableRevision"] == revision).then_some(())
+        });
+    };
+
+    // 1. Only an env value.
+    gitops_apply(cp, &manifest("debug"));
+    let second = canary_started("an env change starts a canary", &first);
+    assert_eq!(
+        image_of(&serde_json::json!(second)),
+        V1,
+        "same image, new revision"
+    );
+    assert_eq!(env_of(cp, ns, "echo-canary")["ECHO_LOG_LEVEL"], "debug");
+    assert_eq!(env_of(cp, ns, "echo-stable")["ECHO_LOG_LEVEL"], "info");
+    promoted(&second);
+    assert_eq!(env_of(cp, ns, "echo-stable")["ECHO_LOG_LEVEL"], "debug");
+
+    // 2. Only a ConfigMap key; a stable pod deleted meanwhile comes back on the old value.
+    cp.kubectl(&[
+        "patch",
+        "configmap",
+        "echo-config",
+        "-n",
+        ns,
+        "--type",
+        "merge",
+        "-p",
+        r#"{"data":{"level":"warn"}}"#,
+    ]);
+    let third = canary_started("a ConfigMap change starts a canary", &second);
+    let (canary, stable) = (env_of(cp, ns, "echo-canary"), env_of(cp, ns, "echo-stable"));
+    assert_eq!(config_value(cp, ns, &canary["LEVEL"]), "warn");
+    assert_eq!(config_value(cp, ns, &stable["LEVEL"]), "info");
+    let stable_pods = || {
+        cp.kubectl(&[
+            "get",
+            "pods",
+            "-n",
+            ns,
+            "-l",
+            "zdeploy.io/pool=stable",
+            "-o",
+            "name",
+        ])
+    };
+    let pods = stable_pods();
+    let victim = pods.lines().next().unwrap().to_string();
+    cp.kubectl(&["delete", "-n", ns, &victim, "--wait=false"]);
+    let reborn = eventually(
+        "the stable pod is replaced",
+        Duration::from_secs(60),
+        || {
+            let now = stable_pods();
+            let fresh: Vec<String> = now
+                .lines()
+                .filter(|p| !pods.contains(*p))
+                .map(String::from)
+                .collect();
+            fresh.into_iter().next()
+        },
+    );
+    let pod = cp.json(&["get", "-n", ns, &reborn]);
+    let level = pod["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "LEVEL")
+        .unwrap()["valueFrom"]["configMapKeyRef"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        config_value(cp, ns, &format!("ConfigMap {level}/level")),
+        "info",
+        "the new stable pod reads stable's copy"
+    );
+    promoted(&third);
+    assert_eq!(
+        config_value(cp, ns, &env_of(cp, ns, "echo-stable")["LEVEL"]),
+        "warn"
+    );
+
+    // 3. Only a Secret key (seen within the 30 s recheck); rolled back, stable unchanged.
+    let before = env_of(cp, ns, "echo-stable");
+    cp.kubectl(&[
+        "patch",
+        "secret",
+        "echo-token",
+        "-n",
+        ns,
+        "--type",
+        "merge",
+        "-p",
+        r#"{"stringData":{"token":"second"}}"#,
+    ]);
+    let fourth = canary_started("a Secret change starts a canary", &third);
+    assert_eq!(
+        config_value(cp, ns, &env_of(cp, ns, "echo-canary")["TOKEN"]),
+        "second"
+    );
+    cp.zdeploy(&["rollback", "echo", "-n", ns, "--reason", "e2e"]);
+    wait_condition(cp, ns, "RolledBack");
+    assert_eq!(
+        env_of(cp, ns, "echo-stable"),
+        before,
+        "a rollback leaves stable's config as it was"
+    );
+    let s = cp.status(ns, "echo");
+    assert_eq!(s["history"][0]["revision"], fourth.as_str());
+
+    // Copies of the first revision (neither stable nor the last released) are gone.
+    let digest = |r: &str| r.rsplit_once('+').unwrap().1.to_string();
+    let first_digest = digest(&first);
+    let gone = |kind: &str, name: &str| {
+        !cp.kubectl_as(&cp.admin, &["get", kind, name, "-n", ns])
+            .status
+            .success()
+    };
+    eventually(
+        "the first revision's copies are deleted",
+        Duration::from_secs(30),
+        || {
+            (gone("configmap", &format!("echo-config-{first_digest}"))
+                && gone("secret", &format!("echo-token-{first_digest}"))
+                && gone("configmap", &format!("echo-rev-{first_digest}")))
+            .then_some(())
+        },
+    );
+    assert!(
+        !gone("configmap", &format!("echo-config-{}", digest(&third))),
+        "stable's copy stays"
+    );
+    println!(
+        "env, ConfigMap and Secret changes each released by canary: {first} -> {second} -> {third}; {fourth} rolled back"
     );
     Ok(())
 }

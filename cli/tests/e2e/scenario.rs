@@ -12,6 +12,12 @@ use crate::controlplane::ControlPlane;
 use crate::pods::{Behaviour, PodRunner, Setup};
 use crate::support::{self, Proc};
 
+/// The image of a revision's name (`IMAGE+DIGEST`) in a status.
+pub fn image_of(revision: &Value) -> &str {
+    let name = revision.as_str().unwrap_or_default();
+    name.rsplit_once('+').map_or(name, |(image, _)| image)
+}
+
 /// Polls `probe` every 250 ms for at most `limit`; panics with `what` when it never holds.
 pub fn eventually<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + limit;

@@ -18,6 +18,7 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use zdeploy_api::Weight;
 use zdeploy_api::command::CommandRequest;
+use zdeploy_api::revision::Revision;
 use zdeploy_api::route::Route;
 use zdeploy_api::service::{
     BlueGreen, HISTORY_LIMIT, Measurement, Outcome, Phase, Release, RolloutRecord, RolloutState,
@@ -400,7 +401,9 @@ fn command(spec: &ZmqServiceSpec, d: &mut Decision, c: &Command, now: Timestamp)
                 ));
             } else if d.status.stable_revision.as_deref() == Some(revision.as_str()) {
                 d.refused = Some(format!("{revision} is already the stable revision"));
-            } else if let (Origin::ManifestByDefault, Some(stable)) = (origin, stable) {
+            } else if let (Origin::ManifestByDefault, Some(stable)) = (origin, stable)
+                && Revision::parse(&stable).image != Revision::parse(revision).image
+            {
                 d.refused = Some(format!(
                     "stable runs {stable}, not the manifest's {revision}: a rollout without --image would replace it with {revision} (a downgrade if {stable} is newer); give --image {revision} (or --manifest-image) to release it anyway, or --image with the revision you mean"
                 ));

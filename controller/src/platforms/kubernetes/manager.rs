@@ -82,7 +82,14 @@ pub async fn run(
             .with_endpoints(endpoints),
     );
     let overdue = stop.clone();
+    // A ConfigMap a service's pods read is part of its revision: its change wakes them.
+    let readers = rollouts.store();
     let rollouts = rollouts
+        .watches(
+            Api::<ConfigMap>::all(client.clone()),
+            watcher::Config::default(),
+            move |cm| super::revisions::readers_of(&cm, &readers.state()),
+        )
         .owns(
             Api::<Deployment>::all(client.clone()),
             watcher::Config::default(),

@@ -15,5 +15,6 @@ pub mod measure;
 pub mod merge_patch;
 pub mod queue;
 pub mod render;
+pub mod revisions;
 pub mod service;
 pub mod stats;

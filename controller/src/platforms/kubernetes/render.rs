@@ -19,6 +19,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
+use zdeploy_api::revision::Revision;
 use zdeploy_api::service::Router;
 use zdeploy_api::{Weight, ZmqService, ZmqServiceStatus};
 
@@ -124,10 +125,51 @@ fn selector(labels: &BTreeMap<String, String>) -> LabelSelector {
     }
 }
 
-/// The pod template of one pool: the user's template made right for the Windows pool.
-fn windows_pod(svc: &ZmqService, pool: Pool, image: &str) -> PodTemplateSpec {
+/// The pod templates of the revisions a render runs, by revision name: the recorded ones
+/// (pointing at their configuration's copies, `revisions::record`); any other revision is
+/// the manifest's template with the revision's image (one named before revisions covered
+/// configuration, or `zdeploy render` without a cluster).
+#[derive(Clone, Debug, Default)]
+pub struct Templates(BTreeMap<String, PodTemplateSpec>);
+
+impl Templates {
+    /// Adds `revision`'s recorded template.
+    pub fn insert(&mut self, revision: String, template: PodTemplateSpec) {
+        self.0.insert(revision, template);
+    }
+
+    fn of(&self, svc: &ZmqService, revision: &str) -> (PodTemplateSpec, String) {
+        let image = Revision::parse(revision).image;
+        let template = self
+            .0
+            .get(revision)
+            .cloned()
+            .unwrap_or_else(|| super::revisions::template_with_image(svc, &image));
+        (template, image)
+    }
+}
+
+/// The revisions `render` runs at `now`: stable's, and the canary's (or the one that
+/// drains).
+pub fn revisions_in_use(svc: &ZmqService, now: jiff::Timestamp) -> Vec<String> {
+    let status = svc.status.clone().unwrap_or_default();
+    let mut in_use: Vec<String> = status.stable_revision.iter().cloned().collect();
+    in_use.extend(status.rollout_revision());
+    let draining = crate::engine::clock::draining_until(&svc.spec, &status)
+        .filter(|until| now < *until)
+        .and(status.history.first());
+    in_use.extend(draining.map(|last| last.revision.clone()));
+    in_use
+}
+
+/// The pod template of one pool: the revision's template made right for the Windows pool.
+fn windows_pod(
+    svc: &ZmqService,
+    pool: Pool,
+    (mut tpl, image): (PodTemplateSpec, String),
+) -> PodTemplateSpec {
+    let image = image.as_str();
     let spec = &svc.spec;
-    let mut tpl = spec.template.clone();
     let mut tpl_meta = tpl.metadata.take().unwrap_or_default();
     let mut l = tpl_meta.labels.take().unwrap_or_default();
     l.extend(labels(svc, "service", Some(pool)));
@@ -291,7 +333,7 @@ pub fn stable_selector(svc: &ZmqService) -> String {
 
 /// Renders the service for its recorded status (stable and canary revisions, weight) at
 /// `now` (a canary that just stopped taking traffic drains before it scales down).
-pub fn render(svc: &ZmqService, now: jiff::Timestamp) -> Rendered {
+pub fn render(svc: &ZmqService, templates: &Templates, now: jiff::Timestamp) -> Rendered {
     let name = svc.name_any();
     let ns = svc.namespace().unwrap_or_else(|| "default".into());
     let status = svc.status.clone().unwrap_or_default();
@@ -317,7 +359,7 @@ pub fn render(svc: &ZmqService, now: jiff::Timestamp) -> Rendered {
         pool_service(&name, Pool::Stable),
         pool(Pool::Stable),
         stable_replicas,
-        windows_pod(svc, Pool::Stable, &stable_image),
+        windows_pod(svc, Pool::Stable, templates.of(svc, &stable_image)),
     ));
     let draining = crate::engine::clock::draining_until(&svc.spec, &status)
         .filter(|until| now < *until)
@@ -336,7 +378,7 @@ pub fn render(svc: &ZmqService, now: jiff::Timestamp) -> Rendered {
         pool_service(&name, Pool::Canary),
         pool(Pool::Canary),
         canary_count,
-        windows_pod(svc, Pool::Canary, &canary_image),
+        windows_pod(svc, Pool::Canary, templates.of(svc, &canary_image)),
     ));
     r.service_accounts.push(ServiceAccount {
         metadata: meta(svc, format!("{name}-service"), labels(svc, "service", None)),

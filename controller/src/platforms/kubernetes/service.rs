@@ -20,6 +20,7 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use zdeploy_api::command::{COMMAND_ANNOTATION, CommandAnnotation};
+use zdeploy_api::revision::{ConfigKind, Revision};
 use zdeploy_api::{Pool, ZmqService, ZmqServiceStatus};
 
 use super::endpoints::Endpoints;
@@ -27,7 +28,8 @@ use super::errors::{Error, backoff};
 use super::events::publish;
 use super::measure::{Analyzers, MetricsSource, SharedAnalyzer};
 use super::queue::Turn;
-use super::render::{Rendered, render};
+use super::render::{Rendered, Templates, render, revisions_in_use};
+use super::revisions;
 use crate::analysis::{Analyzer, Span};
 use crate::engine::{self, Action as EngineAction, Command, Input, Origin, Severity};
 
@@ -60,6 +62,8 @@ pub struct Context {
 
 /// The longest wait between two looks at a service with no rollout.
 const IDLE_RECHECK: Duration = Duration::from_secs(300);
+/// The longest wait between two looks at a service whose pods read a Secret.
+const SECRET_RECHECK: Duration = Duration::from_secs(30);
 /// How often a canary's zgate replicas are scraped between analyses.
 const WATCH_EVERY: Duration = Duration::from_millis(100);
 
@@ -256,20 +260,21 @@ impl Observed {
 const QUEUE_RECHECK: Duration = Duration::from_secs(2);
 
 /// A command annotation not yet carried out comes first; then a change of the spec's
-/// image (GitOps) starts a rollout once no rollout runs.
-fn observe(svc: &ZmqService, status: &ZmqServiceStatus) -> Observed {
+/// revision `image` (its pod template or the configuration it reads, GitOps) starts a
+/// rollout once no rollout runs.
+fn observe(svc: &ZmqService, status: &ZmqServiceStatus, image: &str) -> Observed {
     if let Some(raw) = svc.annotations().get(COMMAND_ANNOTATION)
         && let Some(a) = CommandAnnotation::parse(raw)
         && status.last_command.as_deref() != Some(a.id.as_str())
     {
-        let cmd = Command::from_request(a.request, svc.spec.image());
+        let cmd = Command::from_request(a.request, image.to_string());
         return Observed {
             input: Input::Command(cmd),
             command_id: Some(a.id),
             spec_revision: None,
         };
     }
-    let image = svc.spec.image();
+    let image = image.to_string();
     let settled = |input| Observed {
         input,
         command_id: None,
@@ -293,7 +298,11 @@ fn observe(svc: &ZmqService, status: &ZmqServiceStatus) -> Observed {
         };
     }
     let released = status.stable_revision.as_deref() == Some(image.as_str());
-    let rejected = status.history.first().is_some_and(|h| h.revision == image);
+    // (A record named by its image alone, from before, names that image's release.)
+    let rejected = status
+        .history
+        .first()
+        .is_some_and(|h| h.revision == image || h.revision == Revision::parse(&image).image);
     if released || rejected {
         return settled(Input::Tick);
     }
@@ -305,6 +314,34 @@ fn observe(svc: &ZmqService, status: &ZmqServiceStatus) -> Observed {
 }
 
 /// Applies `objects` in order; returns them as the API server has them now.
+/// Renames revisions recorded by their image alone (before revisions covered the pod
+/// template and its configuration) to what that image releases now, recorded, so that
+/// stable keeps its template from here on; a rollout under way keeps its canary's name.
+async fn adopt_image_names(
+    client: &Client,
+    svc: &ZmqService,
+    status: &mut ZmqServiceStatus,
+    spec_release: &revisions::Release,
+    releases: &mut Vec<revisions::Release>,
+) -> Result<(), Error> {
+    let spec_image = svc.spec.image();
+    if let Some(stable) = status.stable_revision.clone()
+        && Revision::parse(&stable).digest.is_none()
+    {
+        let release = if stable == spec_image {
+            spec_release.clone()
+        } else {
+            revisions::release_of(client, svc, &stable).await?
+        };
+        status.stable_revision = Some(release.revision.clone());
+        releases.push(release);
+    }
+    if status.spec_revision.as_deref() == Some(spec_image.as_str()) {
+        status.spec_revision = Some(spec_release.revision.clone());
+    }
+    Ok(())
+}
+
 async fn apply_all<K>(client: &Client, ns: &str, objects: &[K]) -> Result<Vec<K>, Error>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
@@ -345,10 +382,14 @@ async fn apply(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
         .ok_or_else(|| Error::Invalid("a ZmqService must be namespaced".into()))?;
     let recorded = svc.status.clone().unwrap_or_default();
     let mut before = recorded.clone();
-    // First deploy: the manifest's image is stable; nothing to roll out.
+    // What the spec releases now: its pod template and the configuration it reads.
+    let spec_release = revisions::release_of(&ctx.client, &svc, &svc.spec.image()).await?;
+    let mut releases = vec![spec_release.clone()];
+    // First deploy: the manifest's revision is stable; nothing to roll out.
     before
         .stable_revision
-        .get_or_insert_with(|| svc.spec.image());
+        .get_or_insert_with(|| spec_release.revision.clone());
+    adopt_image_names(&ctx.client, &svc, &mut before, &spec_release, &mut releases).await?;
     before.observed_generation = svc.metadata.generation;
     let now = Timestamp::now();
     let key = format!("{ns}/{}", svc.name_any());
@@ -358,7 +399,15 @@ async fn apply(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
         // of progress.
         before = engine::step(&svc.spec, &before, &Input::Restarted, now).status;
     }
-    let mut observed = observe(&svc, &before);
+    let mut observed = observe(&svc, &before, &spec_release.revision);
+    // A person's `--image X` releases X with the spec's pod template and configuration.
+    if let Input::Command(Command::Rollout { revision, .. }) = &mut observed.input
+        && Revision::parse(revision).digest.is_none()
+    {
+        let release = revisions::release_of(&ctx.client, &svc, revision).await?;
+        *revision = release.revision.clone();
+        releases.push(release);
+    }
     let mut queued = None;
     if observed.starts_by_itself() {
         let since = before.queued_since.as_ref().map_or(now, |t| t.0);
@@ -442,9 +491,30 @@ async fn apply(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
     d.status.conditions = super::conditions::conditions(&d.status, svc.metadata.generation, now);
     let mut desired = (*svc).clone();
     desired.status = Some(d.status.clone());
+    let mut templates = Templates::default();
+    for revision in revisions_in_use(&desired, now) {
+        if let Some(release) = releases.iter().find(|r| r.revision == revision) {
+            revisions::record(&ctx.client, &svc, release).await?;
+        }
+        if let Some(t) = revisions::recorded(&ctx.client, &svc, &revision).await? {
+            templates.insert(revision, t);
+        }
+    }
+    if recorded.rollout.is_some() && d.status.rollout.is_none() {
+        // Stable, and the one that ended (it drains, and `zdeploy retry` runs it again).
+        let keep: Vec<String> = d
+            .status
+            .stable_revision
+            .iter()
+            .chain(d.status.history.first().map(|h| &h.revision))
+            .cloned()
+            .collect();
+        revisions::collect(&ctx.client, &svc, &keep).await?;
+    }
     // The count an autoscaler reads through `/scale`; it sets `spec.replicas`, which
     // the controller only reads, so the two never fight.
-    d.status.replicas = Some(apply_rendered(&ctx.client, &ns, &render(&desired, now)).await?);
+    d.status.replicas =
+        Some(apply_rendered(&ctx.client, &ns, &render(&desired, &templates, now)).await?);
     d.status.selector = Some(super::render::stable_selector(&svc));
     if d.status != recorded {
         let api: Api<ZmqService> = Api::namespaced(ctx.client.clone(), &ns);
@@ -512,6 +582,14 @@ async fn apply(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
             .interval
             .get()
             .max(Duration::from_secs(1)),
+        // Secrets are not watched (reading them is enough): a change of one is seen here.
+        None if spec_release
+            .configs
+            .keys()
+            .any(|r| r.kind == ConfigKind::Secret) =>
+        {
+            SECRET_RECHECK
+        }
         None => IDLE_RECHECK,
     };
     let look = match d.status.queued_since {

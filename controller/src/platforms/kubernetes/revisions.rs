@@ -1,0 +1,315 @@
+//! Revisions in a cluster. What releasing an image with the manifest's pod template means
+//! now: the template and the content of every ConfigMap and Secret it reads, digested
+//! into the revision's name. Each revision gets copies of that configuration, made when
+//! it is first released and never changed (`immutable`), and a record of its pod template
+//! pointing at the copies (ConfigMap `NAME-rev-DIGEST`), so stable keeps reading its own
+//! configuration while a canary reads the new one, also when a stable pod restarts. All
+//! are owned by the ZmqService (garbage-collected with it); records and copies of
+//! revisions no longer stable, canary or last released are deleted when a rollout ends.
+//! A Secret's copy is a Secret; values are never logged.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{ConfigMap, PodTemplateSpec, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::{Api, Client, Resource, ResourceExt};
+use zdeploy_api::ZmqService;
+use zdeploy_api::revision::{
+    ConfigContent, ConfigKind, ConfigRef, Revision, copy_name, digest, point_to_copies, references,
+};
+
+use super::errors::Error;
+use super::service::FIELD_MANAGER;
+
+/// The label naming the ZmqService a record or copy belongs to.
+pub const SERVICE_LABEL: &str = "zdeploy.io/service";
+/// The label naming the digest of the revision a record or copy belongs to.
+pub const REVISION_LABEL: &str = "zdeploy.io/revision";
+/// The key of a record holding the pod template.
+const TEMPLATE_KEY: &str = "template.json";
+
+/// One revision as it would be released now.
+#[derive(Clone, Debug)]
+pub struct Release {
+    /// Its name, `IMAGE+DIGEST`.
+    pub revision: String,
+    /// Its pod template, pointing at its configuration's copies.
+    pub template: PodTemplateSpec,
+    /// The configuration it reads, by source.
+    pub configs: BTreeMap<ConfigRef, ConfigContent>,
+    /// The pod template as the manifest says (pointing at the sources).
+    pub manifest_template: PodTemplateSpec,
+    /// The type of each Secret read (`kubernetes.io/tls`...), kept by its copy.
+    secret_types: BTreeMap<String, String>,
+}
+
+/// The record of a revision: `NAME-rev-DIGEST`.
+pub fn record_name(service: &str, digest: &str) -> String {
+    format!("{service}-rev-{digest}")
+}
+
+/// The manifest's pod template with `image` in the ZeroMQ container.
+pub fn template_with_image(svc: &ZmqService, image: &str) -> PodTemplateSpec {
+    let mut t = svc.spec.template.clone();
+    if let (Some(i), Some(pod)) = (svc.spec.main_container(), t.spec.as_mut()) {
+        pod.containers[i].image = Some(image.to_string());
+    }
+    t
+}
+
+/// What releasing `image` with the manifest's pod template means now: reads every
+/// ConfigMap and Secret the template reads (a missing one is an error naming it).
+pub async fn release_of(client: &Client, svc: &ZmqService, image: &str) -> Result<Release, Error> {
+    let ns = svc.namespace().unwrap_or_default();
+    let manifest_template = template_with_image(svc, image);
+    let mut configs = BTreeMap::new();
+    let mut secret_types = BTreeMap::new();
+    for source in references(&manifest_template, &BTreeSet::new()) {
+        let content = match source.kind {
+            ConfigKind::ConfigMap => Api::<ConfigMap>::namespaced(client.clone(), &ns)
+                .get_opt(&source.name)
+                .await?
+                .map(|cm| config_map_content(&cm)),
+            ConfigKind::Secret => Api::<Secret>::namespaced(client.clone(), &ns)
+                .get_opt(&source.name)
+                .await?
+                .map(|s| {
+                    if let Some(t) = &s.type_ {
+                        secret_types.insert(source.name.clone(), t.clone());
+                    }
+                    secret_content(&s)
+                }),
+        };
+        let content = content.ok_or_else(|| {
+            Error::Invalid(format!(
+                "the pod template reads {source}, which does not exist in namespace {ns}: create it, or remove the reference"
+            ))
+        })?;
+        configs.insert(source, content);
+    }
+    let digest = digest(&manifest_template, &configs);
+    let copies: BTreeMap<ConfigRef, String> = configs
+        .keys()
+        .map(|r| (r.clone(), copy_name(r, &digest)))
+        .collect();
+    let mut template = manifest_template.clone();
+    point_to_copies(&mut template, &copies);
+    Ok(Release {
+        revision: Revision {
+            image: image.to_string(),
+            digest: Some(digest),
+        }
+        .to_string(),
+        template,
+        configs,
+        manifest_template,
+        secret_types,
+    })
+}
+
+fn config_map_content(cm: &ConfigMap) -> ConfigContent {
+    let mut c: ConfigContent = cm
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
+        .collect();
+    c.extend(
+        cm.binary_data
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.0.clone())),
+    );
+    c
+}
+
+fn secret_content(s: &Secret) -> ConfigContent {
+    let mut c: ConfigContent = s
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.0.clone()))
+        .collect();
+    c.extend(
+        s.string_data
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.clone().into_bytes())),
+    );
+    c
+}
+
+fn owned_meta(svc: &ZmqService, name: String, digest: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: svc.namespace(),
+        labels: Some(BTreeMap::from([
+            (SERVICE_LABEL.to_string(), svc.name_any()),
+            (REVISION_LABEL.to_string(), digest.to_string()),
+            (
+                "app.kubernetes.io/managed-by".to_string(),
+                "zdeploy".to_string(),
+            ),
+        ])),
+        owner_references: svc.controller_owner_ref(&()).map(|o| vec![o]),
+        ..Default::default()
+    }
+}
+
+/// Makes `release`'s copies and record, unless they exist (they never change).
+pub async fn record(client: &Client, svc: &ZmqService, release: &Release) -> Result<(), Error> {
+    let ns = svc.namespace().unwrap_or_default();
+    let Some(digest) = Revision::parse(&release.revision).digest else {
+        return Ok(());
+    };
+    let records = Api::<ConfigMap>::namespaced(client.clone(), &ns);
+    let name = record_name(&svc.name_any(), &digest);
+    if records.get_opt(&name).await?.is_some() {
+        return Ok(());
+    }
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let secrets = Api::<Secret>::namespaced(client.clone(), &ns);
+    for (source, content) in &release.configs {
+        let copy = copy_name(source, &digest);
+        let meta = owned_meta(svc, copy.clone(), &digest);
+        match source.kind {
+            ConfigKind::ConfigMap => {
+                // From the content digested, not a second read: text as data, the rest
+                // as binaryData (files mounted from either are the same bytes).
+                let (mut data, mut binary) = (BTreeMap::new(), BTreeMap::new());
+                for (k, v) in content {
+                    match std::str::from_utf8(v) {
+                        Ok(text) => {
+                            data.insert(k.clone(), text.to_string());
+                        }
+                        Err(_) => {
+                            binary.insert(k.clone(), ByteString(v.clone()));
+                        }
+                    }
+                }
+                let cm = ConfigMap {
+                    metadata: meta,
+                    data: Some(data),
+                    binary_data: (!binary.is_empty()).then_some(binary),
+                    immutable: Some(true),
+                };
+                records.patch(&copy, &params, &Patch::Apply(&cm)).await?;
+            }
+            ConfigKind::Secret => {
+                let secret = Secret {
+                    metadata: meta,
+                    type_: release.secret_types.get(&source.name).cloned(),
+                    data: Some(
+                        content
+                            .iter()
+                            .map(|(k, v)| (k.clone(), ByteString(v.clone())))
+                            .collect(),
+                    ),
+                    immutable: Some(true),
+                    ..Default::default()
+                };
+                secrets
+                    .patch(&copy, &params, &Patch::Apply(&secret))
+                    .await?;
+            }
+        }
+    }
+    let template = serde_json::to_string(&release.template)
+        .map_err(|e| Error::Invalid(format!("a pod template: {e}")))?;
+    let rec = ConfigMap {
+        metadata: owned_meta(svc, name.clone(), &digest),
+        data: Some(BTreeMap::from([(TEMPLATE_KEY.to_string(), template)])),
+        immutable: Some(true),
+        ..Default::default()
+    };
+    records.patch(&name, &params, &Patch::Apply(&rec)).await?;
+    Ok(())
+}
+
+/// The pod template recorded for `revision`; `None` for a revision named by its image
+/// alone (released before revisions covered configuration) or without a record.
+pub async fn recorded(
+    client: &Client,
+    svc: &ZmqService,
+    revision: &str,
+) -> Result<Option<PodTemplateSpec>, Error> {
+    let Some(digest) = Revision::parse(revision).digest else {
+        return Ok(None);
+    };
+    let ns = svc.namespace().unwrap_or_default();
+    let records = Api::<ConfigMap>::namespaced(client.clone(), &ns);
+    let Some(rec) = records
+        .get_opt(&record_name(&svc.name_any(), &digest))
+        .await?
+    else {
+        return Ok(None);
+    };
+    let text = rec
+        .data
+        .as_ref()
+        .and_then(|d| d.get(TEMPLATE_KEY))
+        .ok_or_else(|| Error::Invalid(format!("the record of {revision} has no {TEMPLATE_KEY}")))?;
+    serde_json::from_str(text)
+        .map(Some)
+        .map_err(|e| Error::Invalid(format!("the record of {revision}: {e}")))
+}
+
+/// Deletes the records and copies of `svc`'s revisions other than `keep`.
+pub async fn collect(client: &Client, svc: &ZmqService, keep: &[String]) -> Result<(), Error> {
+    let ns = svc.namespace().unwrap_or_default();
+    let kept: BTreeSet<String> = keep
+        .iter()
+        .filter_map(|r| Revision::parse(r).digest)
+        .collect();
+    let params = ListParams::default().labels(&format!("{SERVICE_LABEL}={}", svc.name_any()));
+    let stale = |labels: &BTreeMap<String, String>| {
+        labels
+            .get(REVISION_LABEL)
+            .is_some_and(|d| !kept.contains(d))
+    };
+    let maps = Api::<ConfigMap>::namespaced(client.clone(), &ns);
+    for cm in maps.list(&params).await? {
+        if stale(cm.labels()) && is_owned_by(&cm, svc) {
+            maps.delete(&cm.name_any(), &DeleteParams::default())
+                .await?;
+        }
+    }
+    let secrets = Api::<Secret>::namespaced(client.clone(), &ns);
+    for s in secrets.list_metadata(&params).await? {
+        if stale(s.labels()) && is_owned_by(&s, svc) {
+            secrets
+                .delete(&s.name_any(), &DeleteParams::default())
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether `svc` owns `o` (a label is not enough to delete anything).
+fn is_owned_by(o: &impl Resource, svc: &ZmqService) -> bool {
+    let uid = svc.meta().uid.as_deref();
+    o.meta()
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|r| Some(r.uid.as_str()) == uid)
+}
+
+/// The services in `cm`'s namespace whose pod template reads it.
+pub fn readers_of(
+    cm: &ConfigMap,
+    services: &[std::sync::Arc<ZmqService>],
+) -> Vec<kube::runtime::reflector::ObjectRef<ZmqService>> {
+    let source = ConfigRef {
+        kind: ConfigKind::ConfigMap,
+        name: cm.name_any(),
+    };
+    services
+        .iter()
+        .filter(|s| s.namespace() == cm.namespace())
+        .filter(|s| references(&s.spec.template, &BTreeSet::new()).contains(&source))
+        .map(|s| kube::runtime::reflector::ObjectRef::from_obj(s.as_ref()))
+        .collect()
+}
