@@ -848,6 +848,9 @@ pub struct RolloutRecord {
     /// The largest share of requests the canary took (its pods drain at that size).
     #[serde(default)]
     pub peak_weight: Weight,
+    /// What the revision changed from the stable one ("env A", "ConfigMap x (1 key)").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<String>,
 }
 
 /// A runbook as it was shown: `id@version`, so the page read later is the page that was
@@ -978,6 +981,10 @@ pub struct ZmqServiceStatus {
     /// measures through `/scale`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
+    /// What the revision under test changes from stable ("image A -> B", "env A",
+    /// "ConfigMap x (1 key)"); values are never shown.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<String>,
     /// Since when a change waits for its canary to start (the namespace's limit of
     /// canaries in flight is reached); the queue is served in this order.
     #[serde(default, skip_serializing_if = "Option::is_none")]

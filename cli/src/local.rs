@@ -309,6 +309,9 @@ pub fn describe(name: &str, s: &ZmqServiceStatus) -> String {
     if let Some(c) = &s.canary_revision {
         out.push_str(&format!("Canary:    {c}\n"));
     }
+    if !s.changes.is_empty() {
+        out.push_str(&format!("Changes:   {}\n", s.changes.join(", ")));
+    }
     if let Some(step) = s.current_step {
         out.push_str(&format!("Step:      {step}\n"));
     }

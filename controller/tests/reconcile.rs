@@ -288,11 +288,26 @@ async fn a_new_image_starts_a_canary() {
             ("RolledBack", "False", "NotRolledBack")
         ]
     );
-    let event = calls
+    let events: Vec<(&Value, &Value)> = calls
         .iter()
-        .find(|c| c.method == Method::POST && c.path.ends_with("/events"))
-        .expect("an Event");
-    assert_eq!(event.body["reason"], "RolloutStarted");
+        .filter(|c| c.method == Method::POST && c.path.ends_with("/events"))
+        .map(|c| (&c.body["reason"], &c.body["note"]))
+        .collect();
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[0].0, "Changes");
+    assert!(
+        events[0]
+            .1
+            .as_str()
+            .unwrap()
+            .contains(&format!("changes image {STABLE} -> {CANARY}")),
+        "{events:?}"
+    );
+    assert_eq!(events[1].0, "RolloutStarted");
+    assert_eq!(
+        status["changes"],
+        json!([format!("image {STABLE} -> {CANARY}")])
+    );
 }
 
 /// Reconciles the example with its 2.1.0 canary in the spec and `status` recorded.

@@ -143,6 +143,7 @@ pub mod status {
                 reason: reason.into(),
                 runbook: None,
                 peak_weight: zdeploy_api::Weight::new(10).expect("a weight"),
+                changes: Vec::new(),
             }],
             ..healthy()
         }

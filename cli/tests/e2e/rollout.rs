@@ -553,6 +553,8 @@ stringData: {{token: first}}
     // 1. Only an env value.
     gitops_apply(cp, &manifest("debug"));
     let second = canary_started("an env change starts a canary", &first);
+    let changes = |why: &str| cp.status(ns, "echo")["changes"] == serde_json::json!([why]);
+    assert!(changes("env ECHO_LOG_LEVEL"), "{}", cp.status(ns, "echo"));
     assert_eq!(
         image_of(&serde_json::json!(second)),
         V1,
@@ -576,6 +578,11 @@ stringData: {{token: first}}
         r#"{"data":{"level":"warn"}}"#,
     ]);
     let third = canary_started("a ConfigMap change starts a canary", &second);
+    assert!(
+        changes("ConfigMap echo-config (1 key)"),
+        "{}",
+        cp.status(ns, "echo")
+    );
     let (canary, stable) = (env_of(cp, ns, "echo-canary"), env_of(cp, ns, "echo-stable"));
     assert_eq!(config_value(cp, ns, &canary["LEVEL"]), "warn");
     assert_eq!(config_value(cp, ns, &stable["LEVEL"]), "info");
@@ -642,6 +649,11 @@ stringData: {{token: first}}
         r#"{"stringData":{"token":"second"}}"#,
     ]);
     let fourth = canary_started("a Secret change starts a canary", &third);
+    assert!(
+        changes("Secret echo-token (1 key)"),
+        "{}",
+        cp.status(ns, "echo")
+    );
     assert_eq!(
         config_value(cp, ns, &env_of(cp, ns, "echo-canary")["TOKEN"]),
         "second"
@@ -655,6 +667,19 @@ stringData: {{token: first}}
     );
     let s = cp.status(ns, "echo");
     assert_eq!(s["history"][0]["revision"], fourth.as_str());
+    assert_eq!(
+        s["history"][0]["changes"],
+        serde_json::json!(["Secret echo-token (1 key)"])
+    );
+    let events = cp.kubectl(&[
+        "get",
+        "events",
+        "-n",
+        ns,
+        "--field-selector",
+        "reason=Changes",
+    ]);
+    assert!(events.contains("changes env ECHO_LOG_LEVEL"), "{events}");
 
     // Copies of the first revision (neither stable nor the last released) are gone.
     let digest = |r: &str| r.rsplit_once('+').unwrap().1.to_string();

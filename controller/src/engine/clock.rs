@@ -122,6 +122,7 @@ mod tests {
                 reason: "r".into(),
                 runbook: None,
                 peak_weight: Weight::ZERO,
+                changes: Vec::new(),
             }],
             ..Default::default()
         };

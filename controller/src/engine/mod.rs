@@ -491,6 +491,8 @@ fn start(
     d.status.current_step = Some(0);
     d.status.canary_weight = Weight::ZERO;
     d.status.analysis.clear();
+    // The platform says what this revision changes, when it can tell.
+    d.status.changes.clear();
     d.status.message = Some(format!("starting canary {revision}"));
     d.status.rollout = Some(RolloutState::started_at(time(now), canary));
     d.actions.push(Action::StartCanary {
@@ -771,6 +773,7 @@ fn finish(
         reason: reason.to_string(),
         runbook,
         peak_weight: r.peak_weight,
+        changes: std::mem::take(&mut d.status.changes),
     };
     d.status.history.insert(0, record);
     d.status.history.truncate(HISTORY_LIMIT);

@@ -791,6 +791,7 @@ fn every_status_field_of_the_crd_is_written() {
         "replicas",
         "selector",
         "queuedSince",
+        "changes",
     ] {
         written.insert(by_controller.to_string());
     }

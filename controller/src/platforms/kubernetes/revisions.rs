@@ -17,7 +17,8 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, Client, Resource, ResourceExt};
 use zdeploy_api::ZmqService;
 use zdeploy_api::revision::{
-    ConfigContent, ConfigKind, ConfigRef, Revision, copy_name, digest, point_to_copies, references,
+    ConfigContent, ConfigKind, ConfigRef, Revision, changes, copy_name, digest, point_to_copies,
+    references,
 };
 
 use super::errors::Error;
@@ -312,4 +313,47 @@ pub fn readers_of(
         .filter(|s| references(&s.spec.template, &BTreeSet::new()).contains(&source))
         .map(|s| kube::runtime::reflector::ObjectRef::from_obj(s.as_ref()))
         .collect()
+}
+
+/// What `release` changes from the recorded revision `from`, in words (no values).
+pub async fn changes_from(
+    client: &Client,
+    svc: &ZmqService,
+    from: &str,
+    release: &Release,
+) -> Result<Vec<String>, Error> {
+    let ns = svc.namespace().unwrap_or_default();
+    let old = Revision::parse(from);
+    let mut template = match recorded(client, svc, from).await? {
+        Some(t) => t,
+        None => template_with_image(svc, &old.image),
+    };
+    // The copies it reads, under their sources' names.
+    let suffix = old.digest.map(|d| format!("-{d}")).unwrap_or_default();
+    let source_of = |copy: &str| copy.strip_suffix(&suffix).unwrap_or(copy).to_string();
+    let mut configs = BTreeMap::new();
+    let mut sources = BTreeMap::new();
+    for copy in references(&template, &BTreeSet::new()) {
+        let content = match copy.kind {
+            ConfigKind::ConfigMap => Api::<ConfigMap>::namespaced(client.clone(), &ns)
+                .get_opt(&copy.name)
+                .await?
+                .map(|cm| config_map_content(&cm)),
+            ConfigKind::Secret => Api::<Secret>::namespaced(client.clone(), &ns)
+                .get_opt(&copy.name)
+                .await?
+                .map(|s| secret_content(&s)),
+        };
+        let source = ConfigRef {
+            kind: copy.kind,
+            name: source_of(&copy.name),
+        };
+        sources.insert(copy.clone(), source.name.clone());
+        configs.insert(source, content.unwrap_or_default());
+    }
+    point_to_copies(&mut template, &sources);
+    Ok(changes(
+        (&template, &configs),
+        (&release.manifest_template, &release.configs),
+    ))
 }

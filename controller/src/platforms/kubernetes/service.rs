@@ -475,6 +475,14 @@ async fn apply(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
         d.actions.extend(judged.actions);
         d.status = judged.status;
     }
+    // What the new canary changes from stable, for its status, history and Event.
+    let started = d.actions.iter().find_map(|a| match a {
+        EngineAction::StartCanary { revision } => releases.iter().find(|r| &r.revision == revision),
+        _ => None,
+    });
+    if let (Some(release), Some(stable)) = (started, before.stable_revision.as_deref()) {
+        d.status.changes = revisions::changes_from(&ctx.client, &svc, stable, release).await?;
+    }
     if let Some(id) = observed.command_id {
         d.status.last_command = Some(id);
         d.status.last_command_refused = d.refused.clone();
@@ -536,6 +544,19 @@ async fn apply(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
         .await?;
     }
     let reference = svc.object_ref(&());
+    if started.is_some() && !d.status.changes.is_empty() {
+        let revision = d.status.canary_revision.clone().unwrap_or_default();
+        let what = format!("canary {revision} changes {}", d.status.changes.join(", "));
+        publish(
+            &ctx.recorder,
+            &reference,
+            Severity::Normal,
+            "Changes",
+            what,
+            "Rollout",
+        )
+        .await;
+    }
     if let Some(why) = queued.filter(|_| recorded.queued_since.is_none()) {
         publish(
             &ctx.recorder,
