@@ -170,6 +170,12 @@ pub fn through_the_cli(cp: &ControlPlane) -> Result<(), Failed> {
     Ok(())
 }
 
+/// The Events of `reason` in `ns`, as `kubectl get events` lists them.
+fn events_of(cp: &ControlPlane, ns: &str, reason: &str) -> String {
+    let selector = format!("reason={reason}");
+    cp.kubectl(&["get", "events", "-n", ns, "--field-selector", &selector])
+}
+
 /// `file` server-side applied as a GitOps tool does, under its own field manager.
 fn gitops_apply(cp: &ControlPlane, file: &std::path::Path) -> String {
     cp.kubectl(&[
@@ -426,14 +432,7 @@ pub fn a_change_to_many_services_waits_in_a_queue(cp: &ControlPlane) -> Result<(
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    let events = cp.kubectl(&[
-        "get",
-        "events",
-        "-n",
-        ns,
-        "--field-selector",
-        "reason=Queued",
-    ]);
+    let events = events_of(cp, ns, "Queued");
     assert!(events.contains("(at most 3)"), "{events}");
     println!(
         "10 services changed at once, at most 3 canaries: {most} at most in flight, queue positions seen {positions:?}, all 10 released in {:.0} s",
@@ -671,14 +670,7 @@ stringData: {{token: first}}
         s["history"][0]["changes"],
         serde_json::json!(["Secret echo-token (1 key)"])
     );
-    let events = cp.kubectl(&[
-        "get",
-        "events",
-        "-n",
-        ns,
-        "--field-selector",
-        "reason=Changes",
-    ]);
+    let events = events_of(cp, ns, "Changes");
     assert!(events.contains("changes env ECHO_LOG_LEVEL"), "{events}");
 
     // Copies of the first revision (neither stable nor the last released) are gone.
