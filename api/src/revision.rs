@@ -14,7 +14,19 @@ use sha2::{Digest, Sha256};
 const DIGEST_LEN: usize = 10;
 
 /// The kind of a configuration object a pod reads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
 pub enum ConfigKind {
     /// A ConfigMap.
     ConfigMap,
@@ -32,7 +44,19 @@ impl fmt::Display for ConfigKind {
 }
 
 /// A ConfigMap or Secret the pod template reads, by name (in the service's namespace).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
+#[serde(deny_unknown_fields)]
 pub struct ConfigRef {
     /// ConfigMap or Secret.
     pub kind: ConfigKind,

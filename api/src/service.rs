@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Pool;
 use crate::compare::ReplyComparison;
+use crate::revision::ConfigRef;
 use crate::route::Route;
 use crate::{Duration, Weight, WindowsBuild};
 
@@ -53,6 +54,31 @@ pub struct ZmqServiceSpec {
     /// Runbooks for this service's alerts, shown on rollback.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub runbooks: Vec<RunbookLink>,
+    /// Which ConfigMaps and Secrets count in a revision besides those the pods read.
+    #[serde(default, skip_serializing_if = "ConfigTracking::is_empty")]
+    pub config_tracking: ConfigTracking,
+}
+
+/// Exceptions to "every ConfigMap and Secret the pod template reads is part of its
+/// revision".
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConfigTracking {
+    /// Read by the pods but not part of a revision (a CA bundle shared by every service):
+    /// a change of it starts no canary, and all pods read it as it is, uncopied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ignore: Vec<ConfigRef>,
+    /// Part of the revision though the pod template does not name it (read through the
+    /// API, or by a sidecar injected later): a change of it is released by canary. The
+    /// pods read it as it is (nothing points at a copy), stable's too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub track: Vec<ConfigRef>,
+}
+
+impl ConfigTracking {
+    fn is_empty(&self) -> bool {
+        self.ignore.is_empty() && self.track.is_empty()
+    }
 }
 
 fn default_replicas() -> i32 {

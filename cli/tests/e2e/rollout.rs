@@ -505,6 +505,16 @@ metadata: {{name: echo-config, namespace: {ns}}}
 data: {{level: info, banner: hello}}
 ---
 apiVersion: v1
+kind: ConfigMap
+metadata: {{name: ca-bundle, namespace: {ns}}}
+data: {{ca: one}}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: echo-extra, namespace: {ns}}}
+data: {{mode: a}}
+---
+apiVersion: v1
 kind: Secret
 metadata: {{name: echo-token, namespace: {ns}}}
 stringData: {{token: first}}
@@ -519,6 +529,15 @@ stringData: {{token: first}}
                 &format!(
                     "            - name: ECHO_LOG_LEVEL\n              value: {log_level}\n            - name: LEVEL\n              valueFrom: {{configMapKeyRef: {{name: echo-config, key: level}}}}\n            - name: TOKEN\n              valueFrom: {{secretKeyRef: {{name: echo-token, key: token}}}}\n"
                 ),
+            )
+            // A shared CA bundle it ignores, and a ConfigMap it tracks without reading it.
+            .replace(
+                "      terminationGracePeriodSeconds: 30\n",
+                "      terminationGracePeriodSeconds: 30\n      volumes:\n        - name: ca\n          configMap: {name: ca-bundle}\n",
+            )
+            .replace(
+                "  zmq:\n    pattern",
+                "  configTracking:\n    ignore: [{kind: ConfigMap, name: ca-bundle}]\n    track: [{kind: ConfigMap, name: echo-extra}]\n  zmq:\n    pattern",
             )
         })
     };
@@ -695,8 +714,50 @@ stringData: {{token: first}}
         !gone("configmap", &format!("echo-config-{}", digest(&third))),
         "stable's copy stays"
     );
+
+    // The ignored CA bundle is read as it is, and its change starts nothing.
+    let volumes = |d: &str| {
+        cp.json(&["get", "deployment", d, "-n", ns])["spec"]["template"]["spec"]["volumes"].clone()
+    };
+    assert_eq!(volumes("echo-stable")[0]["configMap"]["name"], "ca-bundle");
+    let settled = cp.status(ns, "echo");
+    cp.kubectl(&[
+        "patch",
+        "configmap",
+        "ca-bundle",
+        "-n",
+        ns,
+        "--type",
+        "merge",
+        "-p",
+        r#"{"data":{"ca":"two"}}"#,
+    ]);
+    std::thread::sleep(Duration::from_secs(5));
+    let after = cp.status(ns, "echo");
+    assert!(after["rollout"].is_null(), "{after}");
+    assert_eq!(after["stableRevision"], settled["stableRevision"]);
+    assert_eq!(after["history"], settled["history"]);
+
+    // The tracked one, named by no pod, is released by canary all the same.
+    cp.kubectl(&[
+        "patch",
+        "configmap",
+        "echo-extra",
+        "-n",
+        ns,
+        "--type",
+        "merge",
+        "-p",
+        r#"{"data":{"mode":"b"}}"#,
+    ]);
+    let fifth = canary_started("a tracked ConfigMap's change starts a canary", &fourth);
+    // The Secret rolled back above still holds its new value: this release carries it too.
+    assert_eq!(
+        cp.status(ns, "echo")["changes"],
+        serde_json::json!(["ConfigMap echo-extra (1 key)", "Secret echo-token (1 key)"])
+    );
     println!(
-        "env, ConfigMap and Secret changes each released by canary: {first} -> {second} -> {third}; {fourth} rolled back"
+        "env, ConfigMap and Secret changes each released by canary: {first} -> {second} -> {third}; {fourth} rolled back; an ignored ConfigMap's change started nothing, a tracked one's started {fifth}"
     );
     Ok(())
 }

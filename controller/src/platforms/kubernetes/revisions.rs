@@ -60,6 +60,16 @@ pub fn template_with_image(svc: &ZmqService, image: &str) -> PodTemplateSpec {
     t
 }
 
+/// What counts in a revision of `svc` with `template`: what the template reads, minus
+/// what the manifest ignores, plus what it tracks.
+fn sources(svc: &ZmqService, template: &PodTemplateSpec) -> BTreeSet<ConfigRef> {
+    let tracking = &svc.spec.config_tracking;
+    let ignored: BTreeSet<ConfigRef> = tracking.ignore.iter().cloned().collect();
+    let mut counted = references(template, &ignored);
+    counted.extend(tracking.track.iter().cloned());
+    counted
+}
+
 /// What releasing `image` with the manifest's pod template means now: reads every
 /// ConfigMap and Secret the template reads (a missing one is an error naming it).
 pub async fn release_of(client: &Client, svc: &ZmqService, image: &str) -> Result<Release, Error> {
@@ -67,7 +77,7 @@ pub async fn release_of(client: &Client, svc: &ZmqService, image: &str) -> Resul
     let manifest_template = template_with_image(svc, image);
     let mut configs = BTreeMap::new();
     let mut secret_types = BTreeMap::new();
-    for source in references(&manifest_template, &BTreeSet::new()) {
+    for source in sources(svc, &manifest_template) {
         let content = match source.kind {
             ConfigKind::ConfigMap => Api::<ConfigMap>::namespaced(client.clone(), &ns)
                 .get_opt(&source.name)
@@ -310,7 +320,7 @@ pub fn readers_of(
     services
         .iter()
         .filter(|s| s.namespace() == cm.namespace())
-        .filter(|s| references(&s.spec.template, &BTreeSet::new()).contains(&source))
+        .filter(|s| sources(s, &s.spec.template).contains(&source))
         .map(|s| kube::runtime::reflector::ObjectRef::from_obj(s.as_ref()))
         .collect()
 }
@@ -324,34 +334,49 @@ pub async fn changes_from(
 ) -> Result<Vec<String>, Error> {
     let ns = svc.namespace().unwrap_or_default();
     let old = Revision::parse(from);
-    let mut template = match recorded(client, svc, from).await? {
-        Some(t) => t,
-        None => template_with_image(svc, &old.image),
+    let recorded_template = recorded(client, svc, from).await?;
+    let digest = old.digest.filter(|_| recorded_template.is_some());
+    let mut template = recorded_template.unwrap_or_else(|| template_with_image(svc, &old.image));
+    // Its sources (the copies it points at, and what the manifest tracks), read from
+    // its copies; a revision named by image alone read the sources themselves.
+    let copy_of = |r: &ConfigRef| match &digest {
+        Some(d) => copy_name(r, d),
+        None => r.name.clone(),
     };
-    // The copies it reads, under their sources' names.
-    let suffix = old.digest.map(|d| format!("-{d}")).unwrap_or_default();
-    let source_of = |copy: &str| copy.strip_suffix(&suffix).unwrap_or(copy).to_string();
+    let mut renamed = BTreeMap::new();
+    let mut counted: BTreeSet<ConfigRef> = svc.spec.config_tracking.track.iter().cloned().collect();
+    for r in references(&template, &BTreeSet::new()) {
+        let source = match &digest {
+            Some(d) => match r.name.strip_suffix(&format!("-{d}")) {
+                Some(name) => ConfigRef {
+                    kind: r.kind,
+                    name: name.to_string(),
+                },
+                // Not a copy: an ignored source, read as it is.
+                None => continue,
+            },
+            None if svc.spec.config_tracking.ignore.contains(&r) => continue,
+            None => r.clone(),
+        };
+        renamed.insert(r, source.name.clone());
+        counted.insert(source);
+    }
     let mut configs = BTreeMap::new();
-    let mut sources = BTreeMap::new();
-    for copy in references(&template, &BTreeSet::new()) {
-        let content = match copy.kind {
+    for source in counted {
+        let name = copy_of(&source);
+        let content = match source.kind {
             ConfigKind::ConfigMap => Api::<ConfigMap>::namespaced(client.clone(), &ns)
-                .get_opt(&copy.name)
+                .get_opt(&name)
                 .await?
                 .map(|cm| config_map_content(&cm)),
             ConfigKind::Secret => Api::<Secret>::namespaced(client.clone(), &ns)
-                .get_opt(&copy.name)
+                .get_opt(&name)
                 .await?
                 .map(|s| secret_content(&s)),
         };
-        let source = ConfigRef {
-            kind: copy.kind,
-            name: source_of(&copy.name),
-        };
-        sources.insert(copy.clone(), source.name.clone());
         configs.insert(source, content.unwrap_or_default());
     }
-    point_to_copies(&mut template, &sources);
+    point_to_copies(&mut template, &renamed);
     Ok(changes(
         (&template, &configs),
         (&release.manifest_template, &release.configs),
