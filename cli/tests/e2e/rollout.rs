@@ -170,6 +170,14 @@ pub fn through_the_cli(cp: &ControlPlane) -> Result<(), Failed> {
     Ok(())
 }
 
+/// Merges `patch` into `kind name` in `ns`, as a person with kubectl would.
+fn merge_patch(cp: &ControlPlane, ns: &str, object: &str, patch: &str) {
+    let (kind, name) = object.split_once(' ').unwrap();
+    cp.kubectl(&[
+        "patch", kind, name, "-n", ns, "--type", "merge", "-p", patch,
+    ]);
+}
+
 /// The Events of `reason` in `ns`, as `kubectl get events` lists them.
 fn events_of(cp: &ControlPlane, ns: &str, reason: &str) -> String {
     let selector = format!("reason={reason}");
@@ -584,17 +592,12 @@ stringData: {{token: first}}
     assert_eq!(env_of(cp, ns, "echo-stable")["ECHO_LOG_LEVEL"], "debug");
 
     // 2. Only a ConfigMap key; a stable pod deleted meanwhile comes back on the old value.
-    cp.kubectl(&[
-        "patch",
-        "configmap",
-        "echo-config",
-        "-n",
+    merge_patch(
+        cp,
         ns,
-        "--type",
-        "merge",
-        "-p",
+        "configmap echo-config",
         r#"{"data":{"level":"warn"}}"#,
-    ]);
+    );
     let third = canary_started("a ConfigMap change starts a canary", &second);
     assert!(
         changes("ConfigMap echo-config (1 key)"),
@@ -655,17 +658,12 @@ stringData: {{token: first}}
 
     // 3. Only a Secret key (seen within the 30 s recheck); rolled back, stable unchanged.
     let before = env_of(cp, ns, "echo-stable");
-    cp.kubectl(&[
-        "patch",
-        "secret",
-        "echo-token",
-        "-n",
+    merge_patch(
+        cp,
         ns,
-        "--type",
-        "merge",
-        "-p",
+        "secret echo-token",
         r#"{"stringData":{"token":"second"}}"#,
-    ]);
+    );
     let fourth = canary_started("a Secret change starts a canary", &third);
     assert!(
         changes("Secret echo-token (1 key)"),
@@ -721,17 +719,7 @@ stringData: {{token: first}}
     };
     assert_eq!(volumes("echo-stable")[0]["configMap"]["name"], "ca-bundle");
     let settled = cp.status(ns, "echo");
-    cp.kubectl(&[
-        "patch",
-        "configmap",
-        "ca-bundle",
-        "-n",
-        ns,
-        "--type",
-        "merge",
-        "-p",
-        r#"{"data":{"ca":"two"}}"#,
-    ]);
+    merge_patch(cp, ns, "configmap ca-bundle", r#"{"data":{"ca":"two"}}"#);
     std::thread::sleep(Duration::from_secs(5));
     let after = cp.status(ns, "echo");
     assert!(after["rollout"].is_null(), "{after}");
@@ -739,17 +727,7 @@ stringData: {{token: first}}
     assert_eq!(after["history"], settled["history"]);
 
     // The tracked one, named by no pod, is released by canary all the same.
-    cp.kubectl(&[
-        "patch",
-        "configmap",
-        "echo-extra",
-        "-n",
-        ns,
-        "--type",
-        "merge",
-        "-p",
-        r#"{"data":{"mode":"b"}}"#,
-    ]);
+    merge_patch(cp, ns, "configmap echo-extra", r#"{"data":{"mode":"b"}}"#);
     let fifth = canary_started("a tracked ConfigMap's change starts a canary", &fourth);
     // The Secret rolled back above still holds its new value: this release carries it too.
     assert_eq!(
