@@ -50,7 +50,7 @@ pub fn canary_replicas(spec: &ZmqServiceSpec, share: Weight) -> i32 {
 }
 
 /// ceil(replicas x share), in integers.
-fn proportional(replicas: i32, share: Weight) -> i32 {
+pub fn proportional(replicas: i32, share: Weight) -> i32 {
     let pods = i64::from(replicas.max(0)) * i64::from(share.percent());
     i32::try_from((pods + 99) / 100).unwrap_or(i32::MAX)
 }

@@ -315,10 +315,7 @@ fn canary_replicas(svc: &ZmqService, status: &ZmqServiceStatus) -> i32 {
     let spec = &svc.spec;
     match spec.strategy.router {
         Router::Gateway => sizing::canary_replicas(spec, sizing::canary_share(spec, status)),
-        Router::Replicas => {
-            let weight = f64::from(status.canary_weight.percent());
-            ((spec.replicas as f64 * weight / 100.0).ceil() as i32).max(1)
-        }
+        Router::Replicas => sizing::proportional(spec.replicas, status.canary_weight).max(1),
     }
 }
 

@@ -78,21 +78,15 @@ pub async fn release_of(client: &Client, svc: &ZmqService, image: &str) -> Resul
     let mut configs = BTreeMap::new();
     let mut secret_types = BTreeMap::new();
     for source in sources(svc, &manifest_template) {
-        let content = match source.kind {
-            ConfigKind::ConfigMap => Api::<ConfigMap>::namespaced(client.clone(), &ns)
-                .get_opt(&source.name)
+        let content =
+            read(client, &ns, source.kind, &source.name)
                 .await?
-                .map(|cm| config_map_content(&cm)),
-            ConfigKind::Secret => Api::<Secret>::namespaced(client.clone(), &ns)
-                .get_opt(&source.name)
-                .await?
-                .map(|s| {
-                    if let Some(t) = &s.type_ {
-                        secret_types.insert(source.name.clone(), t.clone());
+                .map(|(content, secret_type)| {
+                    if let Some(t) = secret_type {
+                        secret_types.insert(source.name.clone(), t);
                     }
-                    secret_content(&s)
-                }),
-        };
+                    content
+                });
         let content = content.ok_or_else(|| {
             Error::Invalid(format!(
                 "the pod template reads {source}, which does not exist in namespace {ns}: create it, or remove the reference"
@@ -117,6 +111,26 @@ pub async fn release_of(client: &Client, svc: &ZmqService, image: &str) -> Resul
         configs,
         manifest_template,
         secret_types,
+    })
+}
+
+/// The content of ConfigMap or Secret `name` in `ns` (and a Secret's type); `None` when
+/// there is none.
+async fn read(
+    client: &Client,
+    ns: &str,
+    kind: ConfigKind,
+    name: &str,
+) -> Result<Option<(ConfigContent, Option<String>)>, Error> {
+    Ok(match kind {
+        ConfigKind::ConfigMap => Api::<ConfigMap>::namespaced(client.clone(), ns)
+            .get_opt(name)
+            .await?
+            .map(|cm| (config_map_content(&cm), None)),
+        ConfigKind::Secret => Api::<Secret>::namespaced(client.clone(), ns)
+            .get_opt(name)
+            .await?
+            .map(|s| (secret_content(&s), s.type_)),
     })
 }
 
@@ -169,22 +183,42 @@ fn owned_meta(svc: &ZmqService, name: String, digest: &str) -> ObjectMeta {
     }
 }
 
-/// Makes `release`'s copies and record, unless they exist (they never change).
-pub async fn record(client: &Client, svc: &ZmqService, release: &Release) -> Result<(), Error> {
-    let ns = svc.namespace().unwrap_or_default();
-    let Some(digest) = Revision::parse(&release.revision).digest else {
-        return Ok(());
-    };
-    let records = Api::<ConfigMap>::namespaced(client.clone(), &ns);
-    let name = record_name(&svc.name_any(), &digest);
-    if records.get_opt(&name).await?.is_some() {
-        return Ok(());
+/// The pod template of `revision`: its record's, or, when it has none yet and `release`
+/// is that revision, `release`'s once its copies and record are made (they never change
+/// after). `None` for a revision named by its image alone or without a record.
+pub async fn template_of(
+    client: &Client,
+    svc: &ZmqService,
+    revision: &str,
+    release: Option<&Release>,
+) -> Result<Option<PodTemplateSpec>, Error> {
+    if let Some(t) = recorded(client, svc, revision).await? {
+        return Ok(Some(t));
     }
+    match (release, Revision::parse(revision).digest) {
+        (Some(release), Some(digest)) => {
+            record(client, svc, release, &digest).await?;
+            Ok(Some(release.template.clone()))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Makes `release`'s copies and its record, `NAME-rev-DIGEST`.
+async fn record(
+    client: &Client,
+    svc: &ZmqService,
+    release: &Release,
+    digest: &str,
+) -> Result<(), Error> {
+    let ns = svc.namespace().unwrap_or_default();
+    let records = Api::<ConfigMap>::namespaced(client.clone(), &ns);
+    let name = record_name(&svc.name_any(), digest);
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let secrets = Api::<Secret>::namespaced(client.clone(), &ns);
     for (source, content) in &release.configs {
-        let copy = copy_name(source, &digest);
-        let meta = owned_meta(svc, copy.clone(), &digest);
+        let copy = copy_name(source, digest);
+        let meta = owned_meta(svc, copy.clone(), digest);
         match source.kind {
             ConfigKind::ConfigMap => {
                 // From the content digested, not a second read: text as data, the rest
@@ -230,7 +264,7 @@ pub async fn record(client: &Client, svc: &ZmqService, release: &Release) -> Res
     let template = serde_json::to_string(&release.template)
         .map_err(|e| Error::Invalid(format!("a pod template: {e}")))?;
     let rec = ConfigMap {
-        metadata: owned_meta(svc, name.clone(), &digest),
+        metadata: owned_meta(svc, name.clone(), digest),
         data: Some(BTreeMap::from([(TEMPLATE_KEY.to_string(), template)])),
         immutable: Some(true),
         ..Default::default()
@@ -363,18 +397,8 @@ pub async fn changes_from(
     }
     let mut configs = BTreeMap::new();
     for source in counted {
-        let name = copy_of(&source);
-        let content = match source.kind {
-            ConfigKind::ConfigMap => Api::<ConfigMap>::namespaced(client.clone(), &ns)
-                .get_opt(&name)
-                .await?
-                .map(|cm| config_map_content(&cm)),
-            ConfigKind::Secret => Api::<Secret>::namespaced(client.clone(), &ns)
-                .get_opt(&name)
-                .await?
-                .map(|s| secret_content(&s)),
-        };
-        configs.insert(source, content.unwrap_or_default());
+        let content = read(client, &ns, source.kind, &copy_of(&source)).await?;
+        configs.insert(source, content.map(|(c, _)| c).unwrap_or_default());
     }
     point_to_copies(&mut template, &renamed);
     Ok(changes(

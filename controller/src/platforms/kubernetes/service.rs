@@ -501,10 +501,8 @@ async fn apply(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
     desired.status = Some(d.status.clone());
     let mut templates = Templates::default();
     for revision in revisions_in_use(&desired, now) {
-        if let Some(release) = releases.iter().find(|r| r.revision == revision) {
-            revisions::record(&ctx.client, &svc, release).await?;
-        }
-        if let Some(t) = revisions::recorded(&ctx.client, &svc, &revision).await? {
+        let release = releases.iter().find(|r| r.revision == revision);
+        if let Some(t) = revisions::template_of(&ctx.client, &svc, &revision, release).await? {
             templates.insert(revision, t);
         }
     }
