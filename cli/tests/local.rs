@@ -237,9 +237,9 @@ fn a_second_zdeploy_up_on_one_state_is_refused_and_the_rollout_survives_both() {
     let mut said = String::new();
     std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut said).unwrap();
     assert!(!exited.success(), "a second up started: {said}");
-    // At once, not after waiting on the lock (3 s leaves room for a loaded machine's
-    // process start; a run here took over 1 s while the suite ran beside it).
-    assert!(took < Duration::from_secs(3), "refused after {took:?}");
+    // At once, not after waiting on the lock: within a second, as the issue asks.
+    eprintln!("second up refused after {took:?}");
+    assert!(took < Duration::from_secs(1), "refused after {took:?}");
     let pid = first.proc.child.id().to_string();
     assert!(
         said.contains("another zdeploy up")
