@@ -288,7 +288,12 @@ pub fn scaled_through_the_scale_subresource(cp: &ControlPlane) -> Result<(), Fai
     eventually("the canary takes 25%", Duration::from_secs(60), || {
         (cp.weights(ns, "echo")["canary"] == 25).then_some(())
     });
-    assert_eq!(replicas(cp, ns, "echo-canary"), 3);
+    // Weights are applied before workloads, so the canary's size may land a moment later.
+    eventually(
+        "the canary is sized for the next step",
+        Duration::from_secs(10),
+        || (replicas(cp, ns, "echo-canary") == 3).then_some(()),
+    );
     assert_eq!(replicas(cp, ns, "echo-stable"), 6, "stable keeps its size");
 
     // Scaled down mid-rollout: both pools follow, nothing is reset to the manifest's 3.

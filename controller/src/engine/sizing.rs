@@ -8,7 +8,8 @@ use zdeploy_api::{Weight, ZmqServiceSpec, ZmqServiceStatus};
 
 /// The share of requests the canary pool is sized for now: the most it has taken, its
 /// weight, a `--canary N` still to apply, a shadow copy's share, and the next weight step
-/// (so its pods are up before the traffic arrives).
+/// above its weight (so its pods are up before the traffic arrives, whether or not the
+/// step that set the weight has been passed yet).
 pub fn canary_share(spec: &ZmqServiceSpec, status: &ZmqServiceStatus) -> Weight {
     let Some(r) = &status.rollout else {
         return Weight::ZERO;
@@ -20,7 +21,7 @@ pub fn canary_share(spec: &ZmqServiceSpec, status: &ZmqServiceStatus) -> Weight 
         .iter()
         .skip(at)
         .find_map(|s| match s {
-            Step::SetWeight(w) => Some(*w),
+            Step::SetWeight(w) if *w > status.canary_weight => Some(*w),
             _ => None,
         })
         .unwrap_or(Weight::ZERO);
@@ -98,8 +99,13 @@ mod tests {
         ));
         status.current_step = Some(0);
         assert_eq!(canary_share(&spec, &status), w(10), "before the first step");
-        status.current_step = Some(1);
         status.canary_weight = w(10);
+        assert_eq!(
+            canary_share(&spec, &status),
+            w(40),
+            "at 10, its step not yet passed: 40 next"
+        );
+        status.current_step = Some(1);
         assert_eq!(
             canary_share(&spec, &status),
             w(40),
