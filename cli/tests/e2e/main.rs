@@ -84,6 +84,11 @@ fn main() {
         ),
         trial(
             &cp,
+            "a_bad_config_is_rolled_back_by_the_analysis",
+            traffic::a_bad_config_is_rolled_back_by_the_analysis,
+        ),
+        trial(
+            &cp,
             "an_unreachable_canary_gets_nothing_and_is_rolled_back",
             traffic::an_unreachable_canary_gets_nothing_and_is_rolled_back,
         ),

@@ -328,7 +328,40 @@ fn service(
         }
         Behaviour::Unreachable => return None,
     }
+    // The service's own setting, from its config: a bad config makes a bad pod.
+    if let Some(ratio) = env_value(pod, "ECHO_ERROR_RATIO", setup) {
+        cmd.args(["--error-ratio", ratio.trim()]);
+    }
     Some(Proc::start(cmd, "ready "))
+}
+
+/// The value of the first container's env entry `name` as the kubelet resolves it when
+/// the pod starts: its value, or the key of the ConfigMap it reads.
+fn env_value(pod: &Value, name: &str, setup: &Setup) -> Option<String> {
+    let env = pod["spec"]["containers"][0]["env"].as_array()?;
+    let entry = env.iter().find(|e| e["name"] == name)?;
+    if let Some(v) = entry["value"].as_str() {
+        return Some(v.to_string());
+    }
+    let r = &entry["valueFrom"]["configMapKeyRef"];
+    let template = format!("go-template={{{{index .data \"{}\"}}}}", r["key"].as_str()?);
+    let out = Command::new(&setup.kubectl)
+        .arg("--kubeconfig")
+        .arg(&setup.admin)
+        .args([
+            "get",
+            "configmap",
+            r["name"].as_str()?,
+            "-n",
+            &setup.namespace,
+        ])
+        .args(["-o", &template])
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// zgate as the pod runs it: its arguments with "every interface" meaning the pod's

@@ -802,3 +802,84 @@ fn weights_seen(runner: &PodRunner, target: u64, act: impl FnOnce()) -> Vec<Vec<
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// A bad config (the service fails every request when its ConfigMap says so) is rolled
+/// back by the analysis with stable untouched; a good one is promoted and stable reads it.
+pub fn a_bad_config_is_rolled_back_by_the_analysis(cp: &ControlPlane) -> Result<(), Failed> {
+    let Stage {
+        ns,
+        ctl: _ctl,
+        pods: runner,
+    } = cp.stage("bad-config");
+    let ns = ns.name.as_str();
+    let config = cp.file(
+        &format!("behaviour-{ns}.yaml"),
+        &format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: echo-behaviour, namespace: {ns}}}\ndata: {{errorRatio: \"0\"}}\n"
+        ),
+    );
+    cp.kubectl(&["apply", "-f", &config.display().to_string()]);
+    deploy(cp, ns, &runner, |t| {
+        t.replace(
+            "            - name: ECHO_LOG_LEVEL\n",
+            "            - name: ECHO_ERROR_RATIO\n              valueFrom: {configMapKeyRef: {name: echo-behaviour, key: errorRatio}}\n            - name: ECHO_LOG_LEVEL\n",
+        )
+    });
+    let clients = clients(&runner);
+    let stable_reads = || {
+        let d = cp.json(&["get", "deployment", "echo-stable", "-n", ns]);
+        let env = &d["spec"]["template"]["spec"]["containers"][0]["env"][0];
+        let name = env["valueFrom"]["configMapKeyRef"]["name"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let cm = cp.json(&["get", "configmap", &name, "-n", ns]);
+        cm["data"]["errorRatio"].as_str().unwrap().to_string()
+    };
+    let set = |ratio: &str| {
+        let patch = format!(r#"{{"data":{{"errorRatio":"{ratio}"}}}}"#);
+        cp.kubectl(&[
+            "patch",
+            "configmap",
+            "echo-behaviour",
+            "-n",
+            ns,
+            "--type",
+            "merge",
+            "-p",
+            &patch,
+        ]);
+    };
+
+    set("1");
+    until(cp, ns, &runner, "the bad config is rolled back", || {
+        (cp.status(ns, "echo")["phase"] == "RolledBack").then_some(())
+    });
+    let s = cp.status(ns, "echo");
+    let reason = s["history"][0]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("error-ratio"), "{s}");
+    assert_eq!(
+        s["history"][0]["changes"],
+        serde_json::json!(["ConfigMap echo-behaviour (1 key)"])
+    );
+    assert_eq!(stable_reads(), "0", "stable untouched");
+
+    set("0.0");
+    until(cp, ns, &runner, "the good config's canary starts", || {
+        cp.status(ns, "echo")["rollout"].is_object().then_some(())
+    });
+    let canary = cp.status(ns, "echo")["canaryRevision"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    cp.zdeploy(&["promote", "echo", "-n", ns, "--full"]);
+    until(cp, ns, &runner, "the good config is promoted", || {
+        (cp.status(ns, "echo")["stableRevision"] == canary.as_str()).then_some(())
+    });
+    assert_eq!(stable_reads(), "0.0");
+    let seen = stop(&runner, clients, 1);
+    println!(
+        "bad config rolled back ({reason}), stable untouched; good config promoted; clients: {seen:?}"
+    );
+    Ok(())
+}
