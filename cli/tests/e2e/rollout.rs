@@ -367,9 +367,9 @@ spec:
     Ok(())
 }
 
-/// Ten services changed by one GitOps commit under a controller allowed 3 canaries per
-/// namespace: never more than 3 run, the others say their place in the queue, all ten
-/// are released.
+/// Ten services read one shared ConfigMap and a controller allows 3 canaries per
+/// namespace: one change of that ConfigMap makes ten releases, never more than 3 run, the
+/// others say their place in the queue, all ten are released.
 pub fn a_change_to_many_services_waits_in_a_queue(cp: &ControlPlane) -> Result<(), Failed> {
     let Stage {
         ns,
@@ -377,20 +377,26 @@ pub fn a_change_to_many_services_waits_in_a_queue(cp: &ControlPlane) -> Result<(
         pods: _pods,
     } = cp.stage_with_controller("queue", &["--max-canaries", "3"]);
     let ns = ns.name.as_str();
+    let shared = cp.file(
+        &format!("shared-{ns}.yaml"),
+        &format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: shared-settings, namespace: {ns}}}\ndata: {{level: info}}\n"
+        ),
+    );
+    cp.kubectl(&["apply", "-f", &shared.display().to_string()]);
     let names: Vec<String> = (0..10).map(|i| format!("echo-{i}")).collect();
-    let manifest = |name: &str, image: &str| {
-        cp.echo_manifest(ns, |t| {
+    for name in &names {
+        let manifest = cp.echo_manifest(ns, |t| {
             t.replace("  name: echo\n", &format!("  name: {name}\n"))
                 .replace("replicas: 3", "replicas: 1")
-                .replace(V1, image)
-        })
-    };
-    let apply = |image: &str| {
-        for name in &names {
-            gitops_apply(cp, &manifest(name, image));
-        }
-    };
-    apply(V1);
+                .replace(
+                    "            - name: ECHO_LOG_LEVEL\n              value: info\n",
+                    "            - name: ECHO_LOG_LEVEL\n              valueFrom: {configMapKeyRef: {name: shared-settings, key: level}}\n",
+                )
+        });
+        gitops_apply(cp, &manifest);
+    }
+    let mut first = std::collections::BTreeMap::new();
     for name in &names {
         cp.kubectl(&[
             "wait",
@@ -400,8 +406,15 @@ pub fn a_change_to_many_services_waits_in_a_queue(cp: &ControlPlane) -> Result<(
             ns,
             "--timeout=120s",
         ]);
+        let revision = cp.status(ns, name)["stableRevision"].clone();
+        first.insert(name.clone(), revision);
     }
-    apply(V2);
+    merge_patch(
+        cp,
+        ns,
+        "configmap shared-settings",
+        r#"{"data":{"level":"debug"}}"#,
+    );
     // Each canary in flight is promoted once seen; the queue must never let a fourth in.
     let (mut most, mut positions) = (0, std::collections::BTreeSet::new());
     let started = std::time::Instant::now();
@@ -429,7 +442,11 @@ pub fn a_change_to_many_services_waits_in_a_queue(cp: &ControlPlane) -> Result<(
         let released = items
             .iter()
             .filter(|s| {
-                image_of(&s["status"]["stableRevision"]) == V2 && s["status"]["rollout"].is_null()
+                let name = s["metadata"]["name"].as_str().unwrap_or_default();
+                let stable = &s["status"]["stableRevision"];
+                !stable.is_null()
+                    && first.get(name) != Some(stable)
+                    && s["status"]["rollout"].is_null()
             })
             .count();
         if released == names.len() {
@@ -448,7 +465,7 @@ pub fn a_change_to_many_services_waits_in_a_queue(cp: &ControlPlane) -> Result<(
     let events = events_of(cp, ns, "Queued");
     assert!(events.contains("(at most 3)"), "{events}");
     println!(
-        "10 services changed at once, at most 3 canaries: {most} at most in flight, queue positions seen {positions:?}, all 10 released in {:.0} s",
+        "one shared ConfigMap changed under 10 services, at most 3 canaries: {most} at most in flight, queue positions seen {positions:?}, all 10 released in {:.0} s",
         started.elapsed().as_secs_f64()
     );
     Ok(())
