@@ -7,6 +7,7 @@ pub mod compare;
 pub mod crd;
 pub mod duration;
 pub mod image;
+pub mod local_release;
 pub mod pool;
 pub mod revision;
 pub mod route;

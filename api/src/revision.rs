@@ -231,8 +231,13 @@ pub fn digest(template: &PodTemplateSpec, configs: &BTreeMap<ConfigRef, ConfigCo
             h.update(bytes);
         }
     }
-    let sum = h.finalize();
-    sum.iter()
+    finish(h)
+}
+
+/// The first `DIGEST_LEN` hex digits of a hash.
+pub(crate) fn finish(h: Sha256) -> String {
+    h.finalize()
+        .iter()
         .map(|b| format!("{b:02x}"))
         .collect::<String>()
         .chars()

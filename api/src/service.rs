@@ -712,11 +712,15 @@ pub struct Relative {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LocalRun {
-    /// The program and its arguments; `{{revision}}`, `{{image}}`, `{{port}}` and `{{endpoint}}` are substituted.
+    /// The program and its arguments; `{{revision}}`, `{{image}}`, `{{port}}`, `{{endpoint}}` and `{{file:PATH}}` (the revision's copy of a tracked file) are substituted.
     pub command: Vec<String>,
     /// Extra environment variables for the process.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// Files (relative to the manifest's folder) whose content is part of the revision: a
+    /// change is released by canary, and each revision reads its own copy as `{{file:PATH}}`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub track: Vec<String>,
     /// Processes per revision.
     #[serde(default = "default_local_replicas")]
     #[schemars(range(min = 1, max = 16))]

@@ -408,3 +408,16 @@ fn a_duration_past_its_maximum_is_refused_naming_the_field_and_the_limit() {
     );
     assert!(problems(&drill("{gatewayLatency: {latency: 200ms}}", "5m")).is_empty());
 }
+
+#[test]
+fn a_tracked_local_file_is_named_under_the_manifest_folder_once() {
+    let text = MINIMAL.to_string()
+        + "  local:\n    command: [svc]\n    track: [conf/app.toml, ../secrets.env, /etc/app.toml, conf/app.toml]\n";
+    let found = problems(&text);
+    assert_eq!(found.len(), 3, "{found:?}");
+    assert!(found[0].contains("spec.local.track[1]"), "{found:?}");
+    assert!(found[0].contains("no .."), "{found:?}");
+    assert!(found[1].contains("spec.local.track[2]"), "{found:?}");
+    assert!(found[2].contains("spec.local.track[3]"), "{found:?}");
+    assert!(found[2].contains("named twice"), "{found:?}");
+}

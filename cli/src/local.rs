@@ -101,6 +101,10 @@ pub async fn up(args: &UpArgs) -> anyhow::Result<()> {
         .collect();
     let config = UpConfig {
         service,
+        manifest_dir: match args.file.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => PathBuf::from("."),
+        },
         state_root: args.state.state_dir.clone(),
         frontend: args.frontend.clone(),
         prometheus: args.prometheus.clone(),

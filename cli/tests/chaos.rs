@@ -202,7 +202,7 @@ fn an_experiment_during_a_rollout_is_skipped_and_recorded() {
         run["reason"]
             .as_str()
             .unwrap()
-            .contains("rollout of drill (example.com/echo:1.1) is in progress"),
+            .contains("rollout of drill (example.com/echo:1.1+"),
         "{run}"
     );
     let (code, history) = chaos(&s.dir, &["history", "drill-now", "-o", "json"]);

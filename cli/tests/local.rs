@@ -89,6 +89,12 @@ fn zdeploy(state: &Path, args: &[&str]) -> (i32, String) {
     )
 }
 
+/// The image of a revision named `IMAGE+DIGEST`.
+fn image_of(revision: &serde_json::Value) -> &str {
+    let name = revision.as_str().unwrap_or_default();
+    name.split_once('+').map_or(name, |(image, _)| image)
+}
+
 fn status(state: &Path, name: &str) -> serde_json::Value {
     let (code, out) = zdeploy(state, &["status", name, "-o", "json"]);
     assert_eq!(code, 0, "{out}");
@@ -133,7 +139,10 @@ fn rollout_then_rollback_from_other_processes() {
     let s = status(&state, "quotes");
     assert_eq!(s["status"]["phase"], "Paused", "{s}");
     assert_eq!(s["status"]["canaryWeight"], 20);
-    assert_eq!(s["status"]["canaryRevision"], "example.com/quotes:v2");
+    assert_eq!(
+        image_of(&s["status"]["canaryRevision"]),
+        "example.com/quotes:v2"
+    );
     let split = replies_by_revision(&up.frontend, 1000);
     assert_eq!(
         (split["OK v1"].as_u64(), split["OK v2"].as_u64()),
@@ -165,7 +174,7 @@ fn rollout_then_rollback_from_other_processes() {
     let (code, out) = zdeploy(&state, &["history", "quotes", "-o", "json"]);
     assert_eq!(code, 0);
     let history: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(history[0]["revision"], "example.com/quotes:v2");
+    assert_eq!(image_of(&history[0]["revision"]), "example.com/quotes:v2");
     assert_eq!(history[0]["outcome"], "RolledBack");
     assert!(
         history[0]["reason"]
@@ -196,7 +205,7 @@ fn a_killed_zdeploy_up_resumes_the_same_step() {
     assert_eq!(after["currentStep"], before["currentStep"]);
     assert_eq!(after["phase"], "Paused");
     assert_eq!(after["canaryWeight"], 30);
-    assert_eq!(after["canaryRevision"], "example.com/ticks:v2");
+    assert_eq!(image_of(&after["canaryRevision"]), "example.com/ticks:v2");
     let split = replies_by_revision(&second.frontend, 1000);
     assert_eq!(
         (split["OK v1"].as_u64(), split["OK v2"].as_u64()),
@@ -256,7 +265,11 @@ fn a_second_zdeploy_up_on_one_state_is_refused_and_the_rollout_survives_both() {
     let _again = up(&file, &state);
     let after = status(&state, "twice")["status"].clone();
     assert_eq!(after["canaryWeight"], 20, "{after}");
-    assert_eq!(after["canaryRevision"], "example.com/twice:v2", "{after}");
+    assert_eq!(
+        image_of(&after["canaryRevision"]),
+        "example.com/twice:v2",
+        "{after}"
+    );
     assert_eq!(after["phase"], "Paused", "{after}");
 }
 
@@ -656,7 +669,8 @@ fn blue_green_previews_switches_and_switches_back_in_one_weight_change() {
     let s = status(&state, "bg");
     assert_eq!(s["status"]["phase"], "RolledBack", "{s}");
     assert_eq!(
-        s["status"]["stableRevision"], "example.com/quotes:v1",
+        image_of(&s["status"]["stableRevision"]),
+        "example.com/quotes:v1",
         "{s}"
     );
 
@@ -677,7 +691,8 @@ fn blue_green_scales_the_old_pool_down_after_the_delay() {
     assert_eq!(code, 0, "{out}");
     let s = status_until(&state, "bgd", |s| s["status"]["phase"] == "Healthy");
     assert_eq!(
-        s["status"]["stableRevision"], "example.com/quotes:v2",
+        image_of(&s["status"]["stableRevision"]),
+        "example.com/quotes:v2",
         "{s}"
     );
     assert_eq!(s["status"]["history"][0]["outcome"], "Promoted", "{s}");
@@ -789,7 +804,7 @@ fn a_rollout_without_an_image_over_a_newer_stable_is_refused_naming_both() {
     let (code, out) = zdeploy(&state, &["promote", "down", "--full"]);
     assert_eq!(code, 0, "{out}");
     let s = status(&state, "down")["status"].clone();
-    assert_eq!(s["stableRevision"], "example.com/down:v2", "{s}");
+    assert_eq!(image_of(&s["stableRevision"]), "example.com/down:v2", "{s}");
     // The manifest still names v1: without --image, that would be a silent downgrade.
     let out = Command::new(env!("CARGO_BIN_EXE_zdeploy"))
         .args(["rollout", "down", "--state-dir", state.to_str().unwrap()])
@@ -798,7 +813,8 @@ fn a_rollout_without_an_image_over_a_newer_stable_is_refused_naming_both() {
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "refused: {said}");
     assert!(
-        said.contains("stable runs example.com/down:v2, not the manifest's example.com/quotes:v1"),
+        said.contains("stable runs example.com/down:v2+")
+            && said.contains("not the manifest's example.com/quotes:v1+"),
         "{said}"
     );
     assert!(status(&state, "down")["status"].get("rollout").is_none());
@@ -806,5 +822,101 @@ fn a_rollout_without_an_image_over_a_newer_stable_is_refused_naming_both() {
     let (code, out) = zdeploy(&state, &["rollout", "down", "--manifest-image"]);
     assert_eq!(code, 0, "{out}");
     let s = status(&state, "down")["status"].clone();
-    assert_eq!(s["canaryRevision"], "example.com/quotes:v1", "{s}");
+    assert_eq!(
+        image_of(&s["canaryRevision"]),
+        "example.com/quotes:v1",
+        "{s}"
+    );
+}
+
+/// A ZmqService whose peer runs with `ZMQ_PEER_NAME_SUFFIX=LEVEL` and tracks `peer.conf`
+/// (appended to its name from the revision's copy): replies say which config answered.
+fn config_manifest(dir: &Path, name: &str, level: &str) -> PathBuf {
+    let path = manifest(dir, name, "[{setWeight: 50}, {pause: {}}]");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "\"{{revision}}\"]\n",
+        &format!(
+            "\"{{{{revision}}}}\", --name-file, \"{{{{file:peer.conf}}}}\"]\n    env: {{ZMQ_PEER_NAME_SUFFIX: {level}}}\n    track: [peer.conf]\n"
+        ),
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The local runtime's revision is the image plus `local.command`, `local.env` and the
+/// tracked files: a change of only the env, then of only a tracked file, is released by
+/// canary while stable keeps running its own config (also across restarts of `zdeploy up`
+/// with the changed manifest), and a rollback leaves stable's config as it was.
+#[test]
+fn a_local_env_or_tracked_file_change_is_a_canary_and_stable_keeps_its_own() {
+    let dir = tempdir("local-config");
+    let state = dir.join("state");
+    std::fs::write(dir.join("peer.conf"), "a\n").unwrap();
+    let file = config_manifest(&dir, "conf", "info");
+    let first = up(&file, &state);
+    let answers = replies_by_revision(&first.frontend, 200);
+    assert_eq!(answers["OK v1-info-a"], 200, "{answers}");
+    drop(first);
+
+    // Only the env changes: a restarted `zdeploy up` keeps stable's env; the rollout
+    // releases the new one as a canary.
+    let file = config_manifest(&dir, "conf", "debug");
+    let second = up(&file, &state);
+    let answers = replies_by_revision(&second.frontend, 200);
+    assert_eq!(
+        answers["OK v1-info-a"], 200,
+        "stable kept its env: {answers}"
+    );
+    let (code, out) = zdeploy(&state, &["rollout", "conf"]);
+    assert_eq!(code, 0, "{out}");
+    let s = status(&state, "conf")["status"].clone();
+    assert_eq!(
+        s["changes"],
+        serde_json::json!(["env ZMQ_PEER_NAME_SUFFIX"]),
+        "{s}"
+    );
+    assert_ne!(s["canaryRevision"], s["stableRevision"], "{s}");
+    assert_eq!(
+        image_of(&s["canaryRevision"]),
+        image_of(&s["stableRevision"])
+    );
+    let split = replies_by_revision(&second.frontend, 1000);
+    assert_eq!(
+        (
+            split["OK v1-info-a"].as_u64(),
+            split["OK v1-debug-a"].as_u64()
+        ),
+        (Some(500), Some(500)),
+        "{split}"
+    );
+    let (code, out) = zdeploy(&state, &["rollback", "conf"]);
+    assert_eq!(code, 0, "{out}");
+    let answers = replies_by_revision(&second.frontend, 200);
+    assert_eq!(answers["OK v1-info-a"], 200, "rolled back: {answers}");
+    drop(second);
+
+    // Only the tracked file changes (the env is back): stable, restarted, reads its own
+    // copy; the canary the new content; promoted, stable then runs it.
+    std::fs::write(dir.join("peer.conf"), "b\n").unwrap();
+    let file = config_manifest(&dir, "conf", "info");
+    let third = up(&file, &state);
+    let answers = replies_by_revision(&third.frontend, 200);
+    assert_eq!(
+        answers["OK v1-info-a"], 200,
+        "stable kept its file: {answers}"
+    );
+    let (code, out) = zdeploy(&state, &["rollout", "conf"]);
+    assert_eq!(code, 0, "{out}");
+    let s = status(&state, "conf")["status"].clone();
+    assert_eq!(s["changes"], serde_json::json!(["file peer.conf"]), "{s}");
+    let (code, out) = zdeploy(&state, &["promote", "conf", "--full"]);
+    assert_eq!(code, 0, "{out}");
+    let answers = replies_by_revision(&third.frontend, 200);
+    assert_eq!(answers["OK v1-info-b"], 200, "promoted: {answers}");
+    // Only what a restart or a retry needs stays recorded: stable's and the manifest's run
+    // (one here) and the last rollout's.
+    let records = std::fs::read_dir(state.join("conf/revisions"))
+        .unwrap()
+        .count();
+    assert_eq!(records, 1, "records kept");
 }

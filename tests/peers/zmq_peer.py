@@ -221,7 +221,14 @@ def main():
         choices=["guess", "short-id", "twice", "empty", "bare", "no-delimiter"],
         help="router only: answer wrongly on purpose",
     )
+    p.add_argument("--name-file", help="append -CONTENT (stripped) of this file to --name")
     args = p.parse_args()
+    # Which config a server runs shows in its replies: ZMQ_PEER_NAME_SUFFIX, then the file.
+    if os.environ.get("ZMQ_PEER_NAME_SUFFIX"):
+        args.name += "-" + os.environ["ZMQ_PEER_NAME_SUFFIX"]
+    if args.name_file:
+        with open(args.name_file) as f:
+            args.name += "-" + f.read().strip()
     (serve if args.mode in ("rep", "router") else client)(args)
 
 

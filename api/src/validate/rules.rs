@@ -112,6 +112,28 @@ pub fn zmq_service(svc: &ZmqService) -> Vec<Problem> {
             "must name the program to start, e.g. [python3, service.py, --port, \"{{port}}\"]",
         ));
     }
+    if let Some(local) = &svc.spec.local {
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, path) in local.track.iter().enumerate() {
+            let p = std::path::Path::new(path);
+            let outside = p.is_absolute()
+                || p.components()
+                    .any(|c| !matches!(c, std::path::Component::Normal(_)));
+            if path.is_empty() || outside {
+                out.push(valued(
+                    spec().key("local").key("track").index(i),
+                    "must be a file under the manifest's folder, named relative to it (no .., no leading /)",
+                    path.clone(),
+                ));
+            } else if !seen.insert(path.as_str()) {
+                out.push(valued(
+                    spec().key("local").key("track").index(i),
+                    "is named twice",
+                    path.clone(),
+                ));
+            }
+        }
+    }
     out
 }
 

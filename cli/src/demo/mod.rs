@@ -166,6 +166,8 @@ pub async fn run(args: &Args) -> anyhow::Result<std::process::ExitCode> {
     view.line("starting echo 1.0 as stable behind zgate (no cluster, no Prometheus: zgate is scraped directly)");
     let config = UpConfig {
         service: svc,
+        // The demo's manifest tracks no files.
+        manifest_dir: state_root.clone(),
         state_root: state_root.clone(),
         frontend: "tcp://127.0.0.1:*".into(),
         prometheus: None,

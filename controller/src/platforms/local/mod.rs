@@ -8,6 +8,7 @@ pub mod chaos;
 mod child;
 mod private;
 pub mod process;
+pub mod release;
 pub mod state;
 
 use std::net::SocketAddr;
@@ -18,6 +19,8 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 use kube::ResourceExt;
 use tokio::sync::{broadcast, mpsc, watch};
+use zdeploy_api::local_release::LocalRelease;
+use zdeploy_api::revision::Revision;
 use zdeploy_api::service::LocalRun;
 use zdeploy_api::shadow::ShadowCopy;
 use zdeploy_api::{Pool, Weight, ZmqService, ZmqServiceStatus};
@@ -68,6 +71,8 @@ const CHAOS_EVERY: Duration = Duration::from_millis(100);
 pub struct UpConfig {
     /// The service, as validated from the manifest.
     pub service: ZmqService,
+    /// The manifest's folder: `spec.local.track` names files relative to it.
+    pub manifest_dir: PathBuf,
     /// Root of the state directories.
     pub state_root: PathBuf,
     /// ZeroMQ endpoint zgate binds for the service's clients.
@@ -105,6 +110,11 @@ pub struct Runtime {
     name: String,
     spec: zdeploy_api::ZmqServiceSpec,
     local: LocalRun,
+    /// The manifest's release: what a rollout without `--image` releases, and what an
+    /// image given with `--image` is started with.
+    release: LocalRelease,
+    /// The manifest's folder.
+    base: PathBuf,
     state: StateDir,
     /// Held while this runtime lives: one `zdeploy up` per state directory.
     _lock: StateLock,
@@ -177,7 +187,10 @@ impl Runtime {
         let lock = state
             .lock(&config.frontend)
             .map_err(|e| format!("{name}: {e}"))?;
-        let manifest_image = svc.spec.image();
+        let base = config.manifest_dir.clone();
+        let release = release::read(&local, &base).map_err(|e| format!("{name}: {e}"))?;
+        release::record(&state, &release).map_err(|e| format!("{name}: {e}"))?;
+        let manifest_revision = release.revision(&svc.spec.image()).to_string();
         let mut status = state
             .load_status()
             .map_err(|e| format!("reading recorded status: {e}"))?
@@ -191,7 +204,7 @@ impl Runtime {
         let resumed = status.stable_revision.is_some();
         status
             .stable_revision
-            .get_or_insert_with(|| manifest_image.clone());
+            .get_or_insert_with(|| manifest_revision.clone());
         let n = local.replicas as usize;
         let ports = match state
             .load_ports()
@@ -257,8 +270,11 @@ impl Runtime {
             tracing::info!("{s}");
             let _ = events.send(RuntimeEvent::Note(s));
         };
+        let launch = |revision: &str| {
+            release::launch(&state, revision, &release, &base).map_err(|e| e.to_string())
+        };
         let stable_image = status.stable_revision.clone().expect("set above");
-        stable.start(&local, &stable_image).await?;
+        stable.start(launch(&stable_image)?).await?;
         wait_live(&gateway, Pool::Stable, n, START_LIMIT).await?;
         note(format!(
             "stable {stable_image} running on {}",
@@ -270,7 +286,7 @@ impl Runtime {
             // The time `zdeploy up` was stopped is not the canary's lack of progress.
             status =
                 crate::engine::step(&svc.spec, &status, &Input::Restarted, Timestamp::now()).status;
-            canary.start(&local, &image).await?;
+            canary.start(launch(&image)?).await?;
             wait_live(&gateway, Pool::Canary, n, START_LIMIT).await?;
             note(format!(
                 "resumed the rollout of {image} at step {} ({}%)",
@@ -303,7 +319,7 @@ impl Runtime {
             inbox.clone(),
             Span::CanaryLife,
         );
-        if canary.revision.is_some() {
+        if canary.running.is_some() {
             // zgate starts again from zero: the canary's counts so far are in the status.
             analyzer.resume(&status.analysis);
         }
@@ -331,7 +347,7 @@ impl Runtime {
         };
         let (view_tx, view_rx) = watch::channel(view);
         let chaos_runs = Arc::new(crate::experiment::RunCounts::default());
-        let router = api::router(token.clone(), view_rx, cmd_tx, chaos_tx, manifest_image)
+        let router = api::router(token.clone(), view_rx, cmd_tx, chaos_tx, manifest_revision)
             .merge(api::metrics_router(chaos_runs.clone()));
         let limits = http::Limits::default();
         let (bound, _) = http::bind(config.admin, router, limits, Refused::default())
@@ -354,6 +370,8 @@ impl Runtime {
             name,
             spec: svc.spec,
             local,
+            release,
+            base,
             state,
             _lock: lock,
             status,
@@ -428,14 +446,14 @@ impl Runtime {
                         }
                         Err(_) => {}
                     }
-                    for note in self.stable.restart_exited(&self.local).into_iter().chain(self.canary.restart_exited(&self.local)) {
+                    for note in self.stable.restart_exited().into_iter().chain(self.canary.restart_exited()) {
                         self.note(note);
                     }
                     if self.status.rollout.as_ref().is_some_and(|r| r.reached.is_none()) {
                         self.feed(Input::Reach(self.reach())).await;
                     }
                 }
-                _ = scrape.tick(), if self.canary.revision.is_some() => {
+                _ = scrape.tick(), if self.canary.running.is_some() => {
                     if let Err(e) = self.analyzer.observe().await {
                         tracing::warn!("{e}");
                     }
@@ -447,7 +465,14 @@ impl Runtime {
                 }
                 _ = analysis.tick(), if self.status.rollout.is_some() => self.analyse().await,
                 _ = notified => self.analyse().await,
-                Some((cmd, reply)) = self.commands.recv() => {
+                Some((mut cmd, reply)) = self.commands.recv() => {
+                    // A person's `--image X` releases X started as the manifest says.
+                    if let Command::Rollout { revision, .. } = &mut cmd {
+                        let named = Revision::parse(revision);
+                        if named.digest.is_none() {
+                            *revision = self.release.revision(&named.image).to_string();
+                        }
+                    }
                     let refused = self.feed(Input::Command(cmd)).await;
                     let _ = reply.send(CommandReply { refused, status: self.status.clone() });
                 }
@@ -472,7 +497,7 @@ impl Runtime {
     }
 
     async fn analyse(&mut self) {
-        let (Some(r), Some(_)) = (&self.status.rollout, &self.canary.revision) else {
+        let (Some(r), Some(_)) = (&self.status.rollout, &self.canary.running) else {
             return;
         };
         let started = Timestamp::now();
@@ -495,13 +520,27 @@ impl Runtime {
     fn reach(&self) -> Reach {
         if self.gateway.live_backends(Pool::Canary.name()) > 0 {
             Reach::Live
-        } else if self.canary.revision.is_none() {
+        } else if self.canary.running.is_none() {
             Reach::NotReady
         } else {
             Reach::Unreachable {
                 handshake: self.gateway.handshake_failure(Pool::Canary.name()),
             }
         }
+    }
+
+    fn launch(&self, revision: &str) -> Result<release::Launch, String> {
+        release::launch(&self.state, revision, &self.release, &self.base).map_err(|e| e.to_string())
+    }
+
+    /// Keeps the records of stable, the last rollout's revision (a retry starts it again)
+    /// and the manifest's release; deletes the rest.
+    fn collect_releases(&self) {
+        let manifest = self.release.revision(&self.spec.image()).to_string();
+        let mut keep = vec![manifest.as_str()];
+        keep.extend(self.status.stable_revision.as_deref());
+        keep.extend(self.status.history.first().map(|h| h.revision.as_str()));
+        release::collect(&self.state, &keep);
     }
 
     fn note(&self, s: String) {
@@ -514,7 +553,16 @@ impl Runtime {
         let mut queue = vec![input];
         let mut refused = None;
         while let Some(input) = queue.pop() {
-            let d = engine::step(&self.spec, &self.status, &input, Timestamp::now());
+            let mut d = engine::step(&self.spec, &self.status, &input, Timestamp::now());
+            // What the new canary changes from stable, for its status and history.
+            let started = d.actions.iter().find_map(|a| match a {
+                Action::StartCanary { revision } => Some(revision.clone()),
+                _ => None,
+            });
+            if let (Some(new), Some(old)) = (started, self.status.stable_revision.as_deref()) {
+                d.status.changes = release::changes(&self.state, old, &new);
+            }
+            let ended = self.status.rollout.is_some() && d.status.rollout.is_none();
             if let (Input::Command(_), Some(r)) = (&input, &d.refused) {
                 refused = Some(r.clone());
             }
@@ -523,6 +571,9 @@ impl Runtime {
                     self.note(format!("could not record the status: {e}"));
                 }
                 self.status = d.status;
+                if ended {
+                    self.collect_releases();
+                }
                 self.view.send_modify(|v| v.status = self.status.clone());
                 let _ = self
                     .events
@@ -549,8 +600,9 @@ impl Runtime {
     async fn apply(&mut self, action: Action) -> Result<(), String> {
         match action {
             Action::StartCanary { revision } => {
+                let launch = self.launch(&revision)?;
                 self.canary
-                    .start(&self.local, &revision)
+                    .start(launch)
                     .await
                     .map_err(|e| format!("canary did not start: {e}"))?;
                 // Usually within milliseconds; one that never connects is the engine's to
@@ -605,8 +657,9 @@ impl Runtime {
             }
             Action::DeployStable { revision } => {
                 self.drain(Pool::Stable).await;
+                let launch = self.launch(&revision)?;
                 self.stable
-                    .start(&self.local, &revision)
+                    .start(launch)
                     .await
                     .map_err(|e| format!("new stable did not start: {e}"))?;
                 wait_live(

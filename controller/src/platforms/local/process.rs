@@ -1,5 +1,5 @@
-//! The processes of one pool (stable or canary): started from the manifest's `local`
-//! command with the revision substituted, checked for readiness, asked to stop (SIGTERM,
+//! The processes of one pool (stable or canary): started from their revision's recorded
+//! run (see `release`) with the revision, port and file copies substituted, checked for readiness, asked to stop (SIGTERM,
 //! CTRL_BREAK on Windows) and killed after a grace period.
 
 use std::path::PathBuf;
@@ -9,7 +9,8 @@ use zdeploy_api::Pool;
 use zdeploy_api::image::tag_of;
 
 use tokio::process::{Child, Command};
-use zdeploy_api::service::LocalRun;
+
+use super::release::Launch;
 
 /// How long a process has to accept connections on its port.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -22,8 +23,8 @@ pub struct ProcessPool {
     pub pool: Pool,
     ports: Vec<u16>,
     children: Vec<Option<Child>>,
-    /// The revision (image) running, if any.
-    pub revision: Option<String>,
+    /// What runs, if anything.
+    pub running: Option<Launch>,
     logs: Vec<PathBuf>,
 }
 
@@ -35,7 +36,7 @@ impl ProcessPool {
             pool,
             ports,
             children,
-            revision: None,
+            running: None,
             logs,
         }
     }
@@ -48,14 +49,28 @@ impl ProcessPool {
             .collect()
     }
 
-    fn command(&self, local: &LocalRun, image: &str, port: u16) -> Result<Command, String> {
+    /// The revision running, if any.
+    pub fn revision(&self) -> Option<&str> {
+        self.running.as_ref().map(|l| l.revision.as_str())
+    }
+
+    fn command(&self, launch: &Launch, port: u16) -> Result<Command, String> {
+        let image = launch.image.as_str();
         let fill = |arg: &str| {
-            arg.replace("{{revision}}", tag_of(image))
+            let mut arg = arg
+                .replace("{{revision}}", tag_of(image))
                 .replace("{{image}}", image)
                 .replace("{{port}}", &port.to_string())
-                .replace("{{endpoint}}", &format!("tcp://127.0.0.1:{port}"))
+                .replace("{{endpoint}}", &format!("tcp://127.0.0.1:{port}"));
+            for (path, copy) in &launch.files {
+                arg = arg.replace(&format!("{{{{file:{path}}}}}"), &copy.display().to_string());
+            }
+            arg
         };
-        let program = local.command.first().ok_or("spec.local.command is empty")?;
+        let program = launch
+            .command
+            .first()
+            .ok_or("spec.local.command is empty")?;
         // `zdeploy` means this very binary, wherever it is installed.
         let program = if program == "zdeploy" {
             std::env::current_exe().map_err(|e| format!("locating zdeploy: {e}"))?
@@ -63,15 +78,15 @@ impl ProcessPool {
             PathBuf::from(fill(program))
         };
         let mut cmd = Command::new(program);
-        cmd.args(local.command[1..].iter().map(|a| fill(a)));
-        cmd.envs(local.env.iter().map(|(k, v)| (k, fill(v))));
+        cmd.args(launch.command[1..].iter().map(|a| fill(a)));
+        cmd.envs(launch.env.iter().map(|(k, v)| (k, fill(v))));
         cmd.env("ZDEPLOY_POOL", self.pool.name())
             .env("ZDEPLOY_REVISION", tag_of(image));
         Ok(cmd)
     }
 
-    /// Starts every process with `image` and waits until each accepts connections.
-    pub async fn start(&mut self, local: &LocalRun, image: &str) -> Result<(), String> {
+    /// Starts every process as `launch` says and waits until each accepts connections.
+    pub async fn start(&mut self, launch: Launch) -> Result<(), String> {
         self.stop().await;
         // Processes of a previous `zdeploy up` may still be exiting on these ports: a new
         // process could not bind, and the old one would pass the readiness check.
@@ -87,10 +102,11 @@ impl ProcessPool {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
+        let image = launch.revision.clone();
         for i in 0..self.ports.len() {
-            self.spawn(local, image, i)?;
+            self.spawn(&launch, i)?;
         }
-        self.revision = Some(image.to_string());
+        self.running = Some(launch);
         let deadline = Instant::now() + READY_TIMEOUT;
         for i in 0..self.ports.len() {
             loop {
@@ -121,8 +137,8 @@ impl ProcessPool {
         Ok(())
     }
 
-    fn spawn(&mut self, local: &LocalRun, image: &str, i: usize) -> Result<(), String> {
-        let mut cmd = self.command(local, image, self.ports[i])?;
+    fn spawn(&mut self, launch: &Launch, i: usize) -> Result<(), String> {
+        let mut cmd = self.command(launch, self.ports[i])?;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -137,18 +153,19 @@ impl ProcessPool {
         super::child::tie_to_parent(&mut cmd);
         let child = cmd
             .spawn()
-            .map_err(|e| format!("starting {:?}: {e}", local.command))?;
+            .map_err(|e| format!("starting {:?}: {e}", launch.command))?;
         super::child::adopt(&child)
-            .map_err(|e| format!("tying {:?} to zdeploy: {e}", local.command))?;
+            .map_err(|e| format!("tying {:?} to zdeploy: {e}", launch.command))?;
         self.children[i] = Some(child);
         Ok(())
     }
 
     /// Restarts processes that exited on their own; returns a line per restart.
-    pub fn restart_exited(&mut self, local: &LocalRun) -> Vec<String> {
-        let Some(image) = self.revision.clone() else {
+    pub fn restart_exited(&mut self) -> Vec<String> {
+        let Some(launch) = self.running.clone() else {
             return Vec::new();
         };
+        let image = &launch.revision;
         let mut notes = Vec::new();
         for i in 0..self.children.len() {
             let exited = match self.children[i].as_mut() {
@@ -156,7 +173,7 @@ impl ProcessPool {
                 None => None,
             };
             if let Some(status) = exited {
-                let outcome = match self.spawn(local, &image, i) {
+                let outcome = match self.spawn(&launch, i) {
                     Ok(()) => "restarted".to_string(),
                     Err(e) => format!("could not restart: {e}"),
                 };
@@ -204,6 +221,6 @@ impl ProcessPool {
                 let _ = c.kill().await;
             }
         }
-        self.revision = None;
+        self.running = None;
     }
 }

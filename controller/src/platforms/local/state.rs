@@ -49,14 +49,15 @@ pub struct StateLock {
     _file: std::fs::File,
 }
 
-/// `<root>/<service>/`: status.json, ports.json, token, endpoint, lock, owner.json, logs/.
+/// `<root>/<service>/`: status.json, ports.json, token, endpoint, lock, owner.json, logs/,
+/// revisions/.
 #[derive(Clone, Debug)]
 pub struct StateDir {
     dir: PathBuf,
 }
 
 /// Writes a private file (see `private`) in one step.
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     // Named after the file, so two files being written never share a temporary.
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
@@ -136,6 +137,11 @@ impl StateDir {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// Where each revision's run is recorded (see `release`).
+    pub fn revisions_dir(&self) -> PathBuf {
+        self.dir.join("revisions")
     }
 
     /// Where the status is recorded.
