@@ -1019,6 +1019,23 @@ pub struct ZmqServiceStatus {
     /// canaries in flight is reached); the queue is served in this order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queued_since: Option<Time>,
+    /// A promoted revision that still takes every request in the canary pool while the
+    /// stable pool's pods are replaced by it (a cluster's stable Deployment rolls).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handover: Option<Handover>,
+}
+
+/// The hand-over of a promotion: the canary pool, which already runs the promoted revision,
+/// takes every request until the stable pool's pods all run it and zgate reaches them;
+/// then stable takes the requests back and the canary drains.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Handover {
+    /// The canary's weight at its peak: the pool keeps the size it had then.
+    pub peak_weight: Weight,
+    /// When stable took the requests back; the canary drains from then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_since: Option<Time>,
 }
 
 impl RolloutState {

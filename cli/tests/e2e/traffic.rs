@@ -868,6 +868,13 @@ pub fn a_bad_config_is_rolled_back_by_the_analysis(cp: &ControlPlane) -> Result<
     until(cp, ns, &runner, "the good config's canary starts", || {
         cp.status(ns, "echo")["rollout"].is_object().then_some(())
     });
+    until(
+        cp,
+        ns,
+        &runner,
+        "the good config's canary takes requests",
+        || (cp.status(ns, "echo")["canaryWeight"].as_u64() > Some(0)).then_some(()),
+    );
     let canary = cp.status(ns, "echo")["canaryRevision"]
         .as_str()
         .unwrap()
@@ -877,7 +884,20 @@ pub fn a_bad_config_is_rolled_back_by_the_analysis(cp: &ControlPlane) -> Result<
         (cp.status(ns, "echo")["stableRevision"] == canary.as_str()).then_some(())
     });
     assert_eq!(stable_reads(), "0.0");
+    // The canary pool takes every request until stable's rolled pods are reached.
+    until(cp, ns, &runner, "stable takes the requests back", || {
+        cp.status(ns, "echo")["handover"]["stableSince"]
+            .is_string()
+            .then_some(())
+    });
     let seen = stop(&runner, clients, 1);
+    for client in &seen {
+        let by_head = client["by_head"].as_object().unwrap();
+        assert!(
+            !by_head.keys().any(|h| h.starts_with("ERR zgate")),
+            "zgate refused requests (a pool without a live backend): {client}"
+        );
+    }
     println!(
         "bad config rolled back ({reason}), stable untouched; good config promoted; clients: {seen:?}"
     );

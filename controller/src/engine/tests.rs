@@ -792,6 +792,7 @@ fn every_status_field_of_the_crd_is_written() {
         "selector",
         "queuedSince",
         "changes",
+        "handover",
     ] {
         written.insert(by_controller.to_string());
     }

@@ -69,6 +69,21 @@ impl Endpoints {
     }
 }
 
+/// The fewest live backends of `pool` that any zgate replica reports; `None` when no
+/// replica was scraped.
+pub fn fewest_live(service: &str, pool: Pool, replicas: &[Exposition]) -> Option<f64> {
+    let labels = [("service", service), ("pool", pool.name())];
+    replicas
+        .iter()
+        .map(|e| {
+            e.select("zgate_backends_live", &labels)
+                .iter()
+                .map(|s| s.value)
+                .sum::<f64>()
+        })
+        .min_by(f64::total_cmp)
+}
+
 /// Whether zgate reaches the canary, from every zgate replica's scrape: live when one
 /// reports a live canary backend (a replica that does not reach it routes it 0% by
 /// itself); unreachable when ready canary pods are live in no replica; not ready when no

@@ -9,6 +9,7 @@ pub mod conditions;
 pub mod endpoints;
 pub mod errors;
 pub mod events;
+pub mod handover;
 pub mod leader;
 pub mod manager;
 pub mod measure;

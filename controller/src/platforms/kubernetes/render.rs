@@ -361,14 +361,17 @@ pub fn render(svc: &ZmqService, templates: &Templates, now: jiff::Timestamp) -> 
     let draining = crate::engine::clock::draining_until(&svc.spec, &status)
         .filter(|until| now < *until)
         .and(status.history.first());
-    // A draining canary keeps the size it had at its peak: it answers what it holds.
-    let (canary_image, canary_count) = match draining {
-        Some(last) => (
+    // A draining canary keeps the size it had at its peak: it answers what it holds. During
+    // a promotion's hand-over it runs stable's new revision and takes every request.
+    let handover = super::handover::canary_pods(&svc.spec, &status);
+    let (canary_image, canary_count) = match (handover, draining) {
+        (Some(pods), _) => (stable_image.clone(), pods),
+        (None, Some(last)) => (
             last.revision.clone(),
             sizing::canary_replicas(&svc.spec, last.peak_weight),
         ),
-        None if in_rollout => (canary_image, canary_replicas(svc, &status)),
-        None => (canary_image, 0),
+        (None, None) if in_rollout => (canary_image, canary_replicas(svc, &status)),
+        (None, None) => (canary_image, 0),
     };
     r.pools.push(deployment(
         svc,
@@ -438,7 +441,10 @@ fn render_gateway(
     status: &zdeploy_api::ZmqServiceStatus,
     r: &mut Rendered,
 ) {
-    let weight = status.canary_weight;
+    let weight = match super::handover::canary_holds_all(status) {
+        true => Weight::FULL,
+        false => status.canary_weight,
+    };
     let gw = labels(svc, "gateway", None);
     let weights = zdeploy_gateway::follow::TwoPoolWeights::canary_at(weight).document();
     let mut data = BTreeMap::from([(zdeploy_gateway::follow::KEY.to_string(), weights)]);

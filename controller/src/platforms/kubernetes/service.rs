@@ -30,6 +30,7 @@ use super::measure::{Analyzers, MetricsSource, SharedAnalyzer};
 use super::queue::Turn;
 use super::render::{Rendered, Templates, render, revisions_in_use};
 use super::revisions;
+use crate::analysis::exposition::Exposition;
 use crate::analysis::{Analyzer, Span};
 use crate::engine::{self, Action as EngineAction, Command, Input, Origin, Severity};
 
@@ -174,8 +175,8 @@ impl Context {
         let _ = self.watches.wake.set(wake);
     }
 
-    /// What every zgate replica of `svc` sees of its canary.
-    async fn reach(&self, svc: &ZmqService) -> engine::Reach {
+    /// The `/metrics` page of every zgate replica of `svc` that answered.
+    async fn zgate_pages(&self, svc: &ZmqService) -> Vec<Exposition> {
         let (ns, name) = (svc.namespace().unwrap_or_default(), svc.name_any());
         let mut pages = Vec::new();
         for url in self.endpoints.zgate_metrics(&ns, &name) {
@@ -184,7 +185,22 @@ impl Context {
                 Err(e) => tracing::debug!("{e}"),
             }
         }
+        pages
+    }
+
+    /// What every zgate replica of `svc` sees of its canary.
+    async fn reach(&self, svc: &ZmqService) -> engine::Reach {
+        let (ns, name) = (svc.namespace().unwrap_or_default(), svc.name_any());
+        let pages = self.zgate_pages(svc).await;
         super::endpoints::reach(&name, self.endpoints.canary_ready(&ns, &name), &pages)
+    }
+
+    /// Whether every zgate replica of `svc` is connected to `pods` stable pods; a zgate
+    /// that cannot be scraped is not waited for.
+    async fn stable_reached(&self, svc: &ZmqService, pods: i32) -> bool {
+        let pages = self.zgate_pages(svc).await;
+        super::endpoints::fewest_live(&svc.name_any(), Pool::Stable, &pages)
+            .is_none_or(|live| live >= f64::from(pods))
     }
 
     fn analyzer(&self, svc: &ZmqService, status: &ZmqServiceStatus) -> SharedAnalyzer {
@@ -342,6 +358,20 @@ async fn adopt_image_names(
     Ok(())
 }
 
+/// Whether the canary Deployment runs only pods of its current template, one of them
+/// available: the pods zgate reaches are then the new canary's.
+async fn canary_rolled(client: &Client, svc: &ZmqService) -> Result<bool, Error> {
+    let ns = svc.namespace().unwrap_or_default();
+    let api: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let Some(d) = api
+        .get_opt(&super::render::pool_service(&svc.name_any(), Pool::Canary))
+        .await?
+    else {
+        return Ok(false);
+    };
+    Ok(super::handover::only_current_pods(&d))
+}
+
 async fn apply_all<K>(client: &Client, ns: &str, objects: &[K]) -> Result<Vec<K>, Error>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
@@ -361,9 +391,12 @@ where
 }
 
 /// Applies every rendered object: identities, zgate's read access and weights first, then Services, zgate,
-/// stable, canary, and disruption budgets last. Returns the stable pool's pods now (what
-/// `/scale` reports).
-async fn apply_rendered(client: &Client, ns: &str, r: &Rendered) -> Result<i32, Error> {
+/// stable, canary, and disruption budgets last. Returns the stable Deployment as applied.
+async fn apply_rendered(
+    client: &Client,
+    ns: &str,
+    r: &Rendered,
+) -> Result<Option<Deployment>, Error> {
     apply_all::<ServiceAccount>(client, ns, &r.service_accounts).await?;
     apply_all::<Role>(client, ns, &r.roles).await?;
     apply_all::<RoleBinding>(client, ns, &r.role_bindings).await?;
@@ -372,8 +405,7 @@ async fn apply_rendered(client: &Client, ns: &str, r: &Rendered) -> Result<i32, 
     apply_all::<Deployment>(client, ns, r.gateway.as_slice()).await?;
     let pools = apply_all::<Deployment>(client, ns, &r.pools).await?;
     apply_all::<PodDisruptionBudget>(client, ns, &r.pdbs).await?;
-    let stable = pools.first().and_then(|d| d.status.as_ref());
-    Ok(stable.and_then(|s| s.replicas).unwrap_or(0))
+    Ok(pools.into_iter().next())
 }
 
 async fn apply(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
@@ -453,10 +485,18 @@ async fn apply(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
     {
         ctx.analyzer(&svc, &d.status).lock().await.new_canary();
     }
-    // Behind zgate, the canary takes weight once a zgate replica reaches it.
+    // Behind zgate, the canary takes weight once a zgate replica reaches it: not in the
+    // reconcile that starts it (its pods are not even asked for yet, and the pods zgate may
+    // reach are a previous canary's, draining), and only once its Deployment has rolled.
+    let starting = d
+        .actions
+        .iter()
+        .any(|a| matches!(a, EngineAction::StartCanary { .. }));
     if d.refused.is_none()
+        && !starting
         && let Some(r) = &d.status.rollout
         && engine::waiting_for_reach(&svc.spec, r)
+        && canary_rolled(&ctx.client, &svc).await?
     {
         let reached = engine::step(
             &svc.spec,
@@ -497,6 +537,13 @@ async fn apply(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
         d.status.message = Some(why.clone());
     }
     d.status.conditions = super::conditions::conditions(&d.status, svc.metadata.generation, now);
+    super::handover::begin_or_end(
+        &svc.spec,
+        before.rollout.as_ref(),
+        &mut d.status,
+        &d.actions,
+    );
+    super::handover::end_drained(&svc.spec, &mut d.status, now);
     let mut desired = (*svc).clone();
     desired.status = Some(d.status.clone());
     let mut templates = Templates::default();
@@ -519,8 +566,26 @@ async fn apply(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
     }
     // The count an autoscaler reads through `/scale`; it sets `spec.replicas`, which
     // the controller only reads, so the two never fight.
-    d.status.replicas =
-        Some(apply_rendered(&ctx.client, &ns, &render(&desired, &templates, now)).await?);
+    let stable = apply_rendered(&ctx.client, &ns, &render(&desired, &templates, now)).await?;
+    d.status.replicas = Some(
+        stable
+            .as_ref()
+            .and_then(|d| d.status.as_ref()?.replicas)
+            .unwrap_or(0),
+    );
+    let mut handed_over = None;
+    if super::handover::canary_holds_all(&d.status)
+        && let Some(stable) = &stable
+        && super::handover::rolled(stable, svc.spec.replicas)
+        && ctx.stable_reached(&svc, svc.spec.replicas).await
+    {
+        super::handover::stable_took_over(&mut d.status, now);
+        handed_over = Some(format!(
+            "stable's {} pods run {} and zgate reaches them: they take the requests back and the canary drains",
+            svc.spec.replicas,
+            d.status.stable_revision.as_deref().unwrap_or_default()
+        ));
+    }
     d.status.selector = Some(super::render::stable_selector(&svc));
     if d.status != recorded {
         let api: Api<ZmqService> = Api::namespaced(ctx.client.clone(), &ns);
@@ -550,6 +615,17 @@ async fn apply(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
             &reference,
             Severity::Normal,
             "Changes",
+            what,
+            "Rollout",
+        )
+        .await;
+    }
+    if let Some(what) = handed_over {
+        publish(
+            &ctx.recorder,
+            &reference,
+            Severity::Normal,
+            "HandedOver",
             what,
             "Rollout",
         )
@@ -613,6 +689,10 @@ async fn apply(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
     };
     let look = match d.status.queued_since {
         Some(_) => look.min(QUEUE_RECHECK),
+        None => look,
+    };
+    let look = match super::handover::next_look(&svc.spec, &d.status, now) {
+        Some(handover) => look.min(handover),
         None => look,
     };
     let deadline = engine::clock::poll_timeout(&svc.spec, &d.status, now)
