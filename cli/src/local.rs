@@ -52,28 +52,35 @@ pub struct UpArgs {
     state: StateArgs,
 }
 
-/// Loads the first ZmqService of a manifest file, with every problem named.
-pub fn load_service(file: &std::path::Path) -> anyhow::Result<zdeploy_api::ZmqService> {
-    let text = crate::manifest::read(file)?;
-    let services = zdeploy_api::validate::load_services(&text)
-        .map_err(|e| anyhow::anyhow!("{}:\n{e}", file.display()))?;
-    services
-        .into_iter()
-        .next()
-        .with_context(|| format!("{} holds no ZmqService", file.display()))
+/// What a manifest file holds, read and validated once.
+pub struct Manifest {
+    /// Its first ZmqService, if any.
+    pub service: Option<zdeploy_api::ZmqService>,
+    /// Its ChaosSchedules.
+    pub chaos: Vec<zdeploy_api::ChaosSchedule>,
 }
 
-/// Loads every ChaosSchedule of a manifest file, with every problem named.
-pub fn load_chaos(file: &std::path::Path) -> anyhow::Result<Vec<zdeploy_api::ChaosSchedule>> {
+/// Reads and validates a manifest file, with every problem named.
+pub fn load_manifest(file: &std::path::Path) -> anyhow::Result<Manifest> {
     let text = crate::manifest::read(file)?;
-    let docs = zdeploy_api::validate::validate_str(&text)?;
-    let mut out = Vec::new();
+    let docs = zdeploy_api::validate::validate_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}:\n{e}", file.display()))?;
+    let mut loaded = Manifest {
+        service: None,
+        chaos: Vec::new(),
+    };
     let mut problems = Vec::new();
     for d in docs {
         problems.extend(d.problems.iter().map(|p| p.to_string()));
-        if let Some(zdeploy_api::validate::Resource::ChaosSchedule(cs)) = d.resource {
-            zdeploy_chaos::schedule::check(&cs.spec)?;
-            out.push(*cs);
+        match d.resource {
+            Some(zdeploy_api::validate::Resource::ZmqService(s)) if loaded.service.is_none() => {
+                loaded.service = Some(*s)
+            }
+            Some(zdeploy_api::validate::Resource::ChaosSchedule(cs)) => {
+                zdeploy_chaos::schedule::check(&cs.spec)?;
+                loaded.chaos.push(*cs);
+            }
+            _ => {}
         }
     }
     anyhow::ensure!(
@@ -82,7 +89,19 @@ pub fn load_chaos(file: &std::path::Path) -> anyhow::Result<Vec<zdeploy_api::Cha
         file.display(),
         problems.join("\n")
     );
-    Ok(out)
+    Ok(loaded)
+}
+
+/// Loads the first ZmqService of a manifest file, with every problem named.
+pub fn load_service(file: &std::path::Path) -> anyhow::Result<zdeploy_api::ZmqService> {
+    load_manifest(file)?
+        .service
+        .with_context(|| format!("{} holds no ZmqService", file.display()))
+}
+
+/// Loads every ChaosSchedule of a manifest file, with every problem named.
+pub fn load_chaos(file: &std::path::Path) -> anyhow::Result<Vec<zdeploy_api::ChaosSchedule>> {
+    Ok(load_manifest(file)?.chaos)
 }
 
 /// Runs `zdeploy up` in the foreground until SIGINT or SIGTERM.
@@ -93,9 +112,14 @@ pub async fn up(args: &UpArgs) -> anyhow::Result<()> {
             args.admin
         );
     }
-    let service = load_service(&args.file)?;
+    // Read and validated once: a second `up` on a held state is told so at once.
+    let manifest = load_manifest(&args.file)?;
+    let service = manifest
+        .service
+        .with_context(|| format!("{} holds no ZmqService", args.file.display()))?;
     let name = kube::ResourceExt::name_any(&service);
-    let chaos = load_chaos(&args.file)?
+    let chaos = manifest
+        .chaos
         .into_iter()
         .filter(|c| c.spec.experiment.service == name)
         .collect();

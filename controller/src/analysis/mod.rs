@@ -155,7 +155,7 @@ impl Analyzer {
     pub fn new_canary(&mut self) {
         self.carried.clear();
         if let Source::Scrape { history, .. } = &mut self.source {
-            history.forget_baseline();
+            history.forget_baseline(std::time::Instant::now());
         }
     }
 

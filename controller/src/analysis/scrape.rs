@@ -16,6 +16,10 @@ pub struct ScrapeHistory {
     scrapes: VecDeque<(Instant, Exposition)>,
     /// The canary's start it was pinned for, and the scrape.
     baseline: Option<(Instant, Exposition)>,
+    /// When the current canary was started here: no scrape before it is its baseline,
+    /// however early its recorded start reads (a status keeps whole seconds, so a retry
+    /// right after a rollback would otherwise count the last canary's final requests).
+    not_before: Option<Instant>,
 }
 
 /// A canary start this much later than the pinned one is a new canary. Callers derive the
@@ -47,14 +51,17 @@ impl ScrapeHistory {
         }
     }
 
-    /// Drops the pinned first scrape: the next canary pins its own.
-    pub fn forget_baseline(&mut self) {
+    /// Drops the pinned first scrape: the canary started at `now` pins its own, taken at
+    /// or after `now`.
+    pub fn forget_baseline(&mut self, now: Instant) {
         self.baseline = None;
+        self.not_before = Some(now);
     }
 
     /// Pins the first scrape taken at or after `since` (the canary's start), so that the
     /// counts since then survive the history's trimming.
     fn pin(&mut self, since: Instant) {
+        let since = self.not_before.map_or(since, |n| since.max(n));
         let stale = self
             .baseline
             .as_ref()
@@ -397,6 +404,28 @@ mod tests {
             None,
         );
         assert_eq!(later, Measured::default());
+    }
+
+    #[test]
+    fn a_retry_counts_nothing_of_the_canary_before_it_however_early_its_start_reads() {
+        let t0 = Instant::now();
+        let keep = Duration::from_secs(60);
+        let mut h = ScrapeHistory::default();
+        let target = Target {
+            service: "echo".into(),
+            namespace: None,
+            pool: Pool::Canary,
+        };
+        h.record(t0, page(100, 0, 0, 0), keep);
+        // The last canary's final bad replies are counted, then the retry starts.
+        h.record(t0 + Duration::from_millis(400), page(100, 10, 0, 0), keep);
+        h.forget_baseline(t0 + Duration::from_millis(500));
+        h.record(t0 + Duration::from_millis(600), page(100, 10, 0, 0), keep);
+        h.record(t0 + Duration::from_millis(900), page(102, 10, 0, 0), keep);
+        // Its start as the status records it: the whole second, before those replies.
+        let m = h.measure(Builtin::ErrorRatio, &target, From::Pinned(t0), None);
+        assert_eq!(m.tally.requests, 2, "{m:?}");
+        assert_eq!(m.tally.bad, 0, "{m:?}");
     }
 
     #[test]
