@@ -872,8 +872,16 @@ pub fn a_bad_config_is_rolled_back_by_the_analysis(cp: &ControlPlane) -> Result<
         cp,
         ns,
         &runner,
-        "the good config's canary takes requests",
-        || (cp.status(ns, "echo")["canaryWeight"].as_u64() > Some(0)).then_some(()),
+        "every zgate replica is connected to the good config's canary, which takes requests",
+        || {
+            let live_everywhere = from_every_zgate(&runner, "/endpoints").iter().all(|e| {
+                e["canary"]
+                    .as_array()
+                    .is_some_and(|b| b.iter().any(|b| b["live"] == true))
+            });
+            (live_everywhere && cp.status(ns, "echo")["canaryWeight"].as_u64() > Some(0))
+                .then_some(())
+        },
     );
     let canary = cp.status(ns, "echo")["canaryRevision"]
         .as_str()

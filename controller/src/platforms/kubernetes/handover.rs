@@ -20,19 +20,21 @@ use crate::engine::{Action, clock, sizing};
 /// the controller too; zgate reaching the pods does not).
 pub const LOOK_EVERY: Duration = Duration::from_secs(1);
 
-/// Starts the hand-over when the engine promoted `ended`, a canary zgate had reached (one
-/// it never reached cannot take every request: stable keeps them while it rolls); a
-/// rollout that starts ends it (the canary pool is the new canary's).
+/// Starts the hand-over when the engine promoted `ended`, a canary every zgate replica
+/// reaches (`canary_live`: the fewest live canary backends a replica reports, `None` when
+/// none could be asked). One that some replica does not reach cannot take every request
+/// there: stable keeps them while it rolls. A rollout that starts ends it (the canary pool
+/// is the new canary's).
 pub fn begin_or_end(
     spec: &ZmqServiceSpec,
     ended: Option<&RolloutState>,
+    canary_live: Option<f64>,
     status: &mut ZmqServiceStatus,
     actions: &[Action],
 ) {
-    let promoted = actions
-        .iter()
-        .any(|a| matches!(a, Action::DeployStable { .. }));
-    let reached = ended.is_some_and(|r| r.reached.is_some());
+    let promoted = promotes(actions);
+    let reached =
+        ended.is_some_and(|r| r.reached.is_some()) && canary_live.is_none_or(|n| n >= 1.0);
     if status.rollout.is_some() || spec.strategy.router != Router::Gateway {
         status.handover = None;
     } else if promoted && reached {
@@ -44,6 +46,13 @@ pub fn begin_or_end(
             stable_since: None,
         });
     }
+}
+
+/// Whether the engine's `actions` promote the canary.
+pub fn promotes(actions: &[Action]) -> bool {
+    actions
+        .iter()
+        .any(|a| matches!(a, Action::DeployStable { .. }))
 }
 
 /// Whether the canary pool still takes every request.
@@ -166,9 +175,11 @@ mod tests {
         }];
         let mut status = promoted();
         let unreached = RolloutState::started_at(Time(Timestamp::UNIX_EPOCH), None);
-        begin_or_end(&spec, Some(&unreached), &mut status, &promote);
+        begin_or_end(&spec, Some(&unreached), None, &mut status, &promote);
         assert_eq!(status.handover, None, "a canary zgate never reached");
-        begin_or_end(&spec, Some(&reached()), &mut status, &promote);
+        begin_or_end(&spec, Some(&reached()), Some(0.0), &mut status, &promote);
+        assert_eq!(status.handover, None, "a zgate replica does not reach it");
+        begin_or_end(&spec, Some(&reached()), Some(1.0), &mut status, &promote);
         assert!(canary_holds_all(&status));
         assert_eq!(canary_pods(&spec, &status), Some(3), "its peak size");
         let t0 = Timestamp::UNIX_EPOCH;
@@ -192,15 +203,15 @@ mod tests {
             revision: "echo:2".into(),
         }];
         let mut status = promoted();
-        begin_or_end(&spec, Some(&reached()), &mut status, &promote);
+        begin_or_end(&spec, Some(&reached()), None, &mut status, &promote);
         status.rollout = Some(reached());
-        begin_or_end(&spec, None, &mut status, &[]);
+        begin_or_end(&spec, None, None, &mut status, &[]);
         assert_eq!(status.handover, None);
 
         let mut replicas = spec.clone();
         replicas.strategy.router = Router::Replicas;
         let mut status = promoted();
-        begin_or_end(&replicas, Some(&reached()), &mut status, &promote);
+        begin_or_end(&replicas, Some(&reached()), None, &mut status, &promote);
         assert_eq!(status.handover, None);
     }
 

@@ -537,9 +537,17 @@ async fn apply(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
         d.status.message = Some(why.clone());
     }
     d.status.conditions = super::conditions::conditions(&d.status, svc.metadata.generation, now);
+    let canary_live = match super::handover::promotes(&d.actions) {
+        true => {
+            let pages = ctx.zgate_pages(&svc).await;
+            super::endpoints::fewest_live(&svc.name_any(), Pool::Canary, &pages)
+        }
+        false => None,
+    };
     super::handover::begin_or_end(
         &svc.spec,
         before.rollout.as_ref(),
+        canary_live,
         &mut d.status,
         &d.actions,
     );
