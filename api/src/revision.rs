@@ -85,9 +85,11 @@ pub struct Revision {
 }
 
 impl Revision {
-    /// Reads a revision's name (`+` never occurs in an image reference).
+    /// Reads a revision's name: a `+` followed by exactly a digest's hex digits ends it
+    /// (`+` is not valid in an image reference, but a name given by hand may hold one).
     pub fn parse(name: &str) -> Self {
-        match name.rsplit_once('+') {
+        let digest = |d: &str| d.len() == DIGEST_LEN && d.bytes().all(|b| b.is_ascii_hexdigit());
+        match name.rsplit_once('+').filter(|(_, d)| digest(d)) {
             Some((image, digest)) => Self {
                 image: image.to_string(),
                 digest: Some(digest.to_string()),
@@ -525,5 +527,14 @@ mod tests {
         assert_eq!(r.digest.as_deref(), Some("0123456789"));
         assert_eq!(r.to_string(), "registry:5000/echo:2+0123456789");
         assert_eq!(Revision::parse("echo:1").digest, None);
+        // A `+` in a name given by hand is part of the image unless a digest follows it.
+        let by_hand = Revision::parse("echo:1.1+errors=0.2");
+        assert_eq!(
+            (by_hand.image.as_str(), by_hand.digest),
+            ("echo:1.1+errors=0.2", None)
+        );
+        let both = Revision::parse("echo:1.1+errors=0.2+0123456789");
+        assert_eq!(both.image, "echo:1.1+errors=0.2");
+        assert_eq!(both.digest.as_deref(), Some("0123456789"));
     }
 }

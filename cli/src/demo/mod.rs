@@ -13,6 +13,7 @@ use anyhow::{Context, bail};
 use serde::Serialize;
 use zdeploy_api::Weight;
 use zdeploy_api::command::CommandRequest;
+use zdeploy_api::revision::Revision;
 use zdeploy_api::service::{Outcome, Phase, Verdict};
 use zdeploy_controller::platforms::local::{Runtime, RuntimeEvent, UpConfig};
 
@@ -321,7 +322,12 @@ async fn scenario(
         &client,
         "the promotion of the good build",
         Duration::from_secs(90),
-        |s| s.phase == Phase::Healthy && s.stable_revision.as_deref() == Some(GOOD),
+        |s| {
+            s.phase == Phase::Healthy
+                && s.stable_revision
+                    .as_deref()
+                    .is_some_and(|r| Revision::parse(r).image == GOOD)
+        },
     )
     .await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -341,10 +347,10 @@ async fn scenario(
         requests_unanswered: stats.unanswered,
         bad_version_rolled_back: history
             .iter()
-            .any(|r| r.revision == BAD && r.outcome == Outcome::RolledBack),
+            .any(|r| Revision::parse(&r.revision).image == BAD && r.outcome == Outcome::RolledBack),
         good_version_promoted: history
             .iter()
-            .any(|r| r.revision == GOOD && r.outcome == Outcome::Promoted),
+            .any(|r| Revision::parse(&r.revision).image == GOOD && r.outcome == Outcome::Promoted),
         total_seconds: view.start.elapsed().as_secs_f64(),
     })
 }
