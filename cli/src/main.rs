@@ -168,7 +168,7 @@ enum Command {
     Diff(cluster::FileArgs),
     /// Install zdeploy in a cluster: namespace, CRDs, RBAC, controller (--dry-run prints them).
     #[command(
-        after_help = "Examples:\n  zdeploy install --dry-run | kubectl apply -f -\n  kubectl apply -k manifests/install   # the same objects, as a kustomize base"
+        after_help = "Examples:\n  zdeploy install --dry-run | kubectl apply --server-side -f -\n  kubectl apply --server-side -k manifests/install   # the same objects, as a kustomize base"
     )]
     Install(install::Args),
     /// Run the Kubernetes controller (in the cluster, or against KUBECONFIG): rollouts and chaos schedules.
@@ -182,7 +182,7 @@ enum Command {
     )]
     Render(render::Args),
     /// Print the CustomResourceDefinitions generated from zdeploy's types.
-    #[command(after_help = "Example:\n  zdeploy crds | kubectl apply -f -")]
+    #[command(after_help = "Example:\n  zdeploy crds | kubectl apply --server-side -f -")]
     Crds,
     /// Chaos experiments on the local runtime: run one now, list, history, pause, resume.
     #[command(subcommand)]

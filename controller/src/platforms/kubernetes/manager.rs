@@ -43,7 +43,7 @@ pub async fn run(
         Err(e) => Err(e),
     };
     installed.map_err(|e| {
-        Error::Invalid(format!("cannot list ZmqServices and ChaosSchedules ({e}): install the CRDs first (`zdeploy crds | kubectl apply -f -`)"))
+        Error::Invalid(format!("cannot list ZmqServices and ChaosSchedules ({e}): install the CRDs first (`zdeploy crds | kubectl apply --server-side -f -`)"))
     })?;
     // Every slice of zdeploy's Services, for the zgate replicas and the canary's readiness.
     use k8s_openapi::api::discovery::v1::EndpointSlice;
