@@ -478,20 +478,17 @@ async fn apply(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
     if d.status.rollout.is_none() {
         ctx.queue.ended(&svc);
     }
-    // A new canary (a retry seconds after a rollback too) is counted from zero.
-    if d.actions
+    let starting = d
+        .actions
         .iter()
-        .any(|a| matches!(a, EngineAction::StartCanary { .. }))
-    {
+        .any(|a| matches!(a, EngineAction::StartCanary { .. }));
+    // A new canary (a retry seconds after a rollback too) is counted from zero.
+    if starting {
         ctx.analyzer(&svc, &d.status).lock().await.new_canary();
     }
     // Behind zgate, the canary takes weight once a zgate replica reaches it: not in the
     // reconcile that starts it (its pods are not even asked for yet, and the pods zgate may
     // reach are a previous canary's, draining), and only once its Deployment has rolled.
-    let starting = d
-        .actions
-        .iter()
-        .any(|a| matches!(a, EngineAction::StartCanary { .. }));
     if d.refused.is_none()
         && !starting
         && let Some(r) = &d.status.rollout
@@ -537,12 +534,12 @@ async fn apply(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
         d.status.message = Some(why.clone());
     }
     d.status.conditions = super::conditions::conditions(&d.status, svc.metadata.generation, now);
-    let canary_live = match super::handover::promotes(&d.actions) {
-        true => {
-            let pages = ctx.zgate_pages(&svc).await;
-            super::endpoints::fewest_live(&svc.name_any(), Pool::Canary, &pages)
-        }
-        false => None,
+    // Scraped only when it matters: the reconcile that promotes.
+    let canary_live = if super::handover::promotes(&d.actions) {
+        let pages = ctx.zgate_pages(&svc).await;
+        super::endpoints::fewest_live(&svc.name_any(), Pool::Canary, &pages)
+    } else {
+        None
     };
     super::handover::begin_or_end(
         &svc.spec,
