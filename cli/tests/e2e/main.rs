@@ -9,6 +9,7 @@ mod support;
 
 mod chaos;
 mod controlplane;
+mod fleet;
 mod leader;
 mod netns;
 mod placement;
@@ -37,6 +38,11 @@ fn main() {
     let trials = vec![
         trial(&cp, "rollout_through_the_cli", rollout::through_the_cli),
         trial(&cp, "rollout_through_gitops", rollout::through_gitops),
+        trial(
+            &cp,
+            "a_fleet_of_idle_services_and_one_rollback",
+            fleet::a_fleet_of_idle_services_and_one_rollback,
+        ),
         trial(
             &cp,
             "config_changes_are_released_by_canary",

@@ -161,7 +161,10 @@ impl ControlPlane {
         cmd.args(["controller", "--probes", &probes, "--identity", identity])
             .args(flags)
             .env("KUBECONFIG", self.controller_kubeconfig())
-            .env("RUST_LOG", "info");
+            .env(
+                "RUST_LOG",
+                std::env::var("ZDEPLOY_CONTROLLER_LOG").unwrap_or_else(|_| "info".into()),
+            );
         let log = self.file(&format!("controller-{identity}.log"), "");
         let proc = Proc::start_logged(cmd, &log);
         Controller {
@@ -221,7 +224,7 @@ pub struct Controller {
     pub proc: Proc,
     /// `http://127.0.0.1:PORT`.
     pub probes: String,
-    log: PathBuf,
+    pub log: PathBuf,
 }
 
 impl Controller {

@@ -734,6 +734,7 @@ async fn cleanup(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
 
 /// Reconciles one ZmqService.
 pub async fn reconcile(svc: Arc<ZmqService>, ctx: Arc<Context>) -> Result<Action, Error> {
+    tracing::debug!("reconcile");
     let ns = svc
         .namespace()
         .ok_or_else(|| Error::Invalid("a ZmqService must be namespaced".into()))?;
