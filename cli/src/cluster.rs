@@ -23,6 +23,7 @@ use zdeploy_controller::experiment::{
 
 use crate::Output;
 use crate::local::describe;
+use zdeploy_controller::platforms::kubernetes::leader::LEASE_NAME;
 
 /// Which cluster and namespace, kubectl style.
 #[derive(clap::Args, Clone, Default)]
@@ -99,6 +100,9 @@ impl NoCluster {
     }
 }
 
+/// Where the install runs the controller (and its Lease).
+const CONTROLLER_NAMESPACE: &str = "zdeploy-system";
+
 fn command_id() -> String {
     format!(
         "{}-{:08x}",
@@ -107,12 +111,13 @@ fn command_id() -> String {
     )
 }
 
-/// Sends a command through the annotation and waits (at most 60 s) for the controller.
+/// Sends a command through the annotation and waits (at most `wait`) for the controller.
 pub async fn command(
     cluster: &ClusterArgs,
     name: &str,
     request: CommandRequest,
     output: Output,
+    wait: Duration,
 ) -> anyhow::Result<ExitCode> {
     let (client, ns) = cluster.client().await?;
     let api: Api<ZmqService> = Api::namespaced(client, &ns);
@@ -127,7 +132,9 @@ pub async fn command(
         .await
         .with_context(|| format!("ZmqService {name} in namespace {ns}"))?;
     eprintln!("command {id} sent to {ns}/{name}; waiting for the controller");
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let asked = Instant::now();
+    let deadline = asked + wait;
+    let mut next_word = asked + Duration::from_secs(15);
     loop {
         let svc = api.get(name).await?;
         let status = svc.status.clone().unwrap_or_default();
@@ -151,12 +158,73 @@ pub async fn command(
                 ExitCode::SUCCESS
             });
         }
-        if Instant::now() > deadline {
+        let now_asked = svc
+            .annotations()
+            .get(COMMAND_ANNOTATION)
+            .and_then(|raw| CommandAnnotation::parse(raw))
+            .map(|a| a.id);
+        if now_asked.as_deref() != Some(id.as_str()) {
             bail!(
-                "the controller did not carry out command {id} within 60s: is `zdeploy controller` running?"
+                "command {id} was replaced by {} before the controller carried it out: it will not be; see `zdeploy status {name} -n {ns}`",
+                now_asked.as_deref().unwrap_or("no command")
             );
         }
+        if Instant::now() > deadline {
+            let seen = controller_seen(&api, &svc).await;
+            bail!(
+                "the controller did not carry out command {id} within {}: the command was accepted (it is on {ns}/{name}) and is not yet acted on; {seen}",
+                zdeploy_api::Duration::from(wait)
+            );
+        }
+        if Instant::now() > next_word {
+            eprintln!(
+                "command {id}: accepted, not yet acted on ({} s); {}",
+                asked.elapsed().as_secs(),
+                controller_seen(&api, &svc).await
+            );
+            next_word = Instant::now() + Duration::from_secs(15);
+        }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// What the CLI can see of the controller: who holds its Lease and how lately it renewed
+/// it, and the last command it carried out on `svc`.
+async fn controller_seen(api: &Api<ZmqService>, svc: &ZmqService) -> String {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let last = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.last_command.clone())
+        .unwrap_or_else(|| "none".into());
+    let leases: Api<Lease> = Api::namespaced(api.clone().into_client(), CONTROLLER_NAMESPACE);
+    let lease = match leases.get_opt(LEASE_NAME).await {
+        Ok(Some(l)) => l,
+        Ok(None) => {
+            return format!(
+                "no controller has ever led here (no Lease {CONTROLLER_NAMESPACE}/{LEASE_NAME}): is `zdeploy controller` installed and running? (last command carried out on this service: {last})"
+            );
+        }
+        Err(e) => {
+            return format!(
+                "the controller's Lease {CONTROLLER_NAMESPACE}/{LEASE_NAME} cannot be read ({e}); last command carried out on this service: {last}"
+            );
+        }
+    };
+    let spec = lease.spec.unwrap_or_default();
+    let renewed = spec
+        .renew_time
+        .map(|t| jiff::Timestamp::now().duration_since(t.0).as_secs());
+    match (spec.holder_identity, renewed) {
+        (Some(holder), Some(ago)) if ago <= 30 => format!(
+            "controller {holder} holds the Lease (renewed {ago} s ago), so it runs but has not reached this service yet: it may be busy (see its logs and `zdeploy_reconciles_total`); last command carried out on this service: {last}"
+        ),
+        (Some(holder), Some(ago)) => format!(
+            "controller {holder} last renewed the Lease {ago} s ago: it is stopped or cut off from the API server; last command carried out on this service: {last}"
+        ),
+        _ => format!(
+            "no controller holds the Lease {CONTROLLER_NAMESPACE}/{LEASE_NAME}: is `zdeploy controller` running? (last command carried out on this service: {last})"
+        ),
     }
 }
 

@@ -63,6 +63,10 @@ struct On {
     /// Output format.
     #[arg(short, long, value_enum, default_value_t)]
     output: Output,
+    /// In a cluster, how long to wait for the controller to carry the command out (it
+    /// says what it sees meanwhile, every 15 s).
+    #[arg(long, default_value = "60s")]
+    wait: zdeploy_api::Duration,
 }
 
 #[derive(Subcommand)]
@@ -303,7 +307,13 @@ impl On {
 
 fn verb(on: On, req: CommandRequest) -> anyhow::Result<ExitCode> {
     if on.in_cluster() {
-        let sent = runtime().block_on(cluster::command(&on.cluster, &on.name, req, on.output));
+        let sent = runtime().block_on(cluster::command(
+            &on.cluster,
+            &on.name,
+            req,
+            on.output,
+            on.wait.get(),
+        ));
         return on_cluster(&on, sent);
     }
     runtime().block_on(local::run_verb(&on.state, &on.name, req, on.output))

@@ -501,10 +501,51 @@ async fn a_stopped_canary_scales_down_once_it_has_drained() {
         find(&calls, "configmaps", "echo-weights").body["data"]["weights.json"],
         r#"{"stable":100,"canary":0}"#
     );
-    assert_eq!(
-        action,
-        kube::runtime::controller::Action::requeue(std::time::Duration::from_secs(300))
-    );
+    // Idle now: nothing on a timer; a change of the service or what it owns wakes it.
+    assert_eq!(action, kube::runtime::controller::Action::await_change());
+}
+
+/// The watch cache is minutes behind (re-listing under load): the reconcile is handed a
+/// rollout command that a rollback replaced, and carried out, since.
+#[tokio::test]
+async fn a_command_a_newer_one_replaced_is_not_carried_out_from_a_stale_cache() {
+    let rollout = format!(r#"{{"id":"c-0","command":"rollout","image":"{CANARY}","canary":10}}"#);
+    let stale = service(STABLE)
+        .with_status(status::healthy())
+        .annotated(COMMAND_ANNOTATION, &rollout)
+        .build();
+    let fresh = service(STABLE)
+        .with_status(zdeploy_api::ZmqServiceStatus {
+            last_command: Some("c-1".into()),
+            ..status::rolled_back(ago(600), "paged")
+        })
+        .annotated(COMMAND_ANNOTATION, ROLLBACK)
+        .build();
+    let (client, server) = pair("trading");
+    let server = tokio::spawn(api_server_holding(
+        server,
+        serde_json::to_value(&fresh).unwrap(),
+        false,
+        Default::default(),
+    ));
+    let ctx = Arc::new(Context::new(client, no_metrics()));
+    reconcile(Arc::new(stale), ctx).await.unwrap();
+    let calls = server.await.unwrap();
+    let started: Vec<&Value> = calls
+        .iter()
+        .filter(|c| c.method == Method::POST && c.body["reason"] == "RolloutStarted")
+        .map(|c| &c.body)
+        .collect();
+    assert!(started.is_empty(), "the replaced rollout ran: {started:?}");
+    if let Some(canary) = calls
+        .iter()
+        .find(|c| is_apply(c, "deployments", "echo-canary"))
+    {
+        assert_eq!(canary.body["spec"]["replicas"], 0, "{}", canary.body);
+    }
+    for c in calls.iter().filter(|c| c.path.ends_with("/status")) {
+        assert_ne!(c.body["status"]["lastCommand"], "c-0", "{}", c.body);
+    }
 }
 
 #[tokio::test]

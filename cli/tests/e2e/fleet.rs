@@ -4,6 +4,14 @@
 //! rollback of the one service takes to reach its weights ConfigMap. N is
 //! `ZDEPLOY_FLEET` (100 by default, the suite's short run); the idle services have no pod
 //! runner (their pods exist only as kwok pods), the one that rolls out has one.
+//!
+//! Bounds (the short run fails past them): the controller's memory per idle service
+//! (steady RSS less its RSS before the fleet) at most `FLEET_FIXED_MIB` plus
+//! `KIB_PER_SERVICE` for each service; its idle
+//! API requests at most `IDLE_REQUESTS_PER_S` a second whatever N (idle costs nothing but
+//! the Lease); no request throttled (429) or timed out (504); SIGTERM stops it within
+//! `STOP_WITHIN` with the Lease given up; a new leader acts on a rollback within
+//! `NEW_LEADER_ACTS_WITHIN` while it looks the whole fleet over again.
 
 use std::time::{Duration, Instant};
 
@@ -16,6 +24,18 @@ use crate::traffic::deploy;
 const V2: &str = "registry.example.com/trading/echo:2.0.4-ltsc2022";
 /// Rollbacks timed.
 const TRIES: usize = 5;
+/// The most memory the controller may keep per idle service, on top of
+/// `FLEET_FIXED_MIB` for having had a fleet at all (watch caches, connection buffers, the
+/// allocator's arenas): 10,000 services then fit in 500 MB with its start-up RSS.
+const KIB_PER_SERVICE: f64 = 40.0;
+/// See `KIB_PER_SERVICE`.
+const FLEET_FIXED_MIB: f64 = 24.0;
+/// The most API requests a second the controller may send while the fleet is idle.
+const IDLE_REQUESTS_PER_S: f64 = 1.0;
+/// SIGTERM to exit.
+const STOP_WITHIN: Duration = Duration::from_secs(15);
+/// A new leader's start to a rollback in the weights.
+const NEW_LEADER_ACTS_WITHIN: Duration = Duration::from_secs(60);
 
 /// CPU seconds (user + system) process `pid` has used, from /proc.
 fn cpu_seconds(pid: u32) -> f64 {
@@ -64,6 +84,20 @@ fn reconciled(cp: &ControlPlane, ns: &str) -> usize {
         .unwrap_or(0)
 }
 
+/// The Deployments of `ns` whose pods are all ready, and how many there are.
+fn deployments_ready(cp: &ControlPlane, ns: &str) -> (usize, usize) {
+    let list = cp.json(&["get", "deployments", "-n", ns]);
+    let items = list["items"].as_array().cloned().unwrap_or_default();
+    let ready = items
+        .iter()
+        .filter(|d| {
+            let want = d["spec"]["replicas"].as_u64().unwrap_or(1);
+            d["status"]["readyReplicas"].as_u64().unwrap_or(0) >= want
+        })
+        .count();
+    (ready, items.len())
+}
+
 /// N idle services and one that rolls out and back, on one controller.
 pub fn a_fleet_of_idle_services_and_one_rollback(cp: &ControlPlane) -> Result<(), Failed> {
     let n: usize = std::env::var("ZDEPLOY_FLEET")
@@ -76,6 +110,7 @@ pub fn a_fleet_of_idle_services_and_one_rollback(cp: &ControlPlane) -> Result<()
         pods: runner,
     } = cp.stage("fleet-one");
     let pid = ctl.proc.child.id();
+    let (base, _) = memory_mib(pid);
     let idle = Namespace::new(cp, "fleet-idle");
     let template = std::fs::read_to_string(
         cp.echo_manifest(&idle.name, |t| t.replace("replicas: 3", "replicas: 1")),
@@ -108,6 +143,21 @@ pub fn a_fleet_of_idle_services_and_one_rollback(cp: &ControlPlane) -> Result<()
         last = done;
         std::thread::sleep(Duration::from_secs(2));
     };
+    // The cluster catches up (the controller manager makes ReplicaSets and pods at its
+    // own pace): until then owned Deployments change and the fleet is not idle.
+    let catching_up = Instant::now();
+    loop {
+        let (ready, total) = deployments_ready(cp, &idle.name);
+        if ready == total {
+            break;
+        }
+        assert!(
+            catching_up.elapsed() < Duration::from_secs(900),
+            "{ready} of {total} Deployments ready after 15 minutes"
+        );
+        std::thread::sleep(Duration::from_secs(10));
+    }
+    let caught_up = catching_up.elapsed();
     let (_, peak) = memory_mib(pid);
 
     // Settled: owned objects stop changing (pods come up after the status is written), so
@@ -211,14 +261,130 @@ pub fn a_fleet_of_idle_services_and_one_rollback(cp: &ControlPlane) -> Result<()
     }
     rollbacks.sort();
     let median = rollbacks[TRIES / 2];
+    let per_service = (steady - base).max(0.0) * 1024.0 / n as f64;
+    let throttled: Vec<serde_json::Value> = cp
+        .audit(|u| u == user)
+        .into_iter()
+        .filter(|e| [429, 504].contains(&e["responseStatus"]["code"].as_u64().unwrap_or(0)))
+        .collect();
+
+    // Stopped while a canary runs, then a new leader that must look the whole fleet over
+    // again: the rollback asked the moment it starts is acted on ahead of that.
+    cp.zdeploy(&["retry", "echo", "-n", ns]);
+    eventually("the canary takes 10%", Duration::from_secs(60), || {
+        (cp.weights(ns, "echo")["canary"] == 10).then_some(())
+    });
+    let mut ctl = ctl;
+    ctl.proc.signal("TERM");
+    let asked = Instant::now();
+    let exited = ctl.proc.wait_exit(STOP_WITHIN);
+    let stopped = asked.elapsed();
+    assert_eq!(
+        exited,
+        Some(0),
+        "SIGTERM: not stopped within {STOP_WITHIN:?}"
+    );
+    let lease = cp.json(&["get", "lease", "zdeploy-controller", "-n", "zdeploy-system"]);
+    assert!(lease["spec"]["holderIdentity"].is_null(), "{lease}");
+    // With no controller, the CLI's wait says what it saw rather than guess.
+    let (code, _, err) = cp.zdeploy_as(
+        &cp.admin,
+        &[
+            "rollback", "echo", "-n", ns, "--reason", "fleet", "--wait", "2s",
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    for seen in [
+        "accepted",
+        "not yet acted on",
+        "no controller holds the Lease",
+    ] {
+        assert!(err.contains(seen), "{seen:?} not in: {err}");
+    }
+    // The rollback waits on the service; the new leader finds it when it starts.
+    let started = Instant::now();
+    let next = cp.controller("e2e-fleet-next");
+    eventually("the new leader rolls back", NEW_LEADER_ACTS_WITHIN, || {
+        (cp.weights(ns, "echo")["canary"] == 0).then_some(())
+    });
+    let new_leader = started.elapsed();
+    drop(next);
     println!(
-        "fleet of {n} idle services: all reconciled in {:.1} s, settled {:.0} s later; controller RSS {steady:.0} MiB steady, {peak:.0} MiB peak ({:.0} KiB a service); idle: {:.1}% of a core, {idle_requests:.2} API requests/s; rollback -> weight 0 in the ConfigMap: median {:.0} ms over {TRIES} ({:?} ms, kubectl polling included); idle requests by kind: {kinds:?}",
+        "fleet of {n} idle services: all reconciled in {:.1} s, the cluster caught up {:.0} s later, settled {:.0} s after that; controller RSS {steady:.0} MiB steady ({base:.0} before the fleet, {per_service:.1} KiB a service), {peak:.0} MiB peak; idle: {:.1}% of a core, {idle_requests:.2} API requests/s; throttled or timed out: {}; rollback -> weight 0 in the ConfigMap: median {:.0} ms over {TRIES} ({:?} ms, kubectl polling included); SIGTERM -> exit {:.1} s; new leader start -> rollback in the weights {:.1} s; idle requests by kind: {kinds:?}",
         took.as_secs_f64(),
+        caught_up.as_secs_f64(),
         settled.as_secs_f64(),
-        steady * 1024.0 / n as f64,
         idle_cpu * 100.0,
+        throttled.len(),
         median.as_secs_f64() * 1000.0,
-        rollbacks.iter().map(|d| d.as_millis()).collect::<Vec<_>>()
+        rollbacks.iter().map(|d| d.as_millis()).collect::<Vec<_>>(),
+        stopped.as_secs_f64(),
+        new_leader.as_secs_f64(),
+    );
+    let budget = FLEET_FIXED_MIB + KIB_PER_SERVICE * n as f64 / 1024.0;
+    assert!(
+        steady - base <= budget,
+        "the fleet costs {:.0} MiB of RSS, over {budget:.0} ({FLEET_FIXED_MIB} MiB and {KIB_PER_SERVICE} KiB a service)",
+        steady - base
+    );
+    assert!(
+        idle_requests <= IDLE_REQUESTS_PER_S,
+        "{idle_requests:.2} API requests/s while idle, over {IDLE_REQUESTS_PER_S}: {kinds:?}"
+    );
+    assert!(
+        throttled.is_empty(),
+        "throttled or timed out: {throttled:?}"
+    );
+    Ok(())
+}
+
+/// `zdeploy crds`'s own example installs the CRDs on a real API server, and the
+/// client-side apply the help gave before is refused (the ZmqService CRD, with its pod
+/// template schema, is over the 256 KiB last-applied annotation).
+pub fn the_crds_install_as_the_help_says(cp: &ControlPlane) -> Result<(), Failed> {
+    let help = cp.zdeploy(&["crds", "--help"]);
+    let example = help
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("zdeploy crds |"))
+        .expect("an example in the help");
+    let kubectl_args: Vec<&str> = example
+        .split_once('|')
+        .map(|(_, k)| k.split_whitespace().skip(1).collect())
+        .unwrap_or_default();
+    let crds = cp.zdeploy(&["crds"]);
+    let apply = |args: &[&str]| {
+        use std::io::Write;
+        let mut child = std::process::Command::new(cp.kubectl_path())
+            .args(args)
+            .arg("--kubeconfig")
+            .arg(&cp.admin)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(crds.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = apply(&kubectl_args);
+    assert!(ok, "{example}: {err}");
+    let (ok, err) = apply(&["apply", "--dry-run=server", "-f", "-"]);
+    assert!(!ok, "a client-side apply of the CRDs was accepted");
+    assert!(err.contains("Too long"), "{err}");
+    println!(
+        "`{example}` installs the CRDs ({} KiB); client-side: {}",
+        crds.len() / 1024,
+        err.lines().next().unwrap_or_default()
     );
     Ok(())
 }

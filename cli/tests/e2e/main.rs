@@ -45,6 +45,11 @@ fn main() {
         ),
         trial(
             &cp,
+            "the_crds_install_as_the_help_says",
+            fleet::the_crds_install_as_the_help_says,
+        ),
+        trial(
+            &cp,
             "config_changes_are_released_by_canary",
             rollout::config_changes_are_released_by_canary,
         ),

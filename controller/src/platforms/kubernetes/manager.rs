@@ -14,6 +14,7 @@ use super::errors::Error;
 use super::measure::MetricsSource;
 use super::queue::CanaryLimits;
 use super::service::{Context, error_policy, reconcile};
+use super::settled::OwnedKind;
 use super::stats::Stats;
 
 /// How long reconciles under way may take to finish once the controller is asked to stop
@@ -67,10 +68,49 @@ pub async fn run(
         futures::future::ready(())
     });
     let endpoints = Endpoints(store);
-    let rollouts = Controller::new(services, watcher::Config::default());
+    // One watch of ZmqServices (managed fields dropped) serves both controllers; a command
+    // arriving moves its service's waiting reconcile to the fast lane.
+    let (services_store, services_writer) = kube::runtime::reflector::store_shared(1024);
+    let for_rollouts = services_writer.subscribe().expect("a shared store");
+    let for_chaos = services_writer.subscribe().expect("a shared store");
+    let lanes = Arc::new(super::lanes::Lanes::default());
+    let commands = lanes.clone();
+    let services_root = watcher(services, watcher::Config::default())
+        .modify(|s: &mut ZmqService| s.managed_fields_mut().clear())
+        .backoff(WatchRetry::default())
+        .reflect_shared(services_writer)
+        .for_each(move |event| {
+            if let Ok(watcher::Event::Apply(s)) = &event
+                && super::lanes::lane_of(s) == super::lanes::Lane::Urgent
+            {
+                commands.wake_urgent();
+            }
+            futures::future::ready(())
+        });
+    // Every ConfigMap's metadata: a change of one a service's pods read wakes that service
+    // (its revision changed); an owned one the controller did not write wakes its owner.
+    let (config_maps, config_writer) = kube::runtime::reflector::store();
+    let config_events = kube::runtime::reflector(
+        config_writer,
+        watcher(
+            Api::<kube::core::PartialObjectMeta<ConfigMap>>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .modify(|cm| cm.managed_fields_mut().clear())
+        .backoff(WatchRetry::default()),
+    );
+    // zdeploy's own Deployments, without their pod templates: one that drifted from what
+    // was applied wakes its owner; status updates alone do not.
+    let deployments = watcher(
+        Api::<Deployment>::all(client.clone()),
+        watcher::Config::default().labels(super::render::MANAGED_SELECTOR),
+    )
+    .modify(super::settled::strip_deployment)
+    .backoff(WatchRetry::default());
     let ctx = Context::with_endpoints(client.clone(), metrics.clone(), endpoints.clone())
-        .limit_canaries(limits);
-    ctx.queue.read_from(rollouts.store());
+        .limit_canaries(limits)
+        .with_caches(services_store.clone(), config_maps, lanes);
+    ctx.queue.read_from(services_store.clone());
     let ctx = Arc::new(ctx);
     ctx.wake_on_breach(wake);
     let woken = futures::stream::unfold(
@@ -82,22 +122,28 @@ pub async fn run(
             .with_endpoints(endpoints),
     );
     let overdue = stop.clone();
-    // A ConfigMap a service's pods read is part of its revision: its change wakes them.
-    let readers = rollouts.store();
-    let rollouts = rollouts
-        .watches(
-            Api::<ConfigMap>::all(client.clone()),
-            watcher::Config::default(),
-            move |cm| super::revisions::readers_of(&cm, &readers.state()),
-        )
-        .owns(
-            Api::<Deployment>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .owns(
-            Api::<ConfigMap>::all(client.clone()),
-            watcher::Config::default(),
-        )
+    let readers = services_store.clone();
+    let config_drift = ctx.clone();
+    let deployment_drift = ctx.clone();
+    let rollouts = Controller::for_shared_stream(for_rollouts, services_store)
+        .watches_stream(touched(config_events), move |cm| {
+            let mut wake = super::revisions::readers_of(&cm, &readers.state());
+            let kept = cm.labels().contains_key(super::revisions::REVISION_LABEL);
+            // Revision records and copies are never re-applied: only their loss matters.
+            let marker = (!kept).then(|| cm.resource_version().unwrap_or_default());
+            wake.extend(
+                config_drift
+                    .settled
+                    .drifted(OwnedKind::ConfigMap, &cm, marker),
+            );
+            wake
+        })
+        .watches_stream(touched(deployments), move |d| {
+            let marker = super::settled::deployment_marker(&d);
+            deployment_drift
+                .settled
+                .drifted(OwnedKind::Deployment, &d, Some(marker))
+        })
         .reconcile_on(woken)
         .trigger_backoff(WatchRetry::default())
         .graceful_shutdown_on(stop.clone())
@@ -111,11 +157,9 @@ pub async fn run(
     let chaos = Controller::new(schedules, watcher::Config::default());
     let known = chaos.store();
     let chaos = chaos
-        .watches(
-            Api::<ZmqService>::all(client.clone()),
-            watcher::Config::default(),
-            move |svc| super::chaos::aimed_at(&svc, &known.state()),
-        )
+        .watches_shared_stream(for_chaos, move |svc| {
+            super::chaos::aimed_at(&svc, &known.state())
+        })
         .trigger_backoff(WatchRetry::default())
         .graceful_shutdown_on(stop)
         .run(
@@ -138,9 +182,33 @@ pub async fn run(
     tokio::select! {
         _ = async { futures::join!(rollouts, chaos) } => {}
         _ = follow_slices => {}
+        _ = services_root => {}
         _ = overdue => tracing::warn!(
             "stopping {SHUTDOWN_GRACE:?} after the request to stop, without waiting further for reconciles"
         ),
     }
     Ok(())
+}
+
+/// The objects a watch saw, a deleted one marked as such (its Delete event carries its
+/// last state, which alone would look unchanged).
+fn touched<K: kube::Resource + Send + 'static>(
+    events: impl futures::Stream<
+        Item = Result<kube::runtime::watcher::Event<K>, kube::runtime::watcher::Error>,
+    > + Send
+    + 'static,
+) -> impl futures::Stream<Item = Result<K, kube::runtime::watcher::Error>> + Send + 'static {
+    use futures::StreamExt;
+    use kube::runtime::watcher::Event;
+    events.filter_map(|event| {
+        futures::future::ready(match event {
+            Ok(Event::Apply(o) | Event::InitApply(o)) => Some(Ok(o)),
+            Ok(Event::Delete(mut o)) => {
+                super::settled::mark_gone(&mut o);
+                Some(Ok(o))
+            }
+            Ok(Event::Init | Event::InitDone) => None,
+            Err(e) => Some(Err(e)),
+        })
+    })
 }

@@ -55,6 +55,11 @@ pub struct Rendered {
 }
 
 impl Rendered {
+    /// Every object as one number: equal numbers mean the same objects to apply.
+    pub fn fingerprint(&self) -> u64 {
+        super::settled::fingerprint(&[serde_json::Value::String(self.to_yaml())])
+    }
+
     /// Every object as multi-document YAML, in apply order.
     pub fn to_yaml(&self) -> String {
         fn doc<T: Serialize>(out: &mut String, o: &T) {
@@ -83,6 +88,9 @@ pub fn pool_service(service: &str, pool: Pool) -> String {
 pub fn weights_configmap(service: &str) -> String {
     format!("{service}-weights")
 }
+
+/// Selects every object zdeploy renders.
+pub const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=zdeploy";
 
 fn labels(svc: &ZmqService, component: &str, pool: Option<Pool>) -> BTreeMap<String, String> {
     let mut l = BTreeMap::from([

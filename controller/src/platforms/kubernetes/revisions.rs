@@ -70,6 +70,22 @@ fn sources(svc: &ZmqService, template: &PodTemplateSpec) -> BTreeSet<ConfigRef> 
     counted
 }
 
+/// The ConfigMaps the pods of `svc` read (and what it tracks), by name.
+pub fn config_maps_read(svc: &ZmqService) -> Vec<String> {
+    sources(svc, &svc.spec.template)
+        .into_iter()
+        .filter(|r| r.kind == ConfigKind::ConfigMap)
+        .map(|r| r.name)
+        .collect()
+}
+
+/// Whether the pods of `svc` read a Secret (Secrets are read, never watched).
+pub fn reads_secrets(svc: &ZmqService) -> bool {
+    sources(svc, &svc.spec.template)
+        .iter()
+        .any(|r| r.kind == ConfigKind::Secret)
+}
+
 /// What releasing `image` with the manifest's pod template means now: reads every
 /// ConfigMap and Secret the template reads (a missing one is an error naming it).
 pub async fn release_of(client: &Client, svc: &ZmqService, image: &str) -> Result<Release, Error> {
@@ -343,17 +359,17 @@ fn is_owned_by(o: &impl Resource, svc: &ZmqService) -> bool {
 }
 
 /// The services in `cm`'s namespace whose pod template reads it.
-pub fn readers_of(
-    cm: &ConfigMap,
+pub fn readers_of<K: kube::Resource>(
+    cm: &K,
     services: &[std::sync::Arc<ZmqService>],
 ) -> Vec<kube::runtime::reflector::ObjectRef<ZmqService>> {
     let source = ConfigRef {
         kind: ConfigKind::ConfigMap,
-        name: cm.name_any(),
+        name: cm.meta().name.clone().unwrap_or_default(),
     };
     services
         .iter()
-        .filter(|s| s.namespace() == cm.namespace())
+        .filter(|s| s.metadata.namespace == cm.meta().namespace)
         .filter(|s| sources(s, &s.spec.template).contains(&source))
         .map(|s| kube::runtime::reflector::ObjectRef::from_obj(s.as_ref()))
         .collect()

@@ -14,9 +14,11 @@ use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Patch, PatchParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use zdeploy_api::command::{COMMAND_ANNOTATION, CommandAnnotation};
@@ -26,10 +28,12 @@ use zdeploy_api::{Pool, ZmqService, ZmqServiceStatus};
 use super::endpoints::Endpoints;
 use super::errors::{Error, backoff};
 use super::events::publish;
+use super::lanes::{Lanes, lane_of};
 use super::measure::{Analyzers, MetricsSource, SharedAnalyzer};
 use super::queue::Turn;
 use super::render::{Rendered, Templates, render, revisions_in_use};
 use super::revisions;
+use super::settled::{self, Drift, Settled};
 use crate::analysis::exposition::Exposition;
 use crate::analysis::{Analyzer, Span};
 use crate::engine::{self, Action as EngineAction, Command, Input, Origin, Severity};
@@ -59,10 +63,16 @@ pub struct Context {
     /// rollout that no controller drove meanwhile.
     driven: std::sync::Mutex<std::collections::HashSet<String>>,
     http: reqwest::Client,
+    /// What is in place for idle services, so they cost nothing.
+    pub settled: Settled,
+    /// The fast lane and the slow lane's turns.
+    lanes: Arc<Lanes>,
+    /// The watched ZmqServices (none in tests driving `reconcile` alone).
+    services: Option<Store<ZmqService>>,
+    /// Every ConfigMap's metadata, for what a service's pods read.
+    config_maps: Store<PartialObjectMeta<ConfigMap>>,
 }
 
-/// The longest wait between two looks at a service with no rollout.
-const IDLE_RECHECK: Duration = Duration::from_secs(300);
 /// The longest wait between two looks at a service whose pods read a Secret.
 const SECRET_RECHECK: Duration = Duration::from_secs(30);
 /// How often a canary's zgate replicas are scraped between analyses.
@@ -158,7 +168,54 @@ impl Context {
                 .timeout(Duration::from_secs(2))
                 .build()
                 .expect("building an HTTP client"),
+            settled: Settled::default(),
+            lanes: Default::default(),
+            services: None,
+            config_maps: kube::runtime::reflector::store().0,
         }
+    }
+
+    /// The same context reading the watched ZmqServices and ConfigMaps, with `lanes`.
+    pub fn with_caches(
+        mut self,
+        services: Store<ZmqService>,
+        config_maps: Store<PartialObjectMeta<ConfigMap>>,
+        lanes: Arc<Lanes>,
+    ) -> Self {
+        self.services = Some(services);
+        self.config_maps = config_maps;
+        self.lanes = lanes;
+        self
+    }
+
+    /// `svc` as the cache has it now (a reconcile may have waited since it was queued).
+    fn latest(&self, svc: Arc<ZmqService>) -> Arc<ZmqService> {
+        self.services
+            .as_ref()
+            .and_then(|s| s.get(&ObjectRef::from_obj(svc.as_ref())))
+            .unwrap_or(svc)
+    }
+
+    /// What an idle `svc` that changed nothing since its last reconcile needs: nothing
+    /// now, and a look again when a Secret its pods read may have changed. `None` when it
+    /// must be reconciled.
+    fn settled_action(&self, svc: &ZmqService) -> Option<Action> {
+        let status = svc.status.as_ref()?;
+        if settled::deleting(svc)
+            || !svc.finalizers().iter().any(|f| f == FINALIZER)
+            || !settled::idle(status)
+        {
+            return None;
+        }
+        let secrets = revisions::reads_secrets(svc);
+        let inputs = settled::inputs_of(svc, &revisions::config_maps_read(svc), &self.config_maps);
+        let fresh_for = secrets.then_some(SECRET_RECHECK);
+        self.settled
+            .unchanged(&settled::key_of(svc), inputs, fresh_for)
+            .then(|| match secrets {
+                true => Action::requeue(SECRET_RECHECK),
+                false => Action::await_change(),
+            })
     }
 
     /// The same context, with at most `limits` canaries in flight per namespace.
@@ -392,26 +449,42 @@ where
 
 /// Applies every rendered object: identities, zgate's read access and weights first, then Services, zgate,
 /// stable, canary, and disruption budgets last. Returns the stable Deployment as applied.
+/// Records them as applied (their later changes are drift).
 async fn apply_rendered(
-    client: &Client,
+    ctx: &Context,
     ns: &str,
     r: &Rendered,
 ) -> Result<Option<Deployment>, Error> {
+    let client = &ctx.client;
     apply_all::<ServiceAccount>(client, ns, &r.service_accounts).await?;
     apply_all::<Role>(client, ns, &r.roles).await?;
     apply_all::<RoleBinding>(client, ns, &r.role_bindings).await?;
-    apply_all::<ConfigMap>(client, ns, &r.config_maps).await?;
+    for cm in apply_all::<ConfigMap>(client, ns, &r.config_maps).await? {
+        ctx.settled.expect_config_map(&cm);
+    }
     apply_all::<Service>(client, ns, &r.services).await?;
-    apply_all::<Deployment>(client, ns, r.gateway.as_slice()).await?;
+    let gateway = apply_all::<Deployment>(client, ns, r.gateway.as_slice()).await?;
     let pools = apply_all::<Deployment>(client, ns, &r.pools).await?;
+    for d in gateway.iter().chain(&pools) {
+        ctx.settled.expect_deployment(d);
+    }
     apply_all::<PodDisruptionBudget>(client, ns, &r.pdbs).await?;
     Ok(pools.into_iter().next())
 }
 
-async fn apply(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
-    let ns = svc
+async fn apply(cached: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
+    let ns = cached
         .namespace()
         .ok_or_else(|| Error::Invalid("a ZmqService must be namespaced".into()))?;
+    let api: Api<ZmqService> = Api::namespaced(ctx.client.clone(), &ns);
+    // Read fresh: a cache minutes behind (a watch re-listing under load) must not carry
+    // out a command that a newer one replaced, nor one already carried out.
+    let mut fresh = api.get(&cached.name_any()).await?;
+    fresh.managed_fields_mut().clear();
+    let svc = Arc::new(fresh);
+    let key = settled::key_of(&svc);
+    let drift = ctx.settled.begin(&key);
+    let inputs = settled::inputs_of(&svc, &revisions::config_maps_read(&svc), &ctx.config_maps);
     let recorded = svc.status.clone().unwrap_or_default();
     let mut before = recorded.clone();
     // What the spec releases now: its pod template and the configuration it reads.
@@ -424,7 +497,6 @@ async fn apply(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
     adopt_image_names(&ctx.client, &svc, &mut before, &spec_release, &mut releases).await?;
     before.observed_generation = svc.metadata.generation;
     let now = Timestamp::now();
-    let key = format!("{ns}/{}", svc.name_any());
     let first = ctx.driven.lock().expect("driven lock").insert(key.clone());
     if first && before.rollout.is_some() {
         // The time no controller ran (a restart, a new leader) is not the canary's lack
@@ -571,13 +643,27 @@ async fn apply(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
     }
     // The count an autoscaler reads through `/scale`; it sets `spec.replicas`, which
     // the controller only reads, so the two never fight.
-    let stable = apply_rendered(&ctx.client, &ns, &render(&desired, &templates, now)).await?;
-    d.status.replicas = Some(
-        stable
-            .as_ref()
-            .and_then(|d| d.status.as_ref()?.replicas)
-            .unwrap_or(0),
-    );
+    let rendered = render(&desired, &templates, now);
+    let rendered_hash = rendered.fingerprint();
+    let stable = match settled::idle(&d.status)
+        && drift == Drift::AsApplied
+        && ctx.settled.applied(&key, rendered_hash)
+    {
+        // Idle, nothing drifted, the same objects: applying them again changes nothing.
+        true => None,
+        false => {
+            ctx.settled.forget_applied(&key);
+            let stable = apply_rendered(ctx, &ns, &rendered).await?;
+            ctx.settled.record_applied(&key, rendered_hash);
+            d.status.replicas = Some(
+                stable
+                    .as_ref()
+                    .and_then(|d| d.status.as_ref()?.replicas)
+                    .unwrap_or(0),
+            );
+            stable
+        }
+    };
     let mut handed_over = None;
     if super::handover::canary_holds_all(&d.status)
         && let Some(stable) = &stable
@@ -592,8 +678,8 @@ async fn apply(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
         ));
     }
     d.status.selector = Some(super::render::stable_selector(&svc));
-    if d.status != recorded {
-        let api: Api<ZmqService> = Api::namespaced(ctx.client.clone(), &ns);
+    let unchanged = d.status == recorded;
+    if !unchanged {
         // Fields the new status no longer has (a finished rollout) must be removed.
         // A first status is written whole (defaults included).
         let was = match &svc.status {
@@ -603,7 +689,12 @@ async fn apply(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
         .map_err(|e| Error::Invalid(format!("status: {e}")))?;
         let now_is =
             serde_json::to_value(&d.status).map_err(|e| Error::Invalid(format!("status: {e}")))?;
-        let patch = serde_json::json!({ "status": super::merge_patch::between(&was, &now_is) });
+        // Written only over the object as read: a command or status written meanwhile
+        // makes it a conflict, retried on the newer object.
+        let patch = serde_json::json!({
+            "metadata": { "resourceVersion": svc.resource_version() },
+            "status": super::merge_patch::between(&was, &now_is),
+        });
         api.patch_status(
             &svc.name_any(),
             &PatchParams::default(),
@@ -661,6 +752,11 @@ async fn apply(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
             .await;
         }
     }
+    let deadline = engine::clock::poll_timeout(&svc.spec, &d.status, now)
+        .map(|t| Duration::try_from(t.duration_since(now)).unwrap_or_default());
+    if unchanged && settled::idle(&d.status) && deadline.is_none() {
+        ctx.settled.settle(&key, inputs);
+    }
     match &d.status.rollout {
         Some(r) if !engine::waiting_for_reach(&svc.spec, r) => ctx.watches.ensure(
             &svc,
@@ -674,44 +770,43 @@ async fn apply(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
     // zgate has not reached the canary (endpoint changes wake it too), and whenever the
     // engine has a deadline sooner (a timed pause, the progress deadline, a drain).
     let look = match &d.status.rollout {
-        Some(r) if engine::waiting_for_reach(&svc.spec, r) => Duration::from_secs(1),
-        Some(_) => svc
-            .spec
-            .strategy
-            .analysis()
-            .interval
-            .get()
-            .max(Duration::from_secs(1)),
+        Some(r) if engine::waiting_for_reach(&svc.spec, r) => Some(Duration::from_secs(1)),
+        Some(_) => Some(
+            svc.spec
+                .strategy
+                .analysis()
+                .interval
+                .get()
+                .max(Duration::from_secs(1)),
+        ),
         // Secrets are not watched (reading them is enough): a change of one is seen here.
         None if spec_release
             .configs
             .keys()
             .any(|r| r.kind == ConfigKind::Secret) =>
         {
-            SECRET_RECHECK
+            Some(SECRET_RECHECK)
         }
-        None => IDLE_RECHECK,
+        // Idle: woken by a change of the service, a ConfigMap it reads or what it owns.
+        None => None,
     };
-    let look = match d.status.queued_since {
-        Some(_) => look.min(QUEUE_RECHECK),
-        None => look,
-    };
-    let look = match super::handover::next_look(&svc.spec, &d.status, now) {
-        Some(handover) => look.min(handover),
-        None => look,
-    };
-    let deadline = engine::clock::poll_timeout(&svc.spec, &d.status, now)
-        .map(|t| Duration::try_from(t.duration_since(now)).unwrap_or_default());
-    Ok(match deadline {
-        // Just after the deadline, so the tick finds it passed.
-        Some(left) if left < look => Action::requeue(left + Duration::from_millis(100)),
-        _ => Action::requeue(look),
+    let sooner = [
+        d.status.queued_since.as_ref().map(|_| QUEUE_RECHECK),
+        super::handover::next_look(&svc.spec, &d.status, now),
+        // Just after the engine's deadline, so the tick finds it passed.
+        deadline.map(|left| left + Duration::from_millis(100)),
+    ];
+    let look = sooner.into_iter().flatten().chain(look).min();
+    Ok(match look {
+        Some(after) => Action::requeue(after),
+        None => Action::await_change(),
     })
 }
 
 async fn cleanup(svc: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> {
     let key = format!("{}/{}", svc.namespace().unwrap_or_default(), svc.name_any());
     ctx.analyzers.forget(&key);
+    ctx.settled.forget(&key);
     ctx.driven.lock().expect("driven lock").remove(&key);
     ctx.watches.stop(&key);
     // Owned objects go with the ZmqService (owner references); say so where people look.
@@ -738,13 +833,20 @@ pub async fn reconcile(svc: Arc<ZmqService>, ctx: Arc<Context>) -> Result<Action
     let ns = svc
         .namespace()
         .ok_or_else(|| Error::Invalid("a ZmqService must be namespaced".into()))?;
+    let svc = ctx.latest(svc);
+    if let Some(nothing_to_do) = ctx.settled_action(&svc) {
+        return Ok(nothing_to_do);
+    }
+    let _turn = ctx.lanes.turn(|| lane_of(&ctx.latest(svc.clone()))).await;
+    let svc = ctx.latest(svc);
     let api: Api<ZmqService> = Api::namespaced(ctx.client.clone(), &ns);
-    finalizer(&api, FINALIZER, svc, |event| async {
+    // Boxed: a reconcile waiting for its turn above holds only a few words.
+    Box::pin(finalizer(&api, FINALIZER, svc, |event| async {
         match event {
             Finalizer::Apply(s) => apply(s, &ctx).await,
             Finalizer::Cleanup(s) => cleanup(s, &ctx).await,
         }
-    })
+    }))
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)))
 }
