@@ -422,6 +422,10 @@ impl ControlPlane {
                     s(&dir.join("sa.key"))
                 ),
                 "--cluster-name=zdeploy-e2e".into(),
+                // The fleet benchmark's thousands of ReplicaSets and pods (20 a second
+                // by default).
+                "--kube-api-qps=200".into(),
+                "--kube-api-burst=400".into(),
                 "--v=0".into(),
             ],
         );
@@ -432,6 +436,8 @@ impl ControlPlane {
             &[
                 format!("--kubeconfig={}", s(&scheduler)),
                 "--secure-port=0".into(),
+                "--kube-api-qps=200".into(),
+                "--kube-api-burst=400".into(),
                 "--leader-elect=false".into(),
                 "--v=0".into(),
             ],

@@ -165,6 +165,13 @@ impl ControlPlane {
                 "RUST_LOG",
                 std::env::var("ZDEPLOY_CONTROLLER_LOG").unwrap_or_else(|_| "info".into()),
             );
+        // A heap profile of the controller on demand (the fleet benchmark's "where does
+        // the memory go"): heaptrack's preload library, raw data into that folder.
+        if let Some(dir) = std::env::var_os("ZDEPLOY_CONTROLLER_HEAPTRACK") {
+            let raw = PathBuf::from(dir).join(format!("heaptrack.{identity}.raw"));
+            cmd.env("LD_PRELOAD", "/usr/lib/heaptrack/libheaptrack_preload.so")
+                .env("DUMP_HEAPTRACK_OUTPUT", raw);
+        }
         let log = self.file(&format!("controller-{identity}.log"), "");
         let proc = Proc::start_logged(cmd, &log);
         Controller {

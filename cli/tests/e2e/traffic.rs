@@ -272,7 +272,8 @@ fn until<T>(
         }
         assert!(
             Instant::now() < deadline,
-            "{what}: not within 60 s; pods:\n{}\nEndpointSlices:\n{}\nplayed: {:#?}\nzgate sees: {:#?}\nzgate logs:\n{}",
+            "{what}: not within 60 s; Deployments and ReplicaSets:\n{}\npods:\n{}\nEndpointSlices:\n{}\nplayed: {:#?}\nzgate sees: {:#?}\nzgate logs:\n{}",
+            cp.kubectl(&["get", "deployments,replicasets", "-n", ns, "-o", "wide"]),
             cp.kubectl(&["get", "pods", "-n", ns, "-o", "wide"]),
             cp.kubectl(&["get", "endpointslices", "-n", ns, "-o", "wide"]),
             runner.pods(),

@@ -139,10 +139,7 @@ pub async fn run(
             wake
         })
         .watches_stream(touched(deployments), move |d| {
-            let marker = super::settled::deployment_marker(&d);
-            deployment_drift
-                .settled
-                .drifted(OwnedKind::Deployment, &d, Some(marker))
+            deployment_drift.settled.deployment_seen(&d)
         })
         .reconcile_on(woken)
         .trigger_backoff(WatchRetry::default())

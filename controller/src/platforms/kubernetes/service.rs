@@ -650,7 +650,13 @@ async fn apply(cached: Arc<ZmqService>, ctx: &Context) -> Result<Action, Error> 
         && ctx.settled.applied(&key, rendered_hash)
     {
         // Idle, nothing drifted, the same objects: applying them again changes nothing.
-        true => None,
+        true => {
+            let stable = super::render::pool_service(&svc.name_any(), Pool::Stable);
+            if let Some(count) = ctx.settled.replicas_of(&ns, &stable) {
+                d.status.replicas = Some(count);
+            }
+            None
+        }
         false => {
             ctx.settled.forget_applied(&key);
             let stable = apply_rendered(ctx, &ns, &rendered).await?;

@@ -52,6 +52,8 @@ pub struct Settled {
     rendered: Mutex<HashMap<String, u64>>,
     dirty: Mutex<HashSet<String>>,
     expected: Mutex<HashMap<ObjectKey, String>>,
+    /// Each owned Deployment's replica count as last seen, by namespace and name.
+    replicas: Mutex<HashMap<(String, String), i32>>,
 }
 
 /// A stable hash of anything serializable (within this process).
@@ -163,6 +165,60 @@ impl Settled {
     /// Records an owned object as the controller applied it.
     pub fn expect_deployment(&self, d: &Deployment) {
         self.expect(OwnedKind::Deployment, d, deployment_marker(d));
+        self.saw_replicas(d);
+    }
+
+    /// The replica count last seen of Deployment `name` in `ns`.
+    pub fn replicas_of(&self, ns: &str, name: &str) -> Option<i32> {
+        self.replicas
+            .lock()
+            .expect("settled lock")
+            .get(&(ns.to_string(), name.to_string()))
+            .copied()
+    }
+
+    fn saw_replicas(&self, d: &Deployment) {
+        let key = (
+            d.metadata.namespace.clone().unwrap_or_default(),
+            d.metadata.name.clone().unwrap_or_default(),
+        );
+        let count = d.status.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+        self.replicas
+            .lock()
+            .expect("settled lock")
+            .insert(key, count);
+    }
+
+    /// The service to wake for a seen owned Deployment: as `drifted`, except that a
+    /// Deployment whose spec is as applied and only its replica count moved wakes its
+    /// service without counting as drift (the count is recorded, nothing re-applied).
+    pub fn deployment_seen(&self, d: &Deployment) -> Option<ObjectRef<ZmqService>> {
+        let generation = d.metadata.generation.unwrap_or_default();
+        let key = (
+            OwnedKind::Deployment,
+            d.metadata.namespace.clone().unwrap_or_default(),
+            d.metadata.name.clone().unwrap_or_default(),
+        );
+        let same_spec = self
+            .expected
+            .lock()
+            .expect("settled lock")
+            .get(&key)
+            .is_some_and(|m| m.split('/').next() == Some(generation.to_string().as_str()));
+        let moved = self.replicas_of(&key.1, &key.2)
+            != Some(d.status.as_ref().and_then(|s| s.replicas).unwrap_or(0));
+        if same_spec && moved && d.metadata.deletion_timestamp.is_none() {
+            self.saw_replicas(d);
+            self.expect(OwnedKind::Deployment, d, deployment_marker(d));
+            let owner = owner_of(d)?;
+            // Its settled inputs no longer hold: the status records the count.
+            self.entries
+                .lock()
+                .expect("settled lock")
+                .remove(&format!("{}/{}", key.1, owner));
+            return Some(ObjectRef::new(&owner).within(&key.1));
+        }
+        self.drifted(OwnedKind::Deployment, d, Some(deployment_marker(d)))
     }
 
     /// Records an owned ConfigMap as the controller applied it.
@@ -195,11 +251,7 @@ impl Settled {
         marker: Option<String>,
     ) -> Option<ObjectRef<ZmqService>> {
         let meta = o.meta();
-        let owner = meta
-            .owner_references
-            .iter()
-            .flatten()
-            .find(|r| r.controller == Some(true) && r.kind == "ZmqService")?;
+        let owner = owner_of(o)?;
         let ns = meta.namespace.clone().unwrap_or_default();
         let key = (kind, ns.clone(), meta.name.clone().unwrap_or_default());
         let mut expected = self.expected.lock().expect("settled lock");
@@ -217,9 +269,19 @@ impl Settled {
         self.dirty
             .lock()
             .expect("settled lock")
-            .insert(format!("{ns}/{}", owner.name));
-        Some(ObjectRef::new(&owner.name).within(&ns))
+            .insert(format!("{ns}/{owner}"));
+        Some(ObjectRef::new(&owner).within(&ns))
     }
+}
+
+/// The ZmqService that controls `o`, by name.
+fn owner_of<K: Resource>(o: &K) -> Option<String> {
+    o.meta()
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|r| r.controller == Some(true) && r.kind == "ZmqService")
+        .map(|r| r.name.clone())
 }
 
 /// Whether the controller cares how an owned Deployment changed: its spec (generation)
