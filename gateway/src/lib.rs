@@ -15,7 +15,7 @@ pub mod follow;
 pub mod heartbeat;
 pub mod http;
 pub mod limits;
-mod memory;
+pub mod memory;
 pub mod metrics;
 mod pending;
 pub mod router;

@@ -52,7 +52,9 @@ pub async fn run(
     let (store, writer) = kube::runtime::reflector::store();
     let slices = Api::<EndpointSlice>::all(client.clone());
     let slice_config = watcher::Config::default().labels(super::endpoints::SELECTOR);
-    let slice_events = kube::runtime::reflector(writer, watcher(slices, slice_config))
+    // Managed fields are most of a slice and never read.
+    let slice_watch = watcher(slices, slice_config).modify(|s| s.managed_fields_mut().clear());
+    let slice_events = kube::runtime::reflector(writer, slice_watch)
         .backoff(WatchRetry::default())
         .touched_objects();
     // A slice change wakes the reconcile of the ZmqService behind it (canary pods ready).
@@ -176,6 +178,8 @@ pub async fn run(
         overdue.await;
         tokio::time::sleep(SHUTDOWN_GRACE).await;
     };
+    // The memory of a fleet's first reconciles goes back to the OS once they are done.
+    let give_back = zdeploy_gateway::memory::give_back_periodically();
     tokio::select! {
         _ = async { futures::join!(rollouts, chaos) } => {}
         _ = follow_slices => {}
@@ -184,6 +188,7 @@ pub async fn run(
             "stopping {SHUTDOWN_GRACE:?} after the request to stop, without waiting further for reconciles"
         ),
     }
+    give_back.abort();
     Ok(())
 }
 
