@@ -132,7 +132,9 @@ pub async fn run(
             let mut wake = super::revisions::readers_of(&cm, &readers.state());
             let kept = cm.labels().contains_key(super::revisions::REVISION_LABEL);
             // Revision records and copies are never re-applied: only their loss matters.
-            let marker = (!kept).then(|| cm.resource_version().unwrap_or_default());
+            let marker = (!kept).then(|| {
+                super::settled::Marker::Version(cm.resource_version().unwrap_or_default())
+            });
             wake.extend(
                 config_drift
                     .settled

@@ -51,9 +51,21 @@ pub struct Settled {
     entries: Mutex<HashMap<String, Entry>>,
     rendered: Mutex<HashMap<String, u64>>,
     dirty: Mutex<HashSet<String>>,
-    expected: Mutex<HashMap<ObjectKey, String>>,
-    /// Each owned Deployment's replica count as last seen, by namespace and name.
-    replicas: Mutex<HashMap<(String, String), i32>>,
+    expected: Mutex<HashMap<ObjectKey, Marker>>,
+}
+
+/// What of an owned object the controller compares with what it applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Marker {
+    /// A Deployment's spec generation and the replica count its status reports.
+    Deployment {
+        /// `metadata.generation`.
+        generation: i64,
+        /// `status.replicas`.
+        replicas: i32,
+    },
+    /// Any other object's resourceVersion.
+    Version(String),
 }
 
 /// A stable hash of anything serializable (within this process).
@@ -165,51 +177,48 @@ impl Settled {
     /// Records an owned object as the controller applied it.
     pub fn expect_deployment(&self, d: &Deployment) {
         self.expect(OwnedKind::Deployment, d, deployment_marker(d));
-        self.saw_replicas(d);
     }
 
     /// The replica count last seen of Deployment `name` in `ns`.
     pub fn replicas_of(&self, ns: &str, name: &str) -> Option<i32> {
-        self.replicas
-            .lock()
-            .expect("settled lock")
-            .get(&(ns.to_string(), name.to_string()))
-            .copied()
-    }
-
-    fn saw_replicas(&self, d: &Deployment) {
-        let key = (
-            d.metadata.namespace.clone().unwrap_or_default(),
-            d.metadata.name.clone().unwrap_or_default(),
-        );
-        let count = d.status.as_ref().and_then(|s| s.replicas).unwrap_or(0);
-        self.replicas
-            .lock()
-            .expect("settled lock")
-            .insert(key, count);
+        let key = (OwnedKind::Deployment, ns.to_string(), name.to_string());
+        match self.expected.lock().expect("settled lock").get(&key) {
+            Some(Marker::Deployment { replicas, .. }) => Some(*replicas),
+            _ => None,
+        }
     }
 
     /// The service to wake for a seen owned Deployment: as `drifted`, except that a
     /// Deployment whose spec is as applied and only its replica count moved wakes its
     /// service without counting as drift (the count is recorded, nothing re-applied).
     pub fn deployment_seen(&self, d: &Deployment) -> Option<ObjectRef<ZmqService>> {
-        let generation = d.metadata.generation.unwrap_or_default();
+        let seen = deployment_marker(d);
         let key = (
             OwnedKind::Deployment,
             d.metadata.namespace.clone().unwrap_or_default(),
             d.metadata.name.clone().unwrap_or_default(),
         );
-        let same_spec = self
+        let expected = self
             .expected
             .lock()
             .expect("settled lock")
             .get(&key)
-            .is_some_and(|m| m.split('/').next() == Some(generation.to_string().as_str()));
-        let moved = self.replicas_of(&key.1, &key.2)
-            != Some(d.status.as_ref().and_then(|s| s.replicas).unwrap_or(0));
-        if same_spec && moved && d.metadata.deletion_timestamp.is_none() {
-            self.saw_replicas(d);
-            self.expect(OwnedKind::Deployment, d, deployment_marker(d));
+            .cloned();
+        let only_replicas_moved = match (&expected, &seen) {
+            (
+                Some(Marker::Deployment {
+                    generation,
+                    replicas,
+                }),
+                Marker::Deployment {
+                    generation: g,
+                    replicas: r,
+                },
+            ) => generation == g && replicas != r,
+            _ => false,
+        };
+        if only_replicas_moved && d.metadata.deletion_timestamp.is_none() {
+            self.expect(OwnedKind::Deployment, d, seen);
             let owner = owner_of(d)?;
             // Its settled inputs no longer hold: the status records the count.
             self.entries
@@ -218,7 +227,7 @@ impl Settled {
                 .remove(&format!("{}/{}", key.1, owner));
             return Some(ObjectRef::new(&owner).within(&key.1));
         }
-        self.drifted(OwnedKind::Deployment, d, Some(deployment_marker(d)))
+        self.drifted(OwnedKind::Deployment, d, Some(seen))
     }
 
     /// Records an owned ConfigMap as the controller applied it.
@@ -226,11 +235,11 @@ impl Settled {
         self.expect(
             OwnedKind::ConfigMap,
             cm,
-            cm.resource_version().unwrap_or_default(),
+            Marker::Version(cm.resource_version().unwrap_or_default()),
         );
     }
 
-    fn expect<K: Resource>(&self, kind: OwnedKind, o: &K, marker: String) {
+    fn expect<K: Resource>(&self, kind: OwnedKind, o: &K, marker: Marker) {
         let key = (
             kind,
             o.meta().namespace.clone().unwrap_or_default(),
@@ -248,7 +257,7 @@ impl Settled {
         &self,
         kind: OwnedKind,
         o: &K,
-        marker: Option<String>,
+        marker: Option<Marker>,
     ) -> Option<ObjectRef<ZmqService>> {
         let meta = o.meta();
         let owner = owner_of(o)?;
@@ -286,9 +295,11 @@ fn owner_of<K: Resource>(o: &K) -> Option<String> {
 
 /// Whether the controller cares how an owned Deployment changed: its spec (generation)
 /// or the replica count it records in the ZmqService's status.
-pub fn deployment_marker(d: &Deployment) -> String {
-    let replicas = d.status.as_ref().and_then(|s| s.replicas).unwrap_or(0);
-    format!("{}/{replicas}", d.metadata.generation.unwrap_or_default())
+pub fn deployment_marker(d: &Deployment) -> Marker {
+    Marker::Deployment {
+        generation: d.metadata.generation.unwrap_or_default(),
+        replicas: d.status.as_ref().and_then(|s| s.replicas).unwrap_or(0),
+    }
 }
 
 /// Whether deleting the service's object is under way (then it is reconciled whatever).
